@@ -1,0 +1,201 @@
+"""Loading Hugging Face checkpoints: one explicit mapping per family.
+
+Each mapping lists every tensor the checkpoint must contain, its expected
+shape, and where it goes in minillm's parameter tree. Loading checks that the
+key sets match exactly (a missing, unexpected or mis-shaped tensor is an
+error naming it), then copies each tensor into place, transposing where
+Hugging Face's layout differs from ours:
+
+  GPT-2 (Conv1D layers store [in, out], like ours):
+    wte.weight [V, d] -> embed.W_E          wpe.weight [n_ctx, d] -> pos_embed.W_pos
+    h.l.attn.c_attn.weight [d, 3d]  -> attn.W_QKV (Q, K, V side by side)
+    h.l.attn.c_proj.weight [d, d]   -> attn.W_O   h.l.mlp.c_fc.weight [d, m] -> mlp.W_in
+    h.l.mlp.c_proj.weight [m, d]    -> mlp.W_out  (+ biases, ln_1, ln_2, ln_f)
+  Llama / Mistral / Qwen2 (nn.Linear layers store [out, in]: transposed):
+    model.embed_tokens.weight [V, d] -> embed.W_E
+    self_attn.{q,k,v}_proj.weight [heads·e, d] -> attn.W_QKV columns
+    self_attn.o_proj.weight [d, h·e] -> attn.W_O
+    mlp.{gate,up}_proj.weight [m, d] -> mlp.W_gate, mlp.W_in;  mlp.down_proj [d, m] -> mlp.W_out
+    lm_head.weight [V, d] -> unembed.W_U (absent or ignored when tied)
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from minillm.checkpoints.safetensors_io import SafetensorsFile
+from minillm.config import ModelConfig
+from minillm.errors import CheckpointError
+from minillm.model import Transformer
+
+# (checkpoint key, expected shape, destination array, transpose?)
+Entry = tuple[str, tuple[int, ...], Callable[[], np.ndarray], bool]
+
+
+def gpt2_entries(model: Transformer, prefix: str) -> Iterator[Entry]:
+    cfg = model.cfg
+    d, m, V = cfg.d_model, cfg.d_mlp, cfg.d_vocab
+    yield f"{prefix}wte.weight", (V, d), lambda: model.embed.W_E, False
+    yield f"{prefix}wpe.weight", (cfg.n_ctx, d), lambda: model.pos_embed.W_pos, False
+    for l, blk in enumerate(model.blocks):
+        p = f"{prefix}h.{l}."
+        yield f"{p}ln_1.weight", (d,), lambda b=blk: b.ln1.w, False
+        yield f"{p}ln_1.bias", (d,), lambda b=blk: b.ln1.b, False
+        yield f"{p}attn.c_attn.weight", (d, 3 * d), lambda b=blk: b.attn.W_QKV, False
+        yield f"{p}attn.c_attn.bias", (3 * d,), lambda b=blk: b.attn.b_QKV, False
+        yield f"{p}attn.c_proj.weight", (d, d), lambda b=blk: b.attn.W_O_flat, False
+        yield f"{p}attn.c_proj.bias", (d,), lambda b=blk: b.attn.b_O, False
+        yield f"{p}ln_2.weight", (d,), lambda b=blk: b.ln2.w, False
+        yield f"{p}ln_2.bias", (d,), lambda b=blk: b.ln2.b, False
+        yield f"{p}mlp.c_fc.weight", (d, m), lambda b=blk: b.mlp.W_in, False
+        yield f"{p}mlp.c_fc.bias", (m,), lambda b=blk: b.mlp.b_in, False
+        yield f"{p}mlp.c_proj.weight", (m, d), lambda b=blk: b.mlp.W_out, False
+        yield f"{p}mlp.c_proj.bias", (d,), lambda b=blk: b.mlp.b_out, False
+    yield f"{prefix}ln_f.weight", (d,), lambda: model.ln_final.w, False
+    yield f"{prefix}ln_f.bias", (d,), lambda: model.ln_final.b, False
+    if not cfg.tie_embeddings:
+        yield "lm_head.weight", (V, d), lambda: model.unembed.W_U, True
+
+
+def llama_entries(model: Transformer, prefix: str = "model.") -> Iterator[Entry]:
+    cfg = model.cfg
+    d, m, V, e = cfg.d_model, cfg.d_mlp, cfg.d_vocab, cfg.d_head
+    h, kv = cfg.n_heads, cfg.n_kv_heads
+    yield f"{prefix}embed_tokens.weight", (V, d), lambda: model.embed.W_E, False
+    for l, blk in enumerate(model.blocks):
+        p = f"{prefix}layers.{l}."
+        a = blk.attn
+        yield f"{p}input_layernorm.weight", (d,), lambda b=blk: b.ln1.w, False
+        for proj, which, n in (("q_proj", "Q", h), ("k_proj", "K", kv), ("v_proj", "V", kv)):
+            cols = a._columns(which)
+            yield f"{p}self_attn.{proj}.weight", (n * e, d), lambda a=a, c=cols: a.W_QKV[:, c], True
+            if cfg.qkv_bias:
+                yield f"{p}self_attn.{proj}.bias", (n * e,), lambda a=a, c=cols: a.b_QKV[c], False
+        yield f"{p}self_attn.o_proj.weight", (d, h * e), lambda a=a: a.W_O_flat, True
+        if cfg.o_bias:
+            yield f"{p}self_attn.o_proj.bias", (d,), lambda a=a: a.b_O, False
+        yield f"{p}post_attention_layernorm.weight", (d,), lambda b=blk: b.ln2.w, False
+        yield f"{p}mlp.gate_proj.weight", (m, d), lambda b=blk: b.mlp.W_gate, True
+        yield f"{p}mlp.up_proj.weight", (m, d), lambda b=blk: b.mlp.W_in, True
+        yield f"{p}mlp.down_proj.weight", (d, m), lambda b=blk: b.mlp.W_out, True
+    yield f"{prefix}norm.weight", (d,), lambda: model.ln_final.w, False
+    if not cfg.tie_embeddings:
+        yield "lm_head.weight", (V, d), lambda: model.unembed.W_U, True
+
+
+# Keys real checkpoints carry that are not parameters (buffers saved by old versions),
+# and the untied-only lm_head when a model ties its embeddings.
+def _ignorable(key: str, cfg: ModelConfig) -> bool:
+    buffers = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq")
+    return key.endswith(buffers) or (cfg.tie_embeddings and key == "lm_head.weight")
+
+
+class TensorSource:
+    """All tensors of a checkpoint folder: one file, or shards listed in an index."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        index = folder / "model.safetensors.index.json"
+        if (folder / "model.safetensors").is_file():
+            single = SafetensorsFile(folder / "model.safetensors")
+            self.files = {name: single for name in single.names()}
+        elif index.is_file():
+            self.files = self._from_index(index)
+        else:
+            found = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+            hint = ""
+            if any(n.endswith((".bin", ".pt", ".pth", ".ckpt")) for n in found):
+                hint = (" (minillm reads only safetensors: pickle-based .bin/.pt files can run "
+                        "code when loaded)")
+            raise CheckpointError(
+                f"{folder}: no model.safetensors or model.safetensors.index.json{hint}; "
+                f"found: {', '.join(found) or 'nothing'}"
+            )
+
+    def _from_index(self, index: Path) -> dict[str, SafetensorsFile]:
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+            assert isinstance(weight_map, dict)
+        except (json.JSONDecodeError, KeyError, TypeError, AssertionError, UnicodeDecodeError):
+            raise CheckpointError(f"{index}: not a valid index (needs a 'weight_map')") from None
+        shards: dict[str, SafetensorsFile] = {}
+        files = {}
+        for name, shard in weight_map.items():
+            if not isinstance(shard, str) or Path(shard).name != shard or shard in ("..", "."):
+                raise CheckpointError(f"{index}: shard name {shard!r} is not a plain file name")
+            if shard not in shards:
+                if not (self.folder / shard).is_file():
+                    raise CheckpointError(f"{index}: lists shard {shard}, which is missing")
+                shards[shard] = SafetensorsFile(self.folder / shard)
+            if name not in shards[shard].entries:
+                raise CheckpointError(f"{index}: {name} is not in {shard}")
+            files[name] = shards[shard]
+        return files
+
+    def get(self, name: str) -> np.ndarray:
+        return self.files[name].get(name)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.files[name].shape(name)
+
+
+def load_weights(model: Transformer, folder: Path) -> None:
+    """Fill `model`'s parameters from the safetensors in `folder`, checking every tensor."""
+    source = TensorSource(folder)
+    if model.cfg.family == "gpt2":
+        prefix = "transformer." if "transformer.wte.weight" in source.files else ""
+        entries = list(gpt2_entries(model, prefix))
+    else:
+        entries = list(llama_entries(model))
+    _check_keys(entries, source, model.cfg, folder)
+    nonfinite = []
+    for key, _, dest, transpose in entries:
+        src = source.get(key)
+        dest()[...] = src.T if transpose else src
+        if not np.isfinite(dest()).all():
+            nonfinite.append(key)
+    if nonfinite:
+        warnings.warn(
+            f"{folder}: non-finite values (NaN or Inf) in {', '.join(nonfinite[:10])}"
+            + (f" and {len(nonfinite) - 10} more" if len(nonfinite) > 10 else ""),
+            stacklevel=3,
+        )
+
+
+def _check_keys(entries: list[Entry], source: TensorSource, cfg: ModelConfig, folder) -> None:
+    expected = {key: shape for key, shape, _, _ in entries}
+    missing = [k for k in expected if k not in source.files]
+    if missing:
+        raise CheckpointError(
+            f"{folder}: missing tensor {missing[0]} (expected shape {expected[missing[0]]})"
+            + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+        )
+    unexpected = [k for k in source.files if k not in expected and not _ignorable(k, cfg)]
+    if unexpected:
+        raise CheckpointError(
+            f"{folder}: unexpected tensor {unexpected[0]}"
+            + (f" and {len(unexpected) - 1} more" if len(unexpected) > 1 else "")
+            + f" for a {cfg.model_type} model with this config.json"
+        )
+    for key, shape in expected.items():
+        dtype = source.files[key].entries[key][0]
+        if dtype not in ("F16", "BF16", "F32", "F64"):
+            raise CheckpointError(f"{folder}: tensor {key} has dtype {dtype}; weights must be "
+                                  "floating point (F16, BF16, F32 or F64)")
+        found = source.shape(key)
+        if found != shape:
+            raise CheckpointError(
+                f"{folder}: tensor {key} has shape {list(found)}, expected {list(shape)} "
+                "(from config.json)"
+            )
+    for key in source.files:
+        if _ignorable(key, cfg) and key == "lm_head.weight" and source.shape(key) != (
+            cfg.d_vocab, cfg.d_model
+        ):
+            raise CheckpointError(f"{folder}: tensor lm_head.weight has shape "
+                                  f"{list(source.shape(key))}, expected {[cfg.d_vocab, cfg.d_model]}")

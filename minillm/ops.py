@@ -1,0 +1,179 @@
+"""The math of a transformer, as pure functions over arrays.
+
+Nothing here knows about models, layers or hooks: each function takes its
+inputs and parameters as arguments and returns new arrays (never writing into
+its inputs). `model.py` wires these together.
+
+Shape legend: b = batch, p = query positions, P = key positions,
+d = d_model, h = query heads, kv = key/value heads, g = h // kv (heads per
+kv-head), e = d_head, m = d_mlp, V = vocabulary.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from minillm.config import RopeScaling
+
+# --- linear maps and norms ---------------------------------------------------------------
+
+
+def linear(x: np.ndarray, W: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+    """x @ W (+ b).   [..., n_in] @ [n_in, n_out] -> [..., n_out]
+
+    The leading axes are flattened first so that one BLAS GEMM does all of
+    them (a batched matmul would call the GEMM once per batch row).
+    """
+    out = (x.reshape(-1, x.shape[-1]) @ W).reshape(*x.shape[:-1], W.shape[-1])
+    return out if b is None else out + b
+
+
+def layer_norm_parts(x: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """LayerNorm without its gain: returns (x - mean(x), 1 / std(x)).
+
+    [..., d] -> ([..., d], [..., 1]).   normalized = centered * scale.
+    """
+    centered = x - x.mean(axis=-1, keepdims=True)
+    scale = 1.0 / np.sqrt((centered * centered).mean(axis=-1, keepdims=True) + eps)
+    return centered, scale.astype(x.dtype, copy=False)
+
+
+def rms_norm_parts(x: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """RMSNorm without its gain: returns (x, 1 / rms(x)). No centring.
+
+    [..., d] -> ([..., d], [..., 1]).   normalized = x * scale.
+    """
+    scale = 1.0 / np.sqrt((x * x).mean(axis=-1, keepdims=True) + eps)
+    return x, scale.astype(x.dtype, copy=False)
+
+
+# --- activations ---------------------------------------------------------------------------
+
+
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    """GPT-2's GELU, tanh approximation: 0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))."""
+    c = np.sqrt(2.0 / np.pi).astype(x.dtype)
+    return 0.5 * x * (1.0 + np.tanh(c * (x + 0.044715 * x * x * x)))
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    """SiLU (swish): x · sigmoid(x), with sigmoid(x) = (1 + tanh(x / 2)) / 2 (no overflow)."""
+    return x * (0.5 * (1.0 + np.tanh(0.5 * x)))
+
+
+ACTIVATIONS = {"gelu_tanh": gelu_tanh, "silu": silu}
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """exp(x) / Σ exp(x), shifted by the max for stability; -inf entries get 0."""
+    shifted = x - x.max(axis=axis, keepdims=True)
+    e = np.exp(shifted)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def log_softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    shifted = x - x.max(axis=axis, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+
+
+# --- rotary position embeddings (RoPE) -----------------------------------------------------
+
+
+def rope_inv_freq(d_head: int, theta: float, scaling: RopeScaling | None = None) -> np.ndarray:
+    """The e/2 rotation frequencies θ^(-2i/e), optionally with Llama-3 scaling.   -> [e/2]
+
+    Llama-3 scaling leaves high frequencies alone, divides low frequencies
+    (wavelength > original context / low_freq_factor) by `factor`, and blends
+    linearly in between.
+    """
+    inv_freq = 1.0 / theta ** (np.arange(0, d_head, 2, dtype=np.float64) / d_head)
+    if scaling is None:
+        return inv_freq
+    old_ctx = scaling.original_max_position_embeddings
+    low_wavelen = old_ctx / scaling.low_freq_factor
+    high_wavelen = old_ctx / scaling.high_freq_factor
+    wavelen = 2 * np.pi / inv_freq
+    smooth = (old_ctx / wavelen - scaling.low_freq_factor) / (
+        scaling.high_freq_factor - scaling.low_freq_factor
+    )
+    blended = (1 - smooth) * inv_freq / scaling.factor + smooth * inv_freq
+    scaled = np.where(wavelen > low_wavelen, inv_freq / scaling.factor, inv_freq)
+    middle = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return np.where(middle, blended, scaled)
+
+
+def rope_cos_sin(positions: np.ndarray, inv_freq: np.ndarray, dtype) -> tuple[np.ndarray, ...]:
+    """cos and sin of every rotation angle.   positions [b, p] -> ([b, p, 1, e], [b, p, 1, e])
+
+    Angles are computed in float64, then rounded once to the model's dtype.
+    Hugging Face's rotate-half layout: the first and second halves of each
+    head vector form the rotated pairs, so each frequency appears twice.
+    """
+    angles = positions[..., None].astype(np.float64) * inv_freq  # [b, p, e/2]
+    angles = np.concatenate([angles, angles], axis=-1)[:, :, None, :]  # [b, p, 1, e]
+    return np.cos(angles).astype(dtype), np.sin(angles).astype(dtype)
+
+
+def rotate_half(x: np.ndarray) -> np.ndarray:
+    """[x1, x2] -> [-x2, x1] on the last axis (x1, x2 its two halves)."""
+    half = x.shape[-1] // 2
+    return np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+
+
+def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """Rotate each (x_i, x_{i+e/2}) pair by its angle.   [b, p, heads, e] -> same"""
+    return x * cos + rotate_half(x) * sin
+
+
+# --- attention -----------------------------------------------------------------------------
+
+
+def attention_mask(
+    q_slots: np.ndarray,
+    k_slots: np.ndarray,
+    key_padding: np.ndarray | None = None,
+    sliding_window: int | None = None,
+) -> np.ndarray:
+    """Which keys each query may attend to.   -> bool [b or 1, 1, p, P]
+
+    q_slots [p] and k_slots [P] are indices in the sequence (padding included).
+    A query sees keys at or before its own slot (causal), that are not
+    padding (key_padding [b, P], 1 = real token), and, with a sliding window
+    w, that are fewer than w slots back. A query always sees itself, so that
+    padding queries (which nobody reads) have a well-defined softmax.
+    """
+    allowed = k_slots[None, :] <= q_slots[:, None]  # [p, P]
+    if sliding_window is not None:
+        allowed &= q_slots[:, None] - k_slots[None, :] < sliding_window
+    allowed = allowed[None, None]  # [1, 1, p, P]
+    if key_padding is not None:
+        allowed = allowed & (key_padding[:, None, None, :] != 0)  # [b, 1, p, P]
+        allowed |= q_slots[:, None] == k_slots[None, :]
+    return allowed
+
+
+def attention_scores(q: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """Scaled dot products q·k / √e, with grouped-query attention.
+
+    q [b, p, h, e], k [b, kv, P, e] -> scores [b, h, p, P]
+    Query head j uses kv-head j // g. Same as
+    np.einsum("bpkge,bkPe->bkgpP", q.reshape(b, p, kv, g, e), k).reshape(b, h, p, P)
+    """
+    b, p, h, e = q.shape
+    kv = k.shape[1]
+    q = q.reshape(b, p, kv, h // kv, e).transpose(0, 2, 3, 1, 4)  # [b, kv, g, p, e]
+    q = q.reshape(b, kv, (h // kv) * p, e)  # [b, kv, g·p, e]
+    scores = q @ k.transpose(0, 1, 3, 2)  # [b, kv, g·p, P]
+    return scores.reshape(b, h, p, k.shape[2]) / np.sqrt(e).astype(q.dtype)
+
+
+def attention_mix(pattern: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Each query's weighted sum of values.   pattern [b, h, p, P], v [b, kv, P, e] -> z [b, p, h, e]
+
+    Same as np.einsum("bkgpP,bkPe->bpkge", pattern grouped by kv-head, v).
+    """
+    b, h, p, P = pattern.shape
+    kv, e = v.shape[1], v.shape[3]
+    z = pattern.reshape(b, kv, (h // kv) * p, P) @ v  # [b, kv, g·p, e]
+    z = z.reshape(b, kv, h // kv, p, e).transpose(0, 3, 1, 2, 4)  # [b, p, kv, g, e]
+    return z.reshape(b, p, h, e)

@@ -1,0 +1,195 @@
+"""The parameter tree: every weight of a model, under TransformerLens's names.
+
+Storage is laid out for the matrix products the forward pass runs: the query,
+key and value maps of a layer are one matrix `W_QKV` [d_model, (h + 2·kv)·e]
+and Llama's gate and up projections one matrix `W_gate_in` [d_model, 2·m].
+The documented names (`W_Q` [h, d_model, e], `W_in` [d_model, m], ...) are
+*views* into that storage, so writing through them edits the model:
+
+    model.blocks[3].attn.W_Q[5] *= 0    # zeroes head 5 of layer 3, nothing else
+
+Assigning to a name (`attn.W_Q = array`) copies into the storage as well.
+`named_parameters()` lists every documented name with its live view.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from minillm.config import ModelConfig
+from minillm.errors import MinillmError
+
+
+def _assign(view: np.ndarray, value: np.ndarray, name: str) -> None:
+    value = np.asarray(value)
+    if value.shape != view.shape:
+        raise MinillmError(f"{name}: expected shape {view.shape}, got {value.shape}")
+    view[...] = value
+
+
+class _View:
+    """A documented parameter name that is a view into the storage (read and write)."""
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, obj, owner=None):
+        return self if obj is None else obj._view(self.name)
+
+    def __set__(self, obj, value):
+        _assign(obj._view(self.name), value, self.name)
+
+
+class Attention:
+    """One attention layer's weights.
+
+    Storage: W_QKV [d, (h + 2kv)·e], b_QKV [(h + 2kv)·e] or None,
+             W_O_flat [h·e, d], b_O [d] or None.
+    Views:   W_Q [h, d, e], W_K / W_V [kv, d, e], W_O [h, e, d],
+             b_Q [h, e], b_K / b_V [kv, e].
+    """
+
+    W_Q = _View()
+    W_K = _View()
+    W_V = _View()
+    W_O = _View()
+    b_Q = _View()
+    b_K = _View()
+    b_V = _View()
+
+    def __init__(self, cfg: ModelConfig, dtype):
+        h, kv, e, d = cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.d_model
+        self.n_heads, self.n_kv_heads, self.d_head = h, kv, e
+        self.W_QKV = np.zeros((d, (h + 2 * kv) * e), dtype)
+        self.b_QKV = np.zeros((h + 2 * kv) * e, dtype) if cfg.qkv_bias else None
+        self.W_O_flat = np.zeros((h * e, d), dtype)
+        self.b_O = np.zeros(d, dtype) if cfg.o_bias else None
+
+    def _columns(self, which: str) -> slice:
+        """Which columns of W_QKV hold Q, K or V."""
+        h, kv, e = self.n_heads, self.n_kv_heads, self.d_head
+        start = {"Q": 0, "K": h * e, "V": (h + kv) * e}[which]
+        return slice(start, start + (h if which == "Q" else kv) * e)
+
+    def _view(self, name: str) -> np.ndarray:
+        e = self.d_head
+        kind, which = name[0], name[2]  # "W_Q" -> ("W", "Q")
+        if which == "O":
+            return self.W_O_flat.reshape(self.n_heads, e, -1)  # [h, e, d]
+        cols = self._columns(which)
+        if kind == "W":
+            W = self.W_QKV[:, cols]  # [d, heads·e]
+            return W.reshape(W.shape[0], -1, e).transpose(1, 0, 2)  # [heads, d, e]
+        if self.b_QKV is None:
+            raise AttributeError(f"{name}: this model has no attention biases")
+        return self.b_QKV[cols].reshape(-1, e)  # [heads, e]
+
+    def named_parameters(self):
+        yield "W_Q", self.W_Q
+        yield "W_K", self.W_K
+        yield "W_V", self.W_V
+        yield "W_O", self.W_O
+        if self.b_QKV is not None:
+            yield "b_Q", self.b_Q
+            yield "b_K", self.b_K
+            yield "b_V", self.b_V
+        if self.b_O is not None:
+            yield "b_O", self.b_O
+
+
+class MLP:
+    """One MLP layer's weights.
+
+    gpt2:  W_in [d, m], b_in [m], W_out [m, d], b_out [d].
+    llama: W_gate_in [d, 2m] stores W_gate (first m columns) and W_in (the
+           "up" projection, last m columns) side by side; W_out [m, d].
+    """
+
+    W_gate = _View()
+    W_in = _View()
+
+    def __init__(self, cfg: ModelConfig, dtype):
+        d, m = cfg.d_model, cfg.d_mlp
+        self.gated = cfg.family == "llama"
+        self.d_mlp = m
+        self.W_gate_in = np.zeros((d, 2 * m if self.gated else m), dtype)
+        self.b_in = np.zeros(m, dtype) if cfg.mlp_bias else None
+        self.W_out = np.zeros((m, d), dtype)
+        self.b_out = np.zeros(d, dtype) if cfg.mlp_bias else None
+
+    def _view(self, name: str) -> np.ndarray:
+        m = self.d_mlp
+        if not self.gated:
+            if name == "W_gate":
+                raise AttributeError("W_gate: GPT-2's MLP has no gate")
+            return self.W_gate_in
+        return self.W_gate_in[:, :m] if name == "W_gate" else self.W_gate_in[:, m:]
+
+    def named_parameters(self):
+        if self.gated:
+            yield "W_gate", self.W_gate
+        yield "W_in", self.W_in
+        if self.b_in is not None:
+            yield "b_in", self.b_in
+        yield "W_out", self.W_out
+        if self.b_out is not None:
+            yield "b_out", self.b_out
+
+
+class Norm:
+    """A LayerNorm (gain w and bias b) or RMSNorm (gain w only).   w, b: [d]"""
+
+    def __init__(self, cfg: ModelConfig, dtype):
+        self.w = np.ones(cfg.d_model, dtype)
+        self.b = np.zeros(cfg.d_model, dtype) if cfg.family == "gpt2" else None
+
+    def named_parameters(self):
+        yield "w", self.w
+        if self.b is not None:
+            yield "b", self.b
+
+
+class Block:
+    """One transformer block: ln1, attention, ln2, MLP."""
+
+    def __init__(self, cfg: ModelConfig, dtype):
+        self.ln1 = Norm(cfg, dtype)
+        self.attn = Attention(cfg, dtype)
+        self.ln2 = Norm(cfg, dtype)
+        self.mlp = MLP(cfg, dtype)
+
+    def named_parameters(self):
+        for part in ("ln1", "attn", "ln2", "mlp"):
+            for name, value in getattr(self, part).named_parameters():
+                yield f"{part}.{name}", value
+
+
+class Embed:
+    """Token embedding W_E [V, d]."""
+
+    def __init__(self, cfg: ModelConfig, dtype):
+        self.W_E = np.zeros((cfg.d_vocab, cfg.d_model), dtype)
+
+
+class PosEmbed:
+    """Learned position embedding W_pos [n_ctx, d] (GPT-2 only)."""
+
+    def __init__(self, cfg: ModelConfig, dtype):
+        self.W_pos = np.zeros((cfg.n_ctx, cfg.d_model), dtype)
+
+
+class Unembed:
+    """Unembedding W_U [d, V]: a view of W_E.T when the model ties them."""
+
+    def __init__(self, cfg: ModelConfig, dtype, embed: Embed):
+        self.tied = cfg.tie_embeddings
+        self._W_U = None if self.tied else np.zeros((cfg.d_model, cfg.d_vocab), dtype)
+        self._embed = embed
+
+    @property
+    def W_U(self) -> np.ndarray:
+        return self._embed.W_E.T if self.tied else self._W_U
+
+    @W_U.setter
+    def W_U(self, value: np.ndarray) -> None:
+        _assign(self.W_U, value, "W_U")

@@ -1,0 +1,66 @@
+"""Text <-> token ids, through the `tokenizers` library and the model's own tokenizer.json.
+
+BOS is added exactly when the model's own tokenizer adds it: that is what
+its post-processor says (Llama / TinyLlama: yes; GPT-2 and SmolLM2: no), so
+we let `tokenizers` apply it and never prepend a token ourselves.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from minillm.errors import CheckpointError, MinillmError
+
+
+class Tokenizer:
+    def __init__(self, path: str | Path):
+        from tokenizers import Tokenizer as HFTokenizer
+
+        self.path = Path(path)
+        try:
+            self._tok = HFTokenizer.from_file(str(self.path))
+        except Exception as e:  # the Rust library raises its own exception types
+            raise CheckpointError(f"{self.path}: cannot read tokenizer ({e})") from None
+        self.config = _read_json(self.path.parent / "tokenizer_config.json")
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        if not isinstance(text, str):
+            raise MinillmError(f"expected text (str), got {type(text).__name__}")
+        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self._tok.token_to_id(token)
+
+    def id_to_token(self, i: int) -> str | None:
+        return self._tok.id_to_token(int(i))
+
+    def batch_encode(self, texts: list[str], padding_side: str = "left", pad_id: int = 0):
+        """A ragged batch as (ids [b, p], attention_mask [b, p]), padded on one side."""
+        rows = [self.encode(t) for t in texts]
+        width = max(len(r) for r in rows)
+        ids = np.full((len(rows), width), pad_id, np.int64)
+        mask = np.zeros((len(rows), width), np.int64)
+        for i, r in enumerate(rows):
+            sl = slice(width - len(r), width) if padding_side == "left" else slice(0, len(r))
+            ids[i, sl], mask[i, sl] = r, 1
+        return ids, mask
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    return data if isinstance(data, dict) else {}
