@@ -199,3 +199,28 @@ def _check_keys(entries: list[Entry], source: TensorSource, cfg: ModelConfig, fo
         ):
             raise CheckpointError(f"{folder}: tensor lm_head.weight has shape "
                                   f"{list(source.shape(key))}, expected {[cfg.d_vocab, cfg.d_model]}")
+
+
+def save_pretrained(model: Transformer, folder: str | Path) -> Path:
+    """Write `model` as a Hugging Face folder (config.json + model.safetensors).
+
+    The exact inverse of loading, through the same mapping: an edited model
+    can be exported and loaded by transformers or by minillm again. Written
+    to temporary names first, then renamed, so a crash leaves no half file.
+    """
+    import os
+
+    from safetensors.numpy import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    prefix = "transformer." if model.cfg.family == "gpt2" else "model."
+    entries = gpt2_entries(model, prefix) if model.cfg.family == "gpt2" else llama_entries(model)
+    tensors = {key: np.ascontiguousarray(dest().T if t else dest()) for key, _, dest, t in entries}
+    tmp = folder / f".model.safetensors.tmp-{os.getpid()}"
+    save_file(tensors, str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, folder / "model.safetensors")
+    tmp = folder / f".config.json.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(model.cfg.extra, indent=2))
+    os.replace(tmp, folder / "config.json")
+    return folder
