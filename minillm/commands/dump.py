@@ -1,0 +1,62 @@
+"""`minillm dump NAME "prompt" -o run.safetensors`: write a run's activations for comparison."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from minillm import compare
+from minillm.errors import MinillmError
+
+HELP = "write every requested activation of one run to a safetensors file (see `minillm compare`)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="NAME_OR_PATH", help="a catalog name or a model folder")
+    parser.add_argument("prompt", nargs="?", help="the text to run (or use --ids)")
+    parser.add_argument("-o", "--output", required=True, metavar="FILE", help="the dump to write")
+    parser.add_argument("--ids", metavar="I,J,...", help="token ids instead of a prompt, comma-separated")
+    parser.add_argument("--hooks", metavar="PATTERN", default=None,
+                        help="globs of hook names, comma-separated (default: every hook except "
+                        "attn.hook_result), e.g. 'blocks.*.hook_resid_post,hook_logits'")
+    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                        help="float64 = the reference mode (default float32)")
+    parser.add_argument("--force", action="store_true",
+                        help=f"write dumps above {compare.DEFAULT_MAX_BYTES // 2**30} GiB")
+    parser.add_argument("--inject-bug", choices=_bug_names(), metavar="BUG",
+                        help="run a deliberately broken implementation (worked example of "
+                        f"`minillm compare`): {', '.join(_bug_names())}")
+
+
+def _bug_names() -> list[str]:
+    from minillm.interp.broken import BUGS
+
+    return list(BUGS)
+
+
+def run(args: argparse.Namespace) -> int:
+    import minillm
+
+    if (args.prompt is None) == (args.ids is None):
+        raise MinillmError("give either a prompt or --ids (not both)")
+    prompt = args.prompt
+    if args.ids is not None:
+        try:
+            prompt = np.array([int(t) for t in args.ids.split(",")], np.int64)
+        except ValueError:
+            raise MinillmError(f"--ids must be comma-separated integers, got {args.ids!r}") from None
+    model = minillm.load(args.model, dtype=np.dtype(args.dtype))
+    fwd_hooks, note = [], ""
+    if args.inject_bug:
+        from minillm.interp.broken import BUGS
+
+        bug = BUGS[args.inject_bug]
+        fwd_hooks, note = bug.hooks(model), f"deliberately broken: {bug.name} ({bug.description})"
+    path = compare.dump(model, prompt, args.output, hooks=args.hooks, fwd_hooks=fwd_hooks,
+                        allow_large=args.force, note=note)
+    d = compare.load_dump(path)
+    size = sum(a.nbytes for a in d.acts.values())
+    print(f"wrote {len(d.acts)} activations ({size / 1e6:.1f} MB, {args.dtype}) of "
+          f"{d.input_ids.shape[1]} tokens to {path}" + (f" [{note}]" if note else ""))
+    return 0
