@@ -8,6 +8,7 @@ code written for TransformerLens ports with few changes.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -133,6 +134,34 @@ class HookedModel(Transformer):
         wanted = set(names_filter)
         return [n for n in self.hook_names() if n in wanted]
 
+    # --- activation interventions (minillm/interventions.py) ---------------------------------
+
+    def run_with_interventions(self, tokens, interventions=(), attention_mask=None, cache=None,
+                               last_only=False) -> np.ndarray:
+        """Logits of one run with activation interventions (patch, zero, mean, ...) in place.
+
+        Everything is validated before the run: hook names, layers, heads,
+        neurons, and positions (against this run's length, or n_ctx when
+        decoding with a KV cache).
+        """
+        from minillm.interventions import to_hooks
+
+        tokens = self._as_tokens(tokens)
+        for i in interventions if cache is None else ():  # decoding: later positions come later
+            if hasattr(i, "check_positions"):
+                i.check_positions(tokens.shape[-1])
+        return self.run_with_hooks(tokens, to_hooks(self, interventions), attention_mask, cache,
+                                   last_only)
+
+    @contextmanager
+    def intervened(self, interventions) -> Iterator[HookedModel]:
+        """`with model.intervened([...]):` interventions apply to every run inside the block
+        (generation too); removed on exit, also on exceptions."""
+        from minillm.interventions import to_hooks
+
+        with self.hooks(to_hooks(self, interventions)):
+            yield self
+
     # --- parameters --------------------------------------------------------------------------
 
     def named_parameters(self) -> Iterator[tuple[str, np.ndarray]]:
@@ -172,3 +201,31 @@ class HookedModel(Transformer):
         from minillm.generate import generate
 
         return generate(self, prompt, max_new_tokens=max_new_tokens, **kwargs)
+
+    # --- weight edits (minillm/edits.py: the ops; minillm/journal.py: exact revert) ----------
+
+    @property
+    def journal(self):
+        """The journal of weight edits applied to this model (created on first use)."""
+        from minillm.journal import Journal
+
+        if "_journal" not in self.__dict__:
+            self._journal = Journal(self)
+        return self._journal
+
+    def edit(self, op):
+        """Apply a weight edit from minillm.edits; returns a handle with .revert(mode=)."""
+        return self.journal.apply(op)
+
+    def revert_all(self) -> None:
+        """Undo every edit bit for bit (also inverse-reverted ones): the weights are pristine."""
+        self.journal.revert_all()
+
+    def edited(self, *ops):
+        """`with model.edited(op, ...):` the edits hold inside the block, reverted on exit."""
+        return self.journal.edited(*ops)
+
+    @property
+    def edits(self) -> list:
+        """The edits in force, oldest first (each prints as a one-line description)."""
+        return self.journal.active
