@@ -6,6 +6,7 @@
     logits, cache = model.run_with_cache("It was a dark and stormy")
 """
 
+from minillm import edits
 from minillm.config import ModelConfig
 from minillm.errors import CheckpointError, ConfigError, MinillmError
 from minillm.hooked_model import HookedModel
@@ -15,5 +16,5 @@ from minillm.loading import load
 __version__ = "0.1.0"
 __all__ = [
     "CheckpointError", "ConfigError", "HookedModel", "KVCache", "MinillmError",
-    "ModelConfig", "load", "__version__",
+    "ModelConfig", "edits", "load", "__version__",
 ]

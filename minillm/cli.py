@@ -17,6 +17,11 @@ COMMANDS = {
     "info": "info",
     "demo": "demo",
     "generate": "generate",
+    "edit": "edit",
+    "dump": "dump",
+    "compare": "compare",
+    "lesson": "lesson",
+    "lens": "lens",
 }
 
 
