@@ -71,6 +71,8 @@ def import_file(path: Path, name: str | None = None) -> ModuleType:
     if not path.is_file():
         raise MinillmError(f"{path} does not exist")
     name = name or f"_minillm_lesson_{path.parent.name}_{path.stem}"
+    for stale in ("solutions", "exercises", "check"):  # a bare `import solutions` in check.py
+        sys.modules.pop(stale, None)  # must find this lesson's file, not another lesson's
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.path.insert(0, str(path.parent))

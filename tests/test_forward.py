@@ -2,10 +2,10 @@
 
 Tolerances: the fixtures are tiny (d_model 64, 2 layers) float32 models, so
 float32 logits agree to a few 1e-6; 5e-5 leaves an order of magnitude of room
-for BLAS summation order. In float64 GPT-2 agrees to ~1e-14; the Llama family
-only to ~1e-6, because transformers computes RoPE angles in float32 even in a
-float64 model (its rotary embedding disables autocast and calls .float()), so
-there we assert 1e-5 and check minillm's own float64/float32 agreement instead.
+for BLAS summation order. In float64 every family agrees to ~2e-14 (measured
+8e-15 .. 2e-14), so 1e-10 is strict yet safe. The float64 references are true
+float64: make_fixtures.py runs transformers' RMSNorm, RoPE angles and softmax
+in float64 too (plain `.double()` keeps them in float32).
 """
 
 from __future__ import annotations
@@ -78,8 +78,9 @@ def test_float64_reference_mode(golden):
     model = minillm.load(golden_folder(name), dtype=np.float64)
     logits = model(ref["input_ids"])
     assert logits.dtype == np.float64
-    atol = 1e-10 if model.cfg.family == "gpt2" else 1e-5  # see the module docstring
-    assert_close(logits, ref["logits_f64"], atol, f"{name} float64 logits")
+    assert_close(logits, ref["logits_f64"], 1e-10, f"{name} float64 logits")
+    assert_close(model.run_with_cache(ref["input_ids"])[1]["blocks.0.hook_resid_pre"],
+                 ref["hidden_states_f64"][0], 1e-12, f"{name} float64 embeddings")
     assert_close(model32(ref["input_ids"]), logits, ATOL_F32, f"{name} float32 vs float64")
 
 

@@ -1,0 +1,180 @@
+# %% [markdown]
+# # Lesson 01: Tokens and embeddings
+#
+# A model reads integers, not text. This script shows how SmolLM2's byte-level BPE
+# tokenizer cuts text into tokens, what the embedding matrix `W_E` looks like (norms,
+# nearest neighbours, analogies), and what it means that SmolLM2 *ties* its unembedding
+# to its embedding. Read README.md first; it is the lecture.
+#
+# Runs headless in well under a minute on the offline SmolLM2. Another model:
+# `MINILLM_LESSON_MODEL=gpt2 python lesson.py` (after `minillm fetch gpt2`).
+
+# %%
+import os
+
+import numpy as np
+
+import minillm
+from minillm.interp.lens import final_norm
+from minillm.lessons import output_dir
+
+MODEL = os.environ.get("MINILLM_LESSON_MODEL", "smollm2-135m")
+model = minillm.load(MODEL)
+print(model)
+W_E = model.embed.W_E  # [V, d]
+
+# %% [markdown]
+# ## 1. Tokenization
+#
+# Each row: the text, its ids, and the text of each token. Look for: digits split one by
+# one (SmolLM2, not GPT-2), the leading space inside tokens (`' year'`), chat markers as
+# single tokens, a rare word split into pieces, an emoji split into undecodable byte pieces.
+
+# %%
+texts = [
+    "The year 2024",
+    "Hello world",
+    " Hello world",
+    "unbelievably",
+    "naïve café 😀",
+    "def f(x):\n    return x",
+]
+if model.tokenizer.token_to_id("<|im_start|>") is not None:  # SmolLM2's chat format (ChatML)
+    texts.insert(0, "<|im_start|>user\nWhat is 12+7?<|im_end|>\n")
+for text in texts:
+    ids = model.to_tokens(text)[0]
+    print(f"{text!r:50} {len(ids):2d} tokens  {model.to_str_tokens(ids)}")
+print("ids of 'The year 2024':", model.to_tokens("The year 2024")[0].tolist())
+print("BOS added to plain text?", model.to_tokens("Hello")[0].tolist())
+
+# %% [markdown]
+# ## 2. The embedding matrix
+#
+# `W_E[t]` is the vector token `t` starts as. Its rows have very different lengths; the
+# histogram names the shortest and the longest.
+
+# %%
+norms = np.linalg.norm(W_E, axis=1)  # [V]
+order = np.argsort(norms)
+shortest = [model.to_string([int(i)]) for i in order[:6]]
+longest = [model.to_string([int(i)]) for i in order[-6:][::-1]]
+print(f"W_E {W_E.shape}: row norms from {norms.min():.2f} to {norms.max():.2f} (mean {norms.mean():.2f})")
+print("shortest rows:", shortest)
+print("longest rows: ", longest)
+
+import matplotlib.pyplot as plt  # noqa: E402
+
+fig, ax = plt.subplots(figsize=(7, 3.5))
+ax.hist(norms, bins=100)
+ax.set_xlabel("‖W_E[t]‖")
+ax.set_ylabel("tokens")
+ax.set_title(f"{MODEL}: embedding row norms")
+ax.text(0.98, 0.95, "shortest: " + ", ".join(map(repr, shortest[:4])) + "\nlongest: "
+        + ", ".join(map(repr, longest[:4])), transform=ax.transAxes, ha="right", va="top", fontsize=7)
+fig.tight_layout()
+fig.savefig(output_dir() / "embedding_norms.png", dpi=100)
+plt.close(fig)
+
+# %% [markdown]
+# ## 3. Nearest neighbours by cosine
+#
+# Divide every row by its norm once; then one matrix-vector product gives the cosine of a
+# token with the whole vocabulary.
+
+# %%
+unit = W_E / norms[:, None]  # [V, d], unit rows
+
+
+def neighbours(text: str, k: int = 8) -> list[tuple[str, float]]:
+    t = model.to_single_token(text)
+    sims = unit @ unit[t]  # [V]
+    best = [int(i) for i in np.argsort(-sims)[: k + 1] if int(i) != t][:k]
+    return [(model.to_string([i]), round(float(sims[i]), 3)) for i in best]
+
+
+for text in [" king", " Paris", " dog", " sorry", " blue", " Monday", "7"]:
+    print(f"{text!r:10}", neighbours(text))
+
+# %% [markdown]
+# The heatmap shows the cosine between a few groups of tokens. Blocks on the diagonal are
+# the groups; the blocks off it show how unrelated groups are (near 0, rarely negative).
+
+# %%
+groups = {
+    "weekdays": [" Monday", " Tuesday", " Friday", " Sunday"],
+    "digits": ["3", "4", "7", "9"],
+    "colours": [" red", " blue", " green", " yellow"],
+    "capitals": [" Paris", " London", " Berlin", " Tokyo"],
+    "royals": [" king", " queen", " prince", " princess"],
+}
+labels, ids = [], []
+for words in groups.values():
+    for w in words:
+        try:
+            ids.append(model.to_single_token(w))
+            labels.append(w)
+        except minillm.MinillmError:  # not one token in this model's vocabulary
+            pass
+sim = unit[ids] @ unit[ids].T  # [n, n]
+fig, ax = plt.subplots(figsize=(6.5, 5.5))
+im = ax.imshow(sim, cmap="RdBu_r", vmin=-1, vmax=1)
+ax.set_xticks(range(len(labels)), [repr(x) for x in labels], rotation=90, fontsize=7)
+ax.set_yticks(range(len(labels)), [repr(x) for x in labels], fontsize=7)
+fig.colorbar(im, ax=ax, label="cosine")
+ax.set_title(f"{MODEL}: cosine similarity of embeddings")
+fig.tight_layout()
+fig.savefig(output_dir() / "embedding_cosines.png", dpi=100)
+plt.close(fig)
+
+# %% [markdown]
+# ## 4. Analogies: a − b + c
+#
+# Rank all tokens by cosine with `W_E[a] − W_E[b] + W_E[c]`, excluding the three inputs
+# (we also print where `a` itself would have ranked: usually first).
+
+# %%
+for a, b, c in [(" king", " man", " woman"), (" Paris", " France", " Germany"),
+                (" walked", " walk", " swim"), (" bigger", " big", " small")]:
+    try:
+        ia, ib, ic = (model.to_single_token(x) for x in (a, b, c))
+    except minillm.MinillmError as e:
+        print("skipped:", e)
+        continue
+    v = W_E[ia] - W_E[ib] + W_E[ic]
+    sims = unit @ (v / np.linalg.norm(v))
+    ranked = [int(i) for i in np.argsort(-sims)[:8]]
+    answers = [(model.to_string([i]), round(float(sims[i]), 3)) for i in ranked if i not in (ia, ib, ic)]
+    own = ranked.index(ia) + 1 if ia in ranked else ">8"
+    print(f"{a}-{b}+{c} -> {answers[:4]}   (the rank of {a!r} itself: {own})")
+
+# %% [markdown]
+# ## 5. Tied or untied unembedding
+#
+# In a tied model `W_U` is `W_E.T`, the same memory. Then the logit of token `t` for a
+# hidden state `h` is `h · W_E[t]`. Test the consequence: put a token's own embedding
+# straight through the final norm and the unembedding (no blocks at all) and ask whether
+# its top logit is the token itself.
+
+# %%
+W_U = model.unembed.W_U  # [d, V]
+print("tie_embeddings:", model.cfg.tie_embeddings,
+      "| shares memory:", np.shares_memory(W_E, W_U),
+      "| W_E parameters:", f"{W_E.size / 1e6:.1f} M of {model.n_params() / 1e6:.1f} M")
+rng = np.random.default_rng(0)
+sample = rng.choice(W_E.shape[0], size=300, replace=False)  # random token ids
+direct = final_norm(model, W_E[sample]) @ W_U  # [300, V]: embedding -> logits, no blocks
+self_rank = (direct > direct[np.arange(len(sample)), sample][:, None]).sum(axis=1)  # 0 = top-1
+print(f"a token's own embedding predicts itself: top-1 for {np.mean(self_rank == 0):.0%}, top-10 for "
+      f"{np.mean(self_rank < 10):.0%} of 300 random tokens; median rank of itself "
+      f"{np.median(self_rank):.0f} of {W_E.shape[0]} (chance: about {W_E.shape[0] // 2})")
+
+fig, ax = plt.subplots(figsize=(6, 3.2))
+ax.hist(np.log10(1 + self_rank), bins=30)
+ax.set_xlabel("log10(1 + rank of the token itself)   (0 = top-1)")
+ax.set_ylabel("tokens")
+ax.set_title(f"{MODEL}: unembedding a token's own embedding "
+             f"({'tied' if model.cfg.tie_embeddings else 'untied'})")
+fig.tight_layout()
+fig.savefig(output_dir() / "self_prediction.png", dpi=100)
+plt.close(fig)
+print("figures in", output_dir().resolve())

@@ -1,0 +1,172 @@
+# %% [markdown]
+# # Lesson 02: The forward pass by hand
+#
+# We recompute one block of SmolLM2 from its weights with nothing but NumPy and minillm's
+# pure functions (`minillm.ops`), compare every intermediate with what the model cached
+# (`run_with_cache`), then chain all 30 blocks and check that our hand-made forward pass
+# predicts the same next token. The exercises ask you to write those functions yourself.
+#
+# Another model: `MINILLM_LESSON_MODEL=tinyllama-1.1b python lesson.py` (Llama family; the
+# block recomputation below is written for Llama-family models: RMSNorm, RoPE, SwiGLU).
+
+# %%
+import os
+
+import numpy as np
+
+import minillm
+from minillm import ops
+from minillm.lessons import output_dir
+
+MODEL = os.environ.get("MINILLM_LESSON_MODEL", "smollm2-135m")
+model = minillm.load(MODEL)
+cfg = model.cfg
+print(model)
+print(f"eps = {cfg.eps}, rope_theta = {cfg.rope_theta}, d_head = {cfg.d_head}, "
+      f"{cfg.n_heads} query heads share {cfg.n_kv_heads} kv-heads")
+if cfg.family != "llama":
+    raise SystemExit("this lesson recomputes a Llama-family block (RMSNorm, RoPE, SwiGLU); "
+                     "use smollm2-135m or tinyllama-1.1b")
+
+prompt = "The quick brown fox jumps over the lazy dog, because the dog was"
+tokens = model.to_tokens(prompt)
+logits, cache = model.run_with_cache(tokens)
+print(model.to_str_tokens(tokens[0]))
+
+# %% [markdown]
+# ## 1. One block, step by step
+#
+# `x = resid_pre`; `resid_mid = x + Attn(RMSNorm₁(x))`; `resid_post = resid_mid + MLP(RMSNorm₂(resid_mid))`.
+# After each step we print the relative error against the cached activation.
+
+# %%
+L = 3
+blk = model.blocks[L]
+errors: dict[str, float] = {}
+
+
+def compare(name: str, ours: np.ndarray) -> np.ndarray:
+    ref = cache[f"blocks.{L}.{name}"]
+    errors[name] = float(np.abs(ours - ref).max() / np.abs(ref).max())
+    print(f"{name:24} {str(ours.shape):18} relative error {errors[name]:.1e}")
+    return ours
+
+
+def rms(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    _, scale = ops.rms_norm_parts(x, cfg.eps)  # 1 / sqrt(mean(x²) + eps)   [b, p, 1]
+    return x * scale * w
+
+
+x = cache[f"blocks.{L}.hook_resid_pre"]  # [1, p, d]
+xn = compare("ln1.hook_normalized", rms(x, 1.0)) * blk.ln1.w  # [1, p, d]
+q = compare("attn.hook_q", np.einsum("bpd,hde->bphe", xn, blk.attn.W_Q))  # [1, p, h, e]
+k = compare("attn.hook_k", np.einsum("bpd,kde->bpke", xn, blk.attn.W_K))  # [1, p, kv, e]
+v = compare("attn.hook_v", np.einsum("bpd,kde->bpke", xn, blk.attn.W_V))  # [1, p, kv, e]
+positions = np.arange(tokens.shape[1])[None]  # [1, p]
+cos, sin = ops.rope_cos_sin(positions, ops.rope_inv_freq(cfg.d_head, cfg.rope_theta, cfg.rope_scaling),
+                            model.dtype)
+q = compare("attn.hook_rot_q", ops.apply_rope(q, cos, sin))  # x·cos + rotate_half(x)·sin
+k = compare("attn.hook_rot_k", ops.apply_rope(k, cos, sin))
+g = cfg.n_heads // cfg.n_kv_heads
+scores = np.einsum("bqhe,bkhe->bhqk", q, np.repeat(k, g, axis=2)) / np.sqrt(cfg.d_head)  # [1, h, p, p]
+future = np.triu(np.ones(scores.shape[-2:], dtype=bool), k=1)
+pattern = compare("attn.hook_pattern", ops.softmax(np.where(future, -np.inf, scores)))
+z = compare("attn.hook_z", np.einsum("bhqk,bkhe->bqhe", pattern, np.repeat(v, g, axis=2)))
+attn_out = compare("hook_attn_out", np.einsum("bphe,hed->bpd", z, blk.attn.W_O))
+mid = compare("hook_resid_mid", x + attn_out)
+xn2 = compare("ln2.hook_normalized", rms(mid, 1.0)) * blk.ln2.w
+post = compare("mlp.hook_post", ops.silu(xn2 @ blk.mlp.W_gate) * (xn2 @ blk.mlp.W_in))  # [1, p, m]
+mlp_out = compare("hook_mlp_out", post @ blk.mlp.W_out)
+compare("hook_resid_post", mid + mlp_out)
+
+import matplotlib.pyplot as plt  # noqa: E402
+
+fig, ax = plt.subplots(figsize=(8, 3.5))
+ax.bar(range(len(errors)), [max(e, 1e-12) for e in errors.values()])
+ax.set_yscale("log")
+ax.set_xticks(range(len(errors)), list(errors), rotation=60, ha="right", fontsize=7)
+ax.set_ylabel("max |ours − minillm| / max |minillm|")
+ax.set_title(f"{MODEL} block {L} by hand: every step agrees to float32 rounding")
+fig.tight_layout()
+fig.savefig(output_dir() / "block_by_hand_errors.png", dpi=100)
+plt.close(fig)
+
+# %% [markdown]
+# ## 2. What RoPE does to a score
+#
+# Rotating q by angle t·ω and k by s·ω makes their dot product depend on t − s only. Take
+# one real query vector and use it as the key as well: its score with itself at distance
+# Δ = t − s falls and oscillates as Δ grows, because the 32 frequency pairs fall out of
+# phase (the fast ones first).
+
+# %%
+q0 = cache[f"blocks.{L}.attn.hook_q"][0, -1, 0]  # [e]: head 0's query at the last position
+deltas = np.arange(0, 2048, 4)
+inv_freq = ops.rope_inv_freq(cfg.d_head, cfg.rope_theta, cfg.rope_scaling)
+c, s = ops.rope_cos_sin(deltas[None], inv_freq, np.float64)  # [1, n, 1, e]
+rotated = ops.apply_rope(np.broadcast_to(q0, (1, len(deltas), 1, cfg.d_head)), c, s)[0, :, 0]  # [n, e]
+self_scores = rotated @ q0 / np.sqrt(cfg.d_head)  # key at position 0, query at position Δ
+fig, ax = plt.subplots(figsize=(7, 3.2))
+ax.plot(deltas, self_scores)
+ax.set_xlabel("relative distance Δ (query position − key position)")
+ax.set_ylabel("score of q with itself")
+ax.set_title(f"RoPE (θ = {cfg.rope_theta:g}): the same vectors, further apart")
+fig.tight_layout()
+fig.savefig(output_dir() / "rope_distance.png", dpi=100)
+plt.close(fig)
+print(f"wavelengths of the rotary pairs, in tokens: fastest {2 * np.pi / inv_freq[0]:.1f}, "
+      f"slowest {2 * np.pi / inv_freq[-1]:.0f}")
+
+# %% [markdown]
+# ## 3. All the blocks: our forward pass against the model's
+#
+# Chain the same steps through every block, starting from the embedding rows, then apply
+# the final RMSNorm and the unembedding, and compare the prediction with the model's.
+# The right panel shows the size of the residual stream that each RMSNorm divides away.
+
+# %%
+
+
+def hand_block(x: np.ndarray, blk) -> np.ndarray:
+    xn = rms(x, blk.ln1.w)
+    q = ops.apply_rope(np.einsum("bpd,hde->bphe", xn, blk.attn.W_Q), cos, sin)
+    k = ops.apply_rope(np.einsum("bpd,kde->bpke", xn, blk.attn.W_K), cos, sin)
+    v = np.einsum("bpd,kde->bpke", xn, blk.attn.W_V)
+    sc = np.einsum("bqhe,bkhe->bhqk", q, np.repeat(k, g, axis=2)) / np.sqrt(cfg.d_head)
+    pat = ops.softmax(np.where(future, -np.inf, sc))
+    z = np.einsum("bhqk,bkhe->bqhe", pat, np.repeat(v, g, axis=2))
+    x = x + np.einsum("bphe,hed->bpd", z, blk.attn.W_O)
+    xn = rms(x, blk.ln2.w)
+    return x + (ops.silu(xn @ blk.mlp.W_gate) * (xn @ blk.mlp.W_in)) @ blk.mlp.W_out
+
+
+x = model.embed.W_E[tokens]  # [1, p, d]
+resid_err = []
+for layer, b in enumerate(model.blocks):
+    x = hand_block(x, b)
+    ref = cache[f"blocks.{layer}.hook_resid_post"]
+    resid_err.append(float(np.abs(x - ref).max() / np.abs(ref).max()))
+our_logits = rms(x[:, -1], model.ln_final.w) @ model.unembed.W_U  # [1, V]
+print(f"final logits: max |ours − model| = {np.abs(our_logits - logits[:, -1]).max():.2e}")
+for name, lg in (("ours", our_logits[0]), ("model", logits[0, -1])):
+    top = np.argsort(-lg)[:5]
+    print(f"{name:6} top-5 next tokens:", [model.to_string([int(i)]) for i in top])
+print("resid norm per layer at the last position:",
+      [round(float(np.linalg.norm(cache[f'blocks.{i}.hook_resid_post'][0, -1])), 1)
+       for i in range(0, cfg.n_layers, 5)])
+
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+axes[0].semilogy(resid_err, marker=".")
+axes[0].set_xlabel("layer")
+axes[0].set_ylabel("relative error of resid_post")
+axes[0].set_title("hand-made forward vs minillm")
+scales = np.stack([cache[f"blocks.{i}.ln1.hook_scale"][0, :, 0] for i in range(cfg.n_layers)])  # [L, p]
+im = axes[1].imshow(np.log10(1 / scales), aspect="auto", cmap="viridis")
+axes[1].set_xlabel("position")
+axes[1].set_ylabel("layer")
+axes[1].set_title("log10 rms of resid_pre (ln1's 1/scale)")
+fig.colorbar(im, ax=axes[1])
+fig.tight_layout()
+fig.savefig(output_dir() / "full_forward.png", dpi=100)
+plt.close(fig)
+print("figures in", output_dir().resolve())

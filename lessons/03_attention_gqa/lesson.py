@@ -1,0 +1,150 @@
+# %% [markdown]
+# # Lesson 03: Attention and GQA
+#
+# Attention patterns with token labels, how SmolLM2's 9 query heads share 3 key/value
+# heads, and two kinds of heads found by a score: previous-token heads and induction heads,
+# on a repeated sequence of random tokens. Read README.md first; it is the lecture.
+#
+# Another model: `MINILLM_LESSON_MODEL=gpt2 python lesson.py` (after `minillm fetch gpt2`).
+
+# %%
+import os
+
+import numpy as np
+
+import minillm
+from minillm import ops
+from minillm.interp.results import LabelledArray
+from minillm.lessons import output_dir
+
+MODEL = os.environ.get("MINILLM_LESSON_MODEL", "smollm2-135m")
+model = minillm.load(MODEL)
+cfg = model.cfg
+L, H, KV = cfg.n_layers, cfg.n_heads, cfg.n_kv_heads
+g = H // KV
+print(model)
+
+# %% [markdown]
+# ## 1. Patterns on real text
+#
+# `hook_pattern` is `[batch, head, query, key]`: row q says where position q looks. The
+# text repeats "Mr and Mrs Dursley", so an induction head should, at the second " Mrs",
+# look at the token after the first " Mrs".
+
+# %%
+import matplotlib.pyplot as plt  # noqa: E402
+
+text = "Mr and Mrs Dursley were proud to say that they were perfectly normal. Mr and Mrs Dursley"
+tokens = model.to_tokens(text)
+labels = model.to_str_tokens(tokens[0])
+_, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith(("hook_pattern", "hook_k",
+                                                                            "hook_q")))
+print(f"hook_q {cache['blocks.0.attn.hook_q'].shape} (9 query heads), "
+      f"hook_k {cache['blocks.0.attn.hook_k'].shape} ({KV} kv-heads), "
+      f"hook_pattern {cache['blocks.0.attn.hook_pattern'].shape}")
+
+shown = [(0, 0), (16, 0), (18, 6)] if MODEL.startswith("smollm2") else [(0, 0), (L // 2, 0), (L - 1, 0)]
+fig, axes = plt.subplots(1, len(shown), figsize=(6 * len(shown), 6))
+for ax, (layer, head) in zip(axes, shown):
+    pat = cache[f"blocks.{layer}.attn.hook_pattern"][0, head]  # [p, p]
+    ax.imshow(pat, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(labels)), [repr(t)[1:-1] for t in labels], rotation=90, fontsize=6)
+    ax.set_yticks(range(len(labels)), [repr(t)[1:-1] for t in labels], fontsize=6)
+    ax.set_xlabel("key (attended to)")
+    ax.set_ylabel("query")
+    ax.set_title(f"head {layer}.{head} (kv-head {head // g})")
+fig.tight_layout()
+fig.savefig(output_dir() / "patterns_text.png", dpi=90)
+plt.close(fig)
+
+# %% [markdown]
+# ## 2. Grouped-query attention: who shares keys with whom
+#
+# Query head j reads kv-head j // g. Heads of a group see the *same* keys and values and
+# differ only in their queries. Are their patterns more alike than those of heads in
+# different groups? Measure the mean cosine between the flattened patterns of two heads
+# of the same layer, within a group and across groups.
+
+# %%
+print(f"g = {H} // {KV} = {g}:", {kv: [j for j in range(H) if j // g == kv] for kv in range(KV)})
+within, across = [], []
+for layer in range(L):
+    pat = cache[f"blocks.{layer}.attn.hook_pattern"][0].reshape(H, -1)  # [h, p·p]
+    unit = pat / np.linalg.norm(pat, axis=1, keepdims=True)
+    sim = unit @ unit.T  # [h, h]
+    for i in range(H):
+        for j in range(i + 1, H):
+            (within if i // g == j // g else across).append(sim[i, j])
+if g > 1:
+    print(f"pattern cosine between heads of the same layer: within a kv-group {np.mean(within):.3f} "
+          f"(n={len(within)}), across groups {np.mean(across):.3f} (n={len(across)})")
+
+# %% [markdown]
+# ## 3. Previous-token and induction heads
+#
+# A batch of random token sequences, each repeated twice after a start token:
+# `[BOS, r_0 … r_{T-1}, r_0 … r_{T-1}]`. The first copy is unpredictable; the second is
+# perfectly predictable *if* the model can copy: at r_i, find r_i earlier, and predict what
+# came after it. Score every head by
+# - previous-token score: mean attention from position q to q − 1;
+# - induction score: mean attention, over the second copy, from q to q − T + 1.
+
+# %%
+T, B = 24, 2
+# The document separator the model was pretrained with (SmolLM2 and GPT-2: <|endoftext|>),
+# else the configured BOS. (SmolLM2's config names <|im_start|> as BOS: a chat marker, and a
+# worse start for plain text; see README.)
+bos = model.tokenizer.token_to_id("<|endoftext|>")
+bos = bos if bos is not None else (cfg.bos_token_id if cfg.bos_token_id is not None else 0)
+rng = np.random.default_rng(0)
+rand = rng.integers(1000, min(cfg.d_vocab, 40000), size=(B, T))
+seq = np.concatenate([np.full((B, 1), bos), rand, rand], axis=1)  # [B, 1 + 2T]
+logits, rcache = model.run_with_cache(seq, names_filter=lambda n: n.endswith("hook_pattern"))
+patterns = np.stack([rcache[f"blocks.{layer}.attn.hook_pattern"] for layer in range(L)])  # [L, B, h, P, P]
+
+q_prev = np.arange(1, seq.shape[1])
+prev = patterns[:, :, :, q_prev, q_prev - 1].mean(axis=(1, 3))  # [L, h]
+q_ind = np.arange(1 + T, 1 + 2 * T)
+induction = patterns[:, :, :, q_ind, q_ind - T + 1].mean(axis=(1, 3))  # [L, h]
+
+logp = ops.log_softmax(logits.astype(np.float64))[:, :-1]  # [B, P-1, V]: predicts the next token
+nll = -np.take_along_axis(logp, seq[:, 1:, None], axis=-1)[..., 0]  # [B, P-1]
+print(f"loss on the first copy {nll[:, :T].mean():.2f} nats, on the second copy {nll[:, T + 1:].mean():.2f} "
+      f"(chance: ln V = {np.log(cfg.d_vocab):.2f})")
+
+layer_labels, head_labels = [str(i) for i in range(L)], [str(j) for j in range(H)]
+for name, score in (("previous-token", prev), ("induction", induction)):
+    res = LabelledArray(score, ("layer", "head"), (layer_labels, head_labels), title=f"{name} score")
+    top = ", ".join(f"{lh[0]}.{lh[1]} ({v:.2f}, kv {int(lh[1]) // g})" for lh, v in res.top(6))
+    print(f"top {name} heads (layer.head): {top}")
+    res.plot(output_dir() / f"{name.replace('-', '_')}_scores.png")
+
+fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+for ax, score, title in ((axes[0], prev, "previous-token score"), (axes[1], induction, "induction score")):
+    im = ax.imshow(score, aspect="auto", cmap="viridis", vmin=0, vmax=1)
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_title(title)
+    for kv in range(1, KV):
+        ax.axvline(kv * g - 0.5, color="white", lw=0.8)  # kv-group boundaries
+    fig.colorbar(im, ax=ax)
+ax = axes[2]
+ax.plot(np.arange(1, seq.shape[1]), nll.mean(0))
+ax.axvline(T + 0.5, color="grey", ls="--")
+ax.set_xlabel("position of the predicted token")
+ax.set_ylabel("loss (nats)")
+ax.set_title("loss per position: the second copy is predicted")
+fig.tight_layout()
+fig.savefig(output_dir() / "induction_heatmaps.png", dpi=90)
+plt.close(fig)
+
+best_l, best_h = np.unravel_index(np.argmax(induction), induction.shape)
+fig, ax = plt.subplots(figsize=(5.5, 5))
+ax.imshow(patterns[best_l, 0, best_h], cmap="Blues", vmin=0, vmax=1)
+ax.set_title(f"head {best_l}.{best_h} on a repeated random sequence: the induction stripe")
+ax.set_xlabel("key")
+ax.set_ylabel("query")
+fig.tight_layout()
+fig.savefig(output_dir() / "induction_stripe.png", dpi=90)
+plt.close(fig)
+print("figures in", output_dir().resolve())
