@@ -69,8 +69,12 @@ class ModelConfig:
             raw = json.loads(path.read_text())
         except FileNotFoundError:
             raise ConfigError(f"{path}: no config.json in this folder") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, or a 5000-digit int
             raise ConfigError(f"{path}: not valid JSON ({e})") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: not valid JSON (nested too deeply)") from None
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a JSON object, found {type(raw).__name__}")
         return cls.from_dict(raw, source=str(path))
@@ -78,7 +82,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "config") -> ModelConfig:
         model_type = raw.get("model_type")
-        if model_type not in FAMILIES:
+        if not isinstance(model_type, str) or model_type not in FAMILIES:
             known = ", ".join(sorted(FAMILIES))
             raise ConfigError(
                 f"{source}: model_type {model_type!r} is not supported (known: {known})"
@@ -105,7 +109,32 @@ class _Reader:
         value = self.get(*keys, default=default)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{self.source}: {keys[0]} must be a number, found {value!r}")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer with hundreds of digits
+            raise ConfigError(f"{self.source}: {keys[0]} = {value} is too large") from None
+
+    def bool(self, key: str, default: bool) -> bool:
+        value = self.raw.get(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise ConfigError(f"{self.source}: {key} must be true or false, found {value!r}")
+        return value
+
+    def dict(self, key: str) -> dict[str, Any]:
+        value = self.raw.get(key)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{self.source}: {key} must be an object, found {value!r}")
+        return value
+
+    def token_id(self, key: str) -> int | None:
+        value = self.raw.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise ConfigError(f"{self.source}: {key} must be a token id, found {value!r}")
+        return value
 
     def get(self, *keys: str, default: Any = None) -> Any:
         for key in keys:
@@ -116,11 +145,15 @@ class _Reader:
         return default
 
 
-def _eos_ids(raw: dict[str, Any]) -> tuple[int, ...]:
-    eos = raw.get("eos_token_id")
+def _eos_ids(r: _Reader) -> tuple[int, ...]:
+    eos = r.raw.get("eos_token_id")
     if eos is None:
         return ()
-    return tuple(eos) if isinstance(eos, list) else (eos,)
+    ids = tuple(eos) if isinstance(eos, list) else (eos,)
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+        raise ConfigError(f"{r.source}: eos_token_id must be a token id or a list of them, "
+                          f"found {eos!r}")
+    return ids
 
 
 def _gpt2(r: _Reader) -> ModelConfig:
@@ -143,13 +176,13 @@ def _gpt2(r: _Reader) -> ModelConfig:
         d_vocab=r.int("vocab_size"),
         n_ctx=r.int("n_positions", "n_ctx"),
         eps=r.float("layer_norm_epsilon", default=1e-5),
-        tie_embeddings=bool(r.raw.get("tie_word_embeddings", True)),
+        tie_embeddings=r.bool("tie_word_embeddings", True),
         act_fn="gelu_tanh",
         qkv_bias=True,
         o_bias=True,
         mlp_bias=True,
-        bos_token_id=r.raw.get("bos_token_id"),
-        eos_token_ids=_eos_ids(r.raw),
+        bos_token_id=r.token_id("bos_token_id"),
+        eos_token_ids=_eos_ids(r),
         extra=r.raw,
     )
 
@@ -158,14 +191,14 @@ def _llama(r: _Reader, model_type: str) -> ModelConfig:
     act = r.get("hidden_act", default="silu")
     if act != "silu":
         raise ConfigError(f"{r.source}: hidden_act {act!r} is not supported (only silu)")
-    if r.raw.get("mlp_bias"):
+    if r.bool("mlp_bias", False):
         raise ConfigError(f"{r.source}: mlp_bias=true is not supported")
     d_model, n_heads = r.int("hidden_size"), r.int("num_attention_heads")
-    attention_bias = bool(r.raw.get("attention_bias", False))
+    attention_bias = r.bool("attention_bias", False)
     sliding = None
-    if model_type == "mistral" or r.raw.get("use_sliding_window"):
+    if model_type == "mistral" or r.bool("use_sliding_window", False):
         sliding = r.raw.get("sliding_window")
-    rope = r.raw.get("rope_parameters") or {}  # transformers 5 nests rope settings here
+    rope = r.dict("rope_parameters")  # transformers 5 nests rope settings here
     return ModelConfig(
         family="llama",
         model_type=model_type,
@@ -178,22 +211,23 @@ def _llama(r: _Reader, model_type: str) -> ModelConfig:
         d_vocab=r.int("vocab_size"),
         n_ctx=r.int("max_position_embeddings"),
         eps=r.float("rms_norm_eps", default=1e-6),
-        tie_embeddings=bool(r.raw.get("tie_word_embeddings", model_type == "qwen2")),
+        tie_embeddings=r.bool("tie_word_embeddings", model_type == "qwen2"),
         act_fn="silu",
         qkv_bias=attention_bias or model_type == "qwen2",
         o_bias=attention_bias,
-        rope_theta=float(rope.get("rope_theta") or r.float("rope_theta", default=10000.0)),
+        rope_theta=_Reader(rope, r.source).float("rope_theta", default=0.0)
+        or r.float("rope_theta", default=10000.0),
         rope_scaling=_rope_scaling(r, rope),
         sliding_window=sliding,
-        bos_token_id=r.raw.get("bos_token_id"),
-        eos_token_ids=_eos_ids(r.raw),
+        bos_token_id=r.token_id("bos_token_id"),
+        eos_token_ids=_eos_ids(r),
         extra=r.raw,
     )
 
 
 def _rope_scaling(r: _Reader, rope_parameters: dict[str, Any]) -> RopeScaling | None:
     """Read `rope_scaling` (transformers 4) or `rope_parameters` (transformers 5)."""
-    scaling = r.raw.get("rope_scaling") or rope_parameters
+    scaling = r.dict("rope_scaling") or rope_parameters
     kind = scaling.get("rope_type", scaling.get("type", "default")) if scaling else "default"
     if kind == "default":
         return None
@@ -201,15 +235,22 @@ def _rope_scaling(r: _Reader, rope_parameters: dict[str, Any]) -> RopeScaling | 
         raise ConfigError(
             f"{r.source}: rope scaling type {kind!r} is not implemented (only 'llama3')"
         )
-    try:
-        return RopeScaling(
-            factor=float(scaling["factor"]),
-            low_freq_factor=float(scaling["low_freq_factor"]),
-            high_freq_factor=float(scaling["high_freq_factor"]),
-            original_max_position_embeddings=int(scaling["original_max_position_embeddings"]),
-        )
-    except KeyError as e:
-        raise ConfigError(f"{r.source}: rope_scaling of type llama3 is missing {e}") from None
+    s = _Reader(scaling, f"{r.source}: rope_scaling")
+    out = RopeScaling(
+        factor=s.float("factor"),
+        low_freq_factor=s.float("low_freq_factor"),
+        high_freq_factor=s.float("high_freq_factor"),
+        original_max_position_embeddings=s.int("original_max_position_embeddings"),
+    )
+    finite = all(math.isfinite(x) and x > 0 for x in (out.factor, out.low_freq_factor,
+                                                       out.high_freq_factor))
+    if not finite or out.high_freq_factor <= out.low_freq_factor:
+        raise ConfigError(f"{r.source}: rope_scaling needs positive factors with high_freq_factor "
+                          f"> low_freq_factor, found {scaling}")
+    if out.original_max_position_embeddings < 1:
+        raise ConfigError(f"{r.source}: rope_scaling original_max_position_embeddings must be "
+                          "positive")
+    return out
 
 
 def _validate(cfg: ModelConfig, source: str) -> None:
@@ -218,6 +259,12 @@ def _validate(cfg: ModelConfig, source: str) -> None:
         value = getattr(cfg, name)
         if not 0 < value <= 2**24:
             raise ConfigError(f"{source}: {name} = {value} is out of range (1 .. 2^24)")
+    n_params = _n_params_lower_bound(cfg)
+    if n_params > MAX_PARAMS:
+        raise ConfigError(
+            f"{source}: these sizes make a model of at least {n_params:.3g} parameters, more than "
+            f"minillm can hold ({MAX_PARAMS:.3g}); check n_layers, d_model, d_mlp and d_vocab"
+        )
     if cfg.n_heads % cfg.n_kv_heads:
         raise ConfigError(
             f"{source}: num_attention_heads ({cfg.n_heads}) must be a multiple of "
@@ -237,3 +284,18 @@ def _validate(cfg: ModelConfig, source: str) -> None:
         or cfg.sliding_window < 1
     ):
         raise ConfigError(f"{source}: sliding_window must be a positive integer")
+
+
+MAX_PARAMS = 2**36  # ~69 billion: 275 GB in float32, past anything NumPy on one machine runs
+
+
+def _n_params_lower_bound(cfg: ModelConfig) -> int:
+    """Parameters the weight matrices of `cfg` need at least (embedding + attention + MLP).
+
+    Used to refuse absurd sizes before anything is allocated, and to check that the
+    checkpoint's files hold at least this many values.
+    """
+    d, e = cfg.d_model, cfg.d_head
+    attn = d * (cfg.n_heads + 2 * cfg.n_kv_heads) * e + cfg.n_heads * e * d
+    mlp = (3 if cfg.family == "llama" else 2) * d * cfg.d_mlp
+    return cfg.d_vocab * d + cfg.n_layers * (attn + mlp)

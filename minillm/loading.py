@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minillm.checkpoints.hf import load_weights
+from minillm.checkpoints.hf import check_checkpoint_size, load_weights
 from minillm.config import ModelConfig
 from minillm.errors import MinillmError
 from minillm.hooked_model import HookedModel
@@ -32,6 +32,7 @@ def load(name_or_path: str | Path, dtype=np.float32) -> HookedModel:
     cfg = ModelConfig.from_json(folder / "config.json")
     tok_path = folder / "tokenizer.json"
     tokenizer = Tokenizer(tok_path) if tok_path.is_file() else None
+    check_checkpoint_size(cfg, folder)  # before allocating: a config cannot ask for more than the files hold
     model = HookedModel(cfg, dtype, tokenizer, name=str(name_or_path), path=folder)
     load_weights(model, folder)
     return model

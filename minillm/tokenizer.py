@@ -22,7 +22,9 @@ class Tokenizer:
         self.path = Path(path)
         try:
             self._tok = HFTokenizer.from_file(str(self.path))
-        except Exception as e:  # the Rust library raises its own exception types
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:  # the Rust library's own errors, and its panics (BaseException)
             raise CheckpointError(f"{self.path}: cannot read tokenizer ({e})") from None
         self.config = _read_json(self.path.parent / "tokenizer_config.json")
 
@@ -61,6 +63,6 @@ def _read_json(path: Path) -> dict:
         return {}
     try:
         data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    except (ValueError, UnicodeDecodeError, RecursionError, OSError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({type(e).__name__}: {e})") from None
     return data if isinstance(data, dict) else {}

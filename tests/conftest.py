@@ -16,6 +16,14 @@ from minillm.config import ModelConfig
 from minillm.hooked_model import HookedModel
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+# --- hypothesis profiles (issue 12) ---------------------------------------------------------
+# `pytest --hypothesis-profile=fuzz` runs many more examples (tests/test_fuzz_readers.py
+# raises each of its tests to at least this count); the default profile is hypothesis's own.
+from hypothesis import settings as _hypothesis_settings  # noqa: E402
+
+_hypothesis_settings.register_profile("fuzz", max_examples=5000, deadline=None)
+# --- end hypothesis profiles ------------------------------------------------------------------
 GOLDEN = ["gpt2", "llama_gqa_untied", "llama_tied", "qwen2_bias", "llama3_rope", "mistral"]
 
 TINY_CONFIGS = {

@@ -22,8 +22,11 @@ Hugging Face's layout differs from ours:
 from __future__ import annotations
 
 import json
+import math
+import os
 import warnings
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -120,8 +123,9 @@ class TensorSource:
     def _from_index(self, index: Path) -> dict[str, SafetensorsFile]:
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
-            assert isinstance(weight_map, dict)
-        except (json.JSONDecodeError, KeyError, TypeError, AssertionError, UnicodeDecodeError):
+            if not isinstance(weight_map, dict):
+                raise TypeError
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError, OSError):
             raise CheckpointError(f"{index}: not a valid index (needs a 'weight_map')") from None
         shards: dict[str, SafetensorsFile] = {}
         files = {}
@@ -144,6 +148,24 @@ class TensorSource:
         return self.files[name].shape(name)
 
 
+def check_checkpoint_size(cfg: ModelConfig, folder: Path) -> None:
+    """Refuse, before anything is allocated, a config.json whose sizes the weight files cannot fill.
+
+    A hostile or broken config could ask for a model of hundreds of gigabytes next to a
+    1 MB checkpoint; the files' headers say how many values they hold, so compare first.
+    """
+    from minillm.config import _n_params_lower_bound
+
+    source = TensorSource(folder)
+    held = sum(math.prod(f.entries[name][1]) for name, f in source.files.items())
+    needed = _n_params_lower_bound(cfg)
+    if held < needed:
+        raise CheckpointError(
+            f"{folder}: config.json describes a model of at least {needed:,} parameters, but the "
+            f"safetensors files hold only {held:,} values: config.json does not match the weights"
+        )
+
+
 def load_weights(model: Transformer, folder: Path) -> None:
     """Fill `model`'s parameters from the safetensors in `folder`, checking every tensor."""
     source = TensorSource(folder)
@@ -153,18 +175,52 @@ def load_weights(model: Transformer, folder: Path) -> None:
     else:
         entries = list(llama_entries(model))
     _check_keys(entries, source, model.cfg, folder)
-    nonfinite = []
-    for key, _, dest, transpose in entries:
+
+    def copy(entry: Entry) -> str | None:
+        """Copy one tensor into place; its key if it holds NaN or Inf."""
+        key, _, dest, transpose = entry
+        out = dest()
         src = source.get(key)
-        dest()[...] = src.T if transpose else src
-        if not np.isfinite(dest()).all():
-            nonfinite.append(key)
+        if transpose:
+            _copy_transposed(out, src)
+        else:
+            out[...] = src
+        return None if _all_finite(out) else key
+
+    # NumPy releases the GIL while it copies, so threads share the work (and the page faults
+    # of the freshly allocated storage); as many as BLAS may use.
+    with ThreadPoolExecutor(_load_threads()) as pool:
+        nonfinite = [key for key in pool.map(copy, entries) if key is not None]
     if nonfinite:
         warnings.warn(
             f"{folder}: non-finite values (NaN or Inf) in {', '.join(nonfinite[:10])}"
             + (f" and {len(nonfinite) - 10} more" if len(nonfinite) > 10 else ""),
             stacklevel=3,
         )
+
+
+def _copy_transposed(out: np.ndarray, src: np.ndarray, rows: int = 64) -> None:
+    """out[...] = src.T, a block of `rows` rows of src at a time (cache-friendlier than one
+    strided copy: each block of src is read once while its columns of out are written)."""
+    for i in range(0, src.shape[0], rows):
+        out[:, i : i + rows] = src[i : i + rows].T
+
+
+def _all_finite(a: np.ndarray) -> bool:
+    """No NaN or Inf in `a`. A sum is non-finite if any entry is; only then (or when a sum of
+    huge finite values overflows) is every entry checked."""
+    with np.errstate(all="ignore"):
+        return bool(np.isfinite(a.sum())) or bool(np.isfinite(a).all())
+
+
+def _load_threads() -> int:
+    """Threads for copying weights: $OPENBLAS_NUM_THREADS / $OMP_NUM_THREADS, else the CPUs (at most 4)."""
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(var, "")
+        if value.isdigit() and int(value) > 0:
+            return min(int(value), 4)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cpus or 1, 4))
 
 
 def _check_keys(entries: list[Entry], source: TensorSource, cfg: ModelConfig, folder) -> None:

@@ -28,6 +28,8 @@ DTYPES = {
     "U8": np.uint8, "BOOL": np.bool_,
 }
 MAX_HEADER = 100 * 2**20  # the reference implementation's limit too
+MAX_DIMS = 32  # NumPy's own limit is 32 (NumPy 1) or 64 (NumPy 2)
+MAX_ELEMENTS = 2**48  # per tensor and per dimension: far beyond any real weight, far below int64
 
 
 class SafetensorsFile:
@@ -49,11 +51,17 @@ class SafetensorsFile:
             raise CheckpointError(f"{self.path}: cannot read ({e.strerror})") from None
         try:
             header = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, or a 5000-digit int
             self._fail(f"header is not valid JSON ({e})")
+        except RecursionError:
+            self._fail("header is not valid JSON (nested too deeply)")
         if not isinstance(header, dict):
             self._fail("header is not a JSON object")
         self.metadata = header.pop("__metadata__", None) or {}
+        if not isinstance(self.metadata, dict) or not all(
+            isinstance(v, str) for v in self.metadata.values()
+        ):
+            self._fail("__metadata__ must be an object of strings")
         self.data_start = 8 + n
         self.entries = {name: self._check_entry(name, entry) for name, entry in header.items()}
         self._check_overlaps()
@@ -66,7 +74,7 @@ class SafetensorsFile:
         if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
             self._fail(f"tensor {name!r} has a malformed entry {entry!r}")
         dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-        if dtype not in DTYPES:
+        if not isinstance(dtype, str) or dtype not in DTYPES:
             self._fail(f"tensor {name!r} has unknown dtype {dtype!r}")
         ints = lambda xs: isinstance(xs, list) and all(  # noqa: E731
             isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in xs
@@ -74,7 +82,18 @@ class SafetensorsFile:
         if not ints(shape) or not ints(offsets) or len(offsets) != 2:
             self._fail(f"tensor {name!r} has invalid shape {shape!r} or offsets {offsets!r}")
         begin, end = offsets
-        nbytes = math.prod(shape) * np.dtype(DTYPES[dtype]).itemsize
+        # Python ints do not overflow: check sizes here, before NumPy (int64) sees them.
+        if len(shape) > MAX_DIMS:
+            self._fail(f"tensor {name!r} has {len(shape)} dimensions (at most {MAX_DIMS})")
+        n_elements = math.prod(shape)
+        if math.prod(n for n in shape if n) > MAX_ELEMENTS:  # zeros aside: NumPy checks that too
+            self._fail(
+                f"tensor {name!r} declares shape {shape} ({n_elements} elements), more than "
+                f"an array can hold (at most 2^48 elements)"
+            )
+        if begin > end:
+            self._fail(f"tensor {name!r} has offsets [{begin}, {end}] that end before they begin")
+        nbytes = n_elements * np.dtype(DTYPES[dtype]).itemsize
         if end - begin != nbytes:
             self._fail(
                 f"tensor {name!r} of shape {shape} and dtype {dtype} needs {nbytes} bytes, "
@@ -97,14 +116,25 @@ class SafetensorsFile:
         return list(self.entries)
 
     def shape(self, name: str) -> tuple[int, ...]:
+        if name not in self.entries:
+            raise CheckpointError(f"{self.path}: has no tensor {name!r}")
         return self.entries[name][1]
 
     def get(self, name: str) -> np.ndarray:
         """The tensor as an array (memory-mapped copy-on-write; BF16 widened to float32)."""
+        if name not in self.entries:
+            raise CheckpointError(f"{self.path}: has no tensor {name!r}")
         dtype, shape, begin, end = self.entries[name]
+        if end == begin:  # an empty tensor: nothing to map (and an empty file cannot be mapped)
+            return np.zeros(shape, np.float32 if dtype == "BF16" else DTYPES[dtype])
         if self._mmap is None:
-            self._mmap = np.memmap(self.path, dtype=np.uint8, mode="c")
+            try:
+                self._mmap = np.memmap(self.path, dtype=np.uint8, mode="c")
+            except (OSError, ValueError) as e:
+                raise CheckpointError(f"{self.path}: cannot map the file ({e})") from None
         raw = self._mmap[self.data_start + begin : self.data_start + end]
+        if raw.size != end - begin:  # the file shrank after its header was checked
+            self._fail(f"tensor {name!r} is cut short: the file changed while it was read")
         arr = raw.view(np.dtype(DTYPES[dtype]).newbyteorder("<")).reshape(shape)
         if dtype == "BF16":  # bfloat16 is the top half of a float32
             return (arr.astype(np.uint32) << 16).view(np.float32)
