@@ -194,7 +194,10 @@ def _meta(reader: GGUFReader, key: str, path: Path, default=_REQUIRED):
         if default is _REQUIRED:
             raise CheckpointError(f"{path}: metadata key {key!r} is missing")
         return default
-    return _field_value(field)
+    try:
+        return _field_value(field)
+    except (UnicodeDecodeError, IndexError, ValueError) as err:
+        raise CheckpointError(f"{path}: metadata key {key!r} is corrupt ({err})") from None
 
 
 def _field_value(field: ReaderField):
