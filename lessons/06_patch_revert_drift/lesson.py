@@ -1,0 +1,145 @@
+# %% [markdown]
+# # Lesson 06: Patch, revert, drift
+#
+# The claim: after scaling a neuron to 0.04 and "reverting" it to 1.0, the model does not
+# come back exactly, because neurons are entangled. We take the residue apart into four
+# kinds: (a) zero by construction (the journal writes the saved bytes back), (b) rounding
+# (the inverse operation ×25), (c) state computed under the patch and kept (a KV cache),
+# (d) genuine interference while the patch is active (other neurons move — downstream
+# only). Read README.md first.
+#
+# Runs headless on the offline SmolLM2 in well under a minute. Another model:
+# `MINILLM_LESSON_MODEL=gpt2 python lesson.py` (after `minillm fetch gpt2`).
+
+# %%
+import os
+
+import numpy as np
+
+import minillm
+from minillm import drift, edits
+from minillm.lessons import output_dir
+
+MODEL = os.environ.get("MINILLM_LESSON_MODEL", "smollm2-135m")
+model = minillm.load(MODEL)
+L = model.cfg.n_layers
+print(model)
+
+PROMPT = "The Eiffel Tower is located in the city of"
+ids = model.to_tokens(PROMPT)
+print(model.to_str_tokens(ids[0]))
+
+# %% [markdown]
+# ## 1. Pick a neuron that matters
+#
+# In the middle layer, the neuron that writes the most into the stream at the last
+# position: the largest `|a_i| · ‖W_out[i]‖`.
+
+# %%
+LAYER = L // 2 - 3 if L >= 12 else L // 2
+post_name = f"blocks.{LAYER}.mlp.hook_post"
+_, cache = model.run_with_cache(ids, names_filter=[post_name])
+a_last = cache[post_name][0, -1]  # [m]
+write = np.abs(a_last) * np.linalg.norm(model.blocks[LAYER].mlp.W_out, axis=1)
+NEURON = int(np.argmax(write))
+print(f"neuron L{LAYER}N{NEURON}: activation {a_last[NEURON]:+.3f} at the last position, "
+      f"writes ‖a·W_out[i]‖ = {write[NEURON]:.2f}")
+op = edits.scale_neuron(LAYER, NEURON, 0.04)  # which="out": row NEURON of W_out
+
+# %% [markdown]
+# ## 2. Two ways to revert, at the level of the weights
+#
+# `model.edit(op)` saves the bytes of `W_out[NEURON]` before writing. `handle.revert()`
+# writes them back: bit-exact. `handle.revert(mode="inverse")` instead multiplies by
+# `fl(1/0.04) = 25`: each weight is rounded twice more, so a few end up one ulp (unit in
+# the last place) away from where they started.
+
+# %%
+W_row = model.blocks[LAYER].mlp.W_out[NEURON]
+clean_row = W_row.copy()
+
+handle = model.edit(op)
+print(model.journal.describe())
+handle.revert()  # journal revert
+print("journal revert:  max ulps from clean =", int(drift.ulp_distance(W_row, clean_row).max()),
+      "| pristine:", model.journal.pristine)
+
+handle = model.edit(op)
+handle.revert(mode="inverse")  # ×25 as a new record
+ulps = drift.ulp_distance(W_row, clean_row)
+print(f"inverse revert:  {np.count_nonzero(ulps)} of {ulps.size} weights moved, max {ulps.max()} ulp "
+      f"(bound {edits.INVERSE_ULP_BOUND}); pristine: {model.journal.pristine}")
+f32 = model.dtype.type
+print(f"why: fl(0.04) = {float(f32(0.04))!r}, fl(25) = {float(f32(25))!r}; their exact product is "
+      f"{float(f32(0.04)) * float(f32(25))!r}, not 1 — and each of the two multiplications rounds again")
+model.revert_all()  # back to the saved bytes
+print("after revert_all: max ulps =", int(drift.ulp_distance(W_row, clean_row).max()),
+      "| pristine:", model.journal.pristine)
+
+# %% [markdown]
+# ## 3. The four-way table
+#
+# `drift.measure_drift` runs the prompt clean, edited, journal-reverted, inverse-reverted,
+# and twice through a KV cache: the prefix cached *while the edit was active* and then the
+# last token run after the weights were restored (stale), or the cache recomputed after
+# the revert. Each run is compared with the clean run: relative residual drift, logit
+# change, KL of the next-token distribution, top-1 and top-5.
+
+# %%
+report = drift.measure_drift(model, ids, [op], k=5, n_new=1)
+print(report.table())
+for name in ("edited", "inverse-reverted", "stale-kv-cache"):
+    prof = report.layer_profile(name)
+    first = int(np.flatnonzero(prof)[0]) if prof.any() else None
+    print(f"{name:<17} first layer row that differs: {first}; drift there {prof[first] if first else 0:.3g}, "
+          f"after the last block {prof[-1]:.3g}")
+report.plot(output_dir() / "drift_per_layer.png")
+
+# %% [markdown]
+# Rounding (b) enters at the edited layer as a relative change of ~1e-8 and leaves the
+# last block ~100× larger: the blocks after it, and their norms, amplify it — but it stays
+# at float32 rounding level. The stale cache (c) is a different kind: the weights are
+# bit-exact, the *state* is not; recompute it and the drift is 0 again.
+
+# %%
+prof = report.layer_profile("inverse-reverted")
+nz = np.flatnonzero(prof)
+print(f"inverse-revert drift: {prof[nz[0]]:.2g} at row {nz[0]} -> {prof[-1]:.2g} after the last block "
+      f"(×{prof[-1] / prof[nz[0]]:.0f})")
+print("stale cache: max |ΔK|,|ΔV| per layer (0 up to the edited layer):",
+      np.array2string(report.cache_drift, precision=3, max_line_width=120))
+
+# %% [markdown]
+# ## 4. Interference while the patch is active
+#
+# With the neuron at ×0.04, which *other* neurons change? `interference_map` compares
+# every neuron's `hook_post` with the clean run. Causality makes the answer sharp: the
+# layers before the edited one, and the other neurons of its own layer, do not move at all
+# (they do not see its output); every downstream layer does. The second map edits the
+# activation at one position only: then the earlier positions do not move either.
+
+# %%
+imap = drift.interference_map(model, ids, LAYER, NEURON, factor=0.04)
+print(imap.table(8))
+imap.plot(output_dir() / "interference_map.png")
+p_edit = ids.shape[1] - 3
+imap_pos = drift.interference_map(model, ids, LAYER, NEURON, factor=0.04, position=p_edit)
+print(f"activation edit at position {p_edit}: upstream {imap_pos.upstream_max:.3g}, same layer "
+      f"{imap_pos.same_layer_max:.3g}, earlier positions {imap_pos.earlier_max:.3g}, downstream max "
+      f"{imap_pos.per_layer().max():.3g}")
+per = imap.per_layer() / np.maximum(imap.clean_rms, 1e-30)
+print("largest change of another neuron per layer / that layer's rms:",
+      np.array2string(per[LAYER:], precision=2, max_line_width=120))
+
+# %% [markdown]
+# ## What to take away
+#
+# | kind | what | size here |
+# | --- | --- | --- |
+# | (a) journal revert | saved bytes written back | exactly 0 |
+# | (b) inverse revert | ×0.04 then ×25, rounding | ≤ 1 ulp in weights, ~1e-6 relative in the stream |
+# | (c) stale KV cache | state computed under the patch | weights exact, logits off by ~0.1 |
+# | (d) interference | other neurons, while the patch is active | downstream only; up to 2.3× layer rms |
+#
+# "Revert is not undo" is true for (b) and (c), and (d) is real but is not a residue at
+# all — it is the patch doing its work, and it vanishes with the patch.
