@@ -22,6 +22,9 @@ COMMANDS = {
     "compare": "compare",
     "lesson": "lesson",
     "lens": "lens",
+    "bench": "bench",
+    "patch": "patch",
+    "ablate": "ablate",
 }
 
 

@@ -1,0 +1,337 @@
+"""Ablations: mean / median / zero / resample ablation sweeps, and successive median replacement.
+
+    from minillm.interp import ablation as A, metrics as M
+    ld = M.logit_diff(model, " Mary", " John")
+    res = A.ablation_sweep(model, prompt, ld, "heads", method="mean", reference=texts)  # [layer, head]
+    mr = A.median_replacement(model, "It was a dark and stormy", " night")          # [layer, rate]
+    A.plot_ripple(mr, "ripple.png"); mr.delta.plot("median_heatmap.png")
+
+Ablation replaces a component's activation by a value that carries "no
+information about this prompt" and records how much the metric moves:
+
+    zero      0 (often far off-distribution)
+    mean      the mean over a reference set of prompts
+    median    the median over the reference set (robust to a few huge activations)
+    resample  the activation on one other prompt (reference = that prompt)
+
+The statistics are taken over the axes the user names (`over`):
+("batch", "pos") pools every row and position (one value per unit);
+("batch",) pools rows only (one value per unit and position: the
+reference prompts must then have the same length as the prompt).
+
+Components: heads [layer, head] (attn.hook_z, all positions),
+neurons [layer, neuron] (mlp.hook_post, all positions; d_mlp runs per
+layer, so restrict `layers`), resid_pre / resid_post [layer, pos] (one
+position). Values: metric(ablated) - metric(unablated), averaged over the
+prompt rows.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from minillm import interventions as iv
+from minillm.activation_cache import act_name
+from minillm.errors import MinillmError
+from minillm.interp.metrics import log_prob
+from minillm.interp.metrics import logit as logit_metric
+from minillm.interp.patching import _layers, _pos_labels, prefix_cache, run_batched
+from minillm.interp.results import LabelledArray
+
+ABLATION_COMPONENTS = {"heads": ("z", "head"), "neurons": ("post", "neuron"),
+                       "resid_pre": ("resid_pre", "pos"), "resid_post": ("resid_post", "pos")}
+METHODS = ("mean", "median", "zero", "resample")
+
+
+def _tokens_and_mask(model, tokens):
+    if isinstance(tokens, (list, tuple)) and tokens and isinstance(tokens[0], str):
+        return model.to_tokens_and_mask(list(tokens))
+    return np.atleast_2d(model._as_tokens(tokens)), None
+
+
+def ablation_interventions(model, component: str, method: str, layers: Sequence[int], n_pos: int,
+                           reference=None, over: Sequence[str] = ("batch", "pos")):
+    """The sweep's cells: [(row, col, intervention)], plus axis names and labels.
+
+    reference: texts or ids [b, p] for mean/median (statistics over `over`),
+    one prompt for resample; unused for zero.
+    """
+    if component not in ABLATION_COMPONENTS:
+        raise MinillmError(f"unknown component {component!r}; choose from {sorted(ABLATION_COMPONENTS)}")
+    if method not in METHODS:
+        raise MinillmError(f"unknown ablation {method!r}; choose from {METHODS}")
+    over = tuple(over)
+    if over not in (("batch", "pos"), ("pos", "batch"), ("batch",)):
+        raise MinillmError(f"over must name the axes the statistics pool: ('batch', 'pos') or "
+                           f"('batch',), got {over}")
+    short, kind = ABLATION_COMPONENTS[component]
+    names = [act_name(short, l) for l in layers]
+    if method in ("mean", "median"):
+        if reference is None:
+            raise MinillmError(f"{method} ablation needs a reference set of prompts (reference=...)")
+        ref, mask = _tokens_and_mask(model, reference)
+        stats = iv.activation_stats(model, ref, names, per_position="pos" not in over, attention_mask=mask)
+    if method == "resample":
+        if reference is None:
+            raise MinillmError("resample ablation needs one reference prompt (reference=...)")
+        source = np.atleast_2d(model._as_tokens(reference))
+        if source.shape[0] != 1:
+            raise MinillmError(f"resample ablation takes one reference prompt, got {source.shape[0]}")
+
+    def make(**sel):
+        if method == "zero":
+            return iv.zero(short, **sel)
+        if method == "resample":
+            return iv.resample(short, source, **sel)
+        return (iv.mean if method == "mean" else iv.median)(short, stats, **sel)
+
+    cfg = model.cfg
+    if kind == "pos":
+        cells = [(r, p, make(layer=l, pos=p)) for r, l in enumerate(layers) for p in range(n_pos)]
+        return cells, ("layer", "pos"), n_pos
+    n = cfg.n_heads if kind == "head" else cfg.d_mlp
+    cells = [(r, i, make(layer=l, **{kind: i})) for r, l in enumerate(layers) for i in range(n)]
+    return cells, ("layer", kind), n
+
+
+def ablation_sweep(
+    model,
+    tokens,
+    metric: Callable,
+    component: str = "heads",
+    method: str = "mean",
+    reference=None,
+    over: Sequence[str] = ("batch", "pos"),
+    layers: Sequence[int] | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> LabelledArray:
+    """metric(with one unit ablated) - metric(unablated), for every unit.   -> [layer, unit]
+
+    tokens: one prompt (text or [1, p]: every unit's run is a row of a
+    batch) or a prompt set (texts or [b, p]: one forward pass of the whole
+    set per unit, metric averaged over rows). reference defaults to the
+    prompts themselves. Ctrl-C returns what was measured (meta["interrupted"]).
+    """
+    t0 = time.perf_counter()
+    toks, mask = _tokens_and_mask(model, tokens)
+    layers = _layers(model, layers)
+    reference = tokens if reference is None and method in ("mean", "median") else reference
+    cells, axes, n = ablation_interventions(model, component, method, layers, toks.shape[1],
+                                            reference, over)
+    last_only = getattr(metric, "last_only", False)
+    base = float(np.mean(metric(model(toks, attention_mask=mask, last_only=last_only))))
+    values = np.full((len(layers), n), np.nan)
+    if toks.shape[0] == 1:
+        measured, interrupted = run_batched(model, toks, [[c[2]] for c in cells], metric, batch_size,
+                                            progress, desc=f"{method} ablation {component}")
+    else:
+        measured, interrupted = _run_on_prompt_set(model, toks, mask, [c[2] for c in cells], metric,
+                                                   batch_size, progress, f"{method} ablation {component}")
+    for (r, c, _), v in zip(cells, measured):
+        values[r, c] = v - base
+    cols = _pos_labels(model, toks) if axes[1] == "pos" else [str(i) for i in range(n)]
+    return LabelledArray(values, axes, ([str(l) for l in layers], cols),
+                         title=f"{method} ablation of {component}: metric change",
+                         meta=dict(component=component, method=method, over=list(over), base=base,
+                                   prompts=int(toks.shape[0]), seconds=round(time.perf_counter() - t0, 3),
+                                   interrupted=interrupted))
+
+
+def _run_on_prompt_set(model, toks, mask, interventions, metric, batch_size, progress, desc):
+    """Mean metric over the prompt set [b, p] with each intervention in turn.   -> ([n], interrupted)
+
+    max(1, batch_size // b) interventions share a forward pass: intervention j
+    acts on its own copy of the b prompts (rows j·b .. j·b + b - 1).
+    """
+    b = toks.shape[0]
+    per_pass = max(1, batch_size // b)
+    last_only = getattr(metric, "last_only", False)
+    values = np.full(len(interventions), np.nan)
+    bar = tqdm(total=len(interventions), desc=desc, disable=not progress, leave=False)
+    try:
+        for start in range(0, len(interventions), per_pass):
+            chunk = interventions[start : start + per_pass]
+            hooks = [pair for j, i in enumerate(chunk)
+                     for pair in iv.to_hooks(model, [i.at(batch=list(range(j * b, (j + 1) * b)))])]
+            rows_mask = None if mask is None else np.tile(mask, (len(chunk), 1))
+            logits = model.run_with_hooks(np.tile(toks, (len(chunk), 1)), hooks, last_only=last_only,
+                                          attention_mask=rows_mask)
+            for j in range(len(chunk)):
+                values[start + j] = np.mean(metric(logits[j * b : (j + 1) * b]))
+            bar.update(len(chunk))
+    except KeyboardInterrupt:
+        return values, True
+    finally:
+        bar.close()
+    return values, False
+
+
+# --- successive median replacement of MLP neurons ----------------------------------------------
+
+COARSE_RATES = (10, 20, 30, 40, 50, 60, 70, 80, 90)  # percent of the layer's neurons
+FINE_RATES = (0.2, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5)
+
+
+def n_replaced(rate: float, d_mlp: int) -> int:
+    """Neurons replaced at `rate` percent: round(rate/100 · d_mlp) (GPT-2 Large: 0.2% = 10 of 5120)."""
+    return int(round(rate / 100.0 * d_mlp))
+
+
+@dataclass
+class MedianReplacement:
+    """The result of `median_replacement`.
+
+    delta: [layer, rate] change of the target's logit (or log-prob, see
+      `measure`) at the last position (NaN where an interrupted sweep did not get to).
+    base_logit: the unedited value of that measure.
+    order: [layer, d_mlp] neuron indices by activation at the last position,
+      highest first; the replaced set at a rate is order[l, :counts[j]],
+      so it grows with the rate. medians: [layer] the value written.
+    """
+
+    prompt: str
+    target: str
+    base_logit: float
+    rates: list[float]
+    counts: list[int]
+    layers: list[int]
+    delta: LabelledArray
+    order: np.ndarray
+    medians: np.ndarray
+    interrupted: bool
+    seconds: float
+
+    def replaced(self, layer: int, rate: float) -> np.ndarray:
+        """The neuron indices replaced at (layer, rate)."""
+        i = self.layers.index(layer)
+        return self.order[i, : self.counts[self.rates.index(rate)]]
+
+    def summary(self) -> dict:
+        """Numbers for the report: worst layer, the 10% vs 90% gap, the spread at fine rates."""
+        d = self.delta.values
+        out = dict(prompt=self.prompt, target=self.target, measure=self.delta.meta.get("measure"),
+                   base=self.base_logit,
+                   interrupted=self.interrupted, seconds=self.seconds)
+        out["most_damaging"] = {str(self.rates[j]): int(self.layers[int(np.nanargmin(d[:, j]))])
+                                for j in range(len(self.rates)) if not np.isnan(d[:, j]).all()}
+        if 10 in self.rates and 90 in self.rates:
+            a, b = d[:, self.rates.index(10)], d[:, self.rates.index(90)]
+            gap = np.abs(a - b)[~np.isnan(a - b)]
+            out["median_abs_gap_10_vs_90"] = float(np.median(gap)) if gap.size else None
+            out["layer0_delta_10"] = float(a[0]) if self.layers[0] == 0 else None
+        fine = [j for j, r in enumerate(self.rates) if r < 5]
+        coarse = [j for j, r in enumerate(self.rates) if r >= 10]
+        if fine and coarse:
+            out["mean_spread_fine"] = _mean(np.ptp(d[:, fine], axis=1))
+            out["mean_spread_coarse"] = _mean(np.ptp(d[:, coarse], axis=1))
+        return out
+
+
+def _mean(x: np.ndarray) -> float | None:
+    """Mean over the measured (non-NaN) entries; None if there are none."""
+    x = x[~np.isnan(x)]
+    return float(x.mean()) if x.size else None
+
+
+def median_replacement(
+    model,
+    prompt: str,
+    target,
+    rates: Sequence[float] = FINE_RATES + COARSE_RATES,
+    layers: Sequence[int] | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+    cache_prefix: bool = True,
+    measure: str = "logit",
+) -> MedianReplacement:
+    """At each layer, replace the top rate% MLP neurons at the last position by their median.
+
+    For layer l: a = hook_post[0, -1] [d_mlp] on the unedited run; the
+    round(rate% · d_mlp) neurons with the highest a are set to median(a),
+    at the last position only, and the change of the target token's logit
+    there is recorded. One run per (layer, rate), batched; with
+    `cache_prefix` the positions before the last are computed once (they
+    cannot change). Rate 0 replaces nothing: its run is the base run, so its
+    delta is exactly 0 (it is not run again). Ctrl-C returns the partial
+    result (interrupted=True, NaN where not measured).
+    measure="log_prob" records the change of log p(target) instead of the
+    raw logit: a replacement can shift every logit together, which moves the
+    raw logit without changing the prediction.
+    """
+    t0 = time.perf_counter()
+    tokens = np.atleast_2d(model._as_tokens(prompt))
+    layers = _layers(model, layers)
+    rates = [float(r) for r in rates]
+    for r in rates:
+        if not 0 <= r <= 100:
+            raise MinillmError(f"rate {r} is not a percentage between 0 and 100")
+    if measure not in ("logit", "log_prob"):
+        raise MinillmError(f"measure must be 'logit' or 'log_prob', got {measure!r}")
+    metric = (logit_metric if measure == "logit" else log_prob)(model, target)
+    names = [act_name("post", l) for l in layers]
+    _, cache = model.run_with_cache(tokens, names_filter=names)
+    post = np.stack([cache[n][0, -1] for n in names])  # [L, m]
+    order = np.argsort(-post, axis=1, kind="stable")  # highest first; ties by index
+    medians = np.median(post, axis=1).astype(model.dtype)  # [L]
+    m = model.cfg.d_mlp
+    counts = [n_replaced(r, m) for r in rates]
+    prefix = tokens.shape[1] - 1 if cache_prefix and tokens.shape[1] > 1 else 0
+    shared = prefix_cache(model, tokens, prefix) or 0
+    base, interrupted = run_batched(model, tokens, [[]], metric, progress=False, prefix=shared)
+    delta = np.zeros((len(layers), len(rates)))  # rate 0: nothing replaced, the base run itself
+    cells, variants = [], []
+    for i, l in enumerate(layers):
+        fill = np.full(m, medians[i], model.dtype)
+        for j, k in enumerate(counts):
+            if k:
+                cells.append((i, j))
+                variants.append([iv.Replace("post", layer=l, pos=-1, neuron=order[i, :k].tolist(),
+                                            values=fill)])
+    measured = np.full(len(variants), np.nan)
+    if not interrupted:
+        measured, interrupted = run_batched(model, tokens, variants, metric, batch_size, progress,
+                                            desc="median replacement", prefix=shared)
+    for (i, j), v in zip(cells, measured):
+        delta[i, j] = v - base[0]
+    labels = ([str(l) for l in layers], [f"{r:g}%" for r in rates])
+    target_label = target if isinstance(target, str) else str(target)
+    res = LabelledArray(delta, ("layer", "rate"), labels,
+                        title=f"median replacement: Δ {measure}({target_label!r}) after {prompt!r}",
+                        meta=dict(base=float(base[0]), measure=measure, interrupted=interrupted))
+    return MedianReplacement(prompt if isinstance(prompt, str) else str(tokens.tolist()), target_label,
+                             float(base[0]), rates, counts, layers, res, order, medians, interrupted,
+                             round(time.perf_counter() - t0, 3))
+
+
+def plot_ripple(res: MedianReplacement, path: str | Path, rates: Sequence[float] | None = None) -> Path:
+    """The "ripple" plot: one line per rate, Δ target logit across layers (coarse solid, fine dashed)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    rates = res.rates if rates is None else [float(r) for r in rates]
+    fig, ax = plt.subplots(figsize=(10, 5))
+    cmap = plt.get_cmap("viridis")
+    for n, r in enumerate(rates):
+        j = res.rates.index(r)
+        ax.plot(res.layers, res.delta.values[:, j], "-" if r >= 10 else "--", marker=".",
+                color=cmap(n / max(1, len(rates) - 1)), label=f"{r:g}% ({res.counts[j]})", lw=1)
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_xlabel("layer")
+    ax.set_ylabel(f"Δ {res.delta.meta.get('measure', 'logit')}({res.target!r})")
+    ax.set_title(f"median replacement of the top p% MLP neurons, last position of {res.prompt!r}"
+                 + (" [interrupted]" if res.interrupted else ""), fontsize=9)
+    ax.legend(fontsize=7, ncol=2, title="p (neurons)", title_fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,242 @@
+"""Metrics for causal experiments: one number per batch row, computed from logits.
+
+    from minillm.interp import metrics as M
+    ld = M.logit_diff(model, " Mary", " John")          # logit(" Mary") - logit(" John"), last position
+    ld(model(tokens))                                    # -> [b]
+    lp = M.log_prob(model, " night")                     # log p(" night")
+    lg = M.logit(model, " night")                        # the raw logit of " night"
+    kl = M.kl_to(clean_logits)                           # KL(clean || run) at the last position
+    norm = M.normalized(ld, clean_value, corrupted_value)   # 0 = corrupted, 1 = clean
+
+A metric is a callable `logits [b, p, V] -> values [b]` with an attribute
+`last_only` (True when it reads only the last position, so sweeps may ask the
+model for the last position's logits only). Per-row values let one batched
+forward pass score many patched variants at once (minillm.variants).
+
+Tokens may be given as single-token text (needs the model), ids, or lists of
+either: a list is a *set* of tokens whose logits are averaged (e.g. " Mary"
+and "Mary"); a list of lists gives one set per batch row.
+
+`as_backward(metric)` turns a logit-difference or log-prob metric into the
+(value, d value / d logits) form that minillm.backward and attribution
+patching differentiate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from minillm import ops
+from minillm.errors import MinillmError
+
+Metric = Callable[[np.ndarray], np.ndarray]
+
+
+def token_ids(model, tokens) -> np.ndarray:
+    """Tokens as text or ids -> an int array [k] (one set) or [b, k] (one set per row).
+
+    " Mary" -> [id]; [" Mary", "Mary"] -> [id1, id2]; [[" Mary"], [" John"]] -> [[id1], [id2]].
+    """
+    def one(t) -> int:
+        if isinstance(t, str):
+            if model is None:
+                raise MinillmError(f"token {t!r} is text: pass the model so it can be tokenized")
+            return int(model.to_single_token(t))
+        if isinstance(t, (int, np.integer)):
+            return int(t)
+        raise MinillmError(f"a token must be single-token text or an int id, got {t!r}")
+
+    if isinstance(tokens, (str, int, np.integer)):
+        return np.array([one(tokens)])
+    tokens = list(np.asarray(tokens).tolist()) if isinstance(tokens, np.ndarray) else list(tokens)
+    if not tokens:
+        raise MinillmError("an empty token set: give at least one token")
+    if all(isinstance(t, (list, tuple)) for t in tokens):
+        rows = [[one(t) for t in row] for row in tokens]
+        if len({len(r) for r in rows}) != 1:
+            raise MinillmError("per-row token sets must all have the same size")
+        return np.array(rows)
+    return np.array([one(t) for t in tokens])
+
+
+def _check_vocab(ids: np.ndarray, logits: np.ndarray) -> None:
+    if ids.size and (ids.min() < 0 or ids.max() >= logits.shape[-1]):
+        raise MinillmError(f"token id {int(ids.max())} is outside the vocabulary of {logits.shape[-1]}")
+
+
+def _set_mean(logits_at: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Mean logit over a token set.   logits_at [b, V], ids [k] or [b, k] -> [b]"""
+    if ids.ndim == 1:
+        return logits_at[:, ids].mean(-1)
+    if ids.shape[0] != logits_at.shape[0]:
+        raise MinillmError(f"per-row token sets have {ids.shape[0]} rows, the logits {logits_at.shape[0]}")
+    return np.take_along_axis(logits_at, ids, axis=-1).mean(-1)
+
+
+@dataclass
+class LogitDiff:
+    """mean logit[correct set] - mean logit[wrong set] at position `pos`.   logits [b, p, V] -> [b]
+
+    With one token on each side this is log p(correct) - log p(wrong): the
+    softmax normaliser cancels, which makes it the workhorse of patching.
+    """
+
+    correct: np.ndarray  # [k] or [b, k] token ids
+    wrong: np.ndarray
+    pos: int = -1
+
+    @property
+    def last_only(self) -> bool:
+        return self.pos == -1
+
+    def __call__(self, logits: np.ndarray) -> np.ndarray:
+        _check_vocab(self.correct, logits)
+        _check_vocab(self.wrong, logits)
+        at = logits[:, self.pos].astype(np.float64)  # [b, V]
+        return _set_mean(at, self.correct) - _set_mean(at, self.wrong)
+
+    def grad(self, logits: np.ndarray) -> np.ndarray:
+        """d (batch mean) / d logits   [b, p, V]"""
+        b = logits.shape[0]
+        d = np.zeros(logits.shape, np.float64)
+        for ids, sign in ((self.correct, 1.0), (self.wrong, -1.0)):
+            ids = np.broadcast_to(ids, (b, ids.shape[-1]))
+            for r in range(b):
+                np.add.at(d[r, self.pos], ids[r], sign / (b * ids.shape[-1]))
+        return d.astype(logits.dtype)
+
+
+@dataclass
+class Logit:
+    """mean logit[target set] at position `pos` (raw, before the softmax).   logits [b, p, V] -> [b]"""
+
+    target: np.ndarray  # [k] or [b, k]
+    pos: int = -1
+
+    @property
+    def last_only(self) -> bool:
+        return self.pos == -1
+
+    def __call__(self, logits: np.ndarray) -> np.ndarray:
+        _check_vocab(self.target, logits)
+        return _set_mean(logits[:, self.pos].astype(np.float64), self.target)
+
+
+@dataclass
+class LogProb:
+    """mean log p(target set) at position `pos`.   logits [b, p, V] -> [b]"""
+
+    target: np.ndarray  # [k] or [b, k]
+    pos: int = -1
+
+    @property
+    def last_only(self) -> bool:
+        return self.pos == -1
+
+    def __call__(self, logits: np.ndarray) -> np.ndarray:
+        _check_vocab(self.target, logits)
+        logp = ops.log_softmax(logits[:, self.pos].astype(np.float64), axis=-1)  # [b, V]
+        return _set_mean(logp, self.target)
+
+    def grad(self, logits: np.ndarray) -> np.ndarray:
+        """d (batch mean) / d logits: (onehot - softmax) averaged over the set and batch."""
+        b = logits.shape[0]
+        p = np.exp(ops.log_softmax(logits[:, self.pos].astype(np.float64), axis=-1))  # [b, V]
+        ids = np.broadcast_to(self.target, (b, self.target.shape[-1]))
+        dat = -p / b
+        for r in range(b):
+            np.add.at(dat[r], ids[r], 1.0 / (b * ids.shape[-1]))
+        d = np.zeros(logits.shape, np.float64)
+        d[:, self.pos] = dat
+        return d.astype(logits.dtype)
+
+
+@dataclass
+class KLToClean:
+    """KL(clean || run) at position `pos`, in nats: 0 when the run predicts like the clean run.
+
+    clean_logits: [1, p, V] or [b, p, V] (or [.., 1, V] for the last position only).
+    logits [b, p, V] -> [b]
+    """
+
+    clean_logits: np.ndarray
+    pos: int = -1
+
+    @property
+    def last_only(self) -> bool:
+        return self.pos == -1
+
+    def __call__(self, logits: np.ndarray) -> np.ndarray:
+        ref = ops.log_softmax(np.asarray(self.clean_logits)[:, self.pos].astype(np.float64), axis=-1)
+        run = ops.log_softmax(logits[:, self.pos].astype(np.float64), axis=-1)  # [b, V]
+        return (np.exp(ref) * (ref - run)).sum(-1)
+
+
+@dataclass
+class Normalized:
+    """(metric - corrupted) / (clean - corrupted): 0 = the corrupted run, 1 = the clean run."""
+
+    metric: Metric
+    clean: float
+    corrupted: float
+
+    def __post_init__(self):
+        if self.clean == self.corrupted:
+            raise MinillmError(f"the metric is {self.clean:g} on both the clean and the corrupted "
+                               "prompt: nothing to normalise (does the corruption change the answer?)")
+
+    @property
+    def last_only(self) -> bool:
+        return getattr(self.metric, "last_only", False)
+
+    def __call__(self, logits: np.ndarray) -> np.ndarray:
+        return (self.metric(logits) - self.corrupted) / (self.clean - self.corrupted)
+
+
+def logit_diff(model, correct, wrong, pos: int = -1) -> LogitDiff:
+    """logit(correct) - logit(wrong) at `pos`; tokens as text, ids, or sets (lists) of either."""
+    return LogitDiff(token_ids(model, correct), token_ids(model, wrong), pos)
+
+
+def logit(model, target, pos: int = -1) -> Logit:
+    """The raw logit of target at `pos`; target as text, an id, or a set (list) of either."""
+    return Logit(token_ids(model, target), pos)
+
+
+def log_prob(model, target, pos: int = -1) -> LogProb:
+    """log p(target) at `pos`; target as text, an id, or a set (list) of either."""
+    return LogProb(token_ids(model, target), pos)
+
+
+def kl_to(clean_logits: np.ndarray, pos: int = -1) -> KLToClean:
+    """KL(clean || run) at `pos` against the given clean logits [1 or b, p, V]."""
+    return KLToClean(np.asarray(clean_logits), pos)
+
+
+def normalized(metric: Metric, clean: float, corrupted: float) -> Normalized:
+    """The normalised patching metric (0 = corrupted, 1 = clean)."""
+    return Normalized(metric, float(clean), float(corrupted))
+
+
+def value(model, metric: Metric, tokens, attention_mask=None, fwd_hooks: Sequence = ()) -> float:
+    """The metric of one run, averaged over batch rows (tokens: text, [1, p] or [b, p])."""
+    tokens = model._as_tokens(tokens)
+    logits = model.run_with_hooks(tokens, list(fwd_hooks), attention_mask=attention_mask,
+                                  last_only=getattr(metric, "last_only", False))
+    return float(np.mean(metric(logits)))
+
+
+def as_backward(metric: Metric):
+    """A LogitDiff / LogProb as minillm.backward's metric: logits -> (batch mean, d mean / d logits)."""
+    if not hasattr(metric, "grad"):
+        raise MinillmError(f"{type(metric).__name__} has no gradient; gradient importance needs a "
+                           "logit_diff or log_prob metric")
+
+    def fn(logits: np.ndarray) -> tuple[float, np.ndarray]:
+        return float(np.mean(metric(logits))), metric.grad(logits)
+
+    fn.last_only = False  # the backward needs the full logits
+    return fn
