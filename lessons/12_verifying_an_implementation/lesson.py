@@ -1,0 +1,148 @@
+# %% [markdown]
+# # Lesson 12: Verifying an implementation
+#
+# A colleague wrote `port.py`, a NumPy port of SmolLM2 from the paper. It runs, its shapes
+# are right, and what it predicts reads like English. Is it correct? "The output looks
+# plausible" is not a test. We compare it with minillm **hook by hook, in forward order**
+# with `minillm.compare`, and let the first hook that disagrees tell us where to look.
+#
+# First, though, we need to know what "agree" means: floating point never agrees exactly.
+# So we measure minillm against itself, float32 against float64, and set tolerances from that.
+#
+# Another model: `MINILLM_LESSON_MODEL=tinyllama-1.1b python lesson.py` (the port is written
+# for the Llama family: RMSNorm, RoPE, grouped-query attention, SwiGLU).
+
+# %%
+import os
+from pathlib import Path
+
+import numpy as np
+
+import minillm
+from minillm import compare
+from minillm.interp import broken
+from minillm.lessons import import_file, output_dir
+
+MODEL = os.environ.get("MINILLM_LESSON_MODEL", "smollm2-135m")
+model = minillm.load(MODEL)  # float32: what the port and most implementations run in
+model64 = minillm.load(MODEL, dtype=np.float64)  # the reference mode
+port = import_file(Path(__file__).with_name("port.py"))
+PROMPT = "When Mary and John went to the store, John gave a drink to"
+tokens = model.to_tokens(PROMPT)
+str_tokens = model.to_str_tokens(tokens[0])
+ref = compare.run_dump(model64, PROMPT)  # every hook, in memory; compare.dump(...) writes a file
+print(f"{MODEL}: {len(ref.acts)} activations in the float64 reference, {tokens.shape[1]} tokens")
+
+# %% [markdown]
+# ## 1. How far apart are two correct implementations?
+#
+# minillm in float32 against minillm in float64: the same arithmetic, rounded differently.
+# Every difference here is rounding, so this is the noise floor any float32 implementation
+# must be judged against. The default tolerances of `compare` (|a − b| ≤ 1e-3 + 1e-3·|a|,
+# and 1e-5 relative for the norms' `hook_scale`) were set from exactly this profile.
+
+# %%
+f32 = compare.run_dump(model, PROMPT)
+rep32 = compare.compare(ref, f32)
+print(rep32.summary())
+print(f"largest use of the tolerance: {max(r.usage for r in rep32.rows):.2f} (1 = failing)")
+rep32.plot(output_dir() / "float32_vs_float64.png")
+
+L = model.cfg.n_layers
+resid = [rep32[f"blocks.{l}.hook_resid_post"] for l in range(L)]
+scale = [rep32[f"blocks.{l}.ln1.hook_scale"] for l in range(L)]
+stream = [float(np.abs(ref.acts[f"blocks.{l}.hook_resid_post"]).max()) for l in range(L)]
+for l in (0, 1, 2, 10, 11, 20, 28, 29):
+    print(f"layer {l:2d}: resid_post max abs {resid[l].max_abs:.1e} (worst at {resid[l].where}), "
+          f"max rel {resid[l].max_rel:.1e}; max |resid| {stream[l]:.0f}")
+print(f"logits: max abs {rep32['hook_logits'].max_abs:.1e}")
+
+import matplotlib.pyplot as plt  # noqa: E402
+
+fig, ax = plt.subplots(figsize=(8, 4))
+ax.semilogy([r.max_abs for r in resid], marker=".", label="resid_post: max |a − b|")
+ax.semilogy([r.max_rel for r in resid], marker=".", label="resid_post: max rel (floor 1e-3·RMS)")
+ax.semilogy([r.max_rel for r in scale], marker=".", label="ln1.hook_scale: max rel")
+ax.semilogy(np.array(stream) * np.finfo(np.float32).eps, "k:", label="max |resid| × float32 eps")
+ax.set_xlabel("layer")
+ax.set_ylabel("error, float32 vs float64")
+ax.set_title(f"{MODEL}: float32 rounding error grows with depth (and with the stream)", fontsize=9)
+ax.legend(fontsize=7)
+fig.tight_layout()
+fig.savefig(output_dir() / "error_growth.png", dpi=100)
+plt.close(fig)
+
+# %% [markdown]
+# ## 2. The port against the reference
+#
+# Its predictions first — the kind of test that convinced the colleague — then the
+# hook-by-hook comparison.
+
+# %%
+logits, acts = port.forward(model, tokens)
+for name, lg in (("port", logits[0, -1]), ("minillm", ref.acts["hook_logits"][0, -1])):
+    print(f"{name:8} top-5 after {PROMPT!r}:", [model.to_string([int(i)]) for i in np.argsort(-lg)[:5]])
+candidate = compare.Dump(acts, input_ids=tokens, meta={"source": "port.py"})  # names the candidate
+report = compare.compare(ref, candidate)  # also checks that both ran on the same token ids
+print(report.table())  # one row per layer with its worst hook, then the first divergence
+report.plot(output_dir() / "port_vs_minillm.png")
+
+# %% [markdown]
+# ## 3. Localise: which step, which position, which head?
+#
+# Everything before the first failing hook agrees to rounding, so the bug sits in the
+# computation between the last passing hook and the first failing one. Per head, the
+# error there says more: are all heads wrong, or some? A map of error by head and query
+# position is the picture to stare at before reading code.
+
+# %%
+first = report.first_failure
+print("first failing hook:", first.name, "—", first.where)
+before = report.rows[report.rows.index(first) - 1]
+print(f"the hook just before it: {before.name}, max abs {before.max_abs:.1e} (passes)")
+layer = first.name.split(".")[1]
+scores_ref = ref.acts[f"blocks.{layer}.attn.hook_attn_scores"][0]  # [h, q, k]
+scores_port = acts[f"blocks.{layer}.attn.hook_attn_scores"][0]
+with np.errstate(invalid="ignore"):
+    err = np.nan_to_num(np.abs(scores_ref - scores_port), nan=0.0).max(axis=-1)  # [h, q]: -inf − -inf → 0
+z_name = f"blocks.{layer}.attn.hook_z"
+z_err = np.abs(ref.acts[z_name] - acts[z_name]).max(axis=(0, 1, 3))  # [h]
+for h in range(model.cfg.n_heads):
+    print(f"head {h}: max |error| in scores {err[h].max():.1e}, in z {z_err[h]:.1e}")
+print("kv-heads:", model.cfg.n_kv_heads, "query heads:", model.cfg.n_heads,
+      "— which kv-head should each query head read?")
+
+fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
+im = axes[0].imshow(np.log10(err + 1e-9), aspect="auto", cmap="magma")
+axes[0].set_xticks(range(len(str_tokens)), str_tokens, rotation=60, fontsize=7)
+axes[0].set_ylabel("head")
+axes[0].set_title(f"log10 max |error| of blocks.{layer}.attn.hook_attn_scores, by head and query", fontsize=9)
+fig.colorbar(im, ax=axes[0])
+axes[1].bar(range(model.cfg.n_heads), z_err + 1e-9)
+axes[1].set_yscale("log")
+axes[1].set_xlabel("head")
+axes[1].set_ylabel("max |error| of hook_z")
+axes[1].set_title("per head: some agree to rounding, some are wrong", fontsize=9)
+fig.tight_layout()
+fig.savefig(output_dir() / "port_heads.png", dpi=100)
+plt.close(fig)
+
+# %% [markdown]
+# ## 4. Bugs below the noise floor
+#
+# Not every bug is loud. `minillm.interp.broken` can inject a subtle one: RMSNorm's ε added
+# outside the square root, 1/(√mean(x²) + ε) instead of 1/√(mean(x²) + ε). With ε = 1e-5
+# and rms of order 0.01–1 this changes the scale by up to 0.1%: below the 1e-3 tolerance of
+# most hooks. The tight tolerance on `hook_scale` (one rounding from exact, so 1e-5 relative
+# is generous) catches it where it happens. With one uniform tolerance for every hook it is
+# caught a step late, in the attention scores, and points at the wrong code.
+
+# %%
+bug = broken.BUGS["rmsnorm_eps_outside"]
+subtle = compare.run_dump(model, PROMPT, fwd_hooks=bug.hooks(model))
+print("default tolerances:   ", compare.compare(ref, subtle).summary())
+uniform = compare.compare(ref, subtle, atol=1e-3, rtol=1e-3)
+print("uniform 1e-3 for all: ", uniform.summary())
+print("its effect on the logits: max abs", f"{uniform['hook_logits'].max_abs:.1e}",
+      "vs float32 rounding", f"{rep32['hook_logits'].max_abs:.1e}")
+print("figures in", output_dir().resolve())
