@@ -417,6 +417,22 @@ def _tied_note(model, name: str) -> str:
     return ""
 
 
+def _broadcast_plan(model, op: str, name: str, index, array, what: str) -> list[Slice]:
+    """Validate param[index] <op> array (finite, broadcastable) and name the one slice touched."""
+    target, index = _check_index(model, name, index)
+    array = np.asarray(array, dtype=np.float64)
+    if not np.isfinite(array).all():
+        raise MinillmError(f"{op} {name}: {what} must be finite")
+    try:
+        np.broadcast_shapes(array.shape, target.shape)
+    except ValueError:
+        raise MinillmError(
+            f"{op} {name}[{_index_label(index)}]: {what} of shape {array.shape} "
+            f"does not fit the slice of shape {target.shape}"
+        ) from None
+    return [Slice(name, index, _index_label(index))]
+
+
 @dataclass(frozen=True, eq=False)
 class add_to_weight(Edit):  # noqa: N801
     """param[index] += delta, for any parameter by its documented name (delta broadcasts)."""
@@ -426,18 +442,7 @@ class add_to_weight(Edit):  # noqa: N801
     delta: object
 
     def plan(self, model) -> list[Slice]:
-        target, index = _check_index(model, self.name, self.index)
-        delta = np.asarray(self.delta, dtype=np.float64)
-        if not np.isfinite(delta).all():
-            raise MinillmError(f"add_to_weight {self.name}: delta must be finite")
-        try:
-            np.broadcast_shapes(delta.shape, target.shape)
-        except ValueError:
-            raise MinillmError(
-                f"add_to_weight {self.name}[{_index_label(index)}]: delta of shape {delta.shape} "
-                f"does not fit the slice of shape {target.shape}"
-            ) from None
-        return [Slice(self.name, index, _index_label(index))]
+        return _broadcast_plan(model, "add_to_weight", self.name, self.index, self.delta, "delta")
 
     def write(self, model) -> None:
         (s,) = self.plan(model)
@@ -462,18 +467,7 @@ class set_weight(Edit):  # noqa: N801
     value: object
 
     def plan(self, model) -> list[Slice]:
-        target, index = _check_index(model, self.name, self.index)
-        value = np.asarray(self.value, dtype=np.float64)
-        if not np.isfinite(value).all():
-            raise MinillmError(f"set_weight {self.name}: value must be finite")
-        try:
-            np.broadcast_shapes(value.shape, target.shape)
-        except ValueError:
-            raise MinillmError(
-                f"set_weight {self.name}[{_index_label(index)}]: value of shape {value.shape} "
-                f"does not fit the slice of shape {target.shape}"
-            ) from None
-        return [Slice(self.name, index, _index_label(index))]
+        return _broadcast_plan(model, "set_weight", self.name, self.index, self.value, "value")
 
     def write(self, model) -> None:
         (s,) = self.plan(model)
