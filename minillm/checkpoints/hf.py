@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import warnings
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -175,52 +173,18 @@ def load_weights(model: Transformer, folder: Path) -> None:
     else:
         entries = list(llama_entries(model))
     _check_keys(entries, source, model.cfg, folder)
-
-    def copy(entry: Entry) -> str | None:
-        """Copy one tensor into place; its key if it holds NaN or Inf."""
-        key, _, dest, transpose = entry
-        out = dest()
+    nonfinite = []
+    for key, _, dest, transpose in entries:
         src = source.get(key)
-        if transpose:
-            _copy_transposed(out, src)
-        else:
-            out[...] = src
-        return None if _all_finite(out) else key
-
-    # NumPy releases the GIL while it copies, so threads share the work (and the page faults
-    # of the freshly allocated storage); as many as BLAS may use.
-    with ThreadPoolExecutor(_load_threads()) as pool:
-        nonfinite = [key for key in pool.map(copy, entries) if key is not None]
+        dest()[...] = src.T if transpose else src
+        if not np.isfinite(dest()).all():
+            nonfinite.append(key)
     if nonfinite:
         warnings.warn(
             f"{folder}: non-finite values (NaN or Inf) in {', '.join(nonfinite[:10])}"
             + (f" and {len(nonfinite) - 10} more" if len(nonfinite) > 10 else ""),
             stacklevel=3,
         )
-
-
-def _copy_transposed(out: np.ndarray, src: np.ndarray, rows: int = 64) -> None:
-    """out[...] = src.T, a block of `rows` rows of src at a time (cache-friendlier than one
-    strided copy: each block of src is read once while its columns of out are written)."""
-    for i in range(0, src.shape[0], rows):
-        out[:, i : i + rows] = src[i : i + rows].T
-
-
-def _all_finite(a: np.ndarray) -> bool:
-    """No NaN or Inf in `a`. A sum is non-finite if any entry is; only then (or when a sum of
-    huge finite values overflows) is every entry checked."""
-    with np.errstate(all="ignore"):
-        return bool(np.isfinite(a.sum())) or bool(np.isfinite(a).all())
-
-
-def _load_threads() -> int:
-    """Threads for copying weights: $OPENBLAS_NUM_THREADS / $OMP_NUM_THREADS, else the CPUs (at most 4)."""
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
-        value = os.environ.get(var, "")
-        if value.isdigit() and int(value) > 0:
-            return min(int(value), 4)
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(cpus or 1, 4))
 
 
 def _check_keys(entries: list[Entry], source: TensorSource, cfg: ModelConfig, folder) -> None:

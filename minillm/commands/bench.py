@@ -1,0 +1,67 @@
+"""`minillm bench NAME [--vs torch] [--json out.json]`: time load, prefill, decode, hooks and a sweep."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+HELP = "time load, prefill, decoding, hooks and a patching sweep (optionally against torch)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from minillm.bench import PHASES, Settings
+
+    d = Settings()
+    parser.add_argument("model", metavar="NAME_OR_PATH", help="a catalog name or a model folder")
+    parser.add_argument("--vs", choices=["torch"], default=None,
+                        help="also run the same work with transformers + torch (optional extra: "
+                        "pip install torch==2.13.0 transformers) and print ratios minillm/torch")
+    parser.add_argument("--json", metavar="FILE", help="write every measurement to this JSON file")
+    parser.add_argument("--runs", type=int, default=d.runs, help=f"timed runs per phase (default {d.runs})")
+    parser.add_argument("--warmup", type=int, default=d.warmup, help="untimed runs first (default 1)")
+    parser.add_argument("--sweep-runs", type=int, default=d.sweep_runs,
+                        help="timed runs of the slow one-run-per-cell sweep (default 1)")
+    parser.add_argument("--sweep-sample", type=int, default=d.sweep_sample,
+                        help="separate-run sweep: time this many cells and scale to all (0 = all; "
+                        f"default {d.sweep_sample})")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="BLAS/OpenMP threads (default: $OPENBLAS_NUM_THREADS, else all CPUs)")
+    parser.add_argument("--prefill-tokens", type=int, default=d.prefill_tokens)
+    parser.add_argument("--prompt-tokens", type=int, default=d.prompt_tokens,
+                        help="prompt length before decoding")
+    parser.add_argument("--new-tokens", type=int, default=d.new_tokens, help="tokens to decode")
+    parser.add_argument("--sweep-positions", type=int, default=d.sweep_positions)
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run: 1 timed run, no warm-up, short machine measurements")
+    parser.add_argument("--phases", default=",".join(PHASES),
+                        help=f"comma-separated subset of {','.join(PHASES)}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from minillm.bench import Settings, format_report, run_bench
+    from minillm.errors import MinillmError
+
+    for flag in ("runs", "prefill_tokens", "prompt_tokens", "new_tokens", "sweep_positions",
+                 "sweep_runs"):
+        if getattr(args, flag) < 1:
+            raise MinillmError(f"--{flag.replace('_', '-')} must be at least 1")
+    if args.warmup < 0 or args.threads < 0:
+        raise MinillmError("--warmup and --threads must not be negative")
+    settings = Settings(runs=args.runs, warmup=args.warmup, sweep_runs=args.sweep_runs,
+                        sweep_sample=args.sweep_sample,
+                        threads=args.threads, prefill_tokens=args.prefill_tokens,
+                        prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
+                        sweep_positions=args.sweep_positions)
+    if args.quick:
+        settings.runs, settings.warmup, settings.sweep_runs = 1, 0, 1
+        settings.machine_seconds, settings.machine_mb = 0.02, 16
+    phases = tuple(p.strip() for p in args.phases.split(",") if p.strip())
+    report = run_bench(args.model, settings, vs_torch=args.vs == "torch", phases=phases,
+                       progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+    print(format_report(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
+    return 0
