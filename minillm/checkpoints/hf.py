@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -228,7 +229,6 @@ def save_pretrained(model: Transformer, folder: str | Path) -> Path:
     can be exported and loaded by transformers or by minillm again. Written
     to temporary names first, then renamed, so a crash leaves no half file.
     """
-    import os
 
     from safetensors.numpy import save_file
 
@@ -237,10 +237,18 @@ def save_pretrained(model: Transformer, folder: str | Path) -> Path:
     prefix = "transformer." if model.cfg.family == "gpt2" else "model."
     entries = gpt2_entries(model, prefix) if model.cfg.family == "gpt2" else llama_entries(model)
     tensors = {key: np.ascontiguousarray(dest().T if t else dest()) for key, _, dest, t in entries}
-    tmp = folder / f".model.safetensors.tmp-{os.getpid()}"
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, folder / "model.safetensors")
-    tmp = folder / f".config.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(model.cfg.extra, indent=2))
-    os.replace(tmp, folder / "config.json")
+    _write_atomically(folder / "model.safetensors",
+                      lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+    _write_atomically(folder / "config.json",
+                      lambda tmp: tmp.write_text(json.dumps(model.cfg.extra, indent=2)))
     return folder
+
+
+def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """write(tmp) then rename tmp -> path; on any failure (or Ctrl-C) remove tmp."""
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
