@@ -86,7 +86,7 @@ def plot_heatmap(res: LabelledArray, path: str | Path, cmap: str = "RdBu",
     else:
         rows, cols = res.shape
         fig, ax = plt.subplots(figsize=(min(16, 2 + 0.35 * cols), min(12, 1.5 + 0.3 * rows)))
-        lim = float(np.abs(res.values).max()) or 1.0
+        lim = float(np.nan_to_num(np.nanmax(np.abs(res.values)))) or 1.0
         im = ax.imshow(res.values, cmap=cmap, vmin=-lim, vmax=lim, aspect="auto")
         fig.colorbar(im, ax=ax)
         ax.set_ylabel(res.axes[0])
