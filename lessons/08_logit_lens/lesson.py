@@ -1,0 +1,234 @@
+# %% [markdown]
+# # Lesson 08: Logit lens and the residual stream
+#
+# The residual stream is a running sum: the embedding, plus what every attention layer and
+# every MLP adds. The model only ever reads it through the final norm and the unembedding,
+# at the very end. Two questions follow.
+#
+# 1. **When** does the answer appear? Decode the stream after every block as if it were
+#    the last (the *logit lens*) and watch the target's rank fall to 1.
+# 2. **Who** wrote it? The final logit difference is (almost exactly) a sum over the writes,
+#    so each head and MLP gets its share (*direct logit attribution*, DLA) — and we can read
+#    what each one writes in tokens.
+#
+# Another model: `MINILLM_LESSON_MODEL=gpt2 python lesson.py` (after `minillm fetch gpt2`).
+
+# %%
+import os
+
+import numpy as np
+
+import minillm
+from minillm.interp import readout
+from minillm.interp.dla import direct_logit_attribution
+from minillm.interp.lens import final_norm, logit_lens
+from minillm.lessons import output_dir
+
+MODEL = os.environ.get("MINILLM_LESSON_MODEL", "smollm2-135m")
+model = minillm.load(MODEL)
+cfg = model.cfg
+L = cfg.n_layers
+W_U = model.unembed.W_U  # [d, V]
+EIFFEL = "The Eiffel Tower is located in the city of"
+
+# %% [markdown]
+# ## 1. The stream grows; the norm hides it
+#
+# The size of the stream at the last position, before each block: it grows by more than an
+# order of magnitude. Every reader (ln1, ln2 of each block, ln_final) divides by the
+# stream's rms first, so what matters to a reader is the stream's *direction*.
+
+# %%
+logits, cache = model.run_with_cache(EIFFEL)
+stack, labels = cache.accumulated_resid(return_labels=True)  # [L + 1, b, p, d]
+norms = np.linalg.norm(stack[:, 0, -1], axis=-1)
+print("‖resid‖ at the last position:",
+      ", ".join(f"{lab} {n:.0f}" for lab, n in list(zip(labels, norms))[:-1:max(1, L // 6)]),
+      f", final {norms[-1]:.0f}")
+
+# %% [markdown]
+# ## 2. The logit lens
+#
+# `lens_l = ln_final(resid_l) @ W_U`, with the norm's scale recomputed from resid_l itself
+# (exactly what the model does to its final stream, so the last row *is* the output).
+# `logit_lens` decodes every layer at every position and follows a few target tokens.
+
+# %%
+targets = [" Paris", " London", " France"]
+lens = logit_lens(model, EIFFEL, targets=targets, k=3)
+print(lens.table())
+decided = lens.first_layer_top1(" Paris")
+print(f"\n' Paris' is the top-1 prediction from row {decided} on "
+      f"(rows: 'embed', then 'L{{l}}' = after block l; the model has {L} blocks)")
+lens.plot(output_dir() / "lens_grid.png")  # layer × position, top-1 token and its probability
+lens.plot_targets(output_dir() / "lens_targets.png")  # probability and rank of each target per layer
+
+# %% [markdown]
+# By hand, for one row: `final_norm` + `W_U` (exercise 1). The last row equals the model's
+# logits exactly. The embeddings row predicts the *input* token itself (' of' → ' of'):
+# with a tied unembedding (W_U = W_Eᵀ), W_E[t] · W_E[t] is the largest dot product of most
+# rows — the lens of layer 0 is a copy, not a prediction.
+
+# %%
+last_lens = final_norm(model, cache[f"blocks.{L - 1}.hook_resid_post"]) @ W_U
+print("lens of the final stream == model logits:", np.array_equal(last_lens, logits))
+row12 = final_norm(model, cache["blocks.12.hook_resid_pre"][0, -1]) @ W_U  # [V]
+print("row 12 top-3 by hand:", [model.to_string([int(i)]) for i in np.argsort(-row12)[:3]],
+      "| logit_lens:", lens.tokens_at(12))
+
+# %% [markdown]
+# **Own scale or frozen scale?** TransformerLens' `accumulated_resid(apply_ln=True)` divides
+# every layer by the *final* stream's rms instead of its own. For RMSNorm that is a positive
+# number per position, so the ranking of tokens — and every rank below — is the same; only
+# the temperature of the softmax (the probabilities) changes.
+
+# %%
+frozen = cache.accumulated_resid(apply_ln=True, pos_slice=-1)[:, 0] * model.ln_final.w @ W_U  # [L + 1, V]
+own = np.stack([final_norm(model, x) for x in stack[:, 0, -1]]) @ W_U
+same = [bool((np.argsort(-a)[:10] == np.argsort(-b)[:10]).all()) for a, b in zip(own, frozen)]
+print(f"top-10 identical with own vs frozen scale in {sum(same)}/{len(same)} rows "
+      "(GPT-2's LayerNorm adds a bias, so there the two can differ)")
+
+# %% [markdown]
+# ## 3. Rank per layer for a few facts
+#
+# The same lens, only at the last position, for four factual prompts in one padded batch.
+# A rank that falls late and steeply is the signature of a fact recalled in the last third
+# of the network.
+
+# %%
+facts = [(EIFFEL, " Paris"), ("The capital of Japan is the city of", " Tokyo"),
+         ("The Colosseum is located in the city of", " Rome"),
+         ("The currency of the United States is the", " dollar")]
+tokens, mask = model.to_tokens_and_mask([p for p, _ in facts])
+_, fcache = model.run_with_cache(tokens, attention_mask=mask,
+                                 names_filter=lambda n: n.endswith(("resid_pre", "resid_post")))
+fstack = fcache.accumulated_resid(pos_slice=-1)  # [L + 1, n, d]: the last (real) token of each prompt
+ranks = {}
+for j, (_, target) in enumerate(facts):
+    row_logits = np.stack([final_norm(model, x) for x in fstack[:, j]]) @ W_U  # [L + 1, V]
+    t = model.to_single_token(target)
+    ranks[target] = (row_logits > row_logits[:, [t]]).sum(-1) + 1  # exercise 4
+    first = next((r for r in range(L + 1) if (ranks[target][r:] == 1).all()), None)  # exercise 5
+    top = model.to_string([int(np.argmax(row_logits[-1]))])
+    print(f"{target!r:10} rank per row: {ranks[target].tolist()}\n{'':11}-> top-1 from row {first} "
+          f"(the model's own top-1: {top!r})")
+
+import matplotlib.pyplot as plt  # noqa: E402
+
+fig, ax = plt.subplots(figsize=(8, 4))
+for target, r in ranks.items():
+    ax.plot(range(L + 1), r, marker=".", label=repr(target))
+ax.set_yscale("log")
+ax.invert_yaxis()
+ax.set_xticks(range(0, L + 1, 2), (["embed"] + [f"L{l}" for l in range(L)])[::2], rotation=90, fontsize=7)
+ax.set_ylabel("rank of the answer (1 = top)")
+ax.set_title("logit lens: rank of the answer at the last position, per layer", fontsize=10)
+ax.legend(fontsize=8)
+fig.tight_layout()
+fig.savefig(output_dir() / "fact_ranks.png", dpi=100)
+plt.close(fig)
+
+# %% [markdown]
+# ## 4. Direct logit attribution of the IOI logit difference
+#
+# "When Mary and John went to the store, John gave a drink to" → " Mary". The metric is
+# `logit(' Mary') − logit(' John')` at the last position. With ln_final's scale s frozen at
+# its value on this run, the logit difference is linear in the final stream, and the stream
+# is a sum of writes, so
+#
+#     logit_diff = Σ_c  c · s · (w ⊙ (W_U[:, Mary] − W_U[:, John]))      (+ a bias term for GPT-2)
+#
+# over c = embed, each head's `z @ W_O`, each MLP output (and the attention output biases,
+# for models that have them).
+
+# %%
+CLEAN = "When Mary and John went to the store, John gave a drink to"
+dla = direct_logit_attribution(model, CLEAN, " Mary", " John")
+print(f"logit difference {dla.total:+.4f}; sum of the {dla.parts.shape[0]} parts "
+      f"{dla.parts.values.sum():+.4f}")
+print("largest parts:", ", ".join(f"{lab[0]} {v:+.2f}" for lab, v in dla.parts.top(10)))
+dla.plot(output_dir() / "dla_ioi.png")
+
+# %% [markdown]
+# By hand with the cache helpers: `decompose_resid` gives embed + every attention and MLP
+# output (exercise 3); `apply_ln_to_stack` multiplies each by the frozen scale; a dot product
+# with `w ⊙ (W_U[:, Mary] − W_U[:, John])` is the attribution (exercise 2). Normalising each
+# component by its *own* rms instead breaks the sum: that is why the scale is frozen.
+
+# %%
+logits_ioi, icache = model.run_with_cache(CLEAN)
+mary, john = model.to_single_token(" Mary"), model.to_single_token(" John")
+direction = model.ln_final.w * (W_U[:, mary] - W_U[:, john])  # [d]
+comps, comp_labels = icache.decompose_resid(pos_slice=-1, return_labels=True)  # [2L + 1 (+1), 1, d]
+parts = icache.apply_ln_to_stack(comps, pos_slice=-1)[:, 0] @ direction  # [c]
+bias = float(model.ln_final.b @ (W_U[:, mary] - W_U[:, john])) if model.ln_final.b is not None else 0.0
+own_scale = np.stack([final_norm(model, c) for c in comps[:, 0]]) @ (W_U[:, mary] - W_U[:, john])
+print(f"by hand: Σ parts {parts.sum() + bias:+.4f} (model {dla.total:+.4f}); with each component "
+      f"normalised by its own rms the 'parts' sum to {own_scale.sum():+.1f} — meaningless")
+print("by sublayer: embed {:+.2f}, attention {:+.2f}, MLPs {:+.2f}".format(
+    parts[0], sum(p for p, lab in zip(parts, comp_labels) if "attn" in lab),
+    sum(p for p, lab in zip(parts, comp_labels) if "mlp" in lab)))
+heads = icache.stack_head_results(pos_slice=-1, apply_ln=True)[:, 0] @ direction  # [L·h]
+print("per-head DLA by hand == dla.heads:", np.allclose(heads.reshape(L, -1), dla.heads.values, atol=1e-4))
+
+# %% [markdown]
+# ## 5. What each head and MLP writes
+#
+# A number per component says *how much*; reading the write itself through the unembedding
+# says *what*. For the largest heads: where the last position attends, and which tokens its
+# write promotes and suppresses (frozen scale: these are logit changes). Splitting the
+# difference into Δlogit(Mary) and Δlogit(John) separates heads that push Mary up from heads
+# that push John down.
+
+# %%
+s = icache["ln_final.hook_scale"][0, -1]  # [1]
+toks = model.to_str_tokens(CLEAN)
+top_heads = [(int(i) // cfg.n_heads, int(i) % cfg.n_heads) for i in np.argsort(-np.abs(heads))[:5]]
+rows = []
+for l, h in top_heads:
+    pattern = icache[f"blocks.{l}.attn.hook_pattern"][0, h, -1]  # [p] attention of the last position
+    src = int(np.argmax(pattern))
+    write = icache[f"blocks.{l}.attn.hook_z"][0, -1, h] @ model.blocks[l].attn.W_O[h]  # [d]
+    lg = readout.unembed_direction(model, write) * s  # [V] its direct effect on every logit
+    rows.append((f"L{l}H{h}", lg[mary], lg[john]))
+    print(f"L{l}H{h}: DLA {lg[mary] - lg[john]:+.2f}; attends to {toks[src]!r} "
+          f"(pos {src}, {pattern[src]:.2f})")
+    print(f"   promotes   {[t for t, _ in readout.top_tokens(model, lg, 5)]}")
+    print(f"   suppresses {[t for t, _ in readout.top_tokens(model, lg, 5, largest=False)]}")
+for l in range(L - 4, L):
+    lg = readout.unembed_direction(model, icache[f"blocks.{l}.hook_mlp_out"][0, -1]) * s
+    rows.append((f"MLP{l}", lg[mary], lg[john]))
+    print(f"MLP{l}: DLA {lg[mary] - lg[john]:+.2f}; "
+          f"promotes {[t for t, _ in readout.top_tokens(model, lg, 5)]}")
+
+# %% [markdown]
+# The late MLPs' top tokens look like junk (word fragments): many of them push a whole family
+# of rare tokens up or down together, which moves no *difference* between two names. Reading
+# a write for a specific question means reading differences. Split by neuron, the MLPs'
+# contribution gets a meaning: the neurons with the largest DLA write along a gender
+# direction ("woman/women/daughter"). A neuron's write is activation × W_out[i], so a
+# neuron that fires *negatively* writes minus its readout: read the sign of both.
+
+# %%
+nd = direct_logit_attribution(model, CLEAN, " Mary", " John", neurons=True)
+neurons = [(lab[0], v) for lab, v in nd.parts.top(40) if "N" in lab[0]][:3]
+for lab, v in neurons:
+    l, i = (int(x) for x in lab[1:].split("N"))
+    r = readout.neuron_readout(model, l, i, k=5)
+    act = float(icache[f"blocks.{l}.mlp.hook_post"][0, -1, i])
+    print(f"{lab}: DLA {v:+.2f}, activation {act:+.2f}; W_out promotes {[t for t, _ in r.promoted]}")
+
+fig, ax = plt.subplots(figsize=(8, 3.8))
+x = np.arange(len(rows))
+ax.bar(x - 0.2, [r[1] for r in rows], 0.4, label="Δ logit(' Mary')")
+ax.bar(x + 0.2, [r[2] for r in rows], 0.4, label="Δ logit(' John')")
+ax.axhline(0, color="k", lw=0.5)
+ax.set_xticks(x, [r[0] for r in rows])
+ax.set_ylabel("direct effect (frozen final scale)")
+ax.set_title("what the top heads and the last MLPs write into the two names' logits", fontsize=10)
+ax.legend(fontsize=8)
+fig.tight_layout()
+fig.savefig(output_dir() / "head_writes.png", dpi=100)
+plt.close(fig)
+print("figures in", output_dir().resolve())
