@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
+
 from minillm.errors import MinillmError
 
 _REPO = Path(__file__).resolve().parents[1]
@@ -145,8 +147,36 @@ def output_dir() -> Path:
 @functools.lru_cache(maxsize=4)
 def shared_model(name: str = "smollm2-135m", dtype: str = "float32"):
     """Load a model once per process, for checks that need one (read-only use!)."""
-    import numpy as np
-
     import minillm
 
     return minillm.load(name, dtype=np.dtype(dtype))
+
+
+# --- helpers for check.py files -----------------------------------------------------------
+
+def relative_error(got, want) -> float:
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    if got.shape != want.shape:
+        return np.inf
+    err = np.nan_to_num(np.abs(got - want), nan=np.inf)
+    return float(err.max(initial=0.0) / max(np.abs(want).max(initial=0.0), 1e-30))
+
+
+def verdict(what: str, got, want, mistakes, fallback: str, tol: float = 1e-4) -> None:
+    """For checks: raise a teaching AssertionError unless got ≈ want (max |error| / max |want| < tol)."""
+    got, want = np.asarray(got), np.asarray(want)
+    if got.shape != want.shape:
+        raise AssertionError(f"{what}: expected shape {want.shape}, got {got.shape}. {fallback}")
+    if not np.issubdtype(got.dtype, np.number) or np.isnan(got.astype(np.float64)).any():
+        raise AssertionError(f"{what}: your output is not a finite numeric array. {fallback}")
+    if relative_error(got, want) < tol:
+        return
+    for hint, variant in (mistakes() if callable(mistakes) else mistakes).items():
+        if relative_error(got, variant) < tol:
+            raise AssertionError(f"{what}: your output matches a common mistake. {hint}")
+    err = np.abs(got.astype(np.float64) - want)
+    where = tuple(int(i) for i in np.unravel_index(np.argmax(err), err.shape))
+    raise AssertionError(
+        f"{what}: relative error {relative_error(got, want):.2e} (tolerance {tol:.0e}); the largest "
+        f"error is at index {where}: expected {float(want[where]):.6g}, "
+        f"got {float(got[where]):.6g}. {fallback}")

@@ -55,7 +55,7 @@ def examples(n: int) -> settings:
     )
 
 
-def expect_clean(fn, path: Path):
+def assert_clean_error(fn, path: Path):
     """Run fn(); it may succeed, or raise a MinillmError naming `path` — nothing else."""
     try:
         with warnings.catch_warnings():
@@ -137,7 +137,7 @@ def test_truncated_or_flipped_safetensors(base, data):
             buf[i] = data.draw(st.integers(0, 255))
     path = folder / "model.safetensors"
     rewrite(path, bytes(buf))
-    expect_clean(lambda: load_folder(folder), path)
+    assert_clean_error(lambda: load_folder(folder), path)
 
 
 @examples(150)
@@ -147,7 +147,7 @@ def test_header_length_anywhere(base, header_len):
     folder, raw, header, data = base
     path = folder / "model.safetensors"
     rewrite(path, safetensors_bytes(header, data, header_len))
-    expect_clean(lambda: load_folder(folder), path)
+    assert_clean_error(lambda: load_folder(folder), path)
 
 
 # values a hostile header may hold where a number, a list or a string is expected
@@ -205,8 +205,8 @@ def test_structured_header_mutations(base, data):
     path = folder / "model.safetensors"
     rewrite(path, safetensors_bytes(header, payload))
     # the reader alone (every tensor read), then the whole load
-    expect_clean(lambda: [SafetensorsFile(path).get(n) for n in SafetensorsFile(path).names()], path)
-    expect_clean(lambda: load_folder(folder), path)
+    assert_clean_error(lambda: [SafetensorsFile(path).get(n) for n in SafetensorsFile(path).names()], path)
+    assert_clean_error(lambda: load_folder(folder), path)
 
 
 @examples(100)
@@ -241,7 +241,7 @@ def test_a_declared_10_to_the_12_element_tensor_fails_before_allocating(base, tm
         rewrite(path, safetensors_bytes(bad, payload))
         tracemalloc.start()
         try:
-            err = expect_clean(lambda: load_folder(folder), path)
+            err = assert_clean_error(lambda: load_folder(folder), path)
             _, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
@@ -283,7 +283,7 @@ def test_config_with_bad_sizes_and_types(base, data):
     text = json.dumps(cfg, allow_nan=True) if data.draw(st.booleans()) else json.dumps(cfg)[
         : data.draw(st.integers(0, 200))]
     path.write_text(text)
-    result = expect_clean(lambda: ModelConfig.from_json(path), path)
+    result = assert_clean_error(lambda: ModelConfig.from_json(path), path)
     if isinstance(result, ModelConfig):  # valid: every size in range, checked before allocating
         assert 0 < result.n_layers <= 2**24 and 0 < result.eps < 1
 
@@ -303,7 +303,7 @@ def test_load_with_a_mismatched_config_never_allocates_what_the_files_cannot_fil
     path.write_text(json.dumps(cfg))
     tracemalloc.start()
     try:
-        expect_clean(lambda: load_folder(folder), folder)
+        assert_clean_error(lambda: load_folder(folder), folder)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -370,7 +370,7 @@ def test_tokenizer_json_broken_or_hostile(tmp_path_factory, data):
         tok = Tokenizer(path)
         return tok.decode(tok.encode("hello hell"))
 
-    expect_clean(use, path)
+    assert_clean_error(use, path)
 
 
 # --------------------------------------------------------------------------- sharded index
@@ -411,7 +411,7 @@ def test_index_weight_map_cannot_escape_the_folder(tmp_path_factory, base, data)
 
     SafetensorsFile.__init__ = spy
     try:
-        expect_clean(lambda: load_folder(folder), path)
+        assert_clean_error(lambda: load_folder(folder), path)
     finally:
         SafetensorsFile.__init__ = real_init
     for p in opened:  # only plain names inside the folder were ever opened
@@ -444,7 +444,7 @@ def test_truncated_or_flipped_gguf(tmp_path_factory, tiny_gguf, data):
     path = folder / "bad.gguf"
     path.write_bytes(bytes(buf))
     out = folder / "hf"
-    result = expect_clean(lambda: convert_gguf_to_hf(path, out), path)
+    result = assert_clean_error(lambda: convert_gguf_to_hf(path, out), path)
     if isinstance(result, MinillmError):  # nothing half-written
         assert sorted(p.name for p in folder.iterdir()) == ["bad.gguf"]
 

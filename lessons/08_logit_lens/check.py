@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 
 import minillm.lessons
+from minillm.lessons import relative_error as _rel
 from minillm.lessons import shared_model
+from minillm.lessons import verdict as _verdict
 
 REF = minillm.lessons.import_file(Path(__file__).with_name("solutions.py"))
 
@@ -40,33 +42,6 @@ def _weights():
 
 def _ids(*texts):
     return [shared_model().to_single_token(t) for t in texts]
-
-
-def _rel(got, want) -> float:
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    if got.shape != want.shape:
-        return np.inf
-    err = np.nan_to_num(np.abs(got - want), nan=np.inf)
-    return float(err.max(initial=0.0) / max(np.abs(want).max(initial=0.0), 1e-30))
-
-
-def _verdict(what: str, got, want, mistakes, fallback: str, tol: float = TOL) -> None:
-    """Raise a teaching AssertionError unless got ≈ want (max |error| / max |want| < tol)."""
-    got, want = np.asarray(got), np.asarray(want)
-    if got.shape != want.shape:
-        raise AssertionError(f"{what}: expected shape {want.shape}, got {got.shape}. {fallback}")
-    if not np.issubdtype(got.dtype, np.number) or np.isnan(got.astype(np.float64)).any():
-        raise AssertionError(f"{what}: your output is not a finite numeric array. {fallback}")
-    if _rel(got, want) < tol:
-        return
-    for hint, variant in (mistakes() if callable(mistakes) else mistakes).items():
-        if _rel(got, variant) < tol:
-            raise AssertionError(f"{what}: your output matches a common mistake. {hint}")
-    err = np.abs(got.astype(np.float64) - want)
-    where = tuple(int(i) for i in np.unravel_index(np.argmax(err), err.shape))
-    raise AssertionError(
-        f"{what}: relative error {_rel(got, want):.2e} (tolerance {tol:.0e}); the largest error is at "
-        f"index {where}: expected {float(want[where]):.6g}, got {float(got[where]):.6g}. {fallback}")
 
 
 # --- the checks ----------------------------------------------------------------------------------

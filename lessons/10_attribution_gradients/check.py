@@ -15,7 +15,9 @@ import numpy as np
 
 import minillm.lessons
 from minillm.backward import backward, logit_diff
+from minillm.lessons import relative_error as _rel
 from minillm.lessons import shared_model
+from minillm.lessons import verdict as _verdict
 
 REF = minillm.lessons.import_file(Path(__file__).with_name("solutions.py"))
 
@@ -41,34 +43,6 @@ def _corrupt_z() -> np.ndarray:
 
 def _rng(seed: int = 0):
     return np.random.default_rng(seed)
-
-
-def _rel(got, want) -> float:
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    if got.shape != want.shape:
-        return np.inf
-    err = np.nan_to_num(np.abs(got - want), nan=np.inf)
-    return float(err.max(initial=0.0) / max(np.abs(want).max(initial=0.0), 1e-30))
-
-
-def _verdict(what: str, got, want, mistakes, fallback: str, tol: float) -> None:
-    """Raise a teaching AssertionError unless got ≈ want (max |error| / max |want| < tol)."""
-    got = np.asarray(got)
-    want = np.asarray(want)
-    if got.shape != want.shape:
-        raise AssertionError(f"{what}: expected shape {want.shape}, got {got.shape}. {fallback}")
-    if np.isnan(got).any():
-        raise AssertionError(f"{what}: your output has NaN. {fallback}")
-    if _rel(got, want) < tol:
-        return
-    for hint, variant in (mistakes() if callable(mistakes) else mistakes).items():
-        if _rel(got, variant) < tol:
-            raise AssertionError(f"{what}: your output matches a common mistake. {hint}")
-    err = np.abs(got.astype(np.float64) - want)
-    where = tuple(int(i) for i in np.unravel_index(np.argmax(err), err.shape))
-    raise AssertionError(
-        f"{what}: relative error {_rel(got, want):.2e} (tolerance {tol:.0e}); the largest error is at "
-        f"index {where}: expected {float(want[where]):.6g}, got {float(got[where]):.6g}. {fallback}")
 
 
 def _pair(result, what: str, names: tuple[str, str]):
