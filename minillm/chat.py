@@ -17,7 +17,10 @@ immutable sandbox: it can read the messages but not reach Python internals
 from __future__ import annotations
 
 import json
+import signal
+import threading
 from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -66,6 +69,29 @@ def _raise_exception(message: str):
     raise MinillmError(f"the chat template refused these messages: {message}")
 
 
+MAX_RENDERED_CHARS = 1_000_000  # a chat prompt is far smaller; a bigger one is an attack or a bug
+RENDER_SECONDS = 5.0  # likewise: rendering takes milliseconds
+
+
+@contextmanager
+def _time_limit(seconds: float):
+    """Interrupt a runaway template (nested loops) after `seconds` (main thread, Unix only)."""
+    if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise MinillmError(f"the chat template took more than {seconds:g} s to render; it was stopped")
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def _sandbox():
     """Jinja's immutable sandbox, set up like Hugging Face's template environment."""
     try:
@@ -78,8 +104,24 @@ def _sandbox():
         return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
                           sort_keys=sort_keys)
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[loopcontrols])
+    class LimitedSandbox(ImmutableSandboxedEnvironment):
+        """The sandbox forbids code execution; this also caps what `*` and `**` can build."""
+
+        intercepted_binops = frozenset({"*", "**"})
+
+        def call_binop(self, context, operator, left, right):
+            from jinja2.exceptions import SecurityError
+
+            if operator == "*":
+                for seq, n in ((left, right), (right, left)):
+                    if isinstance(seq, (str, list, tuple)) and isinstance(n, int) \
+                            and len(seq) * n > MAX_RENDERED_CHARS:
+                        raise SecurityError(f"repeating a sequence {n} times exceeds the size limit")
+            if operator == "**" and isinstance(right, (int, float)) and abs(right) > 64:
+                raise SecurityError(f"the power {right} is too large")
+            return super().call_binop(context, operator, left, right)
+
+    env = LimitedSandbox(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
@@ -114,8 +156,13 @@ def render_chat_template(template: str, messages: Sequence[Message], add_generat
     env = _sandbox()
     try:
         compiled = env.from_string(template)
-        return compiled.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                               bos_token=bos_token, eos_token=eos_token, **extra)
+        with _time_limit(RENDER_SECONDS):
+            text = compiled.render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                   bos_token=bos_token, eos_token=eos_token, **extra)
+        if len(text) > MAX_RENDERED_CHARS:
+            raise MinillmError(f"the chat template rendered {len(text)} characters (limit "
+                               f"{MAX_RENDERED_CHARS}); refusing it")
+        return text
     except SecurityError as e:
         raise MinillmError(f"the chat template tried something the sandbox forbids ({e}); "
                            "it was not run") from None

@@ -292,3 +292,17 @@ def test_accepted_file_names_stay_inside_the_folder(tmp_path_factory, name):
         return
     target = Path(os.path.normpath(folder / name))
     assert target.parent == folder and name not in ("", ".", "..")
+
+
+@pytest.mark.parametrize("template, message", [
+    ("{{ 'a' * 10**9 }}", "forbids"),
+    ("{{ 2 ** 100000 }}", "forbids"),
+    ("{% for i in range(90000) %}{% for j in range(90000) %}{% endfor %}{% endfor %}", "took more than"),
+])
+def test_hostile_chat_templates_are_stopped(template, message, monkeypatch):
+    """A chat template is code from a downloaded file: it may not hang or exhaust memory."""
+    from minillm import chat
+
+    monkeypatch.setattr(chat, "RENDER_SECONDS", 0.5)
+    with pytest.raises(MinillmError, match=message):
+        chat.render_chat_template(template, [{"role": "user", "content": "hi"}])
