@@ -38,7 +38,7 @@ import minillm
 from minillm.checkpoints.hf import save_pretrained
 from minillm.checkpoints.safetensors_io import SafetensorsFile
 from minillm.config import ModelConfig
-from minillm.errors import MinillmError
+from minillm.errors import CheckpointError, MinillmError
 from minillm.tokenizer import Tokenizer
 from tests.conftest import TINY_CONFIGS, random_model
 
@@ -472,3 +472,16 @@ def test_regression_inputs_give_clear_errors(path):
     with pytest.raises(MinillmError) as info:
         replay(path)
     assert path.name in str(info.value)
+
+
+def test_corrupt_block_count_fails_fast(tmp_path, tiny_gguf):
+    """Found by the fuzzer: two flipped bytes made block_count 1638401, and building the
+    expected-tensor table for 1.6 M layers took 46 s. Now it is refused before that."""
+    from minillm.checkpoints.gguf import convert_gguf_to_hf
+
+    buf = bytearray(tiny_gguf)
+    buf[100], buf[3228] = 25, 10
+    path = tmp_path / "bad.gguf"
+    path.write_bytes(bytes(buf))
+    with pytest.raises(CheckpointError, match="block_count 1638401 cannot be right"):
+        convert_gguf_to_hf(path, tmp_path / "hf")

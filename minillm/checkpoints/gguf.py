@@ -337,6 +337,10 @@ def _tensor_plan(
 ) -> list[tuple[str, tuple[int, ...], ReaderTensor]]:
     """[(HF name, numpy shape, GGUF tensor)], every name present and every shape checked."""
     by_name = {t.name: t for t in reader.tensors}
+    n_layers = config["num_hidden_layers"]
+    if n_layers > len(by_name) // len(_LAYER_TENSORS):  # checked first: a corrupt count can be huge
+        raise CheckpointError(f"{path}: block_count {n_layers} cannot be right: the file holds only "
+                              f"{len(by_name)} tensors ({len(_LAYER_TENSORS)} per layer)")
     expected = _expected_shapes(config)
     unexpected = set(by_name) - {gguf_name for gguf_name, _ in expected.values()}
     if unexpected:
