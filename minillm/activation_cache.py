@@ -225,16 +225,8 @@ class ActivationCache(dict):
                 result = np.einsum("...he,hed->...hd", z, self.model.blocks[l].attn.W_O)
             parts.append(np.moveaxis(result, -2, 0))  # [h, b, p, d]
             labels += [f"L{l}H{h}" for h in range(result.shape[-2])]
-        d = self.model.cfg.d_model
-        stack = np.concatenate(parts) if parts else np.zeros((0, *self._stream_shape(pos_slice), d),
-                                                              self.model.dtype)
-        if incl_remainder:
-            stream = self.accumulated_resid(layer, pos_slice=pos_slice)[-1]
-            stack = np.concatenate([stack, (stream - stack.sum(0))[None]])
-            labels.append("remainder")
-        if apply_ln:
-            stack = self.apply_ln_to_stack(stack, layer, pos_slice=pos_slice)
-        return (stack, labels) if return_labels else stack
+        return self._finish_stack(parts, labels, layer, pos_slice, return_labels, incl_remainder,
+                                  apply_ln)
 
     def stack_neuron_results(self, layer: int | None = None, pos_slice=None, neuron_slice=None,
                              return_labels: bool = False, incl_remainder: bool = False,
@@ -258,6 +250,12 @@ class ActivationCache(dict):
             W_out = self.model.blocks[l].mlp.W_out[keep]  # [m', d]
             parts.append(np.einsum("...m,md->m...d", post, W_out))  # [m', b, p, d]
             labels += [f"L{l}N{i}" for i in keep]
+        return self._finish_stack(parts, labels, layer, pos_slice, return_labels, incl_remainder,
+                                  apply_ln)
+
+    def _finish_stack(self, parts, labels, layer, pos_slice, return_labels, incl_remainder, apply_ln):
+        """Concatenate per-component writes [n_i, b, p, d]; optionally add what they leave
+        unexplained of the stream at `layer` ("remainder") and apply the final norm."""
         d = self.model.cfg.d_model
         stack = np.concatenate(parts) if parts else np.zeros((0, *self._stream_shape(pos_slice), d),
                                                               self.model.dtype)
