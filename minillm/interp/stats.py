@@ -458,7 +458,9 @@ class StatsTask:
 def stats_shard(task: StatsTask, model=None) -> CorpusStats:
     """Statistics of one shard (runs on a worker; `model` given when run in this process)."""
     t0 = time.perf_counter()
-    model = model if model is not None else task.model.load()
+    if model is None:
+        with task.model.use() as model:
+            return stats_shard(task, model)
     acc = {n: HookStats(n, task.by, s, k=task.k) for n, s in zip(task.hooks, task.shapes)}
     n_tokens = n_texts = n_windows = 0
     for batch in task.corpus.batches(

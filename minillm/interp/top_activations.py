@@ -338,7 +338,9 @@ class TopTask:
 def top_shard(task: TopTask, model=None) -> TopActivations:
     """The top-k buffer of one shard (runs on a worker; `model` given when run in this process)."""
     t0 = time.perf_counter()
-    model = model if model is not None else task.model.load()
+    if model is None:
+        with task.model.use() as model:
+            return top_shard(task, model)
     top = TopActivations.empty(task.hook, task.neurons, task.k, task.before, task.after)
     n_tokens = n_windows = 0
     for batch in task.corpus.batches(
