@@ -110,6 +110,30 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def worker_record(t0_wall: float, t0_cpu: float) -> dict:
+    """{pid: {peak_rss_mb, seconds, cpu_seconds, shards: 1}} for a shard that began at these
+    time.perf_counter() / time.process_time() readings; merged with `merge_workers`."""
+    import time
+
+    return {
+        str(os.getpid()): dict(
+            peak_rss_mb=round(peak_rss_mb(), 1),
+            seconds=round(time.perf_counter() - t0_wall, 3),
+            cpu_seconds=round(time.process_time() - t0_cpu, 3),
+            shards=1,
+        )
+    }
+
+
+def merge_workers(into: dict, other: dict) -> dict:
+    """Fold worker records together: peak memory by max, times and shard counts by sum."""
+    for pid, w in other.items():
+        old = into.setdefault(pid, {})
+        for k, v in w.items():
+            old[k] = max(old.get(k, 0), v) if k == "peak_rss_mb" else round(old.get(k, 0) + v, 3)
+    return into
+
+
 def shard_ranges(n_items: int, per_shard: int) -> list[tuple[int, int]]:
     """[start, stop) ranges of `per_shard` items covering 0..n_items-1."""
     if per_shard < 1:
@@ -297,7 +321,7 @@ def dask_executor(
             threads_per_worker=threads_per_worker,
             processes=True,
             host="127.0.0.1",
-            dashboard_address=None,
+            dashboard_address="127.0.0.1:0",  # a free port: never collide with another cluster
             env={"OPENBLAS_NUM_THREADS": blas, "OMP_NUM_THREADS": blas, "MKL_NUM_THREADS": blas},
         )
         client = Client(cluster)
