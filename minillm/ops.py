@@ -29,21 +29,22 @@ def linear(x: np.ndarray, W: np.ndarray, b: np.ndarray | None = None) -> np.ndar
 
 
 def layer_norm_parts(x: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
-    """LayerNorm without its gain: returns (x - mean(x), 1 / std(x)).
+    """LayerNorm without its gain: returns (x - mean(x), std(x)).
 
-    [..., d] -> ([..., d], [..., 1]).   normalized = centered * scale.
+    [..., d] -> ([..., d], [..., 1]).   normalized = centered / scale
+    (TransformerLens's convention: the scale is the divisor).
     """
     centered = x - x.mean(axis=-1, keepdims=True)
-    scale = 1.0 / np.sqrt((centered * centered).mean(axis=-1, keepdims=True) + eps)
+    scale = np.sqrt((centered * centered).mean(axis=-1, keepdims=True) + eps)
     return centered, scale.astype(x.dtype, copy=False)
 
 
 def rms_norm_parts(x: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
-    """RMSNorm without its gain: returns (x, 1 / rms(x)). No centring.
+    """RMSNorm without its gain: returns (x, rms(x)). No centring.
 
-    [..., d] -> ([..., d], [..., 1]).   normalized = x * scale.
+    [..., d] -> ([..., d], [..., 1]).   normalized = x / scale.
     """
-    scale = 1.0 / np.sqrt((x * x).mean(axis=-1, keepdims=True) + eps)
+    scale = np.sqrt((x * x).mean(axis=-1, keepdims=True) + eps)
     return x, scale.astype(x.dtype, copy=False)
 
 
@@ -74,6 +75,24 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
 def log_softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     shifted = x - x.max(axis=axis, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+
+
+def next_token_nll(logits: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """Cross-entropy of each next-token prediction, in nats.   [b, p, V], [b, p] -> [b, p-1]
+
+    logits[:, i] predicts tokens[:, i + 1]:  nll = logsumexp(logits[:, i]) - logits[:, i, target].
+    Computed in chunks of positions so that no second [b, p, V] array is made.
+    """
+    targets = tokens[:, 1:]  # [b, p-1]
+    out = np.empty(targets.shape, logits.dtype)
+    step = max(1, (1 << 22) // max(1, logits.shape[0] * logits.shape[-1]))  # ~16 MB per chunk
+    for i in range(0, targets.shape[1], step):
+        x = logits[:, i : min(i + step, targets.shape[1])]  # [b, c, V]
+        top = x.max(axis=-1, keepdims=True)  # [b, c, 1]
+        lse = top[..., 0] + np.log(np.exp(x - top).sum(axis=-1))  # [b, c]
+        picked = np.take_along_axis(x, targets[:, i : i + step, None], axis=-1)[..., 0]  # [b, c]
+        out[:, i : i + step] = lse - picked
+    return out
 
 
 # --- rotary position embeddings (RoPE) -----------------------------------------------------
