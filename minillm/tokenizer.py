@@ -46,9 +46,11 @@ class Tokenizer:
     def id_to_token(self, i: int) -> str | None:
         return self._tok.id_to_token(int(i))
 
-    def batch_encode(self, texts: list[str], padding_side: str = "left", pad_id: int = 0):
-        """A ragged batch as (ids [b, p], attention_mask [b, p]), padded on one side."""
-        rows = [self.encode(t) for t in texts]
+    def batch_encode(self, texts: list[str], padding_side: str = "left", pad_id: int = 0,
+                     encode=None):
+        """A ragged batch as (ids [b, p], attention_mask [b, p]), padded on one side.
+        `encode(text) -> ids` replaces `self.encode` (e.g. to add or drop BOS)."""
+        rows = [(encode or self.encode)(t) for t in texts]
         width = max(len(r) for r in rows)
         ids = np.full((len(rows), width), pad_id, np.int64)
         mask = np.zeros((len(rows), width), np.int64)
