@@ -192,30 +192,53 @@ class HookedModel(Transformer):
 
     @staticmethod
     def loss_fn(logits: np.ndarray, tokens, attention_mask=None, per_token: bool = False):
-        """Next-token cross-entropy (nats) of logits [b, p, V] for ids [b, p], as TransformerLens.
+        """Next-token cross-entropy (nats) of logits [b, p, V] for ids [b, p] (TransformerLens's
+        `loss_fn`; `loss` runs the model first).
 
-        Position i predicts token i + 1. per_token=False: the mean over all
-        predictions (a NumPy float64 scalar); True: [b, p-1]. With an
-        attention_mask, a prediction counts only if its input and target are
-        both real tokens (the others are 0 in the per-token array).
+        Position i predicts token i + 1, so a row of p tokens makes p - 1
+        predictions. per_token=False: the mean over all predictions, a float
+        (a NumPy float64; perplexity is exp of it). per_token=True: [b, p-1] in
+        the logits' dtype. attention_mask [b, p] (1 = token, 0 = padding): a
+        prediction counts only if both its input and its target are real
+        tokens; the others are 0 in the per-token array and left out of the mean.
         """
         from minillm import ops
 
-        tokens = np.atleast_2d(np.asarray(tokens))
+        tokens = np.asarray(tokens)
+        if tokens.ndim == 1:
+            tokens = tokens[None, :]
         logits = np.asarray(logits)
-        if logits.shape[:2] != tokens.shape or tokens.shape[1] < 2:
-            raise MinillmError(f"loss_fn needs logits [b, p, V] and tokens [b, p] with p >= 2, "
-                               f"got {logits.shape} and {tokens.shape}")
+        if tokens.ndim != 2 or tokens.shape[1] < 2:
+            raise MinillmError(
+                f"loss needs at least 2 tokens per row (one prediction), got shape {tokens.shape}"
+            )
+        if logits.shape[:2] != tokens.shape:
+            raise MinillmError(f"logits {logits.shape} do not match tokens {tokens.shape}")
         nll = ops.next_token_nll(logits, tokens)  # [b, p-1]
-        n = nll.size
         if attention_mask is not None:
             real = np.asarray(attention_mask) != 0  # [b, p]
             keep = real[:, 1:] & real[:, :-1]  # [b, p-1]
+            if not keep.any():
+                raise MinillmError("attention_mask leaves no prediction whose input and target are both real")
             nll = np.where(keep, nll, 0).astype(nll.dtype)
-            n = max(int(keep.sum()), 1)
+            n = int(keep.sum())
+        else:
+            n = nll.size
         if per_token:
             return nll
         return np.float64(nll.sum(dtype=np.float64) / n)
+
+    def loss(self, tokens, per_token: bool = False, attention_mask=None) -> float | np.ndarray:
+        """Next-token cross-entropy (nats) of a run on `tokens`, as transformers' `labels=input_ids`
+        loss: ids [b, p] (or a str; [p] is taken as one row); see `loss_fn`."""
+        tokens = self._as_tokens(tokens)
+        if tokens.ndim == 1:
+            tokens = tokens[None, :]
+        if tokens.ndim != 2 or tokens.shape[1] < 2:
+            raise MinillmError(
+                f"loss needs at least 2 tokens per row (one prediction), got shape {tokens.shape}"
+            )
+        return self.loss_fn(self.forward(tokens, attention_mask), tokens, attention_mask, per_token)
 
     # --- hooks -------------------------------------------------------------------------------
 
