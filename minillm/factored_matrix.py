@@ -23,6 +23,8 @@ from minillm.errors import MinillmError
 
 
 class FactoredMatrix:
+    __array_ufunc__ = None  # `array @ FactoredMatrix` calls our __rmatmul__, not NumPy's matmul
+
     def __init__(self, A: np.ndarray, B: np.ndarray):
         A, B = np.asarray(A), np.asarray(B)
         if A.ndim < 2 or B.ndim < 2:

@@ -391,6 +391,10 @@ class HookedModel(Transformer):
     def _stack(self, get) -> np.ndarray:
         return np.stack([get(b) for b in self.blocks])
 
+    def _per_query_head(self, x: np.ndarray) -> np.ndarray:
+        """[kv, ...] -> [h, ...]: query head j reads key/value head j // n_groups."""
+        return x if x.shape[0] == self.cfg.n_heads else np.repeat(x, self.cfg.n_groups, axis=0)
+
     def _stack_bias(self, get, shape) -> np.ndarray:
         """A stacked bias; zeros for a model without that bias (as TransformerLens keeps them)."""
         return self._stack(lambda b: get(b) if get(b) is not None else np.zeros(shape, self.dtype))
@@ -430,12 +434,12 @@ class HookedModel(Transformer):
     @property
     def W_K(self) -> np.ndarray:
         """[n_layers, n_heads, d_model, d_head] (per query head, as blocks[l].attn.W_K)"""
-        return self._stack(lambda b: b.attn.W_K)
+        return self._stack(lambda b: self._per_query_head(b.attn.W_K))
 
     @property
     def W_V(self) -> np.ndarray:
         """[n_layers, n_heads, d_model, d_head] (per query head, as blocks[l].attn.W_V)"""
-        return self._stack(lambda b: b.attn.W_V)
+        return self._stack(lambda b: self._per_query_head(b.attn.W_V))
 
     @property
     def W_O(self) -> np.ndarray:
@@ -444,10 +448,9 @@ class HookedModel(Transformer):
 
     def _attn_bias(self, which: str) -> np.ndarray:
         def get(b):
-            return getattr(b.attn, which) if b.attn.b_QKV is not None else None
+            return self._per_query_head(getattr(b.attn, which)) if b.attn.b_QKV is not None else None
 
-        heads = self.W_Q.shape[1] if which == "b_Q" else self.W_K.shape[1]
-        return self._stack_bias(get, (heads, self.cfg.d_head))
+        return self._stack_bias(get, (self.cfg.n_heads, self.cfg.d_head))
 
     @property
     def b_Q(self) -> np.ndarray:

@@ -37,11 +37,17 @@ class HookPoint:
     """
 
     def __init__(self, name: str, layer: int | None = None, pos_offset: int = 0,
-                 ctx: dict[str, Any] | None = None):
+                 ctx: dict[str, Any] | None = None, registry: HookRegistry | None = None):
         self.name = name
         self._layer = layer if layer is not None else layer_of(name)
         self.pos_offset = pos_offset
         self.ctx = {} if ctx is None else ctx
+        self._registry = registry
+
+    @property
+    def fwd_hooks(self) -> list[HookFn]:
+        """The functions registered here, in the order they run."""
+        return self._registry.registered(self.name) if self._registry is not None else []
 
     def layer(self) -> int:
         """The block index of this hook: blocks.3.attn.hook_q -> 3 (an error outside blocks)."""
@@ -97,8 +103,12 @@ class HookRegistry:
         """The HookPoint of a name (made on first use, then kept: its ctx persists)."""
         if name not in self._points:
             self.check_name(name)
-            self._points[name] = HookPoint(name)
+            self._points[name] = HookPoint(name, registry=self)
         return self._points[name]
+
+    def registered(self, name: str) -> list[HookFn]:
+        """The functions registered at one hook, in the order they run (a copy)."""
+        return list(self._fns.get(name, []))
 
     def add(self, name: str, fn: HookFn, prepend: bool = False, permanent: bool = False) -> None:
         """Register fn at one hook; `prepend` runs it before those already there;
