@@ -88,8 +88,10 @@ class HookedModel(Transformer):
         return ids
 
     def to_string(self, ids) -> str | list[str]:
-        """ids [p] -> text; ids [b, p] -> a list of texts."""
+        """ids [p] (or one id) -> text; ids [b, p] -> a list of texts."""
         ids = np.asarray(ids)
+        if ids.ndim == 0:
+            ids = ids[None]
         if ids.ndim == 2:
             return [self.to_string(row) for row in ids]
         return self._need_tokenizer().decode(ids.tolist())

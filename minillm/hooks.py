@@ -49,6 +49,23 @@ class HookPoint:
         """The functions registered here, in the order they run."""
         return self._registry.registered(self.name) if self._registry is not None else []
 
+    def add_hook(self, hook: HookFn, dir: str = "fwd", is_permanent: bool = False, level=None,
+                 prepend: bool = False) -> None:
+        """Register hook(act, hook_point) here (as `model.add_hook(self.name, hook, ...)`)."""
+        if dir != "fwd":
+            raise MinillmError(f"add_hook: dir={dir!r} is not supported; only forward hooks ('fwd')")
+        self._need_registry().add(self.name, hook, prepend=prepend, permanent=is_permanent)
+
+    def remove_hooks(self, dir: str = "fwd", including_permanent: bool = False, level=None) -> None:
+        """Remove the hooks registered here (permanent ones too if asked)."""
+        self._need_registry().reset_one(self.name, including_permanent)
+
+    def _need_registry(self) -> HookRegistry:
+        if self._registry is None:
+            raise MinillmError(f"HookPoint {self.name!r} belongs to no model; use "
+                               "model.hook_dict[name]")
+        return self._registry
+
     def layer(self) -> int:
         """The block index of this hook: blocks.3.attn.hook_q -> 3 (an error outside blocks)."""
         if self._layer is None:
@@ -129,18 +146,20 @@ class HookRegistry:
 
     def reset(self, including_permanent: bool = False, clear_contexts: bool = True) -> None:
         """Remove every hook (permanent ones only if asked), and empty every hook's ctx."""
-        if including_permanent:
-            self._fns.clear()
-            self._permanent.clear()
-        else:
-            for name in list(self._fns):
-                keep = [f for f in self._fns[name] if f in self._permanent.get(name, [])]
-                if keep:
-                    self._fns[name] = keep
-                else:
-                    del self._fns[name]
+        for name in list(self._fns):
+            self.reset_one(name, including_permanent)
         if clear_contexts:
             self.clear_contexts()
+
+    def reset_one(self, name: str, including_permanent: bool = False) -> None:
+        """Remove the functions registered at one hook (except permanent ones, unless asked)."""
+        keep = [] if including_permanent else [f for f in self._fns.get(name, [])
+                                                 if f in self._permanent.get(name, [])]
+        for table, value in ((self._fns, keep), (self._permanent, keep)):
+            if value:
+                table[name] = list(value)
+            else:
+                table.pop(name, None)
 
     def clear(self) -> None:
         self.reset(including_permanent=True, clear_contexts=False)

@@ -41,8 +41,61 @@ def _dtype(dtype) -> np.dtype:
     raise MinillmError(f"dtype {dtype!r} is not supported: minillm runs in float32 or float64")
 
 
+class TLConfig:
+    """`model.cfg` of a HookedTransformer: minillm's ModelConfig, read through, plus the names
+    TransformerLens's config has (n_key_value_heads, device, default_prepend_bos, ...).
+
+    `default_prepend_bos` and `use_attn_result` may be assigned, as in TransformerLens;
+    every other field is fixed by the checkpoint.
+    """
+
+    def __init__(self, model: HookedTransformer):
+        object.__setattr__(self, "_model", model)
+
+    @property
+    def _cfg(self):
+        return self._model.__dict__["cfg"]
+
+    def __getattr__(self, name: str):
+        model, cfg = self._model, self._cfg
+        gpt2 = cfg.family == "gpt2"
+        tl_names = {
+            "n_key_value_heads": lambda: cfg.n_kv_heads if cfg.n_kv_heads < cfg.n_heads else None,
+            "device": lambda: "cpu",
+            "default_prepend_bos": lambda: bool(model.default_prepend_bos),
+            "tokenizer_prepends_bos": lambda: bool(model.tokenizer is not None and
+                                                   model.tokenizer.encode("")),
+            "normalization_type": lambda: "LN" if gpt2 else "RMS",
+            "positional_embedding_type": lambda: "standard" if gpt2 else "rotary",
+            "d_vocab_out": lambda: cfg.d_vocab,
+            "model_name": lambda: model.name,
+            "use_attn_result": lambda: bool(getattr(model, "use_attn_result", False)),
+            "dtype": lambda: model.dtype,
+        }
+        if name in tl_names:
+            return tl_names[name]()
+        return getattr(cfg, name)
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in ("default_prepend_bos", "use_attn_result"):
+            setattr(self._model, name, value)
+        else:
+            raise MinillmError(f"cfg.{name} is fixed by the checkpoint and cannot be assigned")
+
+    def __repr__(self) -> str:
+        return f"TLConfig({self._cfg!r}, default_prepend_bos={self.default_prepend_bos})"
+
+
 class HookedTransformer(HookedModel):
     """A minillm model loaded the TransformerLens way: `HookedTransformer.from_pretrained(name)`."""
+
+    @property
+    def cfg(self) -> TLConfig:
+        return TLConfig(self)
+
+    @cfg.setter
+    def cfg(self, value) -> None:
+        self.__dict__["cfg"] = value.__dict__["cfg"] if isinstance(value, TLConfig) else value
 
     @classmethod
     def from_pretrained(cls, model_name: str | Path, fold_ln: bool = True,
@@ -132,6 +185,21 @@ class HookedTransformer(HookedModel):
                                start_at_layer=start_at_layer, stop_at_layer=stop_at_layer)
 
     __call__ = forward
+
+    def input_to_embed(self, input, prepend_bos: bool | None = None,
+                       padding_side: str | None = None, attention_mask=None, past_kv_cache=None):
+        """(residual stream entering block 0 [b, p, d], tokens [b, p], None, attention_mask)."""
+        if isinstance(input, str) or (isinstance(input, (list, tuple)) and input
+                                      and isinstance(input[0], str)):
+            if isinstance(input, str):
+                tokens = self.to_tokens(input, prepend_bos, padding_side)
+            else:
+                tokens, mask = self.to_tokens_and_mask(input, padding_side, prepend_bos)
+                attention_mask = mask if attention_mask is None else attention_mask
+        else:
+            tokens = np.atleast_2d(np.asarray(input))
+        residual = super().forward(tokens, attention_mask, stop_at_layer=0)
+        return residual, tokens, None, attention_mask
 
     def generate(self, input="", max_new_tokens: int = 10, stop_at_eos: bool = True,
                  eos_token_id: int | None = None, do_sample: bool = True, top_k: int | None = None,
