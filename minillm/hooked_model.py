@@ -150,7 +150,9 @@ class HookedModel(Transformer):
             tokens = self.to_single_token(tokens)
         ids = np.asarray(tokens)
         if not np.issubdtype(ids.dtype, np.integer):
-            raise MinillmError(f"tokens must be token ids or a single-token text, got {ids.dtype}")
+            raise MinillmError(f"tokens must be a single-token text or integer ids, got {tokens!r}")
+        if ((ids < 0) | (ids >= self.cfg.d_vocab)).any():
+            raise MinillmError(f"token ids must be in 0..{self.cfg.d_vocab - 1}, got {tokens!r}")
         if ids.size == 1:
             ids = ids.reshape(())
         return np.moveaxis(self.unembed.W_U[:, ids], 0, -1)
@@ -297,7 +299,8 @@ class HookedModel(Transformer):
 
         names_filter: None (all hooks except the large `hook_result`), a name,
         a list of names, or a predicate over names. `remove_batch_dim` drops the
-        batch axis (batch size 1); `forward_kwargs` are forward's (return_type,
+        batch axis (of size 1) from every cached activation (not from the output),
+        as TransformerLens does; `forward_kwargs` are forward's (return_type,
         stop_at_layer, ...). `device` is accepted and ignored (NumPy runs on the CPU).
         """
         from minillm.activation_cache import ActivationCache
@@ -372,17 +375,25 @@ class HookedModel(Transformer):
             yield "unembed.W_U", self.unembed.W_U
 
     def get_parameter(self, name: str) -> np.ndarray:
-        """A parameter's live view by its documented name, e.g. 'blocks.3.attn.W_Q'."""
+        """A parameter's live view by its documented name, e.g. 'blocks.3.attn.W_Q'.
+
+        Attention keys/values answer to both names: `_W_K` (the stored heads)
+        and `W_K` (per query head; read-only for grouped-query attention).
+        """
         params = dict(self.named_parameters())
         if name == "unembed.W_U":
             return self.unembed.W_U
-        if name not in params:
-            import difflib
+        if name in params:
+            return params[name]
+        head, _, leaf = name.rpartition(".")
+        other = leaf[1:] if leaf.startswith("_") else f"_{leaf}"
+        if leaf.lstrip("_") in ("W_K", "W_V", "b_K", "b_V") and f"{head}.{other}" in params:
+            return getattr(self.blocks[int(head.split(".")[1])].attn, leaf)
+        import difflib
 
-            close = difflib.get_close_matches(name, list(params), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise MinillmError(f"no parameter named {name!r}{hint}")
-        return params[name]
+        close = difflib.get_close_matches(name, list(params), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise MinillmError(f"no parameter named {name!r}{hint}")
 
     def n_params(self) -> int:
         return sum(v.size for _, v in self.named_parameters())

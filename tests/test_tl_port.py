@@ -762,8 +762,8 @@ def test_ov_circuit_eigenvalues_and_copying_score(model):
                         / np.abs(OV_circuit_all_heads_eigenvalues).sum(axis=-1))
     # check: one head against the eigenvalues of its full d_model x d_model matrix, in float64
     l, h = 5, 4
-    W = (model.blocks[l].attn.W_V[h // (model.cfg.n_heads // model.cfg.n_kv_heads)]
-         .astype(np.float64) @ model.blocks[l].attn.W_O[h].astype(np.float64))
+    kv = h // (model.cfg.n_heads // model.cfg.n_kv_heads)  # the stored key/value head it reads
+    W = model.blocks[l].attn._W_V[kv].astype(np.float64) @ model.blocks[l].attn.W_O[h].astype(np.float64)
     full = np.linalg.eigvals(W)
     top = full[np.argsort(-np.abs(full))][: model.cfg.d_head]
     mine = OV_circuit_all_heads_eigenvalues[l, h]
@@ -834,9 +834,8 @@ def test_model_qk_is_per_query_head_for_gqa(tiny_gqa):
     layer, head_index = 1, 3
     W_QK = tiny_gqa.W_Q[layer, head_index] @ tiny_gqa.W_K[layer, head_index].T
     # check: head 3 reads key/value head 3 // 2 = 1 of the stored ones; and model.QK agrees
-    stored_k = tiny_gqa.blocks[layer].attn.W_K
     kv = head_index // (tiny_gqa.cfg.n_heads // tiny_gqa.cfg.n_kv_heads)
-    k = stored_k[kv] if stored_k.shape[0] == tiny_gqa.cfg.n_kv_heads else stored_k[head_index]
+    k = tiny_gqa.blocks[layer].attn._W_K[kv]
     np.testing.assert_array_equal(W_QK, tiny_gqa.blocks[layer].attn.W_Q[head_index] @ k.T)
     np.testing.assert_allclose(tiny_gqa.QK[layer, head_index].AB, W_QK, atol=1e-6)
     assert tiny_gqa.W_K.shape == (2, 4, 64, 16) and tiny_gqa.b_K.shape == (2, 4, 16)
