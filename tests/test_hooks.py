@@ -130,8 +130,15 @@ def test_none_keeps_activation_and_array_replaces_it(tiny):
 
 def test_hook_point_layer_and_name(tiny):
     seen = {}
+
+    def record(a, h):
+        seen[h.name] = h.layer() if h.name.startswith("blocks.") else None
+        if h.name == "hook_embed":
+            with pytest.raises(minillm.MinillmError, match="not inside a block"):
+                h.layer()  # TransformerLens raises too: the name has no block index
+
     tiny.run_with_hooks(np.array([[1, 2]]), [(lambda n: n.endswith("hook_z") or n == "hook_embed",
-                                              lambda a, h: seen.update({h.name: h.layer}))])
+                                              record)])
     assert seen == {"hook_embed": None, "blocks.0.attn.hook_z": 0, "blocks.1.attn.hook_z": 1}
 
 
