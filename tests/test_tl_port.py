@@ -1043,3 +1043,116 @@ def test_attn_head_every_and_gqa_heads(tiny_gqa):
     # position 0 is before the corruption: patching any head there leaves the corrupted run
     corrupted_metric = metric(tiny_gqa(corrupted_tokens))
     assert np.abs(by_pos[0, :, 0] - corrupted_metric).max() < 1e-5
+
+
+# =============================================================================================
+# Direct logit attribution on the IOI batch (no weight processing: the cache methods give the
+# true contributions either way, see docs/migrating_from_transformerlens.md)
+# =============================================================================================
+
+# A float32 logit difference of SmolLM2 is O(1-10); rebuilding it from a normalised stack
+# (a different summation order over 576 dims and up to 61 components) moves it by ~1e-5.
+DLA_TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def dla(model, ioi):
+    _, _, answer_tokens, tokens, original_logits, cache = ioi
+    answer_residual_directions = model.tokens_to_residual_directions(answer_tokens)
+    logit_diff_directions = answer_residual_directions[:, 0] - answer_residual_directions[:, 1]
+    original_average_logit_diff = logits_to_ave_logit_diff(original_logits, answer_tokens)
+
+    def residual_stack_to_logit_diff(residual_stack, cache, logit_diff_directions=logit_diff_directions):
+        # ARENA2 part3_indirect_object_identification/solutions.py
+        batch_size = residual_stack.shape[-2]  # NUMPY: .size(-2)
+        scaled_residual_stack = cache.apply_ln_to_stack(residual_stack, layer=-1, pos_slice=-1)
+        return np.einsum("...bd,bd->...", scaled_residual_stack,
+                         logit_diff_directions) / batch_size  # NUMPY: einops.einsum
+
+    return cache, logit_diff_directions, original_average_logit_diff, residual_stack_to_logit_diff
+
+
+def test_apply_ln_to_stack_rebuilds_the_logit_difference(model, ioi, dla):
+    # ARENA2 part3 and TL demos/Exploratory_Analysis_Demo.ipynb ("scaled_final_token_residual_stream
+    # = cache.apply_ln_to_stack(final_token_residual_stream, layer=-1, pos_slice=-1)")
+    prompts = ioi[0]
+    cache, logit_diff_directions, original_average_logit_diff, residual_stack_to_logit_diff = dla
+    final_residual_stream = cache["resid_post", -1]
+    final_token_residual_stream = final_residual_stream[:, -1, :]
+    scaled_final_token_residual_stream = cache.apply_ln_to_stack(final_token_residual_stream,
+                                                                 layer=-1, pos_slice=-1)
+    average_logit_diff = np.einsum("bd,bd->", scaled_final_token_residual_stream,
+                                   logit_diff_directions) / len(prompts)  # NUMPY: einops.einsum
+    assert abs(average_logit_diff - original_average_logit_diff) < DLA_TOL
+    assert abs(residual_stack_to_logit_diff(final_token_residual_stream, cache)
+               - original_average_logit_diff) < DLA_TOL
+
+
+def test_accumulated_resid_logit_lens(model, dla):
+    # ARENA2 part3 / TL demos/Exploratory_Analysis_Demo.ipynb ("accumulated_residual, labels =
+    # cache.accumulated_resid(layer=-1, incl_mid=True, pos_slice=-1, return_labels=True)")
+    cache, _, original_average_logit_diff, residual_stack_to_logit_diff = dla
+    accumulated_residual, labels = cache.accumulated_resid(layer=-1, incl_mid=True, pos_slice=-1,
+                                                           return_labels=True)
+    logit_lens_logit_diffs = residual_stack_to_logit_diff(accumulated_residual, cache)
+    L = model.cfg.n_layers
+    assert accumulated_residual.shape == (2 * L + 1, 8, model.cfg.d_model)
+    assert labels[0] == "0_pre" and labels[1] == "0_mid" and labels[-1] == "final_post"
+    # check: the last entry is the whole stream, so it is the model's logit difference
+    assert abs(logit_lens_logit_diffs[-1] - original_average_logit_diff) < DLA_TOL
+    # TL tests/acceptance/test_activation_cache.py (test_logit_accumulated_resid_on_last_layer_variants)
+    np.testing.assert_array_equal(
+        accumulated_residual, cache.accumulated_resid(layer=L, incl_mid=True, pos_slice=-1))
+    np.testing.assert_array_equal(
+        accumulated_residual, cache.accumulated_resid(layer=None, incl_mid=True, pos_slice=-1))
+
+
+def test_decompose_resid_per_layer(model, dla):
+    # ARENA2 part3 / TL demos/Exploratory_Analysis_Demo.ipynb ("per_layer_residual, labels =
+    # cache.decompose_resid(layer=-1, pos_slice=-1, return_labels=True)")
+    cache, _, original_average_logit_diff, residual_stack_to_logit_diff = dla
+    per_layer_residual, labels = cache.decompose_resid(layer=-1, pos_slice=-1, return_labels=True)
+    per_layer_logit_diffs = residual_stack_to_logit_diff(per_layer_residual, cache)
+    assert labels[0] == "embed" and labels[-1] == f"{model.cfg.n_layers - 1}_mlp_out"
+    # check: the components sum to the stream, so their contributions sum to the total
+    assert abs(per_layer_logit_diffs.sum() - original_average_logit_diff) < DLA_TOL
+
+
+def test_stack_head_results_per_head(model, dla):
+    # ARENA2 part3 ("per_head_residual, labels = cache.stack_head_results(layer=-1, pos_slice=-1,
+    # return_labels=True)"; "(layer head) ... -> layer head ...")
+    cache, _, original_average_logit_diff, residual_stack_to_logit_diff = dla
+    per_head_residual, labels = cache.stack_head_results(layer=-1, pos_slice=-1, return_labels=True)
+    per_head_residual = per_head_residual.reshape(model.cfg.n_layers, -1,
+                                                  *per_head_residual.shape[1:])  # NUMPY: einops
+    per_head_logit_diffs = residual_stack_to_logit_diff(per_head_residual, cache)
+    assert per_head_logit_diffs.shape == (model.cfg.n_layers, model.cfg.n_heads)
+    assert labels[:2] == ["L0H0", "L0H1"]
+    # check: heads + what is not a head (embeddings, MLPs, output biases) = the total
+    with_rest = cache.stack_head_results(layer=-1, pos_slice=-1, incl_remainder=True)
+    total = residual_stack_to_logit_diff(with_rest, cache).sum()
+    assert abs(total - original_average_logit_diff) < DLA_TOL
+    # and one head's row is its z times its W_O
+    z = cache["z", 20][:, -1, 4]  # [batch, d_head]
+    np.testing.assert_allclose(per_head_residual[20, 4], z @ model.W_O[20, 4], atol=1e-5)
+
+
+def test_logit_attrs_matches_the_reference_code(model, ioi, dla):
+    # TL tests/acceptance/test_activation_cache.py (test_logit_attrs_matches_reference_code)
+    _, _, answer_tokens, tokens, _, _ = ioi
+    cache, _, _, _ = dla
+    accumulated_residual = cache.accumulated_resid(layer=-1, incl_mid=True, pos_slice=-1)
+    answer_residual_directions = model.tokens_to_residual_directions(answer_tokens)
+    logit_diff_directions = answer_residual_directions[:, 0] - answer_residual_directions[:, 1]
+    scaled_residual_stack = cache.apply_ln_to_stack(accumulated_residual, layer=-1, pos_slice=-1)
+    ref_ave_logit_diffs = np.einsum("...bd,bd->...", scaled_residual_stack,
+                                    logit_diff_directions) / len(tokens)  # NUMPY: einsum
+    logit_diffs = cache.logit_attrs(
+        accumulated_residual,
+        pos_slice=-1,
+        tokens=answer_tokens[:, 0],
+        incorrect_tokens=answer_tokens[:, 1],
+    )
+    ave_logit_diffs = logit_diffs.mean(axis=-1)  # NUMPY: dim= -> axis=
+    # TL: atol 1.1e-7 on solu-2l (d_model 512); the same two float32 reductions in another order
+    np.testing.assert_allclose(ref_ave_logit_diffs, ave_logit_diffs, atol=1e-5)
