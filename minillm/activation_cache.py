@@ -297,4 +297,4 @@ class ActivationCache(dict):
         if self.model.norm_parts is ops.layer_norm_parts:  # LayerNorm centres; RMSNorm does not
             residual_stack = residual_stack - residual_stack.mean(axis=-1, keepdims=True)
         out = residual_stack * scale
-        return out * norm.w if weight else out
+        return out * norm.gain if weight else out
