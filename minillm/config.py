@@ -245,7 +245,7 @@ def _eos_ids(r: _Reader) -> tuple[int, ...]:
 
 def _act_fn(r: _Reader, *keys: str, default: str) -> str:
     act = r.get(*keys, default=default)
-    if act not in ACT_FNS:
+    if not isinstance(act, str) or act not in ACT_FNS:
         raise ConfigError(f"{r.source}: {keys[0]} {act!r} is not supported "
                           f"(known: {', '.join(ACT_FNS)})")
     return ACT_FNS[act]
@@ -312,14 +312,15 @@ def _llama(r: _Reader, model_type: str) -> ModelConfig:
     local_theta = None
     if model_type == "gemma3_text":  # two rope settings: global (full) and local (sliding) layers
         if "full_attention" in rope or "sliding_attention" in rope:
-            local = _Reader(r.dict("rope_parameters").get("sliding_attention") or {}, r.source)
+            for kind in ("full_attention", "sliding_attention"):
+                if not isinstance(rope.get(kind) or {}, dict):
+                    raise ConfigError(f"{r.source}: rope_parameters.{kind} must be an object")
+            local = _Reader(rope.get("sliding_attention") or {}, r.source)
             if local.raw.get("rope_type", "default") != "default":
                 raise ConfigError(f"{r.source}: rope scaling on Gemma 3's sliding layers is not "
                                   "implemented")
             local_theta = local.float("rope_theta", default=10000.0)
-            rope = r.dict("rope_parameters").get("full_attention") or {}
-            if not isinstance(rope, dict):
-                raise ConfigError(f"{r.source}: rope_parameters.full_attention must be an object")
+            rope = rope.get("full_attention") or {}
         else:
             local_theta = r.float("rope_local_base_freq", default=10000.0)
     rotary_factor = _Reader(rope, r.source).float(
@@ -482,8 +483,8 @@ def _longrope(r: _Reader, s: _Reader, rotary_dim: int) -> RopeScaling:
     """Phi-3's LongRoPE: one divisor per frequency, short or long, and an attention factor."""
     original = s.int("original_max_position_embeddings",
                      default=r.int("original_max_position_embeddings", default=0) or None)
-    if original < 1:
-        raise ConfigError(f"{r.source}: longrope needs a positive original_max_position_embeddings")
+    if original < 2:
+        raise ConfigError(f"{r.source}: longrope needs original_max_position_embeddings >= 2")
     lists = {}
     for key in ("short_factor", "long_factor"):
         value = s.raw.get(key)
@@ -494,6 +495,8 @@ def _longrope(r: _Reader, s: _Reader, rotary_dim: int) -> RopeScaling:
                               "positive numbers (one per rotary frequency)")
         lists[key] = tuple(float(x) for x in value)
     factor = s.float("factor", default=0.0) or r.int("max_position_embeddings") / original
+    if not (math.isfinite(factor) and factor > 0):
+        raise ConfigError(f"{r.source}: rope_scaling factor must be positive, found {factor}")
     attention = s.float("attention_factor", default=0.0) or (
         math.sqrt(1 + math.log(factor) / math.log(original)) if factor > 1 else 1.0)
     return RopeScaling(factor=factor, original_max_position_embeddings=original, kind="longrope",

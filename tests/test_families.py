@@ -14,6 +14,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.numpy import load_file
 
@@ -290,3 +292,56 @@ def test_real_config_spellings():
         "sliding_window": 4096, "query_pre_attn_scalar": 256})
     assert gemma2.local_layers[:3] == (True, False, True)
     assert (gemma2.attn_softcap, gemma2.final_softcap) == (50.0, 30.0)  # transformers' defaults
+
+
+@pytest.mark.parametrize("name", NEW_FAMILIES)
+def test_loss_of_the_new_families_matches_transformers(name):
+    """model.loss against HF's loss (labels=input_ids, reference.safetensors): 1e-4 in float32
+    (as test_loss.py); float64 against the float64 log-softmax of HF's float64 logits, 1e-12.
+    A left-padded batch gives the loss of its rows alone."""
+    ref = load_file(str(golden_folder(name) / "reference.safetensors"))
+    model = minillm.load(golden_folder(name))
+    assert abs(model.loss(ref["input_ids"]) - float(ref["loss"])) <= 1e-4
+    ids, mask = ref["ragged_input_ids"], ref["ragged_attention_mask"]
+    alone = np.concatenate([model.loss(ref["input_ids"][:1], per_token=True)[0],
+                            model.loss(ref["input_ids"][1:, :9], per_token=True)[0]])
+    assert abs(model.loss(ids, attention_mask=mask) - float(alone.mean(dtype=np.float64))) <= 1e-4
+    m64 = minillm.load(golden_folder(name), dtype=np.float64)
+    logits = ref["logits_f64"][:, :-1]
+    logp = logits - logits.max(-1, keepdims=True)
+    logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
+    expected = -np.take_along_axis(logp, ref["input_ids"][:, 1:, None], -1)[..., 0]
+    assert np.abs(m64.loss(ref["input_ids"], per_token=True) - expected).max() <= 1e-12
+
+
+JUNK = [None, -1, 0, 1, 2, 0.5, 1.5, float("nan"), "x", True, [], {}, [1.0] * 8, ["full_attention"],
+        ["sliding_attention", "full_attention"], {"rope_type": "longrope"},
+        {"rope_type": "linear", "factor": 0}, {"full_attention": [], "sliding_attention": 3},
+        {"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6}},
+        {"rope_type": "longrope", "short_factor": [1.0] * 8, "long_factor": [1.0] * 8,
+         "original_max_position_embeddings": 1}]
+NEW_KEYS = ["layer_types", "rope_parameters", "rope_scaling", "partial_rotary_factor",
+            "query_pre_attn_scalar", "attn_logit_softcapping", "final_logit_softcapping",
+            "sliding_window", "sliding_window_pattern", "rotary_pct", "rotary_emb_base",
+            "rope_local_base_freq", "use_parallel_residual", "original_max_position_embeddings",
+            "hidden_activation", "hidden_act", "attention_bias", "use_sliding_window", "head_dim"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(model_type=st.sampled_from(["gpt_neox", "gemma2", "gemma3_text", "qwen3", "phi3", "olmo2"]),
+       junk=st.dictionaries(st.sampled_from(NEW_KEYS), st.sampled_from(JUNK), max_size=5))
+def test_config_junk_is_a_config_error_or_a_working_model(model_type, junk):
+    """Any value in the keys the new families read gives a ConfigError naming the file, or a
+    config a model can be built from and run."""
+    raw = {"model_type": model_type, "hidden_size": 32, "num_hidden_layers": 2,
+           "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 48,
+           "vocab_size": 64, "max_position_embeddings": 32, **junk}
+    try:
+        cfg = ModelConfig.from_dict(raw, source="cfg.json")
+    except ConfigError as e:
+        assert str(e).startswith("cfg.json")
+        return
+    model = minillm.HookedModel(cfg, np.float64)
+    for _, p in model.named_parameters():
+        p[...] = np.random.default_rng(0).normal(0, 0.1, p.shape)
+    assert np.isfinite(model(np.arange(10)[None] % 64)).all()
