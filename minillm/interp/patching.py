@@ -510,14 +510,14 @@ def _freezers(chunk: list[tuple], clean_cache, corrupt_cache, n_layers: int, fre
     def z_hook(act, point):
         out = np.repeat(clean_cache[point.name], act.shape[0], 0)  # [b, p, h, e]
         for r, s in enumerate(chunk):
-            if s[0] == "head" and s[1] == point.layer:
+            if s[0] == "head" and s[1] == point.layer():
                 out[r, :, s[2]] = corrupt_cache[point.name][0, :, s[2]]
         return out
 
     def mlp_hook(act, point):
         out = np.repeat(clean_cache[point.name], act.shape[0], 0) if freeze_mlps else act.copy()
         for r, s in enumerate(chunk):
-            if s[0] == "mlp" and s[1] == point.layer:
+            if s[0] == "mlp" and s[1] == point.layer():
                 out[r] = corrupt_cache[point.name][0]
         return out
 
