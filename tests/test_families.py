@@ -117,7 +117,7 @@ def test_parallel_block_mlp_reads_the_block_input():
     _, c = model.run_with_cache(ids)
     x = c["blocks.1.hook_resid_pre"]
     centred = x - x.mean(-1, keepdims=True)
-    assert max_diff(c["blocks.1.ln2.hook_normalized"], centred * c["blocks.1.ln2.hook_scale"]) == 0
+    assert max_diff(c["blocks.1.ln2.hook_normalized"], centred / c["blocks.1.ln2.hook_scale"]) == 0
     total = x + c["blocks.1.hook_attn_out"] + c["blocks.1.hook_mlp_out"]
     assert max_diff(c["blocks.1.hook_resid_post"], total) <= 1e-13
 
