@@ -424,8 +424,9 @@ class HookedModel(Transformer):
 
     @property
     def b_U(self) -> np.ndarray:
-        """[d_vocab]: zeros (minillm's families have no unembedding bias)."""
-        return np.zeros(self.cfg.d_vocab, self.dtype)
+        """[d_vocab]: the unembedding bias (made by fold_ln on LayerNorm models), else zeros."""
+        b = getattr(self.unembed, "b_U", None)
+        return b if b is not None else np.zeros(self.cfg.d_vocab, self.dtype)
 
     @property
     def W_pos(self) -> np.ndarray:
@@ -523,6 +524,34 @@ class HookedModel(Transformer):
         from minillm.factored_matrix import FactoredMatrix
 
         return FactoredMatrix(self.W_V, self.W_O)
+
+    def all_composition_scores(self, mode: str) -> np.ndarray:
+        """Q-, K- or V-composition score of every pair of heads (left head writes, right head
+        reads).   -> [n_layers, n_heads, n_layers, n_heads], zero unless the right head's
+        layer is later than the left head's."""
+        from minillm.factored_matrix import composition_scores
+
+        rights = {"Q": lambda: self.QK, "K": lambda: self.QK.T, "V": lambda: self.OV}
+        if mode not in rights:
+            raise MinillmError(f"mode must be one of 'Q', 'K', 'V', not {mode!r}")
+        scores = composition_scores(self.OV, rights[mode](), broadcast_dims=True)
+        L = self.cfg.n_layers
+        later = np.arange(L)[:, None, None, None] < np.arange(L)[None, None, :, None]
+        return np.where(later, scores, 0.0)
+
+    def accumulated_bias(self, layer: int, mlp_input: bool = False,
+                         include_mlp_biases: bool = True) -> np.ndarray:
+        """The output biases (b_O, b_out) of blocks 0 .. layer-1 summed (and block `layer`'s
+        b_O if `mlp_input`).   -> [d_model] (zeros for a model without output biases)"""
+        if not 0 <= layer <= self.cfg.n_layers or (mlp_input and layer == self.cfg.n_layers):
+            raise MinillmError(f"layer {layer} is out of range 0..{self.cfg.n_layers}"
+                               + (" (mlp_input needs a block)" if mlp_input else ""))
+        total = np.zeros(self.cfg.d_model, self.dtype)
+        for l in range(layer + (1 if mlp_input else 0)):
+            total += self.b_O[l]
+            if include_mlp_biases and l < layer:
+                total += self.b_out[l]
+        return total
 
     def all_head_labels(self) -> list[str]:
         """["L0H0", "L0H1", ...]: one label per head, layer-major."""

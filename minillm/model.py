@@ -130,7 +130,8 @@ class Transformer:
 
         attention_mask [b, p] (1 = real token, 0 = padding) allows ragged,
         left- or right-padded batches; positions count real tokens only, so a
-        padded row gives the same numbers as the row alone. With a `cache`,
+        padded row computes what the row alone computes (the same numbers up to
+        float32 rounding: other batch shapes may sum in another order). With a `cache`,
         `tokens` are the next positions after those already in the cache, and
         the cache is extended. `last_only` computes logits for the last
         position only ([b, 1, V]).
