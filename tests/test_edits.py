@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import minillm
 from minillm import edits
-from minillm.drift import ulp_distance
+from minillm.edit.drift import ulp_distance
 from minillm.errors import MinillmError
 from tests.conftest import GOLDEN, golden_folder, random_model
 
@@ -57,6 +57,12 @@ def diff_names(a: dict, b: dict) -> list[str]:
 FACTORS = st.sampled_from([0.0, 0.04, 25.0, 1.0, -1.5, 3.0]) | st.floats(1e-3, 1e3)
 
 
+def block_norms(cfg) -> list[str]:
+    """The norms each block of this config has (OLMo-2: only the post-norms)."""
+    return ((["ln1", "ln2"] if cfg.pre_norms else []) +
+            (["ln1_post", "ln2_post"] if cfg.post_norms else []))
+
+
 def op_strategy(cfg) -> st.SearchStrategy:
     """Any edit on small index ranges, so that edits overlap often."""
     layer = st.integers(0, cfg.n_layers - 1)
@@ -80,7 +86,7 @@ def op_strategy(cfg) -> st.SearchStrategy:
         st.builds(edits.scale_head, layer, head, FACTORS, st.sampled_from(["O", "Q", "V", "QKVO"]),
                   st.just(True)),
         st.builds(edits.scale_embedding, token, FACTORS, st.booleans()),
-        st.builds(edits.scale_norm, layer, st.sampled_from(["ln1", "ln2"]), FACTORS),
+        st.builds(edits.scale_norm, layer, st.sampled_from(block_norms(cfg)), FACTORS),
         st.builds(lambda f: edits.scale_norm(None, "final", f), FACTORS),
         where.map(lambda w: edits.add_to_weight(*w)),
         where.map(lambda w: edits.set_weight(*w)),
@@ -261,16 +267,19 @@ def test_inverse_revert_stays_within_the_ulp_bound(data, name, factor):
         st.builds(edits.scale_head, st.integers(0, cfg.n_layers - 1), st.integers(0, cfg.n_heads - 1),
                   st.just(factor), st.just("QKVO"), st.just(True)),
         st.builds(edits.scale_embedding, st.integers(0, cfg.d_vocab - 1), st.just(factor)),
-        st.builds(edits.scale_norm, st.integers(0, cfg.n_layers - 1), st.sampled_from(["ln1", "ln2"]),
+        st.builds(edits.scale_norm, st.integers(0, cfg.n_layers - 1), st.sampled_from(block_norms(cfg)),
                   st.just(factor)),
     ))
     slices = op.plan(model)
     clean = [s.save(model) for s in slices]
+    # Gemma's norms scale the gain (1 + w): the bound holds for the gain, not for w near 0
+    gain = model.dtype.type(model.ln_final.offset if isinstance(op, edits.scale_norm) else 0)
     h = model.edit(op)
     try:
         h.revert(mode="inverse")
         assert not model.journal.pristine
-        worst = max(int(ulp_distance(s.save(model), c).max()) for s, c in zip(slices, clean))
+        worst = max(int(ulp_distance(gain + s.save(model), gain + c).max())
+                    for s, c in zip(slices, clean))
         assert worst <= edits.INVERSE_ULP_BOUND
     finally:
         h.revert()
@@ -390,8 +399,34 @@ def test_gqa_shared_kv_head_must_be_explicit():
     assert state(model) == before
     op = edits.zero_head(0, 1, parts="V", allow_shared_kv=True)
     assert "shared with heads [0, 1]" in op.describe(model)
-    with model.edited(op):
-        assert (model.blocks[0].attn.W_V[0] == 0).all() and (model.blocks[0].attn.W_V[1] != 0).any()
+    with model.edited(op):  # the stored kv-head 0 is zero, so are both query heads reading it
+        attn = model.blocks[0].attn
+        assert (attn._W_V[0] == 0).all() and (attn._W_V[1] != 0).any()
+        assert (attn.W_V[:2] == 0).all() and (attn.W_V[2:] != 0).any()
+
+
+def test_gqa_per_query_head_keys_are_read_only_repeats():
+    """TransformerLens's convention: W_K / W_V [n_heads, d, e] per query head (head j reads
+    kv-head j // group); for GQA a read-only copy, the stored _W_K / _W_V are live and writable."""
+    model = small_model("llama_gqa_untied")  # 4 heads, 2 kv-heads
+    attn = model.blocks[0].attn
+    assert attn.W_K.shape == (4, model.cfg.d_model, model.cfg.d_head)
+    assert attn._W_K.shape == (2, model.cfg.d_model, model.cfg.d_head)
+    for j in range(4):
+        assert (attn.W_K[j] == attn._W_K[j // 2]).all() and (attn.W_V[j] == attn._W_V[j // 2]).all()
+    with pytest.raises(ValueError, match="read-only"):
+        attn.W_K[0] *= 2
+    with pytest.raises(MinillmError, match="assign `_W_K`"):
+        attn.W_K = np.zeros_like(attn.W_K)
+    before = state(model)
+    with model.edited(edits.set_weight("blocks.0.attn._W_K", (1,), 0.0)):
+        assert (attn.W_K[2:] == 0).all() and (model.get_parameter("blocks.0.attn._W_K")[1] == 0).all()
+    assert state(model) == before
+    assert "blocks.0.attn._W_K" in dict(model.named_parameters())  # TransformerLens's state-dict key
+    mha = small_model("tiny-llama")
+    if mha.cfg.n_kv_heads == mha.cfg.n_heads:  # without grouping, W_K is the stored array itself
+        mha.blocks[0].attn.W_K[0, 0, 0] = 5.0
+        assert mha.blocks[0].attn._W_K[0, 0, 0] == 5.0
 
 
 def test_edits_list_descriptions_and_context_manager_reverts_on_exceptions():

@@ -8,19 +8,21 @@
     ov = readout.head_ov(model, 5, 3)        # W_V W_O of head (5, 3)   [d, d]
     readout.svd_readout(model, ov, kind="ov")  # its top singular directions, as tokens
 
-The matrices (a neuron (l, i); a head (l, h) reads kv-head h // (n_heads / n_kv_heads)):
+The matrices (a neuron (l, i); a head (l, h), whose W_K[h] / W_V[h] are the stored
+kv-head h // (n_heads / n_kv_heads), `_W_K` / `_W_V`):
 
     output readout   W_out[i] (⊙ ln_final.w) @ W_U          [V]: the tokens it promotes when it fires
     input readout    W_E @ (ln2.w ⊙ W_in[:, i])            [V]: the tokens whose embedding drives it
                      (Llama: also W_gate[:, i], the gate; both are reported)
-    OV circuit       W_V[kv] @ W_O[h]                        [d, d]: what the head moves, x_src -> write
-    QK circuit       W_Q[h] @ W_K[kv]^T                      [d, d]: x_dst^T QK x_src = attention score
+    OV circuit       W_V[h] @ W_O[h]                         [d, d]: what the head moves, x_src -> write
+    QK circuit       W_Q[h] @ W_K[h]^T                       [d, d]: x_dst^T QK x_src = attention score
                                                              (before RoPE and the 1/sqrt(e) factor)
 
-Norm gains are real parts of the computation (minillm never folds them into
-the weights), so each readout says whether it includes them. Scales (1/rms)
-are per-position and left out: readouts rank tokens, and a positive scale
-does not change a ranking.
+Norm gains are real parts of the computation (minillm folds them into the
+weights only when asked: `minillm.load(..., fold_ln=True)`), so each readout says
+whether it includes them. Scales (the rms or std a norm divides by) are
+per-position and left out: readouts rank tokens, and a positive scale does
+not change a ranking.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ def unembed_direction(model, direction: np.ndarray, ln_gain: bool = True) -> np.
 
     direction (⊙ ln_final.w) @ W_U: the logits it adds per unit of normalized stream.
     """
-    w = model.ln_final.w if ln_gain else 1.0
+    w = model.ln_final.gain if ln_gain else 1.0
     return (direction * w) @ model.unembed.W_U  # [V]
 
 
@@ -116,7 +118,7 @@ def neuron_readout(model, layer: int, neuron: int, k: int = 10, ln_gain: bool = 
     w_out = mlp.W_out[neuron]  # [d]: what the neuron adds to the stream per unit of activation
     out = unembed_direction(model, w_out, ln_gain)  # [V]
     out_other = unembed_direction(model, w_out, not ln_gain)  # [V]
-    gain = ln2.w  # the neuron reads ln2(x) = x · scale · w (+ b)
+    gain = ln2.gain if ln2 is not None else 1.0  # it reads ln2(x) = x · scale · w (+ b)
     inp = embed_direction(model, gain * mlp.W_in[:, neuron])  # [V]
     gate = embed_direction(model, gain * mlp.W_gate[:, neuron]) if mlp.gated else None
     return NeuronReadout(
@@ -172,17 +174,17 @@ def top_activating_contexts(model, texts: Sequence[str], layer: int, neuron: int
 
 
 def head_ov(model, layer: int, head: int) -> np.ndarray:
-    """The OV circuit W_V[kv] @ W_O[h].   -> [d, d]: source stream (after ln1) -> write."""
+    """The OV circuit W_V[h] @ W_O[h].   -> [d, d]: source stream (after ln1) -> write."""
     kv = _check_head(model, layer, head)
     attn = model.blocks[layer].attn
-    return attn.W_V[kv] @ attn.W_O[head]  # [d, e] @ [e, d]
+    return attn._W_V[kv] @ attn.W_O[head]  # [d, e] @ [e, d]  (_W_V[kv] is W_V[head])
 
 
 def head_qk(model, layer: int, head: int) -> np.ndarray:
-    """The QK circuit W_Q[h] @ W_K[kv]^T.   -> [d, d]: x_dst^T QK x_src (no RoPE, no 1/sqrt(e))."""
+    """The QK circuit W_Q[h] @ W_K[h]^T.   -> [d, d]: x_dst^T QK x_src (no RoPE, no 1/sqrt(e))."""
     kv = _check_head(model, layer, head)
     attn = model.blocks[layer].attn
-    return attn.W_Q[head] @ attn.W_K[kv].T  # [d, e] @ [e, d]
+    return attn.W_Q[head] @ attn._W_K[kv].T  # [d, e] @ [e, d]  (_W_K[kv] is W_K[head])
 
 
 @dataclass
@@ -217,7 +219,8 @@ def svd_readout(model, M: np.ndarray, kind: str = "ov", layer: int | None = None
     if kind not in ("ov", "qk"):
         raise MinillmError(f"kind must be 'ov' or 'qk', got {kind!r}")
     U, S, Vt = np.linalg.svd(M.astype(np.float64))  # U [d, d], S [d], Vt [d, d]
-    gain = model.blocks[layer].ln1.w if layer is not None else 1.0
+    ln1 = model.blocks[layer].ln1 if layer is not None else None
+    gain = ln1.gain if ln1 is not None else 1.0  # no ln1: OLMo-2 reads the raw stream
     inputs, outputs = [], []
     for j in range(min(rank, S.shape[0])):
         inputs.append(top_tokens(model, embed_direction(model, gain * U[:, j]), k))
@@ -237,7 +240,8 @@ def ov_token_table(model, layer: int, head: int, tokens: Sequence[int | str], k:
     from minillm.interp.lens import token_ids
 
     ids = token_ids(model, list(tokens))
-    gain = model.blocks[layer].ln1.w
+    ln1 = model.blocks[layer].ln1
+    gain = ln1.gain if ln1 is not None else 1.0  # no ln1: OLMo-2 reads the raw stream
     rows = (model.embed.W_E[ids] * gain) @ head_ov(model, layer, head)  # [n, d]
     decode = (lambda i: model.to_string([i])) if model.tokenizer is not None else str
     return {decode(t): top_tokens(model, unembed_direction(model, r), k) for t, r in zip(ids, rows)}

@@ -81,14 +81,14 @@ def layer_norm_parts_backward(
 ) -> np.ndarray:
     """Backward of (centered, scale) = layer_norm_parts(x).   -> dx [..., d]
 
-    Forward: c = x - mean(x), s = (mean(c²) + eps)^(-1/2). Two steps back:
-      1. s depends on c: ∂s/∂c_i = -½ (mean(c²)+eps)^(-3/2) · 2c_i/d = -s³ c_i / d,
-         so the total gradient reaching c is  dc = d_centered - (d_scale · s³ / d) · c.
+    Forward: c = x - mean(x), s = (mean(c²) + eps)^(1/2) (the divisor). Two steps back:
+      1. s depends on c: ∂s/∂c_i = ½ (mean(c²)+eps)^(-1/2) · 2c_i/d = c_i / (d·s),
+         so the total gradient reaching c is  dc = d_centered + (d_scale / (d·s)) · c.
       2. c_i = x_i - (1/d) Σ_j x_j: ∂c_i/∂x_k = δ_ik - 1/d, so dx = dc - mean(dc).
     d_centered [..., d] and d_scale [..., 1] are the gradients of the two outputs.
     """
     d = centered.shape[-1]
-    dc = d_centered - (d_scale * scale**3 / d) * centered
+    dc = d_centered + (d_scale / (d * scale)) * centered
     return dc - dc.mean(axis=-1, keepdims=True)
 
 
@@ -97,34 +97,35 @@ def rms_norm_parts_backward(
 ) -> np.ndarray:
     """Backward of (x, scale) = rms_norm_parts(x).   -> dx [..., d]
 
-    Forward: the first output is x itself, s = (mean(x²) + eps)^(-1/2). As in
+    Forward: the first output is x itself, s = (mean(x²) + eps)^(1/2). As in
     step 1 of `layer_norm_parts_backward` (with no centring):
-        dx = d_x - (d_scale · s³ / d) · x
+        dx = d_x + (d_scale / (d·s)) · x
     """
     d = x.shape[-1]
-    return d_x - (d_scale * scale**3 / d) * x
+    return d_x + (d_scale / (d * scale)) * x
 
 
 def norm_backward(
     dout: np.ndarray, normalized_input: np.ndarray, scale: np.ndarray, w: np.ndarray,
     centre: bool,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Backward of out = (n · s) · w (+ b), with n the centred (LayerNorm) or raw (RMSNorm) input.
+    """Backward of out = (n / s) · w (+ b), with n the centred (LayerNorm) or raw (RMSNorm) input.
 
-    normalized_input [..., d] is `centered` (LayerNorm) or x (RMSNorm), scale [..., 1].
-    With y = n · s (the `hook_normalized` activation):
+    normalized_input [..., d] is `centered` (LayerNorm) or x (RMSNorm), scale
+    [..., 1] the divisor s (std or rms: what `hook_scale` holds).
+    With y = n / s (the `hook_normalized` activation):
         dy = dout · w      dw = Σ_rows dout · y      db = Σ_rows dout
-        d_scale = Σ_i dy_i n_i   (s multiplies every n_i)      dn = dy · s
+        d_scale = -Σ_i dy_i n_i / s²   (s divides every n_i)      dn = dy / s
     then the parts' backward turns (dn, d_scale) into dx.
     Returns dx, dw, db, dy (= d hook_normalized), d_scale (= d hook_scale).
     """
-    y = normalized_input * scale
+    y = normalized_input / scale
     dy = dout * w
     dw = _flat(dout * y).sum(axis=0)
     db = _flat(dout).sum(axis=0)
-    d_scale = (dy * normalized_input).sum(axis=-1, keepdims=True)
+    d_scale = -(dy * normalized_input).sum(axis=-1, keepdims=True) / (scale * scale)
     parts_backward = layer_norm_parts_backward if centre else rms_norm_parts_backward
-    dx = parts_backward(dy * scale, d_scale, normalized_input, scale)
+    dx = parts_backward(dy / scale, d_scale, normalized_input, scale)
     return dx, dw, db, dy, d_scale
 
 
@@ -135,7 +136,7 @@ def layer_norm_backward(
 
     Recomputes (centered, scale) from x and calls `norm_backward`. Written
     out in one line: with y the normalized input and dy = dout · w,
-        dx = s · (dy - mean(dy) - y · mean(dy · y)).
+        dx = (dy - mean(dy) - y · mean(dy · y)) / s.
     """
     centered, scale = ops.layer_norm_parts(x, eps)
     dx, dw, db, _, _ = norm_backward(dout, centered, scale, w, centre=True)
@@ -147,7 +148,7 @@ def rms_norm_backward(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Backward of RMSNorm out = x / rms(x) · w.   -> dx [..., d], dw [d]
 
-    In one line, with y = x · s and dy = dout · w:  dx = s · (dy - y · mean(dy · y)).
+    In one line, with y = x / s and dy = dout · w:  dx = (dy - y · mean(dy · y)) / s.
     """
     _, scale = ops.rms_norm_parts(x, eps)
     dx, dw, _, _, _ = norm_backward(dout, x, scale, w, centre=False)
@@ -178,7 +179,29 @@ def silu_backward(dout: np.ndarray, x: np.ndarray) -> np.ndarray:
     return dout * sig * (1.0 + x * (1.0 - sig))
 
 
-ACTIVATION_BACKWARDS = {"gelu_tanh": gelu_tanh_backward, "silu": silu_backward}
+def gelu_erf_backward(dout: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Backward of the exact GELU y = x · Φ(x), Φ the standard normal CDF.
+
+    Product rule, with Φ' = φ, the normal density e^(-x²/2) / √(2π):
+        dy/dx = Φ(x) + x · φ(x)
+    """
+    cdf = 0.5 * (1.0 + ops._erf(x / np.sqrt(2.0).astype(x.dtype)).astype(x.dtype))
+    pdf = np.exp(-0.5 * x * x) / np.sqrt(2.0 * np.pi).astype(x.dtype)
+    return dout * (cdf + x * pdf)
+
+
+ACTIVATION_BACKWARDS = {"gelu_tanh": gelu_tanh_backward, "gelu_erf": gelu_erf_backward,
+                        "silu": silu_backward}
+
+
+def softcap_backward(dout: np.ndarray, capped: np.ndarray, cap: float) -> np.ndarray:
+    """Backward of y = c · tanh(x / c) (Gemma 2's soft-cap), from its output y.
+
+    dy/dx = 1 - tanh²(x / c) = 1 - (y / c)². Where y is -inf (a masked score)
+    dout is 0 and so is the gradient.
+    """
+    t = np.where(np.isfinite(capped), capped, 0) / np.asarray(cap, capped.dtype)
+    return dout * (1.0 - t * t)
 
 
 def gated_mlp_backward(
@@ -254,18 +277,24 @@ def rope_backward(dout: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndar
     RoPE is linear in x. R maps [x1, x2] to [-x2, x1]; as a matrix it is
     antisymmetric (Rᵀ = -R: a 90° rotation of each pair), so
         dx = dout·cos + Rᵀ(dout·sin) = dout·cos - R(dout·sin)
-    i.e. rotating back by the same angle.
+    i.e. rotating back by the same angle. With partial rotary (r = cos.shape[-1]
+    < e) the dims past r pass through, and so do their gradients.
     """
-    return dout * cos - ops.rotate_half(dout * sin)
+    r = cos.shape[-1]
+    if r == dout.shape[-1]:
+        return dout * cos - ops.rotate_half(dout * sin)
+    rot = dout[..., :r]
+    return np.concatenate([rot * cos - ops.rotate_half(rot * sin), dout[..., r:]], axis=-1)
 
 
 # --- attention -----------------------------------------------------------------------------
 
 
 def attention_scores_backward(
-    dscores: np.ndarray, q: np.ndarray, k: np.ndarray
+    dscores: np.ndarray, q: np.ndarray, k: np.ndarray, scalar: float | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Backward of scores = q·k / √e with grouped-query attention.
+    """Backward of scores = q·k / √e with grouped-query attention (√scalar for Gemma's
+    query_pre_attn_scalar, as in `ops.attention_scores`).
 
     dscores [b, h, p, P], q [b, p, h, e], k [b, kv, P, e] -> dq [b, p, h, e], dk [b, kv, P, e]
     scores[b,j,p,P] = Σ_e q[b,p,j,e] k[b,j//g,P,e] / √e is bilinear:
@@ -275,7 +304,9 @@ def attention_scores_backward(
     """
     b, p, h, e = q.shape
     kv = k.shape[1]
-    ds = dscores.reshape(b, kv, h // kv, p, -1) / np.sqrt(e).astype(q.dtype)  # [b, kv, g, p, P]
+    ds = dscores.reshape(b, kv, h // kv, p, -1)  # [b, kv, g, p, P]
+    ds = ds * np.asarray(scalar**-0.5, q.dtype) if scalar is not None else ds / np.sqrt(e).astype(
+        q.dtype)
     qg = q.reshape(b, p, kv, h // kv, e)  # [b, p, kv, g, e]
     dq = np.einsum("bkgpP,bkPe->bpkge", ds, k).reshape(b, p, h, e)
     dk = np.einsum("bkgpP,bpkge->bkPe", ds, qg)

@@ -15,7 +15,7 @@ What each op touches (TransformerLens names, see DESIGN.md):
 | op | writes |
 | --- | --- |
 | scale_neuron / zero_neuron | "in": column i of W_in (+ b_in[i]); "out": row i of W_out |
-| scale_head / zero_head     | W_Q[h] (+ b_Q[h]), W_K/W_V[kv-head] (+ biases), W_O[h] |
+| scale_head / zero_head     | W_Q[h] (+ b_Q[h]), _W_K/_W_V[kv-head] (+ biases), W_O[h] |
 | reduce/boost/zero_embedding | row t of W_E (and so column t of W_U when tied) |
 | scale_norm                 | the gain w of ln1, ln2 or ln_final |
 | add_to_weight / set_weight | any parameter slice |
@@ -232,7 +232,8 @@ class scale_head(_Scale):  # noqa: N801
 
     parts="O" (default): W_O[head], so the head's output (its hook_z times W_O)
       is scaled; the attention pattern is unchanged.
-    "Q" / "K" / "V": the head's slice of W_Q, W_K, W_V and their biases.
+    "Q" / "K" / "V": the head's slice of W_Q, and of the stored key/value heads
+      _W_K, _W_V (its kv-head), and their biases.
     Grouped-query attention: K and V belong to a kv-head shared by
       n_heads / n_kv_heads query heads; editing them changes every head of the
       group. That requires allow_shared_kv=True, and the description names the group.
@@ -265,9 +266,10 @@ class scale_head(_Scale):  # noqa: N801
             if part not in self.parts:
                 continue
             idx = g if part in "KV" else h
-            out.append(Slice(f"{p}.W_{part}", (idx,), f"{idx}"))
+            stored = "_" if part in "KV" else ""  # the stored kv-head, not the per-head repeat
+            out.append(Slice(f"{p}.{stored}W_{part}", (idx,), f"{idx}"))
             if part != "O" and attn.b_QKV is not None:
-                out.append(Slice(f"{p}.b_{part}", (idx,), f"{idx}"))
+                out.append(Slice(f"{p}.{stored}b_{part}", (idx,), f"{idx}"))
         return out
 
     def _group(self, model) -> list[int]:
@@ -344,13 +346,17 @@ def zero_embedding(token: int | str, untie: bool = False) -> scale_embedding:
     return scale_embedding(token, 0.0, untie, "zero")
 
 
-NORMS = ("ln1", "ln2", "final")
+NORMS = ("ln1", "ln2", "ln1_post", "ln2_post", "final")
 
 
 @dataclass(frozen=True)
 class scale_norm(_Scale):  # noqa: N801
-    """Scale the gain w of a norm: blocks.layer.ln1 / ln2, or which="final" (layer=None).
+    """Scale the gain of a norm: blocks.layer.ln1 / ln2 (ln1_post / ln2_post where the
+    model has them: Gemma, OLMo-2), or which="final" (layer=None).
 
+    The gain is what the normalized stream is multiplied by: w, or for Gemma,
+    which stores w and multiplies by (1 + w), the whole (1 + w), so that a
+    factor means the same in every family (w' = (1 + w)·factor - 1 there).
     The bias of a LayerNorm is left alone.
     """
 
@@ -367,13 +373,28 @@ class scale_norm(_Scale):  # noqa: N801
                 raise MinillmError("the final norm belongs to no layer: pass layer=None")
             return [Slice("ln_final.w", (slice(None),), ":")]
         l = _check_layer(model, self.layer)
+        if getattr(model.blocks[l], self.which) is None:
+            have = [n for n in NORMS[:4] if getattr(model.blocks[l], n) is not None]
+            raise MinillmError(f"layer {l} has no {self.which} (this model's block norms: "
+                               f"{', '.join(have)})")
         return [Slice(f"blocks.{l}.{self.which}.w", (slice(None),), ":")]
+
+    def write(self, model) -> None:
+        offset = model.ln_final.offset  # 1.0 for Gemma's (1 + w) norms, else 0.0
+        if offset == 0 or self.factor == 1:  # factor 1: not a bit changes (no round trip)
+            return super().write(model)
+        f, o = model.dtype.type(self.factor), model.dtype.type(offset)
+        for s in self.plan(model):
+            view = s.view(model)
+            view[...] = (o + view) * f - o  # the gain (1 + w) scaled by f
 
     def inverse(self) -> Edit:
         return _inverse_scale(self)
 
     def describe(self, model) -> str:
         where = "ln_final" if self.which == "final" else f"blocks.{self.layer}.{self.which}"
+        if model.ln_final.offset:
+            return f"scale {where} gain (1 + w) {_fmt(self.factor)}"
         return f"scale {where}.w {_fmt(self.factor)}"
 
 
