@@ -345,7 +345,8 @@ def import_eval_callback(path: str | Path, cfg, run: int = 0) -> tuple[int, list
         if last_only:
             shape[1] = p
         index = np.array(idx, np.int64).reshape(-1, len(shape))
-        mapped.append(ImportedNode(t.name, m.hook, tuple(shape), index, np.array(vals, np.float64), last_only))
+        values = np.array(vals, np.float64)
+        mapped.append(ImportedNode(t.name, m.hook, tuple(shape), index, values, last_only))
     return p, mapped, unmapped
 
 
