@@ -45,8 +45,8 @@ def test_float32_llamacpp_agrees_with_minillm_on_every_mapped_node(smollm2):
     assert report.p == 6 and report.passed, report.table()
     hooks = {r.hook for r in report.rows}
     for hook in ("hook_embed", "blocks.0.attn.hook_q", "blocks.0.attn.hook_rot_k",
-                 "blocks.0.attn.hook_pattern", "blocks.0.attn.hook_z", "blocks.0.mlp.hook_post", "blocks.29.hook_resid_post",
-                 "ln_final.out", "hook_logits"):
+                 "blocks.0.attn.hook_pattern", "blocks.0.attn.hook_z", "blocks.0.mlp.hook_post",
+                 "blocks.29.hook_resid_post", "ln_final.out", "hook_logits"):
         assert hook in hooks, hook
     assert max(r.max_abs for r in report.rows) < 1e-4
     assert sum(r.n for r in report.rows) > 3000
