@@ -319,12 +319,10 @@ def save_dump(d: Dump, path: str | os.PathLike) -> Path:
     meta["hooks"] = json.dumps(list(d.acts))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a dump gets a normal file's mode
-    finally:
-        os.close(fd)
+    os.close(fd)
     try:
         save_file(tensors, tmp, metadata=meta)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a dump gets a normal file's mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
