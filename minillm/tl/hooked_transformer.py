@@ -230,6 +230,30 @@ class HookedTransformer(HookedModel):
             return out
         return self._need_tokenizer().decode(out[0].tolist(), skip_special_tokens=True)
 
+    # --- torch.nn.Module habits that published code calls on the model ------------------------
+
+    def to(self, device_or_dtype, print_details: bool = True) -> HookedTransformer:
+        """`model.to(device)` is a no-op (NumPy runs on the CPU); a dtype is refused with the
+        way to get it (float64: load with dtype="float64")."""
+        if "float" in str(device_or_dtype) or "double" in str(device_or_dtype):
+            if _dtype(device_or_dtype) != self.dtype:
+                raise MinillmError(f"cannot convert a loaded model to {device_or_dtype}: load it "
+                                   f"with dtype={_dtype(device_or_dtype).name!r}")
+        return self
+
+    def cpu(self) -> HookedTransformer:
+        return self
+
+    def cuda(self, device=None) -> HookedTransformer:
+        raise MinillmError("minillm runs on the CPU with NumPy; there is no CUDA device")
+
+    def eval(self) -> HookedTransformer:
+        return self
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """{parameter name: live view}, under TransformerLens's names (see named_parameters)."""
+        return dict(self.named_parameters())
+
     def set_use_attn_result(self, use_attn_result: bool) -> None:
         """Cache `hook_result` (every head's output) by default in run_with_cache."""
         self.use_attn_result = bool(use_attn_result)
