@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -19,6 +20,13 @@ from minillm.model import Transformer
 from minillm.tokenizer import Tokenizer
 
 NameFilter = str | Sequence[str] | Callable[[str], bool] | None
+
+
+class Output(NamedTuple):
+    """What `model(tokens, return_type="both")` returns: unpack it, or read .logits / .loss."""
+
+    logits: np.ndarray  # [b, p, V]
+    loss: np.floating | np.ndarray  # the mean (float64), or [b, p-1] with loss_per_token
 
 
 class HookedModel(Transformer):
@@ -190,7 +198,7 @@ class HookedModel(Transformer):
             raise MinillmError("return_type 'loss' with start_at_layer needs the token ids: "
                                "compute model.loss_fn(logits, tokens) yourself")
         loss = self.loss_fn(out, tokens, attention_mask, per_token=loss_per_token)
-        return loss if return_type == "loss" else (out, loss)
+        return loss if return_type == "loss" else Output(out, loss)
 
     __call__ = forward
 

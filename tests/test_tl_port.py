@@ -370,6 +370,11 @@ def test_start_at_layer_with_tokens_for_the_loss(tiny_gqa):
     expected = nll64(tiny_gqa(tokens), tokens)
     assert abs(loss - expected.mean()) < 1e-5  # logits O(1) here: float32 vs float64 ~1e-7
     np.testing.assert_allclose(loss_per_token, expected, atol=1e-5)
+    # return_type="both": TransformerLens's Output(logits, loss), unpacked or by name
+    logits, both_loss = tiny_gqa(tokens, return_type="both")
+    out = tiny_gqa(tokens, return_type="both")
+    assert both_loss == out.loss and (out.logits == logits).all()
+    assert abs(both_loss - expected.mean()) < 1e-5
 
 
 def test_head_ablation_on_values_raises_the_loss(model):

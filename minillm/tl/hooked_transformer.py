@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from minillm.errors import MinillmError
-from minillm.hooked_model import HookedModel
+from minillm.hooked_model import HookedModel, Output
 
 PROCESSING = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases",
               "refactor_factored_attn_matrices")
@@ -178,7 +178,7 @@ class HookedTransformer(HookedModel):
             logits = super().forward(input, attention_mask, start_at_layer=start_at_layer,
                                      stop_at_layer=stop_at_layer)
             loss = self.loss_fn(logits, tokens, attention_mask, per_token=loss_per_token)
-            return loss if return_type == "loss" else (logits, loss)
+            return loss if return_type == "loss" else Output(logits, loss)
         return super().forward(input, attention_mask, kv, last_only, return_type=return_type,
                                loss_per_token=loss_per_token, prepend_bos=prepend_bos,
                                padding_side=padding_side or self.default_padding_side,
