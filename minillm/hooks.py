@@ -164,6 +164,15 @@ class HookRegistry:
     def clear(self) -> None:
         self.reset(including_permanent=True, clear_contexts=False)
 
+    def snapshot(self) -> dict[str, tuple[tuple[HookFn, ...], tuple[HookFn, ...]]]:
+        """What is registered now (functions and which are permanent), for `restore`."""
+        return {name: (tuple(fns), tuple(self._permanent.get(name, ()))) for name, fns in self._fns.items()}
+
+    def restore(self, snapshot: dict[str, tuple[tuple[HookFn, ...], tuple[HookFn, ...]]]) -> None:
+        """Register exactly what `snapshot` held: hooks added since are dropped, removed ones return."""
+        self._fns = {name: list(fns) for name, (fns, _) in snapshot.items() if fns}
+        self._permanent = {name: list(perm) for name, (_, perm) in snapshot.items() if perm}
+
     def clear_contexts(self) -> None:
         for point in self._points.values():
             point.clear_context()
