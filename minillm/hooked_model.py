@@ -251,6 +251,26 @@ class HookedModel(Transformer):
         return list(self.hooks.valid_names)
 
     @property
+    def use_attn_result(self) -> bool:
+        """The setting that makes attention compute each head's output and fire attn.hook_result."""
+        return self.hooks.use_attn_result
+
+    @use_attn_result.setter
+    def use_attn_result(self, value: bool) -> None:
+        self.hooks.use_attn_result = bool(value)
+
+    def set_use_attn_result(self, use_attn_result: bool) -> None:
+        """Per-head attention outputs on or off (TransformerLens's name).
+
+        On: attention computes every head's output z_h·W_O[h] [b, p, h, d] and
+        sums them (another summation order than the single W_O product, so
+        logits differ by float32 rounding), attn.hook_result fires, and
+        run_with_cache caches it by default. Off (the default): hooking
+        attn.hook_result is an error that names this setting.
+        """
+        self.use_attn_result = use_attn_result
+
+    @property
     def hook_dict(self) -> dict:
         """{hook name: HookPoint} for every hook point (TransformerLens's `hook_dict`)."""
         return {n: self.hooks.point(n) for n in self.hooks.valid_names}
@@ -297,7 +317,7 @@ class HookedModel(Transformer):
                        return_cache_object: bool = True, device=None, **forward_kwargs):
         """The forward pass's output and an ActivationCache {hook name: array} of the hooks asked for.
 
-        names_filter: None (all hooks except the large `hook_result`), a name,
+        names_filter: None (every hook; attn.hook_result only with `use_attn_result`), a name,
         a list of names, or a predicate over names. `remove_batch_dim` drops the
         batch axis (of size 1) from every cached activation (not from the output),
         as TransformerLens does; `forward_kwargs` are forward's (return_type,
@@ -321,8 +341,8 @@ class HookedModel(Transformer):
         return out, (activations if return_cache_object else dict(activations))
 
     def _filter_names(self, names_filter: NameFilter) -> list[str]:
-        if names_filter is None:
-            return [n for n in self.hook_names() if not n.endswith("hook_result")]
+        if names_filter is None:  # attn.hook_result only with the setting use_attn_result
+            return self.hooks.resolve(lambda n: True)
         if isinstance(names_filter, str) or callable(names_filter):
             return self.hooks.resolve(names_filter)
         for n in names_filter:

@@ -22,6 +22,8 @@ import numpy as np
 
 from minillm.errors import MinillmError
 
+ATTN_RESULT = "attn.hook_result"  # the hook that needs the setting use_attn_result
+
 HookFn = Callable[[np.ndarray, "HookPoint"], "np.ndarray | None"]
 
 
@@ -95,6 +97,10 @@ class HookRegistry:
         self._permanent: dict[str, list[HookFn]] = {}  # subsets of _fns that reset() keeps
         self._points: dict[str, HookPoint] = {}
         self.pos_offset = 0  # set by the model for each forward call
+        # The model setting `use_attn_result` (TransformerLens's name): attention computes
+        # each head's output separately and fires attn.hook_result. Off by default: the
+        # per-head outputs are large [b, p, h, d] and their sum rounds differently.
+        self.use_attn_result = False
 
     def __bool__(self) -> bool:
         return bool(self._fns)
@@ -108,11 +114,17 @@ class HookRegistry:
             close = difflib.get_close_matches(name, self.valid_names, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise MinillmError(f"unknown hook name {name!r}{hint} (see model.hook_names())")
+        if name.endswith(ATTN_RESULT) and not self.use_attn_result:
+            raise MinillmError(
+                f"{name} fires only with the model setting use_attn_result: call "
+                "model.set_use_attn_result(True) first (attention then computes every head's "
+                "output [b, p, h, d_model] separately, which is large and sums in another order)")
 
     def resolve(self, name_or_filter: str | Callable[[str], bool]) -> list[str]:
         """A hook name, or a predicate over names -> the matching names, in forward order."""
-        if callable(name_or_filter):
-            return [n for n in self.valid_names if name_or_filter(n)]
+        if callable(name_or_filter):  # attn.hook_result only when use_attn_result is on
+            return [n for n in self.valid_names if name_or_filter(n)
+                    and (self.use_attn_result or not n.endswith(ATTN_RESULT))]
         self.check_name(name_or_filter)
         return [name_or_filter]
 

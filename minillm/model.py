@@ -275,7 +275,7 @@ class Transformer:
         pattern = hook(f"{name}.hook_pattern", ops.softmax(scores, axis=-1))  # [b, h, p, P]
         z = hook(f"{name}.hook_z", ops.attention_mix(pattern, v))  # [b, p, h, e]
 
-        if self.hooks.wants(f"{name}.hook_result"):  # per-head outputs: large, only on request
+        if self.hooks.use_attn_result:  # per-head outputs: large, only with this setting
             result = np.einsum("bphe,hed->bphd", z, attn.W_O)  # [b, p, h, d]
             out = hook(f"{name}.hook_result", result).sum(axis=2)
             return out if attn.b_O is None else out + attn.b_O
