@@ -28,6 +28,9 @@ class HookedModel(Transformer):
         self.tokenizer = tokenizer
         self.name = name
         self.path = path
+        # Which side `to_tokens(list)` pads; with "left", the forward pass masks leading padding
+        # itself (TransformerLens's `tokenizer.padding_side`, default "right").
+        self.padding_side = "right"
 
     def __repr__(self) -> str:
         c = self.cfg
@@ -45,21 +48,43 @@ class HookedModel(Transformer):
             )
         return self.tokenizer
 
-    def to_tokens(self, text: str | Sequence[str], padding_side: str = "left") -> np.ndarray:
+    def to_tokens(self, text: str | Sequence[str], padding_side: str | None = None) -> np.ndarray:
         """Text -> int64 ids [1, p] (BOS only if the model's tokenizer adds one).
 
-        A list of texts gives [b, p] padded on `padding_side`; use
-        `to_tokens_and_mask` to get the attention mask too.
+        A list of texts gives [b, p], padded with the pad id on `padding_side`
+        (default `model.padding_side`, "right" as in TransformerLens: each row's
+        real tokens then get their true logits without a mask). For left
+        padding set `model.padding_side = "left"`, and the forward pass infers
+        the mask from the leading pads, as TransformerLens does; or use
+        `to_tokens_and_mask` and pass the mask.
         """
         if isinstance(text, str):
             return np.array([self._need_tokenizer().encode(text)], np.int64)
-        return self.to_tokens_and_mask(text, padding_side)[0]
+        return self.to_tokens_and_mask(text, padding_side or self.padding_side)[0]
+
+    @property
+    def pad_token_id(self) -> int:
+        """The id padding uses: the checkpoint's pad_token_id, else 0."""
+        pad = self.cfg.extra.get("pad_token_id")
+        return pad if isinstance(pad, int) else 0
 
     def to_tokens_and_mask(self, texts: Sequence[str], padding_side: str = "left"):
         """A list of texts -> (ids [b, p], attention_mask [b, p]) for a ragged batch."""
-        pad = self.cfg.extra.get("pad_token_id")
-        pad = pad if isinstance(pad, int) else 0
-        return self._need_tokenizer().batch_encode(list(texts), padding_side, pad)
+        if padding_side not in ("left", "right"):
+            raise MinillmError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        return self._need_tokenizer().batch_encode(list(texts), padding_side, self.pad_token_id)
+
+    def infer_attention_mask(self, tokens: np.ndarray) -> np.ndarray | None:
+        """TransformerLens's rule: with `padding_side == "left"`, leading pad ids are padding.
+
+        tokens [b, p] -> mask [b, p] (1 = real token), or None when nothing is masked.
+        """
+        if self.padding_side != "left":
+            return None
+        tokens = np.asarray(tokens)
+        tokens = tokens[None] if tokens.ndim == 1 else tokens
+        leading = np.cumsum(tokens != self.pad_token_id, axis=-1) == 0  # [b, p]
+        return (~leading).astype(np.int64) if leading.any() else None
 
     def to_string(self, ids) -> str | list[str]:
         """ids [p] -> text; ids [b, p] -> a list of texts."""
@@ -83,11 +108,21 @@ class HookedModel(Transformer):
         return ids[0]
 
     def _as_tokens(self, tokens) -> np.ndarray:
-        return self.to_tokens(tokens) if isinstance(tokens, str) else np.asarray(tokens)
+        if isinstance(tokens, str) or (isinstance(tokens, (list, tuple)) and tokens
+                                       and all(isinstance(t, str) for t in tokens)):
+            return self.to_tokens(tokens)
+        return np.asarray(tokens)
 
     def forward(self, tokens, attention_mask=None, cache=None, last_only=False) -> np.ndarray:
-        """Logits [b, p, V] for ids [b, p] (or a str); see Transformer.forward."""
-        return super().forward(self._as_tokens(tokens), attention_mask, cache, last_only)
+        """Logits [b, p, V] for ids [b, p] (or a str, or a list of str); see Transformer.forward.
+
+        Without an attention_mask, a left-padded batch (`model.padding_side ==
+        "left"`) gets one inferred from its leading pad ids.
+        """
+        tokens = self._as_tokens(tokens)
+        if attention_mask is None and cache is None:
+            attention_mask = self.infer_attention_mask(tokens)
+        return super().forward(tokens, attention_mask, cache, last_only)
 
     __call__ = forward
 
@@ -132,10 +167,35 @@ class HookedModel(Transformer):
         return list(self.hooks.valid_names)
 
     def run_with_hooks(self, tokens, fwd_hooks=(), attention_mask=None, cache=None,
-                       last_only=False) -> np.ndarray:
-        """One forward pass with temporary hooks: fwd_hooks = [(name or predicate, fn)]."""
-        with self.hooks(fwd_hooks):
-            return self.forward(tokens, attention_mask, cache, last_only)
+                       last_only=False, bwd_hooks=(), metric=None) -> np.ndarray:
+        """One forward pass with temporary hooks: fwd_hooks = [(name or predicate, fn)].
+
+        bwd_hooks = [(name or predicate, fn)] are called as fn(grad, hook) with
+        d(metric)/d(activation) at their hook, from the hand-written backward
+        pass. They need `metric`: a function logits -> (value, d value/d logits)
+        such as `minillm.backward.logit_diff(...)`, or "loss" for the mean
+        next-token cross-entropy of `tokens` (TransformerLens's
+        `return_type="loss"`). Returns the logits either way.
+        """
+        if not bwd_hooks:
+            with self.hooks(fwd_hooks):
+                return self.forward(tokens, attention_mask, cache, last_only)
+        from minillm import backward
+
+        if metric is None:
+            raise MinillmError("bwd_hooks need a metric to differentiate (minillm has no autograd): "
+                               "pass metric=minillm.backward.logit_diff(...), or metric='loss'")
+        if cache is not None:
+            raise MinillmError("bwd_hooks cannot be combined with a KV cache")
+        tokens = self._as_tokens(tokens)
+        tokens = tokens[None] if tokens.ndim == 1 else tokens
+        if isinstance(metric, str):
+            if metric != "loss":
+                raise MinillmError(f"metric must be a function or 'loss', got {metric!r}")
+            metric = backward.cross_entropy(tokens, attention_mask)
+        with self.hooks(fwd_hooks, bwd_hooks):
+            res = backward.backward(self, tokens, metric, attention_mask=attention_mask, params=False)
+        return res.logits
 
     def run_with_cache(self, tokens, names_filter: NameFilter = None, attention_mask=None,
                        cache=None, fwd_hooks=(), remove_batch_dim: bool = False):
@@ -214,6 +274,8 @@ class HookedModel(Transformer):
             yield "ln_final.b", self.ln_final.b
         if not self.cfg.tie_embeddings:
             yield "unembed.W_U", self.unembed.W_U
+        if self.unembed.b_U is not None:
+            yield "unembed.b_U", self.unembed.b_U
 
     def get_parameter(self, name: str) -> np.ndarray:
         """A parameter's live view by its documented name, e.g. 'blocks.3.attn.W_Q'.

@@ -5,6 +5,14 @@ The forward pass calls `hooks.fire(name, act)` at every hook point. With no
 hooks registered that is one dictionary check; with hooks, each registered
 function is called as `fn(act, hook)` and may return a replacement (same
 shape) or None (keep the activation, possibly edited in place).
+
+Backward hooks (`bwd_hooks`, as in TransformerLens) are called as
+`fn(grad, hook)` with d(metric)/d(activation) at their hook point, when the
+hand-written backward pass (minillm/backward.py) has computed it: by
+`run_with_hooks(..., bwd_hooks=..., metric=...)`, or by any
+`backward.backward(...)` run while they are registered. They observe the
+gradient; they cannot replace it (there is no autograd to send a change
+upstream), so returning an array is an error.
 """
 
 from __future__ import annotations
@@ -51,6 +59,7 @@ class HookRegistry:
         self.valid_names = valid_names
         self._valid = set(valid_names)
         self._fns: dict[str, list[HookFn]] = {}
+        self._bwd: dict[str, list[HookFn]] = {}
         self.pos_offset = 0  # set by the model for each forward call
 
     def __bool__(self) -> bool:
@@ -73,38 +82,68 @@ class HookRegistry:
         self.check_name(name_or_filter)
         return [name_or_filter]
 
-    def add(self, name: str, fn: HookFn) -> None:
-        self.check_name(name)
-        self._fns.setdefault(name, []).append(fn)
+    def _table(self, dir: str) -> dict[str, list[HookFn]]:
+        if dir not in ("fwd", "bwd"):
+            raise MinillmError(f"dir must be 'fwd' or 'bwd', got {dir!r}")
+        return self._fns if dir == "fwd" else self._bwd
 
-    def remove(self, name: str, fn: HookFn) -> None:
-        fns = self._fns.get(name, [])
+    def add(self, name: str, fn: HookFn, dir: str = "fwd") -> None:
+        self.check_name(name)
+        self._table(dir).setdefault(name, []).append(fn)
+
+    def remove(self, name: str, fn: HookFn, dir: str = "fwd") -> None:
+        table = self._table(dir)
+        fns = table.get(name, [])
         if fn in fns:
             fns.remove(fn)
         if not fns:
-            self._fns.pop(name, None)
+            table.pop(name, None)
 
     def clear(self) -> None:
         self._fns.clear()
+        self._bwd.clear()
+
+    @property
+    def has_backward_hooks(self) -> bool:
+        return bool(self._bwd)
 
     @contextmanager
     def __call__(
-        self, fwd_hooks: Sequence[tuple[str | Callable[[str], bool], HookFn]] = ()
+        self, fwd_hooks: Sequence[tuple[str | Callable[[str], bool], HookFn]] = (),
+        bwd_hooks: Sequence[tuple[str | Callable[[str], bool], HookFn]] = (),
     ) -> Iterator[HookRegistry]:
-        """`with model.hooks([(name or predicate, fn), ...]):` hooks live inside the block.
+        """`with model.hooks([(name or predicate, fn), ...], bwd_hooks=[...]):` hooks live
+        inside the block (backward hooks fire in any backward pass run there).
 
         They are removed on exit, also when the block raises.
         """
-        added: list[tuple[str, HookFn]] = []
+        added: list[tuple[str, HookFn, str]] = []
         try:
-            for name_or_filter, fn in fwd_hooks:
-                for name in self.resolve(name_or_filter):
-                    self.add(name, fn)
-                    added.append((name, fn))
+            for hooks, dir in ((fwd_hooks, "fwd"), (bwd_hooks, "bwd")):
+                for name_or_filter, fn in hooks:
+                    for name in self.resolve(name_or_filter):
+                        self.add(name, fn, dir)
+                        added.append((name, fn, dir))
             yield self
         finally:
-            for name, fn in added:
-                self.remove(name, fn)
+            for name, fn, dir in added:
+                self.remove(name, fn, dir)
+
+    def fire_backward(self, grads: dict[str, np.ndarray]) -> None:
+        """Call the backward hooks with d(metric)/d(activation), in backward order (last hook first)."""
+        for name in reversed(self.valid_names):
+            fns = self._bwd.get(name)
+            if not fns:
+                continue
+            if name not in grads:
+                raise MinillmError(f"backward hook at {name}: the backward pass computes no gradient "
+                                   "there")
+            point = HookPoint(name, layer_of(name), 0)
+            for fn in fns:
+                if fn(grads[name], point) is not None:
+                    raise MinillmError(
+                        f"backward hook at {name} returned a value: minillm's backward hooks observe "
+                        "d(metric)/d(activation) and cannot replace it; return None")
 
     def fire(self, name: str, act: np.ndarray) -> np.ndarray:
         """Run the functions registered at `name` on `act`; return the (new) activation."""

@@ -135,7 +135,7 @@ class Transformer:
         if last_only:
             x = x[:, -1:]  # [b, 1, d]
         x = self.norm(x, self.ln_final, "ln_final")  # [b, p, d]
-        return hook("hook_logits", ops.linear(x, self.unembed.W_U))  # [b, p, V]
+        return hook("hook_logits", ops.linear(x, self.unembed.W_U, self.unembed.b_U))  # [b, p, V]
 
     __call__ = forward
 
