@@ -28,7 +28,7 @@ def load(name_or_path: str | Path, dtype=np.float32, *, fold_ln: bool = False,
 
     dtype: np.float32 (default) or np.float64 (reference mode).
     fold_ln, center_writing_weights, center_unembed, fold_value_biases:
-    TransformerLens's weight processing (see minillm.weight_processing), off by
+    TransformerLens's weight processing (see minillm.edit.processing), off by
     default: the weights are the checkpoint's. When asked for, it is applied as
     one weight edit (`model.edits` lists it, `model.revert_all()` undoes it).
     """
@@ -46,7 +46,7 @@ def load(name_or_path: str | Path, dtype=np.float32, *, fold_ln: bool = False,
                  center_unembed=center_unembed, fold_value_biases=fold_value_biases,
                  refactor_factored_attn_matrices=refactor_factored_attn_matrices)
     if any(flags.values()):
-        from minillm.weight_processing import process_weights
+        from minillm.edit.processing import process_weights
 
         model.edit(process_weights(**flags))
     return model

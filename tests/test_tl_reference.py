@@ -26,8 +26,8 @@ from safetensors import safe_open
 from safetensors.numpy import load_file
 
 import minillm
-from minillm import interventions as iv
-from minillm.backward import backward, logit_diff
+from minillm.grad.backward import backward, logit_diff
+from minillm.interp import interventions as iv
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TINY = {"gpt2": "gpt2", "llama_gqa": "llama_gqa_untied"}
@@ -56,7 +56,7 @@ def close(ours, ref, what: str, rel: float = 2e-5) -> float:
     assert (np.isfinite(ours) == finite).all() and (ours[~finite] == ref[~finite]).all(), \
         f"{what}: -inf (masked) entries differ"
     ref64 = ref.astype(np.float64)
-    diff = np.abs(ours - ref64)[finite]
+    diff = np.abs(ours[finite] - ref64[finite])
     scale = np.abs(ref64[finite]).max() if finite.any() else 0.0
     bound = rel * scale + (2e-3 * np.abs(ref64[finite]) + 6e-8 if ref.dtype == np.float16 else 0.0)
     worst = float(diff.max()) if diff.size else 0.0

@@ -28,7 +28,7 @@ Components (the result's axes in brackets):
     q, pattern     [layer, head]       one head's queries / attention pattern, all positions
     k, v           [layer, kv_head]    one kv-head's keys / values (shared by its query-head group)
 
-Each patched run is a row of a batch (minillm.variants), `batch_size` rows
+Each patched run is a row of a batch (minillm.interp.batch), `batch_size` rows
 per forward pass, with a tqdm bar. Entries whose source activation equals the
 unpatched one exactly (e.g. every position before the first token where the
 prompts differ) cannot change anything and are filled in without a run.
@@ -46,9 +46,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from minillm import interventions as iv
 from minillm.activation_cache import act_name
 from minillm.errors import MinillmError
+from minillm.interp import interventions as iv
 from minillm.interp.metrics import Normalized
 from minillm.interp.results import LabelledArray
 from minillm.kv_cache import KVCache
@@ -80,7 +80,7 @@ def run_batched(model, tokens, variants: list[list], metric: Callable, batch_siz
     """metric of each variant's run of one prompt [1, p].   -> (values [n], interrupted)
 
     Variant j is a list of interventions acting on batch row j; `batch_size`
-    variants share one forward pass (as in minillm.variants.run_variants).
+    variants share one forward pass (as in minillm.interp.batch.run_variants).
     prefix > 0: the first `prefix` positions, which no variant changes, are
     computed once into a KV cache and each batch runs only the rest; this
     needs a metric of the last position only (a KVCache from `prefix_cache`
@@ -247,8 +247,10 @@ def patching_sweep(
     _, clean_cache = model.run_with_cache(clean, names_filter=names)
     _, corrupt_cache = model.run_with_cache(corrupted, names_filter=names)
     prefix = _usable_prefix(clean, corrupted, metric)
-    # The reference values come from the same batched runner as the patched runs, so that a
-    # patch that changes nothing scores exactly 0 (denoising) or 1 (noising).
+    # The reference values come from the same batched runner as the patched runs, so a patch
+    # that changes nothing scores 0 (denoising) or 1 (noising): exactly when it runs in a
+    # batch of one row, up to float32 rounding in larger batches (a GEMM's bits depend on its
+    # row count and the CPU's BLAS kernel). Cells skipped as identical are exact.
     shared = prefix_cache(model, clean, prefix) or 0  # the same tokens in both prompts
     m_clean = float(run_batched(model, clean, [[]], metric, progress=False, prefix=shared)[0][0])
     m_corrupt = float(run_batched(model, corrupted, [[]], metric, progress=False, prefix=shared)[0][0])
@@ -510,14 +512,14 @@ def _freezers(chunk: list[tuple], clean_cache, corrupt_cache, n_layers: int, fre
     def z_hook(act, point):
         out = np.repeat(clean_cache[point.name], act.shape[0], 0)  # [b, p, h, e]
         for r, s in enumerate(chunk):
-            if s[0] == "head" and s[1] == point.layer:
+            if s[0] == "head" and s[1] == point.layer():
                 out[r, :, s[2]] = corrupt_cache[point.name][0, :, s[2]]
         return out
 
     def mlp_hook(act, point):
         out = np.repeat(clean_cache[point.name], act.shape[0], 0) if freeze_mlps else act.copy()
         for r, s in enumerate(chunk):
-            if s[0] == "mlp" and s[1] == point.layer:
+            if s[0] == "mlp" and s[1] == point.layer():
                 out[r] = corrupt_cache[point.name][0]
         return out
 

@@ -1,0 +1,182 @@
+"""The classroom course: list lessons, grade exercises, run lesson scripts headless.
+
+A lesson is a folder `lessons/NN_slug/` with:
+    README.md      the lecture (first line: "# Lesson NN: Title")
+    lesson.py      percent-format script (`# %%` cells): runs as a script or a notebook
+    exercises.py   stubs that raise NotImplementedError with a hint (students fill them in)
+    solutions.py   the reference answers
+    check.py       CHECKS = [(name, fn), ...]; fn(module) runs the student's function and
+                   the reference on the same inputs and raises AssertionError with a message
+                   that teaches (what was expected, what came, the likely mistake)
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+
+from minillm.errors import MinillmError
+
+_REPO = Path(__file__).resolve().parents[2]
+
+
+def lessons_dir() -> Path:
+    """`$MINILLM_LESSONS`, else the checkout's `lessons/` folder."""
+    path = Path(os.environ.get("MINILLM_LESSONS", _REPO / "lessons"))
+    if not path.is_dir():
+        raise MinillmError(f"no lessons folder at {path} (set MINILLM_LESSONS to a checkout's lessons/)")
+    return path
+
+
+@dataclass
+class Lesson:
+    number: int
+    slug: str
+    path: Path
+
+    @property
+    def title(self) -> str:
+        readme = self.path / "README.md"
+        first = readme.read_text().splitlines()[0] if readme.is_file() else self.slug
+        return first.lstrip("# ").split(":", 1)[-1].strip()
+
+
+def list_lessons() -> list[Lesson]:
+    found = []
+    for p in sorted(lessons_dir().iterdir()):
+        number, _, slug = p.name.partition("_")
+        if p.is_dir() and number.isdigit():
+            found.append(Lesson(int(number), slug, p))
+    return found
+
+
+def get_lesson(number: int | str) -> Lesson:
+    for lesson in list_lessons():
+        if lesson.number == int(number):
+            return lesson
+    have = ", ".join(f"{x.number:02d}" for x in list_lessons())
+    raise MinillmError(f"no lesson {number}; the course has lessons {have}")
+
+
+def import_file(path: Path, name: str | None = None) -> ModuleType:
+    """Import a Python file by path (a student's exercises.py, a lesson's check.py)."""
+    if not path.is_file():
+        raise MinillmError(f"{path} does not exist")
+    name = name or f"_minillm_lesson_{path.parent.name}_{path.stem}"
+    for stale in ("solutions", "exercises", "check"):  # a bare `import solutions` in check.py
+        sys.modules.pop(stale, None)  # must find this lesson's file, not another lesson's
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(path.parent))
+    return module
+
+
+@dataclass
+class CheckResult:
+    name: str
+    passed: bool
+    message: str
+    seconds: float
+
+
+def check_lesson(number: int | str, solutions: bool = False, file: str | Path | None = None
+                 ) -> list[CheckResult]:
+    """Grade `exercises.py` (or `solutions.py`, or any `file`) with the lesson's checks."""
+    lesson = get_lesson(number)
+    target = Path(file) if file else lesson.path / ("solutions.py" if solutions else "exercises.py")
+    checks = import_file(lesson.path / "check.py").CHECKS
+    student = import_file(target)
+    results = []
+    for name, fn in checks:
+        start = time.perf_counter()
+        try:
+            fn(student)
+            results.append(CheckResult(name, True, "ok", time.perf_counter() - start))
+        except NotImplementedError as e:
+            results.append(CheckResult(name, False, f"not implemented yet: {e}",
+                                       time.perf_counter() - start))
+        except AssertionError as e:
+            results.append(CheckResult(name, False, str(e), time.perf_counter() - start))
+        except Exception as e:  # the student's code crashed: show where
+            tb = traceback.extract_tb(e.__traceback__)[-1]
+            results.append(CheckResult(
+                name, False, f"your code raised {type(e).__name__}: {e} "
+                f"({Path(tb.filename).name}, line {tb.lineno})", time.perf_counter() - start))
+    return results
+
+
+def run_lesson(number: int | str, out_dir: str | Path | None = None, timeout: float = 600
+               ) -> tuple[Path, float]:
+    """Run lesson.py headless (Agg backend) in a subprocess; figures go to out_dir.
+
+    Returns (out_dir, seconds). Raises MinillmError with the script's output on failure.
+    """
+    lesson = get_lesson(number)
+    out = Path(out_dir or Path("out") / "lessons" / lesson.path.name).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "MPLBACKEND": "Agg", "MINILLM_LESSON_OUT": str(out)}
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(lesson.path / "lesson.py")], cwd=out, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise MinillmError(f"lesson {lesson.number:02d} failed:\n{proc.stdout[-2000:]}\n"
+                           f"{proc.stderr[-4000:]}")
+    return out, seconds
+
+
+def output_dir() -> Path:
+    """Where a lesson script saves its figures (set by `minillm lesson run`; else ./)."""
+    return Path(os.environ.get("MINILLM_LESSON_OUT", "."))
+
+
+@functools.lru_cache(maxsize=4)
+def shared_model(name: str = "smollm2-135m", dtype: str = "float32"):
+    """Load a model once per process, for checks that need one (read-only use!)."""
+    import minillm
+
+    return minillm.load(name, dtype=np.dtype(dtype))
+
+
+# --- helpers for check.py files -----------------------------------------------------------
+
+def relative_error(got, want) -> float:
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    if got.shape != want.shape:
+        return np.inf
+    err = np.nan_to_num(np.abs(got - want), nan=np.inf)
+    return float(err.max(initial=0.0) / max(np.abs(want).max(initial=0.0), 1e-30))
+
+
+def verdict(what: str, got, want, mistakes, fallback: str, tol: float = 1e-4) -> None:
+    """For checks: raise a teaching AssertionError unless got ≈ want (max |error| / max |want| < tol)."""
+    got, want = np.asarray(got), np.asarray(want)
+    if got.shape != want.shape:
+        raise AssertionError(f"{what}: expected shape {want.shape}, got {got.shape}. {fallback}")
+    if not np.issubdtype(got.dtype, np.number) or np.isnan(got.astype(np.float64)).any():
+        raise AssertionError(f"{what}: your output is not a finite numeric array. {fallback}")
+    if relative_error(got, want) < tol:
+        return
+    for hint, variant in (mistakes() if callable(mistakes) else mistakes).items():
+        if relative_error(got, variant) < tol:
+            raise AssertionError(f"{what}: your output matches a common mistake. {hint}")
+    err = np.abs(got.astype(np.float64) - want)
+    where = tuple(int(i) for i in np.unravel_index(np.argmax(err), err.shape))
+    raise AssertionError(
+        f"{what}: relative error {relative_error(got, want):.2e} (tolerance {tol:.0e}); the largest "
+        f"error is at index {where}: expected {float(want[where]):.6g}, "
+        f"got {float(got[where]):.6g}. {fallback}")

@@ -1,0 +1,167 @@
+"""The edit journal: every weight edit with the exact bytes it overwrote, so any edit can be undone.
+
+The journal is a stack of records, oldest first. Each record holds an edit and
+a copy of what the edit's slices held *just before* it was applied. So:
+
+* Undoing the newest record is writing its saved copy back: bit-exact.
+* Undoing records newest-first, down to record k, gives back exactly the
+  weights that were there before record k.
+* To revert record k in the middle, the journal rewinds to just before k (undo
+  the newer records newest-first), drops k, and re-applies the newer records
+  in their original order (saving fresh copies). The weights are then, bit for
+  bit, "pristine weights with the remaining edits applied in their original
+  order", even when edits overlap, because the arithmetic is deterministic.
+
+An inverse revert (`handle.revert(mode="inverse")`) is different: it applies
+the inverse operation (×25 after ×0.04) as a new record. Floating-point
+rounding leaves the weights a few ulps away from where they were, so the
+model is no longer pristine; a later `handle.revert()` or `revert_all()` still
+restores it bit for bit from the saved bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from minillm.edit.edits import Edit
+from minillm.errors import MinillmError
+
+
+@dataclass(eq=False)
+class Record:
+    """One applied op and the bytes its slices held just before it."""
+
+    op: Edit
+    handle: EditHandle
+    saved: list = field(default_factory=list)  # [(slice, copy of what it held)]
+    inverse_of: EditHandle | None = None  # set on records made by an inverse revert
+
+
+class EditHandle:
+    """What `model.edit(op)` returns: describes the edit and reverts it."""
+
+    def __init__(self, journal: Journal, op: Edit, description: str):
+        self.journal, self.op, self.description = journal, op, description
+        self.state = "active"  # -> "reverted" or "inverse-reverted"
+
+    def revert(self, mode: str = "journal") -> None:
+        """Undo this edit: "journal" restores saved bytes (exact), "inverse" applies the inverse op."""
+        self.journal.revert(self, mode)
+
+    @property
+    def active(self) -> bool:
+        return self.state == "active"
+
+    def __repr__(self) -> str:
+        return f"<edit: {self.description}{'' if self.active else f' [{self.state}]'}>"
+
+    __str__ = __repr__
+
+
+class Journal:
+    """The edits applied to one model, newest last."""
+
+    def __init__(self, model):
+        self.model = model
+        self.records: list[Record] = []
+
+    # --- applying ---------------------------------------------------------------------------
+
+    def apply(self, op: Edit) -> EditHandle:
+        """Validate `op` (nothing is written if that fails), save what it will touch, apply it."""
+        if not isinstance(op, Edit):
+            raise MinillmError(f"model.edit takes an op from minillm.edits, got {op!r}")
+        handle = EditHandle(self, op, op.describe(self.model))
+        self._push(Record(op, handle))
+        return handle
+
+    def _push(self, record: Record) -> None:
+        """Apply a record's op on top of the current weights and keep it on the stack."""
+        slices = record.op.plan(self.model)  # validates; raises before any write
+        record.saved = [(s, s.save(self.model)) for s in slices]
+        try:
+            record.op.write(self.model)
+        except BaseException:
+            self._undo(record)  # a write that failed half-way leaves nothing behind
+            raise
+        self.records.append(record)
+
+    def _undo(self, record: Record) -> None:
+        for s, saved in reversed(record.saved):
+            s.restore(self.model, saved)
+
+    # --- reverting --------------------------------------------------------------------------
+
+    def revert(self, handle: EditHandle, mode: str = "journal") -> None:
+        if mode not in ("journal", "inverse"):
+            raise MinillmError(f"revert mode must be 'journal' or 'inverse', got {mode!r}")
+        if handle.journal is not self or handle.state == "reverted":
+            raise MinillmError(f"{handle!r} is not applied to this model: nothing to revert")
+        if mode == "inverse":
+            if handle.state != "active":
+                raise MinillmError(f"{handle!r} was already undone by its inverse")
+            inverse = handle.op.inverse()  # raises for ops without one (zeroing, set)
+            self._push(Record(inverse, handle, inverse_of=handle))
+            handle.state = "inverse-reverted"
+            return
+        self._remove({r for r in self.records if r.handle is handle})
+        handle.state = "reverted"
+
+    def _remove(self, dropped: set[Record]) -> None:
+        """Rewind to before the oldest dropped record, then re-apply the others in order."""
+        first = min(i for i, r in enumerate(self.records) if r in dropped)
+        newer = self.records[first:]
+        for record in reversed(newer):
+            self._undo(record)
+        del self.records[first:]
+        for record in newer:
+            if record not in dropped:
+                self._push(record)
+
+    def revert_all(self) -> None:
+        """Restore every byte any edit touched: the model is pristine again."""
+        for record in reversed(self.records):
+            self._undo(record)
+            record.handle.state = "reverted"
+        self.records.clear()
+
+    @contextmanager
+    def edited(self, *ops: Edit) -> Iterator[list[EditHandle]]:
+        """Apply ops for the duration of a `with` block; revert them on exit, also on exceptions."""
+        handles: list[EditHandle] = []
+        try:
+            for op in ops:
+                handles.append(self.apply(op))
+            yield handles
+        finally:
+            for h in reversed(handles):
+                if h.state != "reverted":
+                    h.revert()
+
+    # --- reading ----------------------------------------------------------------------------
+
+    @property
+    def active(self) -> list[EditHandle]:
+        """The edits in force, oldest first."""
+        return [r.handle for r in self.records if r.inverse_of is None and r.handle.active]
+
+    @property
+    def pristine(self) -> bool:
+        """True when every weight holds its original bytes (no record on the stack)."""
+        return not self.records
+
+    def describe(self) -> str:
+        """Every record, oldest first, one line each."""
+        if not self.records:
+            return "no edits: the weights are pristine"
+        lines = []
+        for r in self.records:
+            if r.inverse_of is not None:
+                lines.append(f"inverse of [{r.inverse_of.description}]: {r.op.describe(self.model)}"
+                             " (rounding: not bit-exact)")
+            else:
+                lines.append(f"{r.handle.description}" + ("" if r.handle.active else f" [{r.handle.state}]"))
+            lines[-1] += "; touched " + ", ".join(s.describe() for s, _ in r.saved)
+        return "\n".join(lines)
