@@ -1,6 +1,6 @@
 """Hook points and the activation cache: names, shapes, exactness, bad input.
 
-The expected hook list below is written out from DESIGN.md (TransformerLens's
+The expected hook list below is written out by hand from docs/hooks.md (TransformerLens's
 names), not generated from the code under test.
 """
 
@@ -19,7 +19,7 @@ from minillm.kv_cache import KVCache
 from tests.conftest import GOLDEN, golden_folder, random_model
 from tests.numerics import assert_model_close
 
-# name inside block l -> shape, for batch b, positions p (P = key positions), per DESIGN.md.
+# name inside block l -> shape, for batch b, positions p (P = key positions), per docs/hooks.md.
 BLOCK_HOOKS = [
     ("hook_resid_pre", "b p d"),
     ("ln1.hook_scale", "b p 1"),

@@ -10,7 +10,8 @@ An edit is a description, not an action: building one touches nothing.
 `MinillmError` before anything is written), saves the bytes found there, and
 only then calls `op.write(model)`.
 
-What each op touches (TransformerLens names, see DESIGN.md):
+What each op touches (TransformerLens names; parameters and hooks with their shapes are
+listed in docs/hooks.md):
 
 | op | writes |
 | --- | --- |

@@ -33,7 +33,7 @@ were active during the forward (fwd_hooks) change the recorded activations
 but the backward still differentiates the unhooked graph through them.
 
 Gradients of parameters are reported under minillm's documented names
-(DESIGN.md): `blocks.l.attn.W_Q` [h, d, e], `blocks.l.mlp.W_in` [d, m], ...
+(docs/hooks.md, "Parameters"): `blocks.l.attn.W_Q` [h, d, e], `blocks.l.mlp.W_in` [d, m], ...
 With tied embeddings, `embed.W_E`'s gradient is the sum of its two uses: the
 input lookup and the unembedding W_U = W_Eᵀ (and `unembed.W_U`'s gradient is
 that same array, transposed).
