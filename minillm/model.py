@@ -185,7 +185,7 @@ class Transformer:
         if last_only:
             x = x[:, -1:]  # [b, 1, d]
         x = self.norm(x, self.ln_final, "ln_final")  # [b, p, d]
-        logits = ops.linear(x, self.unembed.W_U)  # [b, p, V]
+        logits = ops.linear(x, self.unembed.W_U, self.unembed.b_U)  # [b, p, V]
         if self.cfg.final_softcap is not None:  # Gemma 2: c · tanh(logits / c)
             logits = ops.softcap(logits, self.cfg.final_softcap)
         return hook("hook_logits", logits)  # [b, p, V]
