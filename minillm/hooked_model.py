@@ -220,7 +220,7 @@ class HookedModel(Transformer):
             tokens, mask = self.to_tokens_and_mask(tokens, padding_side or self.padding_side,
                                                    prepend_bos)
             attention_mask = mask if attention_mask is None else attention_mask
-        elif attention_mask is None and cache is None:
+        elif attention_mask is None and cache is None and start_at_layer is None:
             attention_mask = self.infer_attention_mask(tokens)
         out = super().forward(tokens, attention_mask, cache, last_only, start_at_layer,
                               stop_at_layer)

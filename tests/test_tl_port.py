@@ -1289,3 +1289,48 @@ def test_logit_attrs_matches_the_reference_code(model, ioi, dla, tl):
     # TL: atol 1.1e-7 on solu-2l (d_model 512); the same two float32 reductions in another order
     np.testing.assert_allclose(ref_ave_logit_diffs, ave_logit_diffs, atol=1e-5)
     np.testing.assert_allclose(logit_diffs, tl["proc.ioi_logit_attrs"], atol=TL_F32)
+
+
+def test_ioi_on_the_processed_model_and_revert(tl):
+    # ARENA2 part3_indirect_object_identification/solutions.py, with its loading line:
+    # LOAD: "gpt2-small" -> SmolLM2; refactor_factored_attn_matrices dropped (not implemented,
+    # and TransformerLens itself refuses it for rotary models)
+    model = HookedTransformer.from_pretrained(
+        "smollm2-135m",
+        center_unembed=True,
+        center_writing_weights=True,
+        fold_ln=True,
+    )
+    prompts = [prompt.format(name) for (prompt, names) in zip(PROMPT_FORMAT, NAME_PAIRS)
+               for name in names[::-1]]
+    answers = [names[::i] for names in NAME_PAIRS for i in (1, -1)]
+    answer_tokens = np.concatenate([model.to_tokens(names, prepend_bos=False).T for names in answers])
+    tokens = model.to_tokens(prompts, prepend_bos=True)
+    original_logits, cache = model.run_with_cache(tokens)
+    per_prompt = logits_to_ave_logit_diff(original_logits, answer_tokens, per_prompt=True)
+    answer_residual_directions = model.tokens_to_residual_directions(answer_tokens)
+    logit_diff_directions = answer_residual_directions[:, 0] - answer_residual_directions[:, 1]
+
+    def residual_stack_to_logit_diff(residual_stack, cache):
+        scaled_residual_stack = cache.apply_ln_to_stack(residual_stack, layer=-1, pos_slice=-1)
+        return np.einsum("...bd,bd->...", scaled_residual_stack,
+                         logit_diff_directions) / residual_stack.shape[-2]  # NUMPY: einops
+
+    accumulated_residual = cache.accumulated_resid(layer=-1, incl_mid=True, pos_slice=-1)
+    per_head_residual = cache.stack_head_results(layer=-1, pos_slice=-1)
+    # TransformerLens's numbers on its processed weights
+    np.testing.assert_allclose(per_prompt, tl["proc.ioi_logit_diffs"], atol=TL_F32)
+    np.testing.assert_allclose(residual_stack_to_logit_diff(accumulated_residual, cache),
+                               tl["proc.ioi_accumulated_logit_diffs"], atol=TL_F32)
+    np.testing.assert_allclose(residual_stack_to_logit_diff(per_head_residual, cache).reshape(30, 9),
+                               tl["proc.ioi_head_logit_diffs"], atol=TL_F32)
+    OV = model.OV.eigenvalues
+    np.testing.assert_allclose(OV.sum(-1).real / np.abs(OV).sum(-1), tl["proc.ov_copying_score"],
+                               atol=1e-4)  # as for the unprocessed scores
+    # the processing is a journalled edit: reverting gives the checkpoint's weights and numbers
+    assert [str(e) for e in model.edits] == [  # fold_value_biases: TransformerLens's default too
+        "<edit: process weights (fold_ln, center_writing_weights, center_unembed, fold_value_biases)>"]
+    model.revert_all()
+    raw_logits = model(tokens)
+    raw_per_prompt = logits_to_ave_logit_diff(raw_logits, answer_tokens, per_prompt=True)
+    np.testing.assert_allclose(raw_per_prompt, tl["raw.ioi_logit_diffs"], atol=TL_F32)
