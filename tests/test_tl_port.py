@@ -1334,3 +1334,48 @@ def test_ioi_on_the_processed_model_and_revert(tl):
     raw_logits = model(tokens)
     raw_per_prompt = logits_to_ave_logit_diff(raw_logits, answer_tokens, per_prompt=True)
     np.testing.assert_allclose(raw_per_prompt, tl["raw.ioi_logit_diffs"], atol=TL_F32)
+
+
+def test_forward_and_backward_caches_with_add_hook(tiny):
+    # TL demos/Attribution_Patching_Demo.ipynb (get_cache_fwd_and_bwd: add_hook(..., "fwd"),
+    # add_hook(..., "bwd"), value = metric(model(tokens)); value.backward(); reset_hooks())
+    from minillm.grad import backward as minillm_backward
+
+    ref = load_file(FIXTURES / "tl_gpt2.safetensors")  # TransformerLens 3.9 on the same checkpoint
+    tokens = ref["clean_ids"]
+    correct, wrong = (int(i) for i in ref["answer_ids"])
+    filter_not_qkv_input = lambda name: "_input" not in name  # noqa: E731
+
+    def get_cache_fwd_and_bwd(model, tokens, metric):
+        model.reset_hooks()
+        cache = {}
+
+        def forward_cache_hook(act, hook):
+            cache[hook.name] = act.copy()  # NUMPY: .detach()
+
+        model.add_hook(filter_not_qkv_input, forward_cache_hook, "fwd")
+        grad_cache = {}
+
+        def backward_cache_hook(act, hook):
+            grad_cache[hook.name] = act.copy()  # NUMPY: .detach()
+
+        model.add_hook(filter_not_qkv_input, backward_cache_hook, "bwd")
+        # AUTOGRAD: `value = metric(model(tokens)); value.backward()` -> minillm's hand-written
+        # backward pass, with a metric that returns (value, d value / d logits)
+        value = minillm_backward.backward(model, tokens, metric, params=False).value
+        model.reset_hooks()
+        return value, ActivationCache(cache, model), ActivationCache(grad_cache, model)
+
+    value, cache, grad_cache = get_cache_fwd_and_bwd(tiny, tokens,
+                                                     minillm_backward.logit_diff(correct, wrong))
+    assert not tiny.hook_dict["hook_embed"].bwd_hooks  # reset_hooks removed them
+    # TransformerLens: the metric, and the gradients its backward hooks saw
+    assert abs(value - scalar(ref["grad.metric"])) < 1e-5  # a logit difference O(1)
+    for name in ("hook_embed", "blocks.0.hook_resid_pre", "blocks.1.attn.hook_pattern",
+                 "blocks.1.attn.hook_z", "blocks.1.mlp.hook_post", "ln_final.hook_scale"):
+        want = ref[f"grad.{name}"]
+        got = grad_cache[name][0]
+        # float32 gradients of O(0.1-1): torch and NumPy sum in different orders (~1e-6)
+        np.testing.assert_allclose(got, want, atol=2e-5 * max(1.0, np.abs(want).max()), err_msg=name)
+    assert np.allclose(cache["blocks.0.hook_resid_pre"][0, 0], tiny.W_E[tokens[0, 0]]
+                       + tiny.W_pos[0])  # the forward cache holds the run's activations
