@@ -342,8 +342,8 @@ class HookedModel(Transformer):
 
         bwd_hooks = [(name or predicate, fn)] are called as fn(grad, hook) with
         d(metric)/d(activation) at their hook, from the hand-written backward
-        pass. They need `metric`: a function logits -> (value, d value/d logits)
-        such as `minillm.grad.backward.logit_diff(...)`, or "loss" (the default with
+        pass. They need `metric`: a `minillm.interp.metrics.Metric` (value and
+        gradient) such as `metrics.logit_diff(model, ...)`, or "loss" (the default with
         return_type="loss") for the mean next-token cross-entropy of `tokens`.
         The return value is forward's (logits, loss, or both).
         """
@@ -363,7 +363,7 @@ class HookedModel(Transformer):
             metric = "loss"
         if metric is None:
             raise MinillmError("bwd_hooks need a metric to differentiate (minillm has no autograd): "
-                               "pass metric=minillm.grad.backward.logit_diff(...), or metric='loss'")
+                               "pass metric=minillm.interp.metrics.logit_diff(model, ...), or metric='loss'")
         if cache is not None or forward_kwargs:
             raise MinillmError("bwd_hooks run the whole model once: no KV cache and no "
                                f"{sorted(forward_kwargs)}")
@@ -372,7 +372,9 @@ class HookedModel(Transformer):
         if isinstance(metric, str):
             if metric != "loss":
                 raise MinillmError(f"metric must be a function or 'loss', got {metric!r}")
-            metric = backward.cross_entropy(tokens, attention_mask)
+            from minillm.interp.metrics import cross_entropy
+
+            metric = cross_entropy(tokens, attention_mask)
         with self.hooks(fwd_hooks, bwd_hooks, reset_hooks_end=reset_hooks_end,
                         clear_contexts=clear_contexts):
             res = backward.backward(self, tokens, metric, attention_mask=attention_mask, params=False)

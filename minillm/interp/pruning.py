@@ -35,7 +35,6 @@ from minillm.edit.edits import Edit, Slice, _check_int, _check_layer
 from minillm.errors import MinillmError
 from minillm.interp import interventions as iv
 from minillm.interp.batch import run_batch
-from minillm.interp.metrics import as_backward
 from minillm.interp.results import LabelledArray
 
 UNITS = ("heads", "neurons")
@@ -130,7 +129,7 @@ def importance(model, tokens, metric: Callable, unit: str = "heads", method: str
         from minillm.interp.attribution import gradient_importance
 
         toks = _plain_tokens(model, tokens)
-        res = gradient_importance(model, toks, as_backward(metric))[unit]
+        res = gradient_importance(model, toks, metric)[unit]
         return _scores(model, res.values, unit, "gradient")
     from minillm.interp.ablation import ablation_sweep
 

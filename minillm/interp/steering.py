@@ -158,9 +158,10 @@ def head_indirect_effects(model, mean_out: np.ndarray, shuffled_prompts: Sequenc
     attn_out, so that gradient is the gradient w.r.t. the head's output).
     """
     from minillm.grad import backward as B
+    from minillm.interp import metrics as M
 
     tokens, mask = model.to_tokens_and_mask(list(shuffled_prompts))
-    grads = B.backward(model, tokens, B.log_prob(first_token_ids(model, answers)),
+    grads = B.backward(model, tokens, M.log_prob(model, [[int(t)] for t in first_token_ids(model, answers)]),
                        attention_mask=mask, params=False)
     effects = np.zeros(mean_out.shape[:2])
     for l, block in enumerate(model.blocks):
