@@ -187,3 +187,23 @@ def _keep_axis(i):
     if isinstance(i, (int, np.integer)):
         return slice(i, i + 1 if i != -1 else None)
     return i
+
+
+def composition_scores(left: FactoredMatrix, right: FactoredMatrix,
+                       broadcast_dims: bool = True) -> np.ndarray:
+    """|L R|_F / (|L|_F |R|_F) of two factored circuits (Elhage et al.'s composition score).
+
+    With broadcast_dims, the leading axes of left and right form an outer
+    product: [*left_lead, *right_lead]."""
+    if broadcast_dims:
+        r_lead, l_lead = right.ndim - 2, left.ndim - 2
+        for i in range(l_lead):
+            right = right.unsqueeze(i)
+        for i in range(r_lead):
+            left = left.unsqueeze(i + l_lead)
+    if left.rdim != right.ldim:
+        raise MinillmError(f"composition scores need left.rdim == right.ldim, got {left.shape} "
+                           f"and {right.shape}")
+    new_right, new_left = right.collapse_r(), left.collapse_l()
+    norm = lambda m: np.sqrt((m**2).sum((-2, -1)))  # noqa: E731  (Frobenius over the last two)
+    return norm(new_left @ new_right) / norm(new_right) / norm(new_left)

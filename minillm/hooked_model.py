@@ -340,7 +340,7 @@ class HookedModel(Transformer):
         neurons, and positions (against this run's length, or n_ctx when
         decoding with a KV cache).
         """
-        from minillm.interventions import to_hooks
+        from minillm.interp.interventions import to_hooks
 
         tokens = self._as_tokens(tokens)
         for i in interventions if cache is None else ():  # decoding: later positions come later
@@ -353,7 +353,7 @@ class HookedModel(Transformer):
     def intervened(self, interventions) -> Iterator[HookedModel]:
         """`with model.intervened([...]):` interventions apply to every run inside the block
         (generation too); removed on exit, also on exceptions."""
-        from minillm.interventions import to_hooks
+        from minillm.interp.interventions import to_hooks
 
         with self.hooks(to_hooks(self, interventions)):
             yield self
@@ -424,8 +424,9 @@ class HookedModel(Transformer):
 
     @property
     def b_U(self) -> np.ndarray:
-        """[d_vocab]: zeros (minillm's families have no unembedding bias)."""
-        return np.zeros(self.cfg.d_vocab, self.dtype)
+        """[d_vocab]: the unembedding bias (made by fold_ln on LayerNorm models), else zeros."""
+        b = getattr(self.unembed, "b_U", None)
+        return b if b is not None else np.zeros(self.cfg.d_vocab, self.dtype)
 
     @property
     def W_pos(self) -> np.ndarray:
@@ -524,6 +525,34 @@ class HookedModel(Transformer):
 
         return FactoredMatrix(self.W_V, self.W_O)
 
+    def all_composition_scores(self, mode: str) -> np.ndarray:
+        """Q-, K- or V-composition score of every pair of heads (left head writes, right head
+        reads).   -> [n_layers, n_heads, n_layers, n_heads], zero unless the right head's
+        layer is later than the left head's."""
+        from minillm.factored_matrix import composition_scores
+
+        rights = {"Q": lambda: self.QK, "K": lambda: self.QK.T, "V": lambda: self.OV}
+        if mode not in rights:
+            raise MinillmError(f"mode must be one of 'Q', 'K', 'V', not {mode!r}")
+        scores = composition_scores(self.OV, rights[mode](), broadcast_dims=True)
+        L = self.cfg.n_layers
+        later = np.arange(L)[:, None, None, None] < np.arange(L)[None, None, :, None]
+        return np.where(later, scores, 0.0)
+
+    def accumulated_bias(self, layer: int, mlp_input: bool = False,
+                         include_mlp_biases: bool = True) -> np.ndarray:
+        """The output biases (b_O, b_out) of blocks 0 .. layer-1 summed (and block `layer`'s
+        b_O if `mlp_input`).   -> [d_model] (zeros for a model without output biases)"""
+        if not 0 <= layer <= self.cfg.n_layers or (mlp_input and layer == self.cfg.n_layers):
+            raise MinillmError(f"layer {layer} is out of range 0..{self.cfg.n_layers}"
+                               + (" (mlp_input needs a block)" if mlp_input else ""))
+        total = np.zeros(self.cfg.d_model, self.dtype)
+        for l in range(layer + (1 if mlp_input else 0)):
+            total += self.b_O[l]
+            if include_mlp_biases and l < layer:
+                total += self.b_out[l]
+        return total
+
     def all_head_labels(self) -> list[str]:
         """["L0H0", "L0H1", ...]: one label per head, layer-major."""
         return [f"L{l}H{h}" for l in range(self.cfg.n_layers) for h in range(self.cfg.n_heads)]
@@ -541,7 +570,7 @@ class HookedModel(Transformer):
     @property
     def journal(self):
         """The journal of weight edits applied to this model (created on first use)."""
-        from minillm.journal import Journal
+        from minillm.edit.journal import Journal
 
         if "_journal" not in self.__dict__:
             self._journal = Journal(self)

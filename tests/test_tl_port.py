@@ -829,6 +829,47 @@ def test_batched_composition_scores_match_the_loop(tiny):
                                rtol=1e-5)
 
 
+def test_all_composition_scores(tiny):
+    # TL tests/integration/model_bridge/test_analysis_methods.py (TestAllCompositionScores,
+    # against HookedTransformer.all_composition_scores)
+    scores = tiny.all_composition_scores("Q")
+    cfg = tiny.cfg
+    assert scores.shape == (cfg.n_layers, cfg.n_heads, cfg.n_layers, cfg.n_heads)
+    for l1 in range(cfg.n_layers):
+        for l2 in range(l1 + 1):  # l2 <= l1
+            assert (scores[l1, :, l2, :] == 0).all()
+    assert np.abs(scores[0, :, 1, :]).sum() > 0
+    with pytest.raises(Exception, match="mode must be one of"):  # TL: ValueError
+        tiny.all_composition_scores("X")
+    # check: the L0 -> L1 block against ARENA's plain definition, in float64
+    W_OV = tiny.W_V.astype(np.float64) @ tiny.W_O
+    W_QK = tiny.W_Q.astype(np.float64) @ np.swapaxes(tiny.W_K, -1, -2)
+    rights = {"Q": W_QK[1], "K": np.swapaxes(W_QK[1], -1, -2), "V": W_OV[1]}
+    for mode, right in rights.items():
+        got = tiny.all_composition_scores(mode)[0, :, 1, :]
+        for i in range(cfg.n_heads):
+            for j in range(cfg.n_heads):
+                A, B = W_OV[0, i], right[j]
+                want = np.linalg.norm(A @ B) / (np.linalg.norm(A) * np.linalg.norm(B))
+                assert abs(got[i, j] - want) < 1e-5, (mode, i, j)  # float32 factors, float64 here
+
+
+def test_accumulated_bias(tiny):
+    # TL tests/integration/model_bridge/test_analysis_methods.py (TestAccumulatedBias) and
+    # tests/acceptance/test_activation_cache.py ("model.accumulated_bias(model.cfg.n_layers,
+    # mlp_input=False, include_mlp_biases=False)")
+    ab = tiny.accumulated_bias(0)
+    assert ab.shape == (tiny.cfg.d_model,) and np.allclose(ab, 0)
+    assert np.linalg.norm(tiny.accumulated_bias(1)) > 0  # GPT-2 has output biases
+    b_O = [b.attn.b_O.astype(np.float64) for b in tiny.blocks]
+    b_out = [b.mlp.b_out.astype(np.float64) for b in tiny.blocks]
+    np.testing.assert_allclose(tiny.accumulated_bias(2), sum(b_O) + sum(b_out), atol=1e-6)
+    np.testing.assert_allclose(tiny.accumulated_bias(1, mlp_input=True), b_O[0] + b_out[0] + b_O[1],
+                               atol=1e-6)
+    np.testing.assert_allclose(tiny.accumulated_bias(2, include_mlp_biases=False), sum(b_O),
+                               atol=1e-6)
+
+
 def test_model_qk_is_per_query_head_for_gqa(tiny_gqa):
     # ARENA2 part2 ("W_QK = model.W_Q[layer, head_index] @ model.W_K[layer, head_index].T")
     layer, head_index = 1, 3

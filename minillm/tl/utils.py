@@ -13,8 +13,7 @@ import re
 import numpy as np
 
 from minillm import ops
-from minillm.errors import MinillmError
-from minillm.factored_matrix import FactoredMatrix
+from minillm.factored_matrix import FactoredMatrix, composition_scores
 from minillm.hooked_model import HookedModel
 
 __all__ = ["composition_scores", "get_act_name", "get_corner", "lm_accuracy",
@@ -90,26 +89,6 @@ def get_corner(x, n: int = 3):
     if isinstance(x, FactoredMatrix):
         return x[tuple(slice(n) for _ in range(x.ndim))].AB
     return np.asarray(x)[tuple(slice(n) for _ in range(np.ndim(x)))]
-
-
-def composition_scores(left: FactoredMatrix, right: FactoredMatrix,
-                       broadcast_dims: bool = True) -> np.ndarray:
-    """|L R|_F / (|L|_F |R|_F) of two factored circuits (Elhage et al.'s composition score).
-
-    With broadcast_dims, the leading axes of left and right form an outer
-    product: [*left_lead, *right_lead]."""
-    if broadcast_dims:
-        r_lead, l_lead = right.ndim - 2, left.ndim - 2
-        for i in range(l_lead):
-            right = right.unsqueeze(i)
-        for i in range(r_lead):
-            left = left.unsqueeze(i + l_lead)
-    if left.rdim != right.ldim:
-        raise MinillmError(f"composition scores need left.rdim == right.ldim, got {left.shape} "
-                           f"and {right.shape}")
-    new_right, new_left = right.collapse_r(), left.collapse_l()
-    norm = lambda m: np.sqrt((m**2).sum((-2, -1)))  # noqa: E731  (Frobenius over the last two)
-    return norm(new_left @ new_right) / norm(new_right) / norm(new_left)
 
 
 def test_prompt(prompt: str, answer: str | list[str], model, prepend_space_to_answer: bool = True,
