@@ -201,7 +201,7 @@ class TopActivations:
             "width:7em}.t{border-radius:2px}.c{outline:2px solid #000}table{border-collapse:collapse}"
             "h2{font-size:1.05em;margin-top:1.2em}</style></head><body>",
             f"<h1>Max-activating examples: {_html.escape(self.hook)}</h1>",
-            f"<p>{_html.escape(json.dumps({k: v for k, v in self.meta.items() if k != 'workers'}))}</p>",
+            f"<p>{_html.escape(self._caption())}</p>",
         ]
         for nr in neurons:
             exs = self.examples(nr)[:n]
@@ -222,6 +222,15 @@ class TopActivations:
                 )
         parts.append("</body></html>")
         return "".join(parts)
+
+    def _caption(self) -> str:
+        m = self.meta
+        corpus = m.get("corpus", {})
+        where = ", ".join(corpus.get("paths", [])) or f"{corpus.get('n_texts', '?')} texts"
+        return (
+            f"model {m.get('model', '?')} · corpus {where} ({m.get('n_tokens', '?')} tokens) · top {self.k} "
+            f"per neuron · context {self.before} before, {self.after} after · ties: earliest document first"
+        )
 
     # --- files ----------------------------------------------------------------------------
 
