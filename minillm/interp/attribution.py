@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -40,6 +41,9 @@ from minillm.interp import interventions as iv
 from minillm.interp.batch import run_batch
 from minillm.interp.metrics import Metric
 from minillm.interp.results import LabelledArray
+
+if TYPE_CHECKING:
+    from minillm.hooked_model import TokensLike
 
 # component -> (hook name in block l, index axis of the activation after [b])
 COMPONENTS = {
@@ -88,8 +92,8 @@ def _per_component(component: str, x: np.ndarray) -> np.ndarray:
 
 def attribution_patching(
     model: HookedModel,
-    clean,
-    corrupted,
+    clean: TokensLike,
+    corrupted: TokensLike,
     metric: Metric,
     components: Iterable[str] = ("resid_pre", "attn_out", "mlp_out", "heads", "neurons"),
 ) -> dict[str, LabelledArray]:
@@ -125,8 +129,8 @@ def attribution_patching(
 
 def activation_patching(
     model: HookedModel,
-    clean,
-    corrupted,
+    clean: TokensLike,
+    corrupted: TokensLike,
     metric: Metric,
     component: str = "resid_pre",
     layers: Iterable[int] | None = None,
@@ -267,7 +271,7 @@ def plot_comparison(cmp: Comparison, path: str | Path) -> Path:
 # --- gradient importance ---------------------------------------------------------------------
 
 
-def gradient_importance(model: HookedModel, tokens, metric: Metric) -> dict[str, LabelledArray]:
+def gradient_importance(model: HookedModel, tokens: TokensLike, metric: Metric) -> dict[str, LabelledArray]:
     """|activation · gradient| per head and per MLP neuron (first-order importance for pruning).
 
     For head (l, h): |Σ_{p,e} z · ∂metric/∂z| over hook_z; for neuron (l, i):

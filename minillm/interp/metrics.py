@@ -28,11 +28,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from minillm import ops
 from minillm.errors import MinillmError
+
+if TYPE_CHECKING:
+    from minillm.hooked_model import HookedModel, TokensLike, TokenSpec
 
 
 class Metric:
@@ -59,7 +63,7 @@ def _seed(logits: np.ndarray, pos: int, rows_grad: np.ndarray) -> np.ndarray:
     return d.astype(logits.dtype)
 
 
-def token_ids(model, tokens) -> np.ndarray:
+def token_ids(model: HookedModel, tokens: TokensLike) -> np.ndarray:
     """Tokens as text or ids -> an int array [k] (one set) or [b, k] (one set per row).
 
     " Mary" -> [id]; [" Mary", "Mary"] -> [id1, id2]; [[" Mary"], [" John"]] -> [[id1], [id2]].
@@ -282,17 +286,17 @@ class CrossEntropy(Metric):
         return dlogits
 
 
-def logit_diff(model, correct, wrong, pos: int = -1) -> LogitDiff:
+def logit_diff(model: HookedModel, correct: TokenSpec, wrong: TokenSpec, pos: int = -1) -> LogitDiff:
     """logit(correct) - logit(wrong) at `pos`; tokens as text, ids, or sets (lists) of either."""
     return LogitDiff(token_ids(model, correct), token_ids(model, wrong), pos)
 
 
-def logit(model, target, pos: int = -1) -> Logit:
+def logit(model: HookedModel, target: TokenSpec, pos: int = -1) -> Logit:
     """The raw logit of target at `pos`; target as text, an id, or a set (list) of either."""
     return Logit(token_ids(model, target), pos)
 
 
-def log_prob(model, target, pos: int = -1) -> LogProb:
+def log_prob(model: HookedModel, target: TokenSpec, pos: int = -1) -> LogProb:
     """log p(target) at `pos`; target as text, an id, or a set (list) of either."""
     return LogProb(token_ids(model, target), pos)
 
@@ -312,7 +316,8 @@ def normalized(metric: Metric, clean: float, corrupted: float) -> Normalized:
     return Normalized(metric, float(clean), float(corrupted))
 
 
-def value(model, metric: Metric, tokens, attention_mask=None, fwd_hooks: Sequence = ()) -> float:
+def value(model: HookedModel, metric: Metric, tokens: TokensLike, attention_mask: np.ndarray | None = None,
+          fwd_hooks: Sequence = ()) -> float:
     """The metric of one run, averaged over batch rows (tokens: text, [1, p] or [b, p])."""
     tokens = model._as_tokens(tokens)
     logits = model.run_with_hooks(tokens, list(fwd_hooks), attention_mask=attention_mask,

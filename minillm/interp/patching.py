@@ -42,6 +42,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -52,6 +53,9 @@ from minillm.interp.batch import prefix_cache, run_batch
 from minillm.interp.metrics import Normalized
 from minillm.interp.results import LabelledArray
 from minillm.kv_cache import KVCache
+
+if TYPE_CHECKING:
+    from minillm.hooked_model import HookedModel, TokensLike
 
 # component -> (TransformerLens short hook name, what the second result axis indexes)
 COMPONENTS = {
@@ -156,9 +160,9 @@ def _selection(name: str, sel: dict) -> tuple:
 
 
 def patching_sweep(
-    model,
-    clean,
-    corrupted,
+    model: HookedModel,
+    clean: TokensLike,
+    corrupted: TokensLike,
     metric: Callable,
     component: str = "resid_pre",
     direction: str = "denoising",
@@ -229,9 +233,9 @@ def patching_sweep(
                                    interrupted=interrupted))
 
 
-def patch_all(model, clean, corrupted, metric: Callable,
+def patch_all(model: HookedModel, clean: TokensLike, corrupted: TokensLike, metric: Callable,
               components: Sequence[str] = DEFAULT_COMPONENTS, direction: str = "denoising",
-              **kwargs) -> dict[str, LabelledArray]:
+              **kwargs: Any) -> dict[str, LabelledArray]:
     """`patching_sweep` for each component: {component: LabelledArray}.
 
     Stops after the first interrupted sweep (its partial result is included).
@@ -306,16 +310,16 @@ def _downstream(sender: tuple, receiver: tuple) -> bool:
     return receiver[1] > sender[1] or (receiver[1] == sender[1] and sender[0] == "head")
 
 
-def all_senders(model) -> list[str]:
+def all_senders(model: HookedModel) -> list[str]:
     """Every head and MLP, in forward order: ["0.0", ..., "0.8", "mlp0", "1.0", ...]."""
     return [s for l in range(model.cfg.n_layers)
             for s in [f"{l}.{h}" for h in range(model.cfg.n_heads)] + [f"mlp{l}"]]
 
 
 def path_patching(
-    model,
-    clean,
-    corrupted,
+    model: HookedModel,
+    clean: TokensLike,
+    corrupted: TokensLike,
     metric: Callable,
     senders: Sequence[str] | None = None,
     receivers: Sequence[str | Sequence[str]] = ("logits",),

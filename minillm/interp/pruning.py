@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -36,6 +37,9 @@ from minillm.errors import MinillmError
 from minillm.interp import interventions as iv
 from minillm.interp.batch import run_batch
 from minillm.interp.results import LabelledArray
+
+if TYPE_CHECKING:
+    from minillm.hooked_model import HookedModel, TokensLike
 
 UNITS = ("heads", "neurons")
 IMPORTANCE = ("ablation", "magnitude", "gradient")
@@ -92,7 +96,7 @@ def _ranges(rows: list[int]) -> str:
 # --- importance ---------------------------------------------------------------------------------
 
 
-def magnitude_importance(model, unit: str = "heads") -> LabelledArray:
+def magnitude_importance(model: HookedModel, unit: str = "heads") -> LabelledArray:
     """Weight-only importance: the OV-map norm of each head, or in·out weight norms per neuron."""
     cfg, L = model.cfg, model.cfg.n_layers
     rows = []
@@ -112,7 +116,8 @@ def magnitude_importance(model, unit: str = "heads") -> LabelledArray:
     return _scores(model, np.stack(rows), unit, "magnitude")
 
 
-def importance(model, tokens, metric: Callable, unit: str = "heads", method: str = "ablation",
+def importance(model: HookedModel, tokens: TokensLike, metric: Callable, unit: str = "heads",
+               method: str = "ablation",
                layers: Sequence[int] | None = None, progress: bool = True) -> LabelledArray:
     """Importance of every head or neuron ([layer, head] / [layer, neuron]); see the module docstring.
 
@@ -185,7 +190,7 @@ def pruning_interventions(scores: LabelledArray, fraction: float) -> list[iv.Int
     return [iv.zero(hook, layer=l, **{axis: sorted(units)}) for l, units in sorted(by_layer.items())]
 
 
-def pruning_curve(model, tokens, metric: Callable, scores: LabelledArray,
+def pruning_curve(model: HookedModel, tokens: TokensLike, metric: Callable, scores: LabelledArray,
                   fractions: Sequence[float] = DEFAULT_FRACTIONS, batch_size: int = 32,
                   progress: bool = True) -> LabelledArray:
     """metric (mean over the prompt set) with the lowest `fraction` of units pruned, per fraction.
