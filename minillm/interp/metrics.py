@@ -252,7 +252,7 @@ class CrossEntropy(Metric):
 
     last_only = False
 
-    def __init__(self, tokens, attention_mask=None):
+    def __init__(self, tokens: np.ndarray, attention_mask: np.ndarray | None = None):
         self.tokens = np.asarray(tokens).reshape(-1, np.shape(tokens)[-1])
         self.attention_mask = None if attention_mask is None else np.asarray(attention_mask)
 
@@ -301,7 +301,7 @@ def log_prob(model: HookedModel, target: TokenSpec, pos: int = -1) -> LogProb:
     return LogProb(token_ids(model, target), pos)
 
 
-def cross_entropy(tokens, attention_mask=None) -> CrossEntropy:
+def cross_entropy(tokens: np.ndarray, attention_mask: np.ndarray | None = None) -> CrossEntropy:
     """The next-token cross-entropy of the text `tokens` [b, p] (see CrossEntropy)."""
     return CrossEntropy(tokens, attention_mask)
 
