@@ -1340,6 +1340,7 @@ def test_forward_and_backward_caches_with_add_hook(tiny):
     # TL demos/Attribution_Patching_Demo.ipynb (get_cache_fwd_and_bwd: add_hook(..., "fwd"),
     # add_hook(..., "bwd"), value = metric(model(tokens)); value.backward(); reset_hooks())
     from minillm.grad import backward as minillm_backward
+    from minillm.interp import metrics
 
     ref = load_file(FIXTURES / "tl_gpt2.safetensors")  # TransformerLens 3.9 on the same checkpoint
     tokens = ref["clean_ids"]
@@ -1361,13 +1362,13 @@ def test_forward_and_backward_caches_with_add_hook(tiny):
 
         model.add_hook(filter_not_qkv_input, backward_cache_hook, "bwd")
         # AUTOGRAD: `value = metric(model(tokens)); value.backward()` -> minillm's hand-written
-        # backward pass, with a metric that returns (value, d value / d logits)
+        # backward pass, with a metric that knows its gradient w.r.t. the logits
         value = minillm_backward.backward(model, tokens, metric, params=False).value
         model.reset_hooks()
         return value, ActivationCache(cache, model), ActivationCache(grad_cache, model)
 
     value, cache, grad_cache = get_cache_fwd_and_bwd(tiny, tokens,
-                                                     minillm_backward.logit_diff(correct, wrong))
+                                                     metrics.logit_diff(tiny, correct, wrong))
     assert not tiny.hook_dict["hook_embed"].bwd_hooks  # reset_hooks removed them
     # TransformerLens: the metric, and the gradients its backward hooks saw
     assert abs(value - scalar(ref["grad.metric"])) < 1e-5  # a logit difference O(1)
