@@ -22,8 +22,6 @@ import numpy as np
 import minillm
 from minillm import interventions as iv
 from minillm.interp import ablation as A
-from minillm.interp.metrics import log_prob
-from minillm.interp.patching import prefix_cache, run_batched
 from minillm.lessons import output_dir
 
 MODEL = os.environ.get("MINILLM_LESSON_MODEL", "smollm2-135m")
@@ -161,11 +159,11 @@ plt.close(fig)
 # Ranking by distance from the median, |a − median|, replaces the neurons the
 # replacement actually moves. First the share of the total |a − median| that each
 # ranking moves, then the same study with the magnitude ranking (your exercise 1,
-# `by="magnitude"`), batched through `run_batched`.
+# `by="magnitude"`), which `median_replacement(..., by="magnitude")` runs for you.
 
 # %%
 dev = np.abs(post - medians[:, None])  # [L, m]
-order_abs = np.argsort(-dev, axis=1, kind="stable")
+order_abs = A.rank_neurons(post, by="magnitude")  # [L, m]
 for r in (1, 10, 50, 90):
     k = A.n_replaced(r, m)
     by_value = np.take_along_axis(dev, mr.order[:, :k], 1).sum(1) / dev.sum(1)
@@ -174,12 +172,9 @@ for r in (1, 10, 50, 90):
           f"{by_mag.mean():.0%} ranked by magnitude")
 
 MAG_RATES = [0.5, 1, 2, 4.5, 10, 30, 50, 90]
-metric = log_prob(model, TARGET)
-variants = [[iv.Replace("post", layer=l, pos=-1, neuron=order_abs[l, : A.n_replaced(r, m)].tolist(),
-                        values=np.full(m, mr.medians[l], model.dtype))] for l in range(L) for r in MAG_RATES]
-shared = prefix_cache(model, toks, toks.shape[1] - 1)
-vals, _ = run_batched(model, toks, variants, metric, batch_size=64, progress=False, prefix=shared)
-dm = vals.reshape(L, len(MAG_RATES)) - mr.base_logit
+mm = A.median_replacement(model, PROMPT, TARGET, rates=MAG_RATES, measure="log_prob", by="magnitude",
+                          progress=False)
+dm = mm.delta.values  # [L, rates]
 pm0 = np.exp(mr.base_logit + dm[0])
 print("layer 0 by magnitude, p(target):", ", ".join(f"{r:g}%: {p:.3f}" for r, p in zip(MAG_RATES, pm0)))
 rest = np.abs(dm[1:, MAG_RATES.index(90)]).max()
