@@ -30,7 +30,7 @@ def cosine_neighbours(W_E: np.ndarray, token_id: int, k: int = 10) -> list[int]:
 
 
 def analogy(W_E: np.ndarray, a: int, b: int, c: int, k: int = 5) -> list[int]:
-    """Answers to 'a is to b as ? is to c': the k ids most cosine-similar to
+    """Answers to a − b + c (king − man + woman): the k ids most cosine-similar to
     W_E[a] - W_E[b] + W_E[c], best first, excluding a, b and c.
 
     Example: analogy(W_E, king, man, woman) -> [queen, ...]

@@ -58,8 +58,9 @@ targets = [" Paris", " London", " France"]
 lens = logit_lens(model, EIFFEL, targets=targets, k=3)
 print(lens.table())
 decided = lens.first_layer_top1(" Paris")
-print(f"\n' Paris' is the top-1 prediction from row {decided} on "
-      f"(rows: 'embed', then 'L{{l}}' = after block l; the model has {L} blocks)")
+print(f"\n' Paris' is the top-1 prediction from row {decided} on = row index "
+      f"{lens.row_labels.index(decided) if decided else None} (rows: index 0 = 'embed', then index l + 1 = "
+      f"'L{{l}}' = after block l; the model has {L} blocks)")
 lens.plot(output_dir() / "lens_grid.png")  # layer × position, top-1 token and its probability
 lens.plot_targets(output_dir() / "lens_targets.png")  # probability and rank of each target per layer
 
@@ -111,8 +112,9 @@ for j, (_, target) in enumerate(facts):
     ranks[target] = (row_logits > row_logits[:, [t]]).sum(-1) + 1  # exercise 4
     first = next((r for r in range(L + 1) if (ranks[target][r:] == 1).all()), None)  # exercise 5
     top = model.to_string([int(np.argmax(row_logits[-1]))])
-    print(f"{target!r:10} rank per row: {ranks[target].tolist()}\n{'':11}-> top-1 from row {first} "
-          f"(the model's own top-1: {top!r})")
+    label = None if first is None else ("embed" if first == 0 else f"L{first - 1}")
+    print(f"{target!r:10} rank per row: {ranks[target].tolist()}\n{'':11}-> top-1 from row index {first} "
+          f"(= row {label}) on (the model's own top-1: {top!r})")
 
 import matplotlib.pyplot as plt  # noqa: E402
 

@@ -190,14 +190,14 @@ def check_cosine_analogy(student) -> None:
     model = shared_model()
     W_E = model.embed.W_E
     W64, norms = _embeddings()
-    for words in ((" man", " king", " woman"), (" France", " Paris", " Japan")):
+    for words in ((" king", " man", " woman"), (" Paris", " France", " Japan")):
         a, b, c = (model.to_single_token(w) for w in words)
         k = 5
         got = [int(i) for i in student.cosine_analogy(W_E, a, b, c, k)]
         want = REF.cosine_analogy(W_E, a, b, c, k)
-        query = W64[b] - W64[a] + W64[c]
+        query = W64[a] - W64[b] + W64[c]
         sims = W64 @ query / (norms * np.linalg.norm(query))
-        what = f"cosine_analogy({words[0]!r} : {words[1]!r} :: {words[2]!r} : ?, k={k})"
+        what = f"cosine_analogy({words[0]!r} − {words[1]!r} + {words[2]!r}, k={k})"
         show = lambda ids: [model.to_string([i]) for i in ids]  # noqa: E731
         if len(got) != k:
             raise AssertionError(f"{what}: expected {k} token ids, got {len(got)}.")
@@ -205,18 +205,18 @@ def check_cosine_analogy(student) -> None:
             continue
         if set(got) & {a, b, c}:
             raise AssertionError(f"{what}: your answer {show(got)} contains one of the three input words. "
-                                 f"b − a + c is nearest to b or c themselves; exclude a, b and c.")
+                                 f"a − b + c is nearest to a or c themselves; exclude a, b and c.")
         dot = W64 @ query
         dot[[a, b, c]] = -np.inf
         if got == [int(i) for i in np.argsort(-dot, kind="stable")[:k]]:
             raise AssertionError(f"{what}: you ranked by the dot product ({show(got)}); that favours tokens "
                                  f"with long embeddings. Divide by both norms: cosine similarity.")
-        flipped = W64[a] - W64[b] + W64[c]
+        flipped = W64[b] - W64[a] + W64[c]
         fs = W64 @ flipped / (norms * np.linalg.norm(flipped))
         fs[[a, b, c]] = -np.inf
         if got == [int(i) for i in np.argsort(-fs, kind="stable")[:k]]:
-            raise AssertionError(f"{what}: you used a − b + c. 'a is to b as c is to ?' moves c by (b − a): "
-                                 f"the query is b − a + c.")
+            raise AssertionError(f"{what}: you used b − a + c. The convention here, as in lesson 01, is "
+                                 f"a − b + c: king − man + woman ≈ queen.")
         raise AssertionError(f"{what}: expected {show(want)}, got {show(got)} (cosines "
                              f"{np.round(sims[got], 4).tolist()} vs {np.round(sims[want], 4).tolist()}).")
 

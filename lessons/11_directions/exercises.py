@@ -45,8 +45,9 @@ def pca_svd(X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def cosine_analogy(W_E: np.ndarray, a: int, b: int, c: int, k: int) -> list[int]:
-    """'a is to b as c is to ?' in the embedding: the k token ids most cosine-similar to
-    W_E[b] - W_E[a] + W_E[c], best first, excluding a, b and c.   W_E [V, d] -> k ints
+    """a − b + c in the embedding, as in lesson 01 (king − man + woman ≈ queen): the k token
+    ids most cosine-similar to W_E[a] - W_E[b] + W_E[c], best first, excluding a, b and c.
+    W_E [V, d] -> k ints
     """
-    raise NotImplementedError("hint: query = W_E[b] - W_E[a] + W_E[c]; sims = W_E @ query / (row norms · "
+    raise NotImplementedError("hint: query = W_E[a] - W_E[b] + W_E[c]; sims = W_E @ query / (row norms · "
                               "|query|); set sims[[a, b, c]] = -inf; np.argsort(-sims)[:k]")
