@@ -25,6 +25,7 @@ COMMANDS = {
     "bench": "bench",
     "patch": "patch",
     "ablate": "ablate",
+    "perplexity": "perplexity",
     "stats": "stats",
     "top-activations": "top_activations",
 }

@@ -138,11 +138,13 @@ class HookedModel(Transformer):
             return self.forward(tokens, attention_mask, cache, last_only)
 
     def run_with_cache(self, tokens, names_filter: NameFilter = None, attention_mask=None,
-                       cache=None, fwd_hooks=()):
+                       cache=None, fwd_hooks=(), remove_batch_dim: bool = False):
         """Logits and a dict of activations {hook name: array}, for the hooks asked for.
 
         names_filter: None (all hooks except the large `hook_result`), a name,
-        a list of names, or a predicate over names.
+        a list of names, or a predicate over names. remove_batch_dim: drop the
+        batch axis (of size 1) from every cached activation (not the logits),
+        as TransformerLens does.
         """
         from minillm.activation_cache import ActivationCache
 
@@ -156,7 +158,8 @@ class HookedModel(Transformer):
             logits = self.run_with_hooks(tokens, [(n, save) for n in names], attention_mask,
                                          cache)
         ordered = {n: store[n] for n in names if n in store}
-        return logits, ActivationCache(ordered, self)
+        act_cache = ActivationCache(ordered, self)
+        return logits, act_cache.remove_batch_dim() if remove_batch_dim else act_cache
 
     def _filter_names(self, names_filter: NameFilter) -> list[str]:
         if names_filter is None:
@@ -213,17 +216,25 @@ class HookedModel(Transformer):
             yield "unembed.W_U", self.unembed.W_U
 
     def get_parameter(self, name: str) -> np.ndarray:
-        """A parameter's live view by its documented name, e.g. 'blocks.3.attn.W_Q'."""
+        """A parameter's live view by its documented name, e.g. 'blocks.3.attn.W_Q'.
+
+        Attention keys/values answer to both names: `_W_K` (the stored heads)
+        and `W_K` (per query head; read-only for grouped-query attention).
+        """
         params = dict(self.named_parameters())
         if name == "unembed.W_U":
             return self.unembed.W_U
-        if name not in params:
-            import difflib
+        if name in params:
+            return params[name]
+        head, _, leaf = name.rpartition(".")
+        other = leaf[1:] if leaf.startswith("_") else f"_{leaf}"
+        if leaf.lstrip("_") in ("W_K", "W_V", "b_K", "b_V") and f"{head}.{other}" in params:
+            return getattr(self.blocks[int(head.split(".")[1])].attn, leaf)
+        import difflib
 
-            close = difflib.get_close_matches(name, list(params), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise MinillmError(f"no parameter named {name!r}{hint}")
-        return params[name]
+        close = difflib.get_close_matches(name, list(params), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise MinillmError(f"no parameter named {name!r}{hint}")
 
     def n_params(self) -> int:
         return sum(v.size for _, v in self.named_parameters())

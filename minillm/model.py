@@ -153,11 +153,12 @@ class Transformer:
         """LayerNorm or RMSNorm.   [b, p, d] -> [b, p, d]
 
         normalized = (x - mean) / std  (LayerNorm)  or  x / rms  (RMSNorm);
-        output = normalized * w (+ b). `hook_scale` is the 1/std or 1/rms factor.
+        output = normalized * w (+ b). `hook_scale` is the divisor, std or rms
+        (as in TransformerLens).
         """
         centered, scale = self.norm_parts(x, self.cfg.eps)  # [b, p, d], [b, p, 1]
         scale = self.hooks.fire(f"{name}.hook_scale", scale)
-        normalized = self.hooks.fire(f"{name}.hook_normalized", centered * scale)  # [b, p, d]
+        normalized = self.hooks.fire(f"{name}.hook_normalized", centered / scale)  # [b, p, d]
         out = normalized * norm.w
         return out if norm.b is None else out + norm.b
 

@@ -167,9 +167,8 @@ def test_pruning_reverts_exactly(family):
     m = M.logit_diff(None, 7, 11)
     prompts = np.concatenate([PROMPT, OTHER])
     mag = Pr.importance(model, prompts, m, "heads", "magnitude")
-    W_V, W_O = model.blocks[1].attn.W_V, model.blocks[1].attn.W_O
-    group = model.cfg.n_heads // model.cfg.n_kv_heads
-    assert mag.values[1, 3] == pytest.approx(np.linalg.norm(W_V[3 // group] @ W_O[3]), rel=1e-5)
+    W_V, W_O = model.blocks[1].attn.W_V, model.blocks[1].attn.W_O  # per query head
+    assert mag.values[1, 3] == pytest.approx(np.linalg.norm(W_V[3] @ W_O[3]), rel=1e-5)
     op = Pr.prune_lowest(mag, 0.5)
     assert len(op.heads) == 4 and set(op.heads) == set(Pr.lowest(mag, 0.5))
     with model.edited(op):

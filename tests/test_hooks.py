@@ -209,10 +209,16 @@ def test_short_keys_like_transformer_lens(tiny):
 
 def test_remove_batch_dim_and_to(tiny):
     _, c = tiny.run_with_cache(np.array([[1, 2, 3]]))
-    one = c.remove_batch_dim()
-    assert one["blocks.0.hook_resid_pre"].shape == (3, tiny.cfg.d_model)
-    assert one.accumulated_resid(apply_ln=True, pos_slice=-1).shape == (3, tiny.cfg.d_model)
     c64 = c.to(np.float64)
+    resid = c["blocks.0.hook_resid_pre"]
+    one = c.remove_batch_dim()  # in place, as in TransformerLens
+    assert one is c and not c.has_batch_dim
+    assert c["blocks.0.hook_resid_pre"].shape == (3, tiny.cfg.d_model)
+    assert (c["blocks.0.hook_resid_pre"] == resid[0]).all()
+    assert c.accumulated_resid(apply_ln=True, pos_slice=-1).shape == (3, tiny.cfg.d_model)
+    assert c.remove_batch_dim() is c  # a second call changes nothing
+    _, direct = tiny.run_with_cache(np.array([[1, 2, 3]]), remove_batch_dim=True)
+    assert not direct.has_batch_dim and all((direct[k] == c[k]).all() for k in c)
     assert all(a.dtype == np.float64 for a in c64.values())
     assert (c64["hook_logits"] == c["hook_logits"].astype(np.float64)).all()
     _, c2 = tiny.run_with_cache(np.array([[1, 2], [3, 4]]))
@@ -234,16 +240,19 @@ def test_stacks_sum_to_the_residual_stream(family):
     assert labels == ["0_pre", "0_mid", "1_pre", "1_mid", "final_post"]
     assert (acc[-1] == final).all() and (acc[2] == c["resid_pre", 1]).all()
     assert c.accumulated_resid(1).shape[0] == 2
-    # the final component normalized with the cached scale is exactly ln_final.hook_normalized
-    assert (c.accumulated_resid(apply_ln=True)[-1] == c["ln_final.hook_normalized"]).all()
-    w = model.ln_final.w
-    np.testing.assert_allclose(c.accumulated_resid(apply_ln=True, pos_slice=-1)[-1] * w,
-                               c.apply_ln_to_stack(final, weight=True)[:, -1], rtol=1e-6)
+    # the final stream through ln_final (own statistics, gain, bias) is exactly its output
+    w, b = model.ln_final.w, model.ln_final.b
+    ln_out = c["ln_final.hook_normalized"] * w
+    ln_out = ln_out if b is None else ln_out + b
+    assert (c.accumulated_resid(apply_ln=True)[-1] == ln_out).all()
+    # apply_ln_to_stack freezes the cached scale and multiplies by the gain: the true
+    # input of the unembedding, minus the bias (this model's weights are not folded)
+    assert (c.apply_ln_to_stack(final[None])[0] == c["ln_final.hook_normalized"] * w).all()
     parts, labels = c.decompose_resid(return_labels=True)
     assert labels[-2:] == ["1_attn_out", "1_mlp_out"]
     np.testing.assert_allclose(parts.sum(0), final, atol=1e-5)
     normalized = c.decompose_resid(apply_ln=True).sum(0)
-    np.testing.assert_allclose(normalized, c["ln_final.hook_normalized"], atol=1e-5)
+    np.testing.assert_allclose(normalized, c["ln_final.hook_normalized"] * w, atol=1e-5)
     heads = c.stack_head_results(incl_remainder=True)
     assert heads.shape == (L * model.cfg.n_heads + 1, 1, 5, model.cfg.d_model)
     np.testing.assert_allclose(heads.sum(0), final, atol=1e-5)
@@ -272,8 +281,7 @@ def test_cache_equals_golden_hidden_states(name):
     L = model.cfg.n_layers
     np.testing.assert_allclose(acc[:L], ref["hidden_states"][:L], atol=5e-5)
     np.testing.assert_allclose(acc[L], ref["resid_post_last"], atol=5e-5)
-    final = c.accumulated_resid(apply_ln=True)[L] * model.ln_final.w
-    final = final if model.ln_final.b is None else final + model.ln_final.b
+    final = c.accumulated_resid(apply_ln=True)[L]  # ln_final with its gain and bias
     np.testing.assert_allclose(final, ref["hidden_states"][L], atol=5e-5)
 
 
@@ -299,12 +307,12 @@ def test_smollm2_mlp_post_by_hand(smollm2):
        p=st.integers(1, 8))
 def test_cache_is_what_the_forward_pass_used(family, seed, p):
     """Recomputing the next activation from the cached previous one gives the cached value:
-    hook_normalized = (resid - mean) · scale (or resid · scale), bit for bit."""
+    hook_normalized = (resid - mean) / scale (or resid / scale), bit for bit."""
     model = random_model(family, seed=seed % 7)
     ids = np.random.default_rng(seed).integers(0, model.cfg.d_vocab, (1, p))
     _, c = model.run_with_cache(ids)
     for l in range(model.cfg.n_layers):
         centered, scale = model.norm_parts(c["resid_pre", l], model.cfg.eps)
         assert (scale == c["scale", l, "ln1"]).all()
-        assert (centered * scale == c["normalized", l, "ln1"]).all()
+        assert (centered / scale == c["normalized", l, "ln1"]).all()
         assert (c["resid_pre", l] + c["attn_out", l] == c["resid_mid", l]).all()
