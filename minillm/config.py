@@ -53,6 +53,7 @@ class ModelConfig:
     rope_theta: float = 10000.0
     rope_scaling: RopeScaling | None = None
     sliding_window: int | None = None  # mistral: keys older than this are masked
+    attn_only: bool = False  # blocks without MLP (and ln2): x + attn(ln1(x)); toy models, lesson 13
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -181,6 +182,7 @@ def _gpt2(r: _Reader) -> ModelConfig:
         qkv_bias=True,
         o_bias=True,
         mlp_bias=True,
+        attn_only=r.bool("attn_only", False),  # minillm's own key (TransformerLens: attn_only)
         bos_token_id=r.token_id("bos_token_id"),
         eos_token_ids=_eos_ids(r),
         extra=r.raw,
@@ -297,5 +299,5 @@ def _n_params_lower_bound(cfg: ModelConfig) -> int:
     """
     d, e = cfg.d_model, cfg.d_head
     attn = d * (cfg.n_heads + 2 * cfg.n_kv_heads) * e + cfg.n_heads * e * d
-    mlp = (3 if cfg.family == "llama" else 2) * d * cfg.d_mlp
+    mlp = 0 if cfg.attn_only else (3 if cfg.family == "llama" else 2) * d * cfg.d_mlp
     return cfg.d_vocab * d + cfg.n_layers * (attn + mlp)

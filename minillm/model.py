@@ -39,6 +39,8 @@ def hook_names(cfg: ModelConfig) -> list[str]:
     names = ["hook_embed"] + (["hook_pos_embed"] if cfg.family == "gpt2" else [])
     rope = cfg.family == "llama"
     mlp = ["hook_pre", "hook_pre_linear", "hook_post"] if rope else ["hook_pre", "hook_post"]
+    mlp_part = () if cfg.attn_only else (  # an attention-only block has no ln2, MLP or resid_mid
+        "hook_resid_mid", "ln2.hook_scale", "ln2.hook_normalized", *(f"mlp.{n}" for n in mlp), "hook_mlp_out")
     for l in range(cfg.n_layers):
         names += [
             f"blocks.{l}.{n}"
@@ -55,11 +57,7 @@ def hook_names(cfg: ModelConfig) -> list[str]:
                 "attn.hook_z",
                 "attn.hook_result",
                 "hook_attn_out",
-                "hook_resid_mid",
-                "ln2.hook_scale",
-                "ln2.hook_normalized",
-                *(f"mlp.{n}" for n in mlp),
-                "hook_mlp_out",
+                *mlp_part,
                 "hook_resid_post",
             )
         ]
@@ -145,7 +143,10 @@ class Transformer:
         x = hook(f"blocks.{l}.hook_resid_pre", x)
         attn_out = self.attention(l, block.attn, self.norm(x, block.ln1, f"blocks.{l}.ln1"),
                                   rope, allowed, cache)
-        x = hook(f"blocks.{l}.hook_resid_mid", x + hook(f"blocks.{l}.hook_attn_out", attn_out))
+        attn_out = hook(f"blocks.{l}.hook_attn_out", attn_out)
+        if block.mlp is None:  # attention-only (cfg.attn_only): resid_post = resid_pre + attn_out
+            return hook(f"blocks.{l}.hook_resid_post", x + attn_out)
+        x = hook(f"blocks.{l}.hook_resid_mid", x + attn_out)
         mlp_out = self.mlp(l, block.mlp, self.norm(x, block.ln2, f"blocks.{l}.ln2"))
         return hook(f"blocks.{l}.hook_resid_post", x + hook(f"blocks.{l}.hook_mlp_out", mlp_out))
 

@@ -189,11 +189,11 @@ class Block:
     def __init__(self, cfg: ModelConfig, dtype):
         self.ln1 = Norm(cfg, dtype)
         self.attn = Attention(cfg, dtype)
-        self.ln2 = Norm(cfg, dtype)
-        self.mlp = MLP(cfg, dtype)
+        self.ln2 = None if cfg.attn_only else Norm(cfg, dtype)  # attention-only: no MLP sublayer
+        self.mlp = None if cfg.attn_only else MLP(cfg, dtype)
 
     def named_parameters(self):
-        for part in ("ln1", "attn", "ln2", "mlp"):
+        for part in ("ln1", "attn") if self.mlp is None else ("ln1", "attn", "ln2", "mlp"):
             for name, value in getattr(self, part).named_parameters():
                 yield f"{part}.{name}", value
 

@@ -165,7 +165,7 @@ def _pattern_variants(q, k):
 # --- the checks --------------------------------------------------------------------------------------
 
 
-def check_rms_norm(student) -> None:
+def check_rms_norm(student, ref) -> None:
     model = shared_model()
     w, eps = model.blocks[LAYER].ln1.w, model.cfg.eps
     x = _act("hook_resid_pre")  # [1, p, d]
@@ -180,7 +180,7 @@ def check_rms_norm(student) -> None:
              "Is your epsilon inside the sqrt?")
 
 
-def check_layer_norm(student) -> None:
+def check_layer_norm(student, ref) -> None:
     rng = np.random.default_rng(2)
     d = 96
     w, b = rng.normal(1, 0.2, d), rng.normal(0, 0.2, d)
@@ -192,7 +192,7 @@ def check_layer_norm(student) -> None:
                  "LayerNorm is (x - mean) / sqrt(mean((x - mean)²) + eps) * w + b over the last axis.")
 
 
-def check_rope(student) -> None:
+def check_rope(student, ref) -> None:
     model = shared_model()
     theta = model.cfg.rope_theta
     for name in ("q", "k"):
@@ -205,7 +205,7 @@ def check_rope(student) -> None:
                  "is left unchanged.")
 
 
-def check_attention_pattern(student) -> None:
+def check_attention_pattern(student, ref) -> None:
     q, k = _act("attn.hook_rot_q"), _act("attn.hook_rot_k")
     got = student.attention_pattern(q, k)
     _verdict(f"attention_pattern(blocks.{LAYER} rotated q, k)", got, _act("attn.hook_pattern"),
@@ -214,7 +214,7 @@ def check_attention_pattern(student) -> None:
              "kv-head j // (h // kv).")
 
 
-def check_attention(student) -> None:
+def check_attention(student, ref) -> None:
     model = shared_model()
     a = model.blocks[LAYER].attn
     x = _act("ln1.hook_normalized") * model.blocks[LAYER].ln1.w  # what the attention reads
@@ -238,7 +238,7 @@ def check_attention(student) -> None:
              f"Compare your intermediates with cache['blocks.{LAYER}.attn.hook_z'] and hook_pattern.")
 
 
-def check_swiglu_mlp(student) -> None:
+def check_swiglu_mlp(student, ref) -> None:
     model = shared_model()
     m = model.blocks[LAYER].mlp
     x = _act("ln2.hook_normalized") * model.blocks[LAYER].ln2.w  # [1, p, d]
@@ -265,7 +265,7 @@ def check_swiglu_mlp(student) -> None:
              "(silu(pre) * pre_linear).")
 
 
-def check_block(student) -> None:
+def check_block(student, ref) -> None:
     model = shared_model()
     blk = model.blocks[LAYER]
     x = _act("hook_resid_pre")

@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import minillm
+from minillm.checkpoints.hf import save_pretrained
 from minillm.course import output_dir, student_version
 from minillm.course import training as T
 from minillm.grad import backward as grad
@@ -75,16 +76,17 @@ fig
 # ## 2. Loss at each position
 #
 # Your `per_position_loss` on a fresh batch. Prediction i reads tokens 0..i and predicts
-# token i + 1. The first copy stays at chance; the first token of the second copy too (the
-# token after the end of the first copy is not predictable); from there on the model copies.
+# token i + 1. The first copy stays at chance. Every prediction of the second copy can be
+# made, even its first token: all sequences have the same length, so "the token at position
+# T + 1 repeats the one at position 1" is learnable by position alone.
 
 # %%
 rng = np.random.default_rng(SEED + 1)
 tokens = T.repeated_tokens(rng, 64, SEQ_LEN, VOCAB)
 per_pos = np.asarray(per_position_loss(model(tokens), tokens)).mean(axis=0)  # [2T]
-print(f"mean loss: predictions 0..{SEQ_LEN - 1}: {per_pos[:SEQ_LEN].mean():.3f}; prediction {SEQ_LEN} "
-      f"(first token of the repeat): {per_pos[SEQ_LEN]:.3f}; predictions {SEQ_LEN + 1}..{2 * SEQ_LEN - 1}: "
-      f"{per_pos[SEQ_LEN + 1:].mean():.4f}")
+print(f"mean loss: predictions 0..{SEQ_LEN - 1} (first copy): {per_pos[:SEQ_LEN].mean():.3f}; prediction "
+      f"{SEQ_LEN} (first token of the repeat): {per_pos[SEQ_LEN]:.3f}; predictions {SEQ_LEN + 1}.."
+      f"{2 * SEQ_LEN - 1}: {per_pos[SEQ_LEN + 1:].mean():.4f}")
 fig, ax = plt.subplots(figsize=(8, 4), layout="constrained")
 ax.bar(np.arange(len(per_pos)), per_pos)
 ax.axvline(SEQ_LEN - 0.5, color="red", ls="--", lw=1)
@@ -103,7 +105,7 @@ fig
 
 # %%
 folder = output_dir() / "induction_model"
-model.save_pretrained(folder)
+save_pretrained(model, folder)
 m64 = minillm.load(folder, dtype=np.float64)
 check_tokens = T.repeated_tokens(np.random.default_rng(7), 4, SEQ_LEN, VOCAB)
 metric = grad.cross_entropy(check_tokens)

@@ -48,7 +48,7 @@ tokens = T.repeated_tokens(np.random.default_rng(SEED + 100), 32, SEQ_LEN, VOCAB
 _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
 patterns = [cache[f"blocks.{l}.attn.hook_pattern"] for l in range(cfg.n_layers)]  # [b, h, P, P] each
 base = T.per_position_loss(model(tokens), tokens)[:, SEQ_LEN + 1:].mean()
-print(f"second-copy loss of this model: {base:.4f} nats (chance: {np.log(VOCAB):.3f})")
+print(f"loss on the induction predictions (T+1 .. 2T-1) of this model: {base:.4f} nats (chance: {np.log(VOCAB):.3f})")
 
 # %% [markdown]
 # ## 1. Look at the patterns

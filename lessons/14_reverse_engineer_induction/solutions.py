@@ -61,5 +61,6 @@ def ablation_effect(model, tokens: np.ndarray, layer: int, head: int, seq_len: i
         return z
 
     clean = second_copy_loss(model(tokens))
-    ablated = second_copy_loss(model.run_with_hooks(tokens, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", zero_head)]))
+    hooks = [(f"blocks.{layer}.attn.hook_z", zero_head)]
+    ablated = second_copy_loss(model.run_with_hooks(tokens, fwd_hooks=hooks))
     return ablated - clean

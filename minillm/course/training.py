@@ -15,7 +15,7 @@ the optimiser is Adam (Kingma & Ba, 2015), written out in `adam_step`.
     from minillm.course import training as T
     model = T.init_model(T.attn_only_config(), seed=0)
     history = T.train(model, steps=600, seed=0)         # a TrainingHistory
-    model.save_pretrained("out/induction_model")        # loads back with minillm.load
+    save_pretrained(model, "out/induction_model")       # minillm.checkpoints.hf; minillm.load reads it
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ class TrainingHistory:
     steps: list[int] = field(default_factory=list)
     loss: list[float] = field(default_factory=list)  # all predictions
     first_half: list[float] = field(default_factory=list)  # predicting r_0 .. r_{T-1}: chance, ln V
-    second_half: list[float] = field(default_factory=list)  # r_1 .. r_{T-1} again: in-context
+    second_half: list[float] = field(default_factory=list)  # r_0 .. r_{T-1} again: in-context
     seconds: float = 0.0
 
     def phase_change_step(self, threshold: float = 1.0) -> int | None:
@@ -173,7 +173,7 @@ def train(model: HookedModel, steps: int = 600, batch: int = 32, lr: float = 1e-
                 history.steps.append(t)
                 history.loss.append(float(per_pos.mean()))
                 history.first_half.append(float(per_pos[:seq_len].mean()))  # r_0 .. r_{T-1}
-                history.second_half.append(float(per_pos[seq_len + 1 :].mean()))  # r_1 .. again
+                history.second_half.append(float(per_pos[seq_len:].mean()))  # r_0 .. r_{T-1} again
                 bar.set_postfix(loss=f"{history.loss[-1]:.3f}", repeat=f"{history.second_half[-1]:.3f}")
             bar.update(1)
     finally:

@@ -307,11 +307,12 @@ class _Backward:
         g, c, blk = self.grads, self.cache, self.model.blocks[l]
         pblk = self.pgrads.blocks[l] if self.need_dW else None
         g[f"blocks.{l}.hook_resid_post"] = d_resid
-        g[f"blocks.{l}.hook_mlp_out"] = d_resid  # resid_post = resid_mid + mlp_out
-        d_ln2 = self.mlp(l, blk.mlp, pblk and pblk.mlp, d_resid)
-        d_resid = d_resid + self.norm(d_ln2, blk.ln2, f"blocks.{l}.ln2", pblk and pblk.ln2,
-                                      c[f"blocks.{l}.hook_resid_mid"])
-        g[f"blocks.{l}.hook_resid_mid"] = d_resid
+        if blk.mlp is not None:  # (an attention-only block has resid_post = resid_pre + attn_out)
+            g[f"blocks.{l}.hook_mlp_out"] = d_resid  # resid_post = resid_mid + mlp_out
+            d_ln2 = self.mlp(l, blk.mlp, pblk and pblk.mlp, d_resid)
+            d_resid = d_resid + self.norm(d_ln2, blk.ln2, f"blocks.{l}.ln2", pblk and pblk.ln2,
+                                          c[f"blocks.{l}.hook_resid_mid"])
+            g[f"blocks.{l}.hook_resid_mid"] = d_resid
         g[f"blocks.{l}.hook_attn_out"] = d_resid  # resid_mid = resid_pre + attn_out
         d_ln1 = self.attention(l, blk.attn, pblk and pblk.attn, d_resid)
         d_resid = d_resid + self.norm(d_ln1, blk.ln1, f"blocks.{l}.ln1", pblk and pblk.ln1,
