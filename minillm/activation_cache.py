@@ -206,9 +206,9 @@ class ActivationCache(dict):
         columns: tokens may be a single-token text, an id, or ids (one per
         batch row, [b] or [b, p]).
         """
-        directions = self._residual_directions(tokens)
+        directions = self.model.tokens_to_residual_directions(tokens)
         if incorrect_tokens is not None:
-            wrong = self._residual_directions(incorrect_tokens)
+            wrong = self.model.tokens_to_residual_directions(incorrect_tokens)
             if np.shape(np.asarray(tokens, dtype=object)) != np.shape(np.asarray(incorrect_tokens,
                                                                                   dtype=object)):
                 raise MinillmError("logit_attrs: tokens and incorrect_tokens must have the same "
@@ -217,18 +217,6 @@ class ActivationCache(dict):
         scaled = self.apply_ln_to_stack(residual_stack, None, pos_slice=pos_slice,
                                         batch_slice=batch_slice, has_batch_dim=has_batch_dim)
         return (scaled * directions).sum(-1)
-
-    def _residual_directions(self, tokens) -> np.ndarray:
-        """The unembedding column(s) of tokens.   -> [d] or [..., d]"""
-        model = self.model
-        if isinstance(tokens, str):
-            tokens = model.to_single_token(tokens)
-        ids = np.asarray(tokens)
-        if not np.issubdtype(ids.dtype, np.integer):
-            raise MinillmError(f"tokens must be a single-token text or integer ids, got {tokens!r}")
-        if ((ids < 0) | (ids >= model.cfg.d_vocab)).any():
-            raise MinillmError(f"token ids must be in 0..{model.cfg.d_vocab - 1}, got {tokens!r}")
-        return np.moveaxis(model.unembed.W_U[:, ids], 0, -1)  # [..., d]
 
     def decompose_resid(self, layer: int | None = None, mlp_input: bool = False, mode: str = "all",
                         apply_ln: bool = False, pos_slice=None, incl_embeds: bool = True,
@@ -362,9 +350,11 @@ class ActivationCache(dict):
         else:
             which = "ln2" if mlp_input else "ln1"
             name, norm = f"blocks.{layer}.{which}.hook_scale", getattr(self.model.blocks[layer], which)
+            if norm is None:  # no norm before the sublayer (OLMo-2): it reads the raw stream
+                return residual_stack
         if recompute_ln and layer == L:
             centered, own = self.model.norm_parts(residual_stack, self.model.cfg.eps)
-            out = centered / own * norm.w
+            out = centered / own * norm.gain
             return out if norm.b is None else out + norm.b
         scale = self[name]  # [b, p, 1]
         if batch_slice is not None and self.has_batch_dim:
@@ -372,4 +362,4 @@ class ActivationCache(dict):
         scale = _pos(scale, pos_slice)  # [b, p, 1] (or [b, 1] for an int pos_slice)
         if self.model.norm_parts is ops.layer_norm_parts:  # LayerNorm centres; RMSNorm does not
             residual_stack = residual_stack - residual_stack.mean(axis=-1, keepdims=True)
-        return residual_stack / scale * norm.w
+        return residual_stack / scale * norm.gain

@@ -116,6 +116,7 @@ def smol_ref():
     return verify.run_dump(minillm.load("smollm2-135m", dtype=np.float64), PROMPT)
 
 
+@pytest.mark.numerics
 def test_minillm_float32_passes_against_float64(smollm2, smol_ref, tmp_path):
     report = verify.compare(smol_ref, smollm2)
     assert report.passed, report.summary()

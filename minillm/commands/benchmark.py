@@ -152,7 +152,7 @@ class PeakRSS:
 def matmul_params(cfg) -> int:
     """Weights multiplied per token in the blocks (QKV, O, MLP), excluding the unembedding."""
     d, e, h, kv, m = cfg.d_model, cfg.d_head, cfg.n_heads, cfg.n_kv_heads, cfg.d_mlp
-    mlp = (3 if cfg.family == "llama" else 2) * d * m
+    mlp = (3 if cfg.gated_mlp else 2) * d * m
     return cfg.n_layers * (d * (h + 2 * kv) * e + h * e * d + mlp)
 
 

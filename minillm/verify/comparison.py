@@ -224,7 +224,7 @@ def _revision(model) -> str:
 
 def final_norm_out(model, normalized: np.ndarray) -> np.ndarray:
     """The final norm's output (gain and bias applied) from ln_final.hook_normalized."""
-    out = normalized * model.ln_final.w
+    out = normalized * model.ln_final.gain
     return out if model.ln_final.b is None else out + model.ln_final.b
 
 
