@@ -112,6 +112,28 @@ nll = -np.take_along_axis(logp, seq[:, 1:, None], axis=-1)[..., 0]  # [B, P-1]
 print(f"loss on the first copy {nll[:, :T].mean():.2f} nats, on the second copy {nll[:, T + 1:].mean():.2f} "
       f"(chance: ln V = {np.log(cfg.d_vocab):.2f})")
 
+# %% [markdown]
+# The start token is an experimental condition. The same random sequences (batch 4) with no
+# start token, with the configured BOS, and with the pretraining document separator:
+
+# %%
+rand4 = np.random.default_rng(0).integers(1000, min(cfg.d_vocab, 40000), size=(4, T))
+starts = {"no start token": None, f"configured BOS {model.to_string([cfg.bos_token_id])!r}": cfg.bos_token_id,
+          "<|endoftext|>": model.tokenizer.token_to_id("<|endoftext|>")}
+for what, start in starts.items():
+    if what != "no start token" and start is None:
+        continue
+    toks = np.concatenate(([np.full((4, 1), start)] if start is not None else []) + [rand4, rand4], axis=1)
+    off = 0 if start is None else 1
+    lg, c = model.run_with_cache(toks, names_filter=lambda n: n.endswith("hook_pattern"))
+    lp = ops.log_softmax(lg.astype(np.float64))[:, :-1]
+    second = -np.take_along_axis(lp, toks[:, 1:, None], axis=-1)[..., 0][:, off + T:].mean()
+    qi = np.arange(off + T, off + 2 * T)
+    best = max(c[f"blocks.{layer}.attn.hook_pattern"][:, :, qi, qi - T + 1].mean(axis=(0, 2)).max()
+               for layer in range(L))
+    print(f"{what:>32}: second-copy loss {second:.2f} nats, top induction score {best:.2f}")
+
+# %%
 layer_labels, head_labels = [str(i) for i in range(L)], [str(j) for j in range(H)]
 for name, score in (("previous-token", prev), ("induction", induction)):
     res = LabelledArray(score, ("layer", "head"), (layer_labels, head_labels), title=f"{name} score")
