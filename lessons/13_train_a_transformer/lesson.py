@@ -41,7 +41,8 @@ cfg = T.attn_only_config(n_layers=2, d_model=64, n_heads=4, d_vocab=VOCAB, seq_l
 model = T.init_model(cfg, seed=SEED)
 n_params = sum(p.size for _, p in model.named_parameters())
 print(model)
-print(f"{n_params:,} parameters; sequences of {cfg.n_ctx} tokens: [BOS, r_0..r_{SEQ_LEN - 1}, the same again]")
+print(f"{n_params:,} parameters; trained on periodic sequences of {cfg.n_ctx} tokens (a random period "
+      f"from 4 to {SEQ_LEN} per row); measured on [BOS, r_0..r_{SEQ_LEN - 1}, the same again]")
 print(f"chance level: ln {VOCAB} = {np.log(VOCAB):.3f} nats per prediction")
 
 # %% [markdown]

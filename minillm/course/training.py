@@ -2,15 +2,19 @@
 
 The model is an attention-only GPT-2-family transformer (`attn_only: true` in its
 config: each block is x + attn(ln1(x)), no MLP), the classic toy model in which
-induction heads form. The task is repeated random token sequences
+induction heads form. It trains on periodic random sequences
 
-    [BOS, r_0 .. r_{T-1}, r_0 .. r_{T-1}]
+    [BOS, r_0 .. r_{P-1}, r_0 .. r_{P-1}, r_0 ..]      (period P drawn anew for each row)
 
-whose first half cannot be predicted better than chance (loss ln V) and whose
-second half can be predicted perfectly by copying: look back for the previous
+whose first period cannot be predicted better than chance (loss ln V) and whose
+rest can be predicted perfectly by copying: look back for the previous
 occurrence of the current token and predict the token that followed it. The
-gradients come from minillm's own hand-written backward pass (`minillm.grad`),
-the optimiser is Adam (Kingma & Ba, 2015), written out in `adam_step`.
+period varies so that copying needs an induction head: with one fixed period,
+"attend P − 1 positions back" would solve the task from positions alone, and a
+single layer-0 head learns exactly that shortcut. Progress is measured on a
+held-out batch of [BOS, r, r] with |r| = T (`repeated_tokens`). The gradients
+come from minillm's own hand-written backward pass (`minillm.grad`), the
+optimiser is Adam (Kingma & Ba, 2015), written out in `adam_step`.
 
     from minillm.course import training as T
     model = T.init_model(T.attn_only_config(), seed=0)
@@ -73,6 +77,22 @@ def repeated_tokens(rng: np.random.Generator, batch: int, seq_len: int, d_vocab:
     r = rng.integers(0, d_vocab, size=(batch, seq_len))
     bos = np.full((batch, 1), d_vocab)
     return np.concatenate([bos, r, r], axis=1)
+
+
+def periodic_tokens(rng: np.random.Generator, batch: int, length: int, d_vocab: int,
+                    min_period: int = 4, max_period: int | None = None) -> np.ndarray:
+    """[BOS, r, r, r, ...] cut to `length` tokens, a random period per row.   -> int64 [batch, length]
+
+    The period of each row is uniform in [min_period, max_period] (default: half
+    the sequence, so every row repeats at least once).
+    """
+    max_period = max_period or (length - 1) // 2
+    out = np.empty((batch, length), np.int64)
+    out[:, 0] = d_vocab  # BOS
+    for row in out:
+        period = int(rng.integers(min_period, max_period + 1))
+        row[1:] = np.resize(rng.integers(0, d_vocab, size=period), length - 1)
+    return out
 
 
 def per_position_loss(logits: np.ndarray, tokens: np.ndarray) -> np.ndarray:
@@ -144,11 +164,13 @@ class TrainingHistory:
 
 def train(model: HookedModel, steps: int = 600, batch: int = 32, lr: float = 1e-3, seed: int = 0,
           step_fn: StepFn = adam_step, log_every: int = 10, progress: bool = True) -> TrainingHistory:
-    """Train `model` in place on repeated random sequences with Adam; returns the loss history.
+    """Train `model` in place on periodic random sequences with Adam; returns the loss history.
 
-    Every parameter is trained. Each step draws a fresh batch, runs the forward
-    pass and minillm's backward pass for the mean next-token cross-entropy, and
-    applies `step_fn` (Adam) to each parameter array.
+    Every parameter is trained. Each step draws a fresh batch (`periodic_tokens`),
+    runs the forward pass and minillm's backward pass for the mean next-token
+    cross-entropy, and applies `step_fn` (Adam) to each parameter array. Every
+    `log_every` steps the loss per copy is measured on a fixed held-out batch of
+    [BOS, r, r] (16 rows, |r| = T).
     """
     cfg = model.cfg
     d_vocab = cfg.d_vocab - 1  # the last id is BOS
@@ -158,18 +180,19 @@ def train(model: HookedModel, steps: int = 600, batch: int = 32, lr: float = 1e-
     m = {n: np.zeros_like(p) for n, p in params.items()}
     v = {n: np.zeros_like(p) for n, p in params.items()}
     history = TrainingHistory(seq_len)
+    held_out = repeated_tokens(np.random.default_rng(seed + 10_000), 16, seq_len, d_vocab)
     start = time.perf_counter()
     bar = _progress(steps, progress)
     try:
         for t in range(1, steps + 1):
-            tokens = repeated_tokens(rng, batch, seq_len, d_vocab)
+            tokens = periodic_tokens(rng, batch, cfg.n_ctx, d_vocab)
             result = grad.backward(model, tokens, grad.cross_entropy(tokens))
             grads = result.named_grads()
             for n, p in params.items():
                 new, m[n], v[n] = step_fn(p, grads[n], m[n], v[n], t, lr)
                 p[...] = new  # the live view: the model's own storage changes
             if t % log_every == 0 or t == steps:
-                per_pos = per_position_loss(result.logits, tokens).mean(axis=0)  # [2T]
+                per_pos = per_position_loss(model(held_out), held_out).mean(axis=0)  # [2T]
                 history.steps.append(t)
                 history.loss.append(float(per_pos.mean()))
                 history.first_half.append(float(per_pos[:seq_len].mean()))  # r_0 .. r_{T-1}
