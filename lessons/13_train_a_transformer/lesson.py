@@ -77,9 +77,8 @@ fig
 # ## 2. Loss at each position
 #
 # Your `per_position_loss` on a fresh batch. Prediction i reads tokens 0..i and predicts
-# token i + 1. The first copy stays at chance. Every prediction of the second copy can be
-# made, even its first token: all sequences have the same length, so "the token at position
-# T + 1 repeats the one at position 1" is learnable by position alone.
+# token i + 1. The first copy stays at chance, and so does prediction T (the first token of the
+# repeat: nothing says where a period ends); from there on the model copies.
 
 # %%
 rng = np.random.default_rng(SEED + 1)

@@ -38,10 +38,9 @@ if (lesson13_model / "config.json").is_file():
     model = minillm.load(lesson13_model)
     print(f"loaded your lesson-13 model from {lesson13_model}")
 else:
-    steps = int(os.environ.get("MINILLM_LESSON_STEPS", "600"))
-    print(f"no lesson-13 model at {lesson13_model}: training one ({steps} steps, seed {SEED})")
-    model = T.init_model(T.attn_only_config(seq_len=SEQ_LEN), seed=SEED)
-    T.train(model, steps=steps, seed=SEED)
+    print(f"no lesson-13 model at {lesson13_model}: using the one lesson 13 trains with seed {SEED} "
+          "(trained now if it is not in the weights folder yet)")
+    model = T.trained_model(seed=SEED)
 cfg = model.cfg
 H, VOCAB = cfg.n_heads, cfg.d_vocab - 1
 tokens = T.repeated_tokens(np.random.default_rng(SEED + 100), 32, SEQ_LEN, VOCAB)

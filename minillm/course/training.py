@@ -206,10 +206,24 @@ def train(model: HookedModel, steps: int = 600, batch: int = 32, lr: float = 1e-
 
 
 @functools.lru_cache(maxsize=4)
-def trained_model(seed: int = 0, steps: int = 400) -> HookedModel:
-    """An attention-only model trained with the reference Adam (cached per process; for checks)."""
+def trained_model(seed: int = 0, steps: int = 600) -> HookedModel:
+    """The model lesson 13 trains (reference Adam, this seed), for lesson 14 and its checks.
+
+    Trained once and kept as an ordinary checkpoint in the weights directory
+    (`course/induction-seed{seed}-{steps}`), like a downloaded model; later calls
+    load it. The training is deterministic for a given machine, so this is the
+    model lesson 13 saves when run with the same seed and steps.
+    """
+    import minillm
+    from minillm.checkpoints.hf import save_pretrained
+    from minillm.checkpoints.paths import weights_dir
+
+    folder = weights_dir() / "course" / f"induction-seed{seed}-{steps}"
+    if (folder / "model.safetensors").is_file():
+        return minillm.load(folder)
     model = init_model(attn_only_config(), seed=seed)
     train(model, steps=steps, seed=seed, progress=False)
+    save_pretrained(model, folder)
     return model
 
 
