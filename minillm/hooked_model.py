@@ -31,6 +31,9 @@ class HookedModel(Transformer):
         # None: BOS exactly where the model's own tokenizer adds one. True / False: always /
         # never start a text with BOS (TransformerLens's `prepend_bos`; its default is True).
         self.default_prepend_bos: bool | None = None
+        # Which side `to_tokens(list)` pads; with "left", the forward pass masks leading padding
+        # itself (TransformerLens's `tokenizer.padding_side`, default "right").
+        self.padding_side = "right"
 
     def __repr__(self) -> str:
         c = self.cfg
@@ -49,23 +52,45 @@ class HookedModel(Transformer):
         return self.tokenizer
 
     def to_tokens(self, text: str | Sequence[str], prepend_bos: bool | None = None,
-                  padding_side: str = "left") -> np.ndarray:
+                  padding_side: str | None = None) -> np.ndarray:
         """Text -> int64 ids [1, p] (BOS only if the model's tokenizer adds one, unless
         `prepend_bos` (or `model.default_prepend_bos`) says True / False).
 
-        A list of texts gives [b, p] padded on `padding_side`; use
-        `to_tokens_and_mask` to get the attention mask too.
+        A list of texts gives [b, p], padded with the pad id on `padding_side`
+        (default `model.padding_side`, "right" as in TransformerLens: each row's
+        real tokens then get their true logits without a mask). For left
+        padding set `model.padding_side = "left"`, and the forward pass infers
+        the mask from the leading pads, as TransformerLens does; or use
+        `to_tokens_and_mask` and pass the mask.
         """
         if isinstance(text, str):
             return np.array([self._encode(text, prepend_bos)], np.int64)
-        return self.to_tokens_and_mask(text, padding_side, prepend_bos)[0]
+        return self.to_tokens_and_mask(text, padding_side or self.padding_side, prepend_bos)[0]
+
+    @property
+    def pad_token_id(self) -> int:
+        """The id padding uses: the checkpoint's pad_token_id, else 0."""
+        pad = self.cfg.extra.get("pad_token_id")
+        return pad if isinstance(pad, int) else 0
+
+    def infer_attention_mask(self, tokens: np.ndarray) -> np.ndarray | None:
+        """TransformerLens's rule: with `padding_side == "left"`, leading pad ids are padding.
+
+        tokens [b, p] -> mask [b, p] (1 = real token), or None when nothing is masked.
+        """
+        if self.padding_side != "left":
+            return None
+        tokens = np.asarray(tokens)
+        tokens = tokens[None] if tokens.ndim == 1 else tokens
+        leading = np.cumsum(tokens != self.pad_token_id, axis=-1) == 0  # [b, p]
+        return (~leading).astype(np.int64) if leading.any() else None
 
     def to_tokens_and_mask(self, texts: Sequence[str], padding_side: str = "left",
                            prepend_bos: bool | None = None):
         """A list of texts -> (ids [b, p], attention_mask [b, p]) for a ragged batch."""
-        pad = self.cfg.extra.get("pad_token_id")
-        pad = pad if isinstance(pad, int) else 0
-        return self._need_tokenizer().batch_encode(list(texts), padding_side, pad,
+        if padding_side not in ("left", "right"):
+            raise MinillmError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        return self._need_tokenizer().batch_encode(list(texts), padding_side, self.pad_token_id,
                                                    encode=lambda t: self._encode(t, prepend_bos))
 
     def _encode(self, text: str, prepend_bos: bool | None) -> list[int]:
@@ -158,11 +183,14 @@ class HookedModel(Transformer):
         return np.moveaxis(self.unembed.W_U[:, ids], 0, -1)
 
     def _as_tokens(self, tokens) -> np.ndarray:
-        return self.to_tokens(tokens) if isinstance(tokens, str) else np.asarray(tokens)
+        if isinstance(tokens, str) or (isinstance(tokens, (list, tuple)) and tokens
+                                       and all(isinstance(t, str) for t in tokens)):
+            return self.to_tokens(tokens)
+        return np.asarray(tokens)
 
     def forward(self, tokens, attention_mask=None, cache=None, last_only=False, *,
                 return_type: str | None = "logits", loss_per_token: bool = False,
-                prepend_bos: bool | None = None, padding_side: str = "left",
+                prepend_bos: bool | None = None, padding_side: str | None = None,
                 start_at_layer: int | None = None, stop_at_layer: int | None = None):
         """Logits [b, p, V] for ids [b, p] (or a str, or a list of texts); see Transformer.forward.
 
@@ -170,7 +198,10 @@ class HookedModel(Transformer):
         next-token cross-entropy, see `loss_fn`; per position [b, p-1] with
         `loss_per_token`), "both" (logits, loss) or None (run for the hooks,
         return nothing); `prepend_bos` / `padding_side` apply to text input;
-        `start_at_layer` / `stop_at_layer` run a slice of the blocks.
+        `start_at_layer` / `stop_at_layer` run a slice of the blocks. Without
+        an attention_mask, a left-padded batch of ids (`model.padding_side ==
+        "left"`) gets the mask inferred from its leading pad ids, as in
+        TransformerLens.
         """
         if return_type not in ("logits", "loss", "both", None):
             raise MinillmError(f"return_type must be 'logits', 'loss', 'both' or None, got "
@@ -178,8 +209,11 @@ class HookedModel(Transformer):
         if isinstance(tokens, str):
             tokens = self.to_tokens(tokens, prepend_bos)
         elif isinstance(tokens, (list, tuple)) and tokens and isinstance(tokens[0], str):
-            tokens, mask = self.to_tokens_and_mask(tokens, padding_side, prepend_bos)
+            tokens, mask = self.to_tokens_and_mask(tokens, padding_side or self.padding_side,
+                                                   prepend_bos)
             attention_mask = mask if attention_mask is None else attention_mask
+        elif attention_mask is None and cache is None:
+            attention_mask = self.infer_attention_mask(tokens)
         out = super().forward(tokens, attention_mask, cache, last_only, start_at_layer,
                               stop_at_layer)
         if stop_at_layer is not None or return_type == "logits":
@@ -251,6 +285,26 @@ class HookedModel(Transformer):
         return list(self.hooks.valid_names)
 
     @property
+    def use_attn_result(self) -> bool:
+        """The setting that makes attention compute each head's output and fire attn.hook_result."""
+        return self.hooks.use_attn_result
+
+    @use_attn_result.setter
+    def use_attn_result(self, value: bool) -> None:
+        self.hooks.use_attn_result = bool(value)
+
+    def set_use_attn_result(self, use_attn_result: bool) -> None:
+        """Per-head attention outputs on or off (TransformerLens's name).
+
+        On: attention computes every head's output z_h·W_O[h] [b, p, h, d] and
+        sums them (another summation order than the single W_O product, so
+        logits differ by float32 rounding), attn.hook_result fires, and
+        run_with_cache caches it by default. Off (the default): hooking
+        attn.hook_result is an error that names this setting.
+        """
+        self.use_attn_result = use_attn_result
+
+    @property
     def hook_dict(self) -> dict:
         """{hook name: HookPoint} for every hook point (TransformerLens's `hook_dict`)."""
         return {n: self.hooks.point(n) for n in self.hooks.valid_names}
@@ -259,12 +313,10 @@ class HookedModel(Transformer):
                  level=None, prepend: bool = False) -> None:
         """Register hook(act, hook_point) at a hook name, or at every name a predicate
         accepts, until `reset_hooks()` (permanent hooks survive it). `prepend` runs it
-        before the hooks already there."""
-        if dir != "fwd":
-            raise MinillmError(f"add_hook: dir={dir!r} is not supported; only forward hooks "
-                               "('fwd') can be registered")
+        before the hooks already there. dir="bwd": a backward hook, hook(grad, hook_point),
+        called by every backward pass (minillm.grad.backward) while it is registered."""
         for n in self.hooks.resolve(name):
-            self.hooks.add(n, hook, prepend=prepend, permanent=is_permanent)
+            self.hooks.add(n, hook, prepend=prepend, permanent=is_permanent, dir=dir)
 
     def add_perma_hook(self, name, hook, dir: str = "fwd") -> None:
         """A hook that `reset_hooks()` keeps (`reset_hooks(including_permanent=True)` removes it)."""
@@ -282,22 +334,58 @@ class HookedModel(Transformer):
         self.hooks.reset(including_permanent, clear_contexts=False)
 
     def run_with_hooks(self, tokens, fwd_hooks=(), attention_mask=None, cache=None,
-                       last_only=False, *, reset_hooks_end: bool = True,
+                       last_only=False, *, bwd_hooks=(), metric=None, reset_hooks_end: bool = True,
                        clear_contexts: bool = False, **forward_kwargs):
         """One forward pass with temporary hooks: fwd_hooks = [(name or predicate, fn)].
 
         `forward_kwargs` are forward's (return_type, stop_at_layer, prepend_bos, ...).
+
+        bwd_hooks = [(name or predicate, fn)] are called as fn(grad, hook) with
+        d(metric)/d(activation) at their hook, from the hand-written backward
+        pass. They need `metric`: a function logits -> (value, d value/d logits)
+        such as `minillm.grad.backward.logit_diff(...)`, or "loss" (the default with
+        return_type="loss") for the mean next-token cross-entropy of `tokens`.
+        The return value is forward's (logits, loss, or both).
         """
-        with self.hooks(fwd_hooks, reset_hooks_end, clear_contexts):
-            return self.forward(tokens, attention_mask=attention_mask, cache=cache,
-                                last_only=last_only, **forward_kwargs)
+        if not bwd_hooks:
+            with self.hooks(fwd_hooks, reset_hooks_end=reset_hooks_end, clear_contexts=clear_contexts):
+                return self.forward(tokens, attention_mask=attention_mask, cache=cache,
+                                    last_only=last_only, **forward_kwargs)
+        return self._run_with_bwd_hooks(tokens, fwd_hooks, bwd_hooks, metric, attention_mask, cache,
+                                        reset_hooks_end, clear_contexts, forward_kwargs)
+
+    def _run_with_bwd_hooks(self, tokens, fwd_hooks, bwd_hooks, metric, attention_mask, cache,
+                            reset_hooks_end, clear_contexts, forward_kwargs):
+        from minillm.grad import backward
+
+        return_type = forward_kwargs.pop("return_type", "logits")
+        if metric is None and return_type in ("loss", "both"):
+            metric = "loss"
+        if metric is None:
+            raise MinillmError("bwd_hooks need a metric to differentiate (minillm has no autograd): "
+                               "pass metric=minillm.grad.backward.logit_diff(...), or metric='loss'")
+        if cache is not None or forward_kwargs:
+            raise MinillmError("bwd_hooks run the whole model once: no KV cache and no "
+                               f"{sorted(forward_kwargs)}")
+        tokens = self._as_tokens(tokens)
+        tokens = tokens[None] if tokens.ndim == 1 else tokens
+        if isinstance(metric, str):
+            if metric != "loss":
+                raise MinillmError(f"metric must be a function or 'loss', got {metric!r}")
+            metric = backward.cross_entropy(tokens, attention_mask)
+        with self.hooks(fwd_hooks, bwd_hooks, reset_hooks_end=reset_hooks_end,
+                        clear_contexts=clear_contexts):
+            res = backward.backward(self, tokens, metric, attention_mask=attention_mask, params=False)
+        if return_type == "loss":
+            return res.value
+        return (res.logits, res.value) if return_type == "both" else res.logits
 
     def run_with_cache(self, tokens, names_filter: NameFilter = None, attention_mask=None,
                        cache=None, fwd_hooks=(), *, remove_batch_dim: bool = False,
                        return_cache_object: bool = True, device=None, **forward_kwargs):
         """The forward pass's output and an ActivationCache {hook name: array} of the hooks asked for.
 
-        names_filter: None (all hooks except the large `hook_result`), a name,
+        names_filter: None (every hook; attn.hook_result only with `use_attn_result`), a name,
         a list of names, or a predicate over names. `remove_batch_dim` drops the
         batch axis (of size 1) from every cached activation (not from the output),
         as TransformerLens does; `forward_kwargs` are forward's (return_type,
@@ -321,8 +409,8 @@ class HookedModel(Transformer):
         return out, (activations if return_cache_object else dict(activations))
 
     def _filter_names(self, names_filter: NameFilter) -> list[str]:
-        if names_filter is None:
-            return [n for n in self.hook_names() if not n.endswith("hook_result")]
+        if names_filter is None:  # attn.hook_result only with the setting use_attn_result
+            return self.hooks.resolve(lambda n: True)
         if isinstance(names_filter, str) or callable(names_filter):
             return self.hooks.resolve(names_filter)
         for n in names_filter:
@@ -373,6 +461,8 @@ class HookedModel(Transformer):
             yield "ln_final.b", self.ln_final.b
         if not self.cfg.tie_embeddings:
             yield "unembed.W_U", self.unembed.W_U
+        if self.unembed.b_U is not None:
+            yield "unembed.b_U", self.unembed.b_U
 
     def get_parameter(self, name: str) -> np.ndarray:
         """A parameter's live view by its documented name, e.g. 'blocks.3.attn.W_Q'.

@@ -20,9 +20,9 @@ import os
 import numpy as np
 
 import minillm
-from minillm.interp import interventions as iv
-from minillm.interp import ablation as A
 from minillm.course import output_dir
+from minillm.interp import ablation as A
+from minillm.interp import interventions as iv
 
 MODEL = os.environ.get("MINILLM_LESSON_MODEL", "smollm2-135m")
 model = minillm.load(MODEL)

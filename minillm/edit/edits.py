@@ -10,7 +10,8 @@ An edit is a description, not an action: building one touches nothing.
 `MinillmError` before anything is written), saves the bytes found there, and
 only then calls `op.write(model)`.
 
-What each op touches (TransformerLens names, see DESIGN.md):
+What each op touches (TransformerLens names; parameters and hooks with their shapes are
+listed in docs/hooks.md):
 
 | op | writes |
 | --- | --- |
@@ -498,3 +499,7 @@ class set_weight(Edit):  # noqa: N801
         v = np.asarray(self.value)
         what = f"{float(v):g}" if v.ndim == 0 else f"an array of shape {v.shape}"
         return f"set {self.plan(model)[0].describe()} to {what}{_tied_note(model, self.name)}"
+
+
+# TransformerLens's weight processing is an Edit too (defined on top of this module):
+from minillm.edit.processing import process_weights  # noqa: E402, F401

@@ -33,10 +33,15 @@ were active during the forward (fwd_hooks) change the recorded activations
 but the backward still differentiates the unhooked graph through them.
 
 Gradients of parameters are reported under minillm's documented names
-(DESIGN.md): `blocks.l.attn.W_Q` [h, d, e], `blocks.l.mlp.W_in` [d, m], ...
+(docs/hooks.md, "Parameters"): `blocks.l.attn.W_Q` [h, d, e], `blocks.l.mlp.W_in` [d, m], ...
 With tied embeddings, `embed.W_E`'s gradient is the sum of its two uses: the
 input lookup and the unembedding W_U = W_Eᵀ (and `unembed.W_U`'s gradient is
 that same array, transposed).
+
+Backward hooks: functions registered with `model.hooks(bwd_hooks=[(name, fn)])`
+(or `model.run_with_hooks(tokens, bwd_hooks=..., metric=...)`) are called as
+fn(grad, hook) with each of these activation gradients once the pass is done,
+last hook first, as TransformerLens calls its backward hooks.
 
 Works for both families and for float32 and float64 (the dtype of the model).
 """
@@ -231,6 +236,8 @@ def backward(
     """
     tokens = model._as_tokens(tokens)
     tokens = tokens[None] if tokens.ndim == 1 else tokens
+    if attention_mask is None:  # a left-padded batch: the mask the forward pass infers
+        attention_mask = model.infer_attention_mask(tokens)
     logits, cache = record_forward(model, tokens, attention_mask, fwd_hooks)
     value, dlogits = metric(logits)
     if dlogits.shape != logits.shape:
@@ -238,6 +245,8 @@ def backward(
                            f"match the logits {logits.shape}")
     run = _Backward(model, tokens, cache, attention_mask, params)
     run.all(dlogits.astype(model.dtype, copy=False))
+    if model.hooks.has_backward_hooks:
+        model.hooks.fire_backward(run.grads)  # bwd_hooks: fn(grad, hook), last hook first
     return Gradients(value, logits, cache, run.grads, run.pgrads)
 
 
@@ -378,6 +387,8 @@ class _Backward:
         # attn_out = z (flattened heads) @ W_O + b_O
         dz, dW_O, db_O = B.linear_backward(d_out, z.reshape(b, p, h * e), attn.W_O_flat,
                                            attn.b_O is not None, self.need_dW)
+        # attn_out = Σ_h result[:, :, h] + b_O: every head's result gets d attn_out
+        g[f"{name}.hook_result"] = np.broadcast_to(d_out[:, :, None, :], (b, p, h, d_out.shape[-1]))
         dz = g[f"{name}.hook_z"] = dz.reshape(b, p, h, e)
         # z = pattern @ v; pattern = softmax(scores); scores = q·k/√e (soft-capped, masked)
         rope = self.ropes[l]

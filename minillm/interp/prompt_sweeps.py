@@ -309,7 +309,9 @@ class PromptShard:
 
 def prompt_shard(task: PromptTask, model=None) -> PromptShard:
     """Run the task's prompts one after another (on a worker, or here with `model`)."""
-    model = model if model is not None else task.model.load()
+    if model is None:
+        with task.model.use() as model:
+            return prompt_shard(task, model)
     values, cols, meta, rows = [], [], [], []
     for p in task.prompts:
         v, rows, c, m = _one_prompt(model, task, p)

@@ -30,10 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from minillm.edit.edits import Edit, Slice, _check_int, _check_layer
 from minillm.errors import MinillmError
+from minillm.interp import interventions as iv
+from minillm.interp.batch import run_batch
 from minillm.interp.metrics import as_backward
 from minillm.interp.results import LabelledArray
 
@@ -174,30 +175,40 @@ def prune_lowest(scores: LabelledArray, fraction: float) -> mask_units:
     return mask_units(heads=tuple(units)) if scores.axes[1] == "head" else mask_units(neurons=tuple(units))
 
 
+def pruning_interventions(scores: LabelledArray, fraction: float) -> list[iv.Intervention]:
+    """`prune_lowest(scores, fraction)` as activation interventions: the pruned heads' hook_z and
+    neurons' hook_post set to 0, one intervention per layer. A zero there removes exactly the
+    unit's contribution that zeroing its W_O[h] / W_out[i] row removes (each product is 0)."""
+    by_layer: dict[int, list[int]] = {}
+    for l, i in lowest(scores, fraction):
+        by_layer.setdefault(l, []).append(i)
+    hook, axis = ("z", "head") if scores.axes[1] == "head" else ("post", "neuron")
+    return [iv.zero(hook, layer=l, **{axis: sorted(units)}) for l, units in sorted(by_layer.items())]
+
+
 def pruning_curve(model, tokens, metric: Callable, scores: LabelledArray,
-                  fractions: Sequence[float] = DEFAULT_FRACTIONS, progress: bool = True) -> LabelledArray:
+                  fractions: Sequence[float] = DEFAULT_FRACTIONS, batch_size: int = 32,
+                  progress: bool = True) -> LabelledArray:
     """metric (mean over the prompt set) with the lowest `fraction` of units pruned, per fraction.
 
-    Each fraction is applied through the edit journal and reverted before
-    the next, also on errors and Ctrl-C (which returns the partial curve).
+    Each fraction is one variant of the batched-run engine (minillm.interp.batch):
+    the pruned units' outputs are zeroed by hooks (`pruning_interventions`), which
+    removes what `model.edited(prune_lowest(scores, f))` removes, up to float32
+    rounding of the batched forward; weights are never touched. Ctrl-C returns
+    the partial curve (meta["interrupted"]).
     """
     t0 = time.perf_counter()
     if isinstance(tokens, (list, tuple)) and tokens and isinstance(tokens[0], str):
         toks, mask = model.to_tokens_and_mask(list(tokens))
     else:
         toks, mask = np.atleast_2d(model._as_tokens(tokens)), None
-    last_only = getattr(metric, "last_only", False)
-    values = np.full(len(fractions), np.nan)
-    interrupted = False
-    try:
-        for j, f in enumerate(tqdm(fractions, desc="pruning", disable=not progress, leave=False)):
-            with model.edited(prune_lowest(scores, f)):
-                values[j] = np.mean(metric(model(toks, attention_mask=mask, last_only=last_only)))
-    except KeyboardInterrupt:
-        interrupted = True
+    variants = [pruning_interventions(scores, f) for f in fractions]
+    res = run_batch(model, toks, variants, metric, batch_size=batch_size, attention_mask=mask,
+                    progress=progress, desc="pruning")
+    values = res.values.reshape(len(fractions), -1).mean(axis=1)
     return LabelledArray(values, ("fraction pruned",), ([f"{f:g}" for f in fractions],),
                          title=f"pruning {scores.meta.get('unit', '')} by {scores.meta.get('method', '')}",
-                         meta=dict(fractions=list(map(float, fractions)), interrupted=interrupted,
+                         meta=dict(fractions=list(map(float, fractions)), interrupted=res.interrupted,
                                    seconds=round(time.perf_counter() - t0, 3), **scores.meta))
 
 
