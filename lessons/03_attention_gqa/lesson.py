@@ -14,8 +14,8 @@ import numpy as np
 
 import minillm
 from minillm import ops
+from minillm.course import output_dir, student_version
 from minillm.interp.results import LabelledArray
-from minillm.course import output_dir
 
 MODEL = os.environ.get("MINILLM_LESSON_MODEL", "smollm2-135m")
 model = minillm.load(MODEL)
@@ -102,10 +102,21 @@ seq = np.concatenate([np.full((B, 1), bos), rand, rand], axis=1)  # [B, 1 + 2T]
 logits, rcache = model.run_with_cache(seq, names_filter=lambda n: n.endswith("hook_pattern"))
 patterns = np.stack([rcache[f"blocks.{layer}.attn.hook_pattern"] for layer in range(L)])  # [L, B, h, P, P]
 
-q_prev = np.arange(1, seq.shape[1])
-prev = patterns[:, :, :, q_prev, q_prev - 1].mean(axis=(1, 3))  # [L, h]
-q_ind = np.arange(1 + T, 1 + 2 * T)
-induction = patterns[:, :, :, q_ind, q_ind - T + 1].mean(axis=(1, 3))  # [L, h]
+def _reference_prev(pattern):  # [b, h, P, P] -> [h]
+    q = np.arange(1, pattern.shape[-1])
+    return pattern[:, :, q, q - 1].mean(axis=(0, 2))
+
+
+def _reference_induction(pattern, seq_len, offset=0):  # [b, h, P, P] -> [h]
+    q = np.arange(offset + seq_len, offset + 2 * seq_len)
+    return pattern[:, :, q, q - seq_len + 1].mean(axis=(0, 2))
+
+
+# Your exercises 3 and 4 once implemented (until then, the references above).
+prev_token_score = student_version(3, "prev_token_score", _reference_prev)
+induction_score = student_version(3, "induction_score", _reference_induction)
+prev = np.stack([prev_token_score(patterns[layer]) for layer in range(L)])  # [L, h]
+induction = np.stack([induction_score(patterns[layer], T, offset=1) for layer in range(L)])  # [L, h]
 
 logp = ops.log_softmax(logits.astype(np.float64))[:, :-1]  # [B, P-1, V]: predicts the next token
 nll = -np.take_along_axis(logp, seq[:, 1:, None], axis=-1)[..., 0]  # [B, P-1]

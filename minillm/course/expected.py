@@ -157,19 +157,31 @@ class Recorder:
 
         def recorded(*args, **kwargs):
             key, fingerprint = _key(name, args, kwargs)
+            arrays = _array_args(args, kwargs)
+            before = {k: a.copy() for k, a in arrays.items()}
             answer = fn(*args, **kwargs)
+            # An answer can also be a change the reference made to its inputs in place
+            # (an edit of a weight array): recorded too, and replayed onto the same argument.
+            changed = {k: store.encode(a) for k, a in arrays.items() if not np.array_equal(a, before[k])}
             entries = store.calls.setdefault(key, [])
             if callable(answer) and not isinstance(answer, np.ndarray):
                 sub = f"{key}#{len(entries)}"
-                entries.append([fingerprint, {"callable": sub}])
+                entries.append([fingerprint, {"callable": sub}, changed])
                 return self._wrap(answer, sub)
-            entries.append([fingerprint, store.encode(answer)])
+            entries.append([fingerprint, store.encode(answer), changed])
             return answer
 
         return recorded
 
     def save(self, folder: str | Path) -> None:
         self._store.save(Path(folder))
+
+
+def _array_args(args: tuple, kwargs: dict) -> dict[str, np.ndarray]:
+    """The writable array arguments of a call, by position ("0", "1", ...) or keyword."""
+    found = {str(i): a for i, a in enumerate(args) if isinstance(a, np.ndarray)}
+    found.update({k: a for k, a in kwargs.items() if isinstance(a, np.ndarray)})
+    return {k: a for k, a in found.items() if a.flags.writeable}
 
 
 def _find(store: _Store, name: str, args: tuple, kwargs: dict) -> Any:
@@ -181,7 +193,7 @@ def _find(store: _Store, name: str, args: tuple, kwargs: dict) -> Any:
             "recorded: this case needs the lesson's solutions.py (ask your teacher)")
     best, best_distance = None, np.inf
     x = np.asarray(fingerprint, np.float64)
-    for recorded_fp, answer in entries:
+    for recorded_fp, *answer in entries:
         y = np.asarray(recorded_fp, np.float64)
         distance = 0.0 if x.size == 0 else float(np.max(np.abs(x - y) / (np.abs(y) + 1e-6)))
         if distance < best_distance:
@@ -190,7 +202,11 @@ def _find(store: _Store, name: str, args: tuple, kwargs: dict) -> Any:
         raise MinillmError(
             f"the reference answer for {name.split('#')[0]}(...) was recorded for other inputs (closest "
             f"differs by {best_distance:.1e} relative): this case needs the lesson's solutions.py")
-    return store.decode(best)
+    answer, changed = best[0], (best[1] if len(best) > 1 else {})
+    arrays = _array_args(args, kwargs)
+    for k, value in changed.items():  # the reference's in-place changes to its inputs
+        arrays[k][...] = store.decode(value)
+    return store.decode(answer)
 
 
 class _ReplayCallable:
