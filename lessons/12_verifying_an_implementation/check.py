@@ -95,14 +95,14 @@ def check_max_errors(student, ref) -> None:
 
 
 def check_first_failure(student, ref) -> None:
-    ref, port = _ref(), _port()
+    mine, port = _ref(), _port()
     # 1. the real case: minillm against the port, dicts in a random order
-    want = ref.first_failure(ref, port)
-    got = student.first_failure(_shuffled(ref, 0), _shuffled(port, 1))
+    want = ref.first_failure(mine, port)
+    got = student.first_failure(_shuffled(mine, 0), _shuffled(port, 1))
     if got != want:
-        common = [n for n in _shuffled(ref, 0) if n in port]
-        fails = [n for n in common if ref._fails(ref[n], port[n], 1e-3, 1e-3)]
-        worst = max(fails, key=lambda n: verify.compare_arrays(n, ref[n], port[n], 1e-3, 1e-3).max_abs)
+        common = [n for n in _shuffled(mine, 0) if n in port]
+        fails = [n for n in common if ref._fails(mine[n], port[n], 1e-3, 1e-3)]
+        worst = max(fails, key=lambda n: verify.compare_arrays(n, mine[n], port[n], 1e-3, 1e-3).max_abs)
         if got == fails[0]:
             hint = "That is the first failing hook in the DICT's order; sort the names into forward order."
         elif got == sorted(fails)[0]:
@@ -132,7 +132,7 @@ def check_first_failure(student, ref) -> None:
             f"pass, but you returned {got!r}. A plain sort puts 'blocks.10' before 'blocks.2'; use "
             f"minillm.verify.forward_key. (blocks.2.attn.hook_q differs by 5e-4, within tolerance.)")
     # 3. nothing wrong, masked scores -inf on both sides: no failure
-    clean = {n: x for n, x in ref.items() if "hook_attn_scores" in n or n == "hook_embed"}
+    clean = {n: x for n, x in mine.items() if "hook_attn_scores" in n or n == "hook_embed"}
     got = student.first_failure(clean, {n: x.copy() for n, x in clean.items()})
     if got is not None:
         raise AssertionError(f"first_failure(x, copy of x) should be None, got {got!r}. Attention scores "

@@ -50,7 +50,9 @@ def _describe(value: Any) -> tuple[list, list[float]]:
             return [["int", list(a.shape), str(a.dtype), digest]], []
         if a.dtype.kind == "f":
             f = a.astype(np.float64).ravel()
-            stats = [float(f.sum()), float(np.abs(f).sum()), float(f[0]), float(f[-1])] if f.size else []
+            finite = np.where(np.isfinite(f), f, 0.0)  # masked scores hold -inf: fingerprint the rest
+            stats = ([float(finite.sum()), float(np.abs(finite).sum()), float(finite[0]), float(finite[-1]),
+                      float(np.isnan(f).sum()), float(np.isinf(f).sum())] if f.size else [])
             return [["float", list(a.shape), str(a.dtype)]], stats
         return [["array", list(a.shape), str(a.dtype)]], []
     if isinstance(value, bool) or value is None or isinstance(value, str):
@@ -89,12 +91,13 @@ class _Store:
         self.arrays: dict[str, np.ndarray] = arrays or {}
 
     def encode(self, value: Any) -> Any:
-        if isinstance(value, (np.ndarray, np.generic)) and not isinstance(value, (np.bool_,)):
+        if isinstance(value, (np.ndarray, np.generic)) and np.ndim(value) == 0:  # a NumPy scalar
+            a = np.asarray(value)
+            return {"scalar": a.item(), "dtype": str(a.dtype), "ndarray": isinstance(value, np.ndarray)}
+        if isinstance(value, np.ndarray):
             name = f"a{len(self.arrays)}"
             self.arrays[name] = np.ascontiguousarray(np.asarray(value))
             return {"array": name}
-        if isinstance(value, np.bool_):
-            return bool(value)
         if isinstance(value, tuple):
             return {"tuple": [self.encode(v) for v in value]}
         if isinstance(value, list):
@@ -109,6 +112,9 @@ class _Store:
         if isinstance(value, dict):
             if "array" in value:
                 return self.arrays[value["array"]].copy()
+            if "scalar" in value:
+                scalar = np.dtype(value["dtype"]).type(value["scalar"])
+                return np.asarray(scalar) if value["ndarray"] else scalar
             if "tuple" in value:
                 return tuple(self.decode(v) for v in value["tuple"])
             if "dict" in value:
