@@ -15,7 +15,8 @@ import numpy as np
 from minillm.course import relative_error as _rel
 from minillm.course import shared_model
 from minillm.course import verdict as _verdict
-from minillm.grad.backward import backward, logit_diff
+from minillm.grad.backward import backward
+from minillm.interp.metrics import logit_diff
 
 CLEAN = "When Mary and John went to the store, John gave a drink to"
 CORRUPT = "When Mary and John went to the store, Mary gave a drink to"
@@ -28,7 +29,7 @@ HEAD_LAYER = 23  # holds the head with the largest attribution (23.3)
 def _grads():
     """The clean run's activations and ∂(logit(' Mary') - logit(' John'))/∂activation."""
     model = shared_model()
-    return backward(model, CLEAN, logit_diff(" Mary", " John", model), params=False)
+    return backward(model, CLEAN, logit_diff(model, " Mary", " John"), params=False)
 
 
 @functools.lru_cache(maxsize=1)

@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -43,6 +44,9 @@ from minillm.interp.metrics import log_prob
 from minillm.interp.metrics import logit as logit_metric
 from minillm.interp.patching import _layers, _measure, _pos_labels
 from minillm.interp.results import LabelledArray
+
+if TYPE_CHECKING:
+    from minillm.hooked_model import HookedModel, TokensLike
 
 ABLATION_COMPONENTS = {"heads": ("z", "head"), "neurons": ("post", "neuron"),
                        "resid_pre": ("resid_pre", "pos"), "resid_post": ("resid_post", "pos")}
@@ -60,8 +64,9 @@ def _is_stats(x) -> bool:
     return hasattr(x, "mean") and hasattr(x, "median") and not isinstance(x, (np.ndarray, list, tuple, str))
 
 
-def ablation_interventions(model, component: str, method: str, layers: Sequence[int], n_pos: int,
-                           reference=None, over: Sequence[str] = ("batch", "pos")):
+def ablation_interventions(model: HookedModel, component: str, method: str, layers: Sequence[int], n_pos: int,
+                           reference: TokensLike | None = None, over: Sequence[str] = ("batch", "pos")
+                           ) -> tuple[list, tuple[str, str], list, list]:
     """The sweep's cells: [(row, col, intervention)], plus axis names and labels.
 
     reference: texts or ids [b, p] for mean/median (statistics over `over`),
@@ -117,12 +122,12 @@ def ablation_interventions(model, component: str, method: str, layers: Sequence[
 
 
 def ablation_sweep(
-    model,
-    tokens,
+    model: HookedModel,
+    tokens: TokensLike,
     metric: Callable,
     component: str = "heads",
     method: str = "mean",
-    reference=None,
+    reference: TokensLike | None = None,
     over: Sequence[str] = ("batch", "pos"),
     layers: Sequence[int] | None = None,
     batch_size: int = 32,
@@ -253,9 +258,9 @@ def _mean(x: np.ndarray) -> float | None:
 
 
 def median_replacement(
-    model,
+    model: HookedModel,
     prompt: str,
-    target,
+    target: int | str,
     rates: Sequence[float] = FINE_RATES + COARSE_RATES,
     layers: Sequence[int] | None = None,
     batch_size: int = 64,

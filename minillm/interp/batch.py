@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -44,6 +44,9 @@ from tqdm.auto import tqdm
 from minillm.errors import MinillmError
 from minillm.interp.interventions import Intervention, to_hooks
 from minillm.kv_cache import KVCache
+
+if TYPE_CHECKING:
+    from minillm.hooked_model import HookedModel, TokensLike
 
 
 @dataclass
@@ -60,7 +63,7 @@ class BatchResult:
     done: int
 
 
-def prefix_cache(model, tokens: np.ndarray, prefix: int) -> KVCache | None:
+def prefix_cache(model: HookedModel, tokens: np.ndarray, prefix: int) -> KVCache | None:
     """The KV cache of tokens[:, :prefix] (None for prefix 0), to share between `run_batch` calls."""
     if not prefix:
         return None
@@ -76,8 +79,8 @@ def _as_variant(v) -> list[Intervention]:
 
 
 def run_batch(
-    model,
-    tokens,
+    model: HookedModel,
+    tokens: TokensLike,
     variants: Sequence[Any],
     metric: Callable[[np.ndarray], np.ndarray] | None = None,
     batch_size: int | None = None,
@@ -164,8 +167,8 @@ def _rows(j: int, b: int) -> int | list[int]:
 
 
 def run_variants(
-    model,
-    tokens,
+    model: HookedModel,
+    tokens: TokensLike,
     variants: Sequence[Intervention | Sequence[Intervention]],
     batch_size: int | None = None,
     metric: Callable[[np.ndarray], np.ndarray] | None = None,

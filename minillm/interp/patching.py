@@ -42,6 +42,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -52,6 +53,9 @@ from minillm.interp.batch import prefix_cache, run_batch
 from minillm.interp.metrics import Normalized
 from minillm.interp.results import LabelledArray
 from minillm.kv_cache import KVCache
+
+if TYPE_CHECKING:
+    from minillm.hooked_model import HookedModel, TokensLike
 
 # component -> (TransformerLens short hook name, what the second result axis indexes)
 COMPONENTS = {
@@ -156,9 +160,9 @@ def _selection(name: str, sel: dict) -> tuple:
 
 
 def patching_sweep(
-    model,
-    clean,
-    corrupted,
+    model: HookedModel,
+    clean: TokensLike,
+    corrupted: TokensLike,
     metric: Callable,
     component: str = "resid_pre",
     direction: str = "denoising",
@@ -229,9 +233,9 @@ def patching_sweep(
                                    interrupted=interrupted))
 
 
-def patch_all(model, clean, corrupted, metric: Callable,
+def patch_all(model: HookedModel, clean: TokensLike, corrupted: TokensLike, metric: Callable,
               components: Sequence[str] = DEFAULT_COMPONENTS, direction: str = "denoising",
-              **kwargs) -> dict[str, LabelledArray]:
+              **kwargs: Any) -> dict[str, LabelledArray]:
     """`patching_sweep` for each component: {component: LabelledArray}.
 
     Stops after the first interrupted sweep (its partial result is included).
@@ -306,21 +310,21 @@ def _downstream(sender: tuple, receiver: tuple) -> bool:
     return receiver[1] > sender[1] or (receiver[1] == sender[1] and sender[0] == "head")
 
 
-def all_senders(model) -> list[str]:
+def all_senders(model: HookedModel) -> list[str]:
     """Every head and MLP, in forward order: ["0.0", ..., "0.8", "mlp0", "1.0", ...]."""
     return [s for l in range(model.cfg.n_layers)
             for s in [f"{l}.{h}" for h in range(model.cfg.n_heads)] + [f"mlp{l}"]]
 
 
 def path_patching(
-    model,
-    clean,
-    corrupted,
+    model: HookedModel,
+    clean: TokensLike,
+    corrupted: TokensLike,
     metric: Callable,
     senders: Sequence[str] | None = None,
     receivers: Sequence[str | Sequence[str]] = ("logits",),
     receiver_pos: int | Sequence[int] | None = None,
-    freeze_mlps: bool = True,
+    freeze_mlps: bool = False,
     normalize: bool = True,
     batch_size: int = 32,
     progress: bool = True,
@@ -329,10 +333,9 @@ def path_patching(
 
     For sender s (a head "l.h" or an MLP "mlpL"):
       1. Run the clean prompt with s's output (hook_z of the head, or
-         hook_mlp_out) taken from the corrupted run and every other head
-         (and, with freeze_mlps, every other MLP) frozen to its clean value.
-         Only the direct paths from s change anything; record what the
-         receivers read in this run.
+         hook_mlp_out) taken from the corrupted run and every other
+         attention head frozen to its clean value. Only paths from s that
+         avoid other heads change anything; record what the receivers read.
       2. Receiver "logits": the metric of that run is the edge's value.
          Receivers "l.h.q" / ".k" / ".v" (or "l.h" = all three), "mlpL": run
          the clean prompt again, everything recomputed, with only the
@@ -341,6 +344,14 @@ def path_patching(
          by its group under grouped-query attention; an MLP's output, which
          is a function of its input). A receiver entry may be a list of
          specs patched together; an empty list patches nothing (value 0).
+    freeze_mlps: which definition of a path.
+      False (default): the definition of Wang et al. (2022) and of ARENA's
+        path-patching exercises: only the other heads are frozen; MLPs
+        recompute in step 1, so a path may pass through MLPs (s -> MLPs -> r).
+      True: every other MLP is frozen to its clean value as well, so only the
+        direct edge s -> r (through the residual stream alone) is measured.
+      The two can rank senders very differently (docs/performance.md has a
+      measurement on SmolLM2's IOI circuit).
     receiver_pos: positions at which the receivers are patched (None = all).
     Values: (m(patched) - m(clean)) / (m(clean) - m(corrupted)) when
     normalised, so -1 = this path alone turns the clean answer into the

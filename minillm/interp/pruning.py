@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -35,8 +36,10 @@ from minillm.edit.edits import Edit, Slice, _check_int, _check_layer
 from minillm.errors import MinillmError
 from minillm.interp import interventions as iv
 from minillm.interp.batch import run_batch
-from minillm.interp.metrics import as_backward
 from minillm.interp.results import LabelledArray
+
+if TYPE_CHECKING:
+    from minillm.hooked_model import HookedModel, TokensLike
 
 UNITS = ("heads", "neurons")
 IMPORTANCE = ("ablation", "magnitude", "gradient")
@@ -93,7 +96,7 @@ def _ranges(rows: list[int]) -> str:
 # --- importance ---------------------------------------------------------------------------------
 
 
-def magnitude_importance(model, unit: str = "heads") -> LabelledArray:
+def magnitude_importance(model: HookedModel, unit: str = "heads") -> LabelledArray:
     """Weight-only importance: the OV-map norm of each head, or in·out weight norms per neuron."""
     cfg, L = model.cfg, model.cfg.n_layers
     rows = []
@@ -113,7 +116,8 @@ def magnitude_importance(model, unit: str = "heads") -> LabelledArray:
     return _scores(model, np.stack(rows), unit, "magnitude")
 
 
-def importance(model, tokens, metric: Callable, unit: str = "heads", method: str = "ablation",
+def importance(model: HookedModel, tokens: TokensLike, metric: Callable, unit: str = "heads",
+               method: str = "ablation",
                layers: Sequence[int] | None = None, progress: bool = True) -> LabelledArray:
     """Importance of every head or neuron ([layer, head] / [layer, neuron]); see the module docstring.
 
@@ -130,7 +134,7 @@ def importance(model, tokens, metric: Callable, unit: str = "heads", method: str
         from minillm.interp.attribution import gradient_importance
 
         toks = _plain_tokens(model, tokens)
-        res = gradient_importance(model, toks, as_backward(metric))[unit]
+        res = gradient_importance(model, toks, metric)[unit]
         return _scores(model, res.values, unit, "gradient")
     from minillm.interp.ablation import ablation_sweep
 
@@ -186,7 +190,7 @@ def pruning_interventions(scores: LabelledArray, fraction: float) -> list[iv.Int
     return [iv.zero(hook, layer=l, **{axis: sorted(units)}) for l, units in sorted(by_layer.items())]
 
 
-def pruning_curve(model, tokens, metric: Callable, scores: LabelledArray,
+def pruning_curve(model: HookedModel, tokens: TokensLike, metric: Callable, scores: LabelledArray,
                   fractions: Sequence[float] = DEFAULT_FRACTIONS, batch_size: int = 32,
                   progress: bool = True) -> LabelledArray:
     """metric (mean over the prompt set) with the lowest `fraction` of units pruned, per fraction.
