@@ -345,3 +345,11 @@ def test_config_junk_is_a_config_error_or_a_working_model(model_type, junk):
     for _, p in model.named_parameters():
         p[...] = np.random.default_rng(0).normal(0, 0.1, p.shape)
     assert np.isfinite(model(np.arange(10)[None] % 64)).all()
+
+
+def test_info_names_what_each_family_adds(capsys):
+    from minillm.commands.info import describe_folder
+
+    text = describe_folder(golden_folder("gemma2"), "gemma2")
+    assert "family gemma: norms after each sublayer" in text and "attention soft-cap 5" in text
+    assert "parallel attention and MLP" in describe_folder(golden_folder("pythia"), "pythia")
