@@ -11,9 +11,10 @@ import json
 import numpy as np
 import pytest
 
-from minillm import bench, ops
+from minillm import ops
 from minillm.checkpoints.hf import save_pretrained
 from minillm.cli import main
+from minillm.commands import benchmark as bench
 from minillm.errors import MinillmError
 from tests.conftest import random_model
 

@@ -15,10 +15,10 @@ import pytest
 
 import minillm
 from minillm import cli
-from minillm import interventions as iv
 from minillm.data import Corpus, run_shards
 from minillm.errors import MinillmError
 from minillm.interp import ablation as A
+from minillm.interp import interventions as iv
 from minillm.interp import metrics as M
 from minillm.interp import stats as S
 from minillm.interp import top_activations as T

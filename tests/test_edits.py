@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import minillm
 from minillm import edits
-from minillm.drift import ulp_distance
+from minillm.edit.drift import ulp_distance
 from minillm.errors import MinillmError
 from tests.conftest import GOLDEN, golden_folder, random_model
 

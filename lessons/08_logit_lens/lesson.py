@@ -22,7 +22,7 @@ import minillm
 from minillm.interp import readout
 from minillm.interp.dla import direct_logit_attribution
 from minillm.interp.lens import final_norm, logit_lens
-from minillm.lessons import output_dir
+from minillm.course import output_dir
 
 MODEL = os.environ.get("MINILLM_LESSON_MODEL", "smollm2-135m")
 model = minillm.load(MODEL)

@@ -11,7 +11,7 @@ HELP = "time load, prefill, decoding, hooks and a patching sweep (optionally aga
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from minillm.bench import PHASES, Settings
+    from minillm.commands.benchmark import PHASES, Settings
 
     d = Settings()
     parser.add_argument("model", metavar="NAME_OR_PATH", help="a catalog name or a model folder")
@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from minillm.bench import Settings, format_report, run_bench
+    from minillm.commands.benchmark import Settings, format_report, run_bench
     from minillm.errors import MinillmError
 
     for flag in ("runs", "prefill_tokens", "prompt_tokens", "new_tokens", "sweep_positions",

@@ -11,7 +11,7 @@ import argparse
 
 import numpy as np
 
-from minillm import compare
+from minillm import verify
 from minillm.errors import MinillmError
 
 HELP = "compare two activation dumps (or a dump and a live run) hook by hook, in forward order"
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         import minillm
 
         candidate = minillm.load(args.live, dtype=np.dtype(args.dtype))
-    report = compare.compare(args.reference, candidate, atol=args.atol, rtol=args.rtol,
+    report = verify.compare(args.reference, candidate, atol=args.atol, rtol=args.rtol,
                              tolerances=_parse_tols(args.tol))
     print(report.table(every_hook=args.all))
     if args.plot:

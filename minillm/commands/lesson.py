@@ -1,6 +1,6 @@
 """`minillm lesson`: list the course, grade exercises, run a lesson headless."""
 
-from minillm import lessons
+from minillm import course
 
 HELP = "the classroom course: list, check exercises, run a lesson headless"
 
@@ -19,16 +19,16 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     if args.action == "list":
-        for lesson in lessons.list_lessons():
+        for lesson in course.list_lessons():
             print(f"{lesson.number:02d}  {lesson.title}")
         return 0
     if args.action == "run":
-        out, seconds = lessons.run_lesson(args.number, args.out)
+        out, seconds = course.run_lesson(args.number, args.out)
         figures = sorted(p.name for p in out.glob("*.png"))
         print(f"lesson {int(args.number):02d} ran in {seconds:.1f} s; figures in {out}: "
               + (", ".join(figures) or "none"))
         return 0
-    results = lessons.check_lesson(args.number, solutions=args.solutions, file=args.file)
+    results = course.check_lesson(args.number, solutions=args.solutions, file=args.file)
     for r in results:
         mark = "PASS" if r.passed else "FAIL"
         print(f"[{mark}] {r.name} ({r.seconds:.1f} s)")

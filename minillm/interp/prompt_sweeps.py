@@ -483,8 +483,8 @@ def ablation_over_prompts(
     reference for mean/median: statistics (`corpus_stats`, `activation_stats`), or None for statistics
     of the prompt set's clean prompts pooled over all their positions (computed once, here).
     """
-    from minillm import interventions as iv
     from minillm.activation_cache import act_name
+    from minillm.interp import interventions as iv
     from minillm.interp.ablation import ABLATION_COMPONENTS
     from minillm.interp.patching import _layers
 

@@ -61,7 +61,7 @@ import numpy as np
 from minillm.data.corpus import Batch, Corpus
 from minillm.data.shards import ModelSpec, peak_rss_mb, run_shards, shard_ranges
 from minillm.errors import MinillmError
-from minillm.interventions import hook_axes
+from minillm.interp.interventions import hook_axes
 
 BY = ("neuron", "head", "hook")
 POSITIONS = ("all", "last")
@@ -238,7 +238,7 @@ class CorpusStats:
     hooks: dict[str, HookStats]
     meta: dict = field(default_factory=dict)
 
-    # what minillm.interventions.mean / .median read
+    # what minillm.interp.interventions.mean / .median read
     @property
     def mean(self) -> dict[str, np.ndarray]:
         return {n: h.mean.reshape(h.shape) for n, h in self.hooks.items() if h.count}

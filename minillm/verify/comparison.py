@@ -1,8 +1,8 @@
 """Verify another implementation against minillm: dump activations, compare them hook by hook.
 
-    from minillm import compare
-    compare.dump("smollm2-135m", "It was a dark and stormy", "ref.safetensors", dtype="float64")
-    report = compare.compare("ref.safetensors", "theirs.safetensors")
+    from minillm import verify
+    verify.dump("smollm2-135m", "It was a dark and stormy", "ref.safetensors", dtype="float64")
+    report = verify.compare("ref.safetensors", "theirs.safetensors")
     print(report.summary())      # "first divergence at blocks.3.attn.hook_pattern, head 5, ..."
 
 A **dump** is one safetensors file: each activation keyed by its hook name
@@ -65,7 +65,7 @@ POST_HOOKS = ("ln_final.hook_scale", "ln_final.hook_normalized", FINAL_OUT, "hoo
 # Default tolerances for a float32 implementation checked against a float64 reference.
 # Set from minillm's own float32-vs-float64 profile on SmolLM2 (docs/verifying.md): there
 # every hook's worst error uses at most ~20% of its tolerance, while each bug injected by
-# minillm.interp.broken exceeds it at least 50-fold at the hook where it first shows.
+# minillm.verify.broken exceeds it at least 50-fold at the hook where it first shows.
 DEFAULT_ATOL = 1e-3
 DEFAULT_RTOL = 1e-3
 DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
@@ -282,7 +282,7 @@ def dump(model, prompt, path: str | os.PathLike, hooks=None, dtype=None, fwd_hoo
     dtype: "float32" or "float64" (the reference mode); a loaded model must
         already have it.
     fwd_hooks: extra hooks active during the run, [(name or predicate, fn)]
-        (e.g. a deliberate bug from minillm.interp.broken); `note` is stored
+        (e.g. a deliberate bug from minillm.verify.broken); `note` is stored
         in the metadata to say so.
     A dump larger than `max_bytes` (1 GiB) is refused unless allow_large=True.
     The file is written under a temporary name and renamed into place, so a

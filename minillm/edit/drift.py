@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from minillm.edits import Slice, scale_neuron
+from minillm.edit.edits import Slice, scale_neuron
 from minillm.errors import MinillmError
 from minillm.kv_cache import KVCache
 

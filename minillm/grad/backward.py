@@ -1,6 +1,6 @@
 """The backward pass through the whole model, written by hand, op by op.
 
-    from minillm import backward
+    from minillm.grad import backward
     res = backward.backward(model, tokens, backward.logit_diff(" Mary", " John", model))
     res.value                                  # the metric, a float
     res.grad("blocks.3.hook_resid_pre")        # ∂metric/∂activation, [b, p, d]
@@ -49,8 +49,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from minillm import ops
-from minillm import ops_backward as B
 from minillm.errors import MinillmError
+from minillm.grad import ops_backward as B
 from minillm.hooked_model import HookedModel
 
 # A metric maps logits [b, p, V] to (a scalar, its gradient d metric / d logits [b, p, V]).
