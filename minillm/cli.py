@@ -26,6 +26,8 @@ COMMANDS = {
     "patch": "patch",
     "ablate": "ablate",
     "perplexity": "perplexity",
+    "hooks": "hooks",
+    "convert": "convert",
     "stats": "stats",
     "top-activations": "top_activations",
 }

@@ -55,13 +55,17 @@ from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from minillm.data.corpus import Batch, Corpus
-from minillm.data.shards import ModelSpec, peak_rss_mb, run_shards, shard_ranges
+from minillm.data.shards import ModelSpec, merge_workers, run_shards, shard_ranges, worker_record
 from minillm.errors import MinillmError
 from minillm.interp.interventions import hook_axes
+
+if TYPE_CHECKING:
+    from minillm.hooked_model import HookedModel
 
 BY = ("neuron", "head", "hook")
 POSITIONS = ("all", "last")
@@ -282,14 +286,7 @@ class CorpusStats:
                 self.hooks[n] = h
         for key in ("n_tokens", "n_texts", "n_windows"):
             self.meta[key] = self.meta.get(key, 0) + other.meta.get(key, 0)
-        workers = self.meta.setdefault("workers", {})
-        for pid, w in other.meta.get("workers", {}).items():
-            old = workers.get(pid, dict(peak_rss_mb=0.0, seconds=0.0, shards=0))
-            workers[pid] = dict(
-                peak_rss_mb=max(old["peak_rss_mb"], w["peak_rss_mb"]),
-                seconds=round(old["seconds"] + w["seconds"], 3),
-                shards=old["shards"] + w["shards"],
-            )
+        merge_workers(self.meta.setdefault("workers", {}), other.meta.get("workers", {}))
         return self
 
     def summary(self) -> dict:
@@ -357,7 +354,7 @@ class CorpusStats:
 # --- computing them -------------------------------------------------------------------------
 
 
-def resolve_hooks(model, hooks: str | Sequence[str]) -> list[str]:
+def resolve_hooks(model: HookedModel, hooks: str | Sequence[str]) -> list[str]:
     """Hook names or glob patterns ("blocks.*.mlp.hook_post", comma-separated) -> names in forward order."""
     pats = [p.strip() for p in (hooks.split(",") if isinstance(hooks, str) else hooks) if p.strip()]
     if not pats:
@@ -379,7 +376,7 @@ def resolve_hooks(model, hooks: str | Sequence[str]) -> list[str]:
     return chosen
 
 
-def unit_shape(model, name: str, by: str) -> tuple[int, ...]:
+def unit_shape(model: HookedModel, name: str, by: str) -> tuple[int, ...]:
     """The shape of the statistics of hook `name` at granularity `by`."""
     act = _probe_shapes(model)[name]  # without batch and position axes
     if by == "neuron":
@@ -404,7 +401,7 @@ class _Done(Exception):
     """Raised by the last wanted hook: the rest of the forward pass is not needed."""
 
 
-def collect(model, batch: Batch, names: Sequence[str]) -> dict[str, np.ndarray]:
+def collect(model: HookedModel, batch: Batch, names: Sequence[str]) -> dict[str, np.ndarray]:
     """The named activations of one batch, stopping the forward pass after the last of them."""
     store: dict[str, np.ndarray] = {}
     last = names[-1]
@@ -455,10 +452,12 @@ class StatsTask:
     progress: bool = False
 
 
-def stats_shard(task: StatsTask, model=None) -> CorpusStats:
+def stats_shard(task: StatsTask, model: HookedModel=None) -> CorpusStats:
     """Statistics of one shard (runs on a worker; `model` given when run in this process)."""
-    t0 = time.perf_counter()
-    model = model if model is not None else task.model.load()
+    t0, c0 = time.perf_counter(), time.process_time()
+    if model is None:
+        with task.model.use() as model:
+            return stats_shard(task, model)
     acc = {n: HookStats(n, task.by, s, k=task.k) for n, s in zip(task.hooks, task.shapes)}
     n_tokens = n_texts = n_windows = 0
     for batch in task.corpus.batches(
@@ -476,8 +475,7 @@ def stats_shard(task: StatsTask, model=None) -> CorpusStats:
         n_tokens += batch.n_tokens
         n_texts += int(batch.last.sum())
         n_windows += len(batch.length)
-    seconds = round(time.perf_counter() - t0, 3)
-    worker = {str(os.getpid()): dict(peak_rss_mb=round(peak_rss_mb(), 1), seconds=seconds, shards=1)}
+    worker = worker_record(t0, c0)
     return CorpusStats(acc, dict(n_tokens=n_tokens, n_texts=n_texts, n_windows=n_windows, workers=worker))
 
 
@@ -486,7 +484,7 @@ def _merge(acc: CorpusStats | None, r: CorpusStats) -> CorpusStats:
 
 
 def corpus_stats(
-    model,
+    model: HookedModel,
     corpus: Corpus | Sequence[str],
     hooks: str | Sequence[str],
     window: int = 128,

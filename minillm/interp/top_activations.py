@@ -28,14 +28,18 @@ from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from minillm.activation_cache import act_name
 from minillm.data.corpus import Batch, Corpus
-from minillm.data.shards import ModelSpec, peak_rss_mb, run_shards, shard_ranges
+from minillm.data.shards import ModelSpec, merge_workers, run_shards, shard_ranges, worker_record
 from minillm.errors import MinillmError
 from minillm.interp.stats import DOCS_PER_SHARD, collect
+
+if TYPE_CHECKING:
+    from minillm.hooked_model import HookedModel
 
 
 @dataclass
@@ -126,14 +130,7 @@ class TopActivations:
         )
         for key in ("n_tokens", "n_windows"):
             self.meta[key] = self.meta.get(key, 0) + other.meta.get(key, 0)
-        workers = self.meta.setdefault("workers", {})
-        for pid, w in other.meta.get("workers", {}).items():
-            old = workers.get(pid, dict(peak_rss_mb=0.0, seconds=0.0, shards=0))
-            workers[pid] = dict(
-                peak_rss_mb=max(old["peak_rss_mb"], w["peak_rss_mb"]),
-                seconds=round(old["seconds"] + w["seconds"], 3),
-                shards=old["shards"] + w["shards"],
-            )
+        merge_workers(self.meta.setdefault("workers", {}), other.meta.get("workers", {}))
         return self
 
     def _keep(self, values, doc, pos, tokens, acts) -> None:
@@ -208,7 +205,7 @@ class TopActivations:
             "width:7em}.t{border-radius:2px}.c{outline:2px solid #000}table{border-collapse:collapse}"
             "h2{font-size:1.05em;margin-top:1.2em}</style></head><body>",
             f"<h1>Max-activating examples: {_html.escape(self.hook)}</h1>",
-            f"<p>{_html.escape(json.dumps({k: v for k, v in self.meta.items() if k != 'workers'}))}</p>",
+            f"<p>{_html.escape(self._caption())}</p>",
         ]
         for nr in neurons:
             exs = self.examples(nr)[:n]
@@ -229,6 +226,15 @@ class TopActivations:
                 )
         parts.append("</body></html>")
         return "".join(parts)
+
+    def _caption(self) -> str:
+        m = self.meta
+        corpus = m.get("corpus", {})
+        where = ", ".join(corpus.get("paths", [])) or f"{corpus.get('n_texts', '?')} texts"
+        return (
+            f"model {m.get('model', '?')} · corpus {where} ({m.get('n_tokens', '?')} tokens) · top {self.k} "
+            f"per neuron · context {self.before} before, {self.after} after · ties: earliest document first"
+        )
 
     # --- files ----------------------------------------------------------------------------
 
@@ -335,10 +341,12 @@ class TopTask:
     progress: bool = False
 
 
-def top_shard(task: TopTask, model=None) -> TopActivations:
+def top_shard(task: TopTask, model: HookedModel=None) -> TopActivations:
     """The top-k buffer of one shard (runs on a worker; `model` given when run in this process)."""
-    t0 = time.perf_counter()
-    model = model if model is not None else task.model.load()
+    t0, c0 = time.perf_counter(), time.process_time()
+    if model is None:
+        with task.model.use() as model:
+            return top_shard(task, model)
     top = TopActivations.empty(task.hook, task.neurons, task.k, task.before, task.after)
     n_tokens = n_windows = 0
     for batch in task.corpus.batches(
@@ -353,17 +361,13 @@ def top_shard(task: TopTask, model=None) -> TopActivations:
         top.update(batch, collect(model, batch, [task.hook])[task.hook])
         n_tokens += batch.n_tokens
         n_windows += len(batch.length)
-    worker = {
-        str(os.getpid()): dict(
-            peak_rss_mb=round(peak_rss_mb(), 1), seconds=round(time.perf_counter() - t0, 3), shards=1
-        )
-    }
+    worker = worker_record(t0, c0)
     top.meta = dict(n_tokens=n_tokens, n_windows=n_windows, workers=worker)
     return top
 
 
 def top_activations(
-    model,
+    model: HookedModel,
     corpus: Corpus | Sequence[str],
     layer: int | None = None,
     neurons: Sequence[int] | None = None,
