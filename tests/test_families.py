@@ -390,3 +390,27 @@ def test_direct_logit_attribution_parts_sum_to_the_logit_difference(name):
     for neurons in (False, True):
         dla = direct_logit_attribution(model, ids, correct=5, incorrect=7, neurons=neurons)
         assert abs(float(dla.parts.values.sum()) - float(np.mean(dla.total))) <= 1e-10
+
+
+@pytest.mark.parametrize("name", NEW_FAMILIES)
+def test_transformerlens_weight_processing_keeps_the_logits(name):
+    """fold_ln (the gain actually applied, 1 + w for Gemma; nothing to fold before OLMo-2's
+    sublayers), centring and value-bias folding leave the logits as they were (float64,
+    1e-10) and revert bit for bit."""
+    model = minillm.load(golden_folder(name), dtype=np.float64)
+    ids = load_file(str(golden_folder(name) / "reference.safetensors"))["input_ids"]
+    clean = model(ids)
+    before = {n: v.copy() for n, v in model.named_parameters()}
+    with model.edited(minillm.edits.process_weights(fold_ln=True, center_writing_weights=True,
+                                                    center_unembed=False, fold_value_biases=True)):
+        assert max_diff(model(ids), clean) <= 1e-10
+        if model.blocks[0].ln1 is not None:
+            assert (model.blocks[0].ln1.gain == 1).all()
+    assert all((v == before[n]).all() for n, v in model.named_parameters())
+
+
+def test_center_unembed_is_refused_under_a_final_soft_cap():
+    model = minillm.load(golden_folder("gemma2"))
+    with pytest.raises(minillm.MinillmError, match="final soft-cap"):
+        model.edit(minillm.edits.process_weights(center_unembed=True))
+    assert model.journal.pristine
