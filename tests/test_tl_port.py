@@ -943,6 +943,11 @@ def test_stacked_weights_of_the_processed_model():
         # float32 weights processed in two orders of operations: sums agree to ~1e-6 relative
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=name)
     assert model.W_Q.shape == (2, 4, 64, 16) and model.W_in.shape == (2, 64, 256)
+    # TransformerLens's config names: the folded norm is "LNPre", positions are learned
+    assert (model.cfg.normalization_type, model.cfg.positional_embedding_type) == ("LNPre", "standard")
+    assert model.cfg.n_key_value_heads is None and model.cfg.device == "cpu"
+    model.revert_all()
+    assert model.cfg.normalization_type == "LN"
 
 
 def test_model_qk_is_per_query_head_for_gqa(tiny_gqa):
@@ -955,6 +960,8 @@ def test_model_qk_is_per_query_head_for_gqa(tiny_gqa):
     np.testing.assert_array_equal(W_QK, tiny_gqa.blocks[layer].attn.W_Q[head_index] @ k.T)
     np.testing.assert_allclose(tiny_gqa.QK[layer, head_index].AB, W_QK, atol=1e-6)
     assert tiny_gqa.W_K.shape == (2, 4, 64, 16) and tiny_gqa.b_K.shape == (2, 4, 16)
+    assert tiny_gqa.cfg.n_key_value_heads == 2 and tiny_gqa.cfg.normalization_type == "RMS"
+    assert tiny_gqa.cfg.positional_embedding_type == "rotary"
 
 
 # =============================================================================================
