@@ -414,3 +414,27 @@ def test_center_unembed_is_refused_under_a_final_soft_cap():
     with pytest.raises(minillm.MinillmError, match="final soft-cap"):
         model.edit(minillm.edits.process_weights(center_unembed=True))
     assert model.journal.pristine
+
+
+@pytest.mark.parametrize("name", NEW_FAMILIES)
+def test_activation_patching_of_the_whole_stream_restores_the_clean_run(name):
+    """The batched patching engine on every family: patching resid_pre of any layer at every
+    position (clean into corrupted) gives back the clean metric, normalized 1 (float64)."""
+    from minillm.interp import metrics, patching
+
+    model = minillm.load(golden_folder(name), dtype=np.float64)
+    ids = load_file(str(golden_folder(name) / "reference.safetensors"))["input_ids"]
+    res = patching.patching_sweep(model, ids[:1, :8], ids[1:, :8], metrics.logit_diff(model, 5, 7),
+                                  component="resid_pre", per_position=False, progress=False)
+    assert np.abs(np.asarray(res.values) - 1).max() <= 1e-9
+
+
+@pytest.mark.parametrize("name", ["gemma2", "olmo2", "pythia"])
+def test_logit_lens_last_row_is_the_models_logits(name):
+    """The lens decodes through ln_final, W_U and (Gemma 2) the final soft-cap, as the model does:
+    its last row is the model's logits, bit for bit."""
+    from minillm.interp.lens import lens_logits
+
+    model = minillm.load(golden_folder(name))
+    ids = load_file(str(golden_folder(name) / "reference.safetensors"))["input_ids"]
+    assert (lens_logits(model, ids, model.cfg.n_layers) == model(ids)).all()
