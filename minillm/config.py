@@ -350,6 +350,9 @@ def _llama(r: _Reader, model_type: str) -> ModelConfig:
     sliding = None
     if model_type in ("mistral", "phi3", *GEMMA) or r.bool("use_sliding_window", False):
         sliding = r.raw.get("sliding_window", 4096 if gemma else None)
+    if r.bool("use_bidirectional_attention", False):
+        raise ConfigError(f"{r.source}: use_bidirectional_attention=true (an encoder such as "
+                          "EmbeddingGemma) is not supported: minillm runs causal language models")
     if model_type in ("qwen2", "qwen3") and r.bool("use_sliding_window", False):
         raise ConfigError(f"{r.source}: use_sliding_window=true is not supported for {model_type} "
                           "(its max_window_layers rule is not implemented)")

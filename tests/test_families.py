@@ -258,6 +258,8 @@ def test_unsupported_variants_are_clear_errors(raw, match):
      "rope scaling on Gemma 3's sliding layers"),
     ({"model_type": "gpt_neox", "rope_scaling": {"type": "linear", "factor": 2.0}},
      "rope scaling is not implemented for gpt_neox"),
+    ({"model_type": "gemma3_text", "use_bidirectional_attention": True},
+     "use_bidirectional_attention=true"),
 ])
 def test_unsupported_options_per_family(raw, match):
     base = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
