@@ -220,8 +220,8 @@ class Block:
         self.ln1 = Norm(cfg, dtype) if cfg.pre_norms else None
         self.attn = Attention(cfg, dtype)
         self.ln1_post = Norm(cfg, dtype) if cfg.post_norms else None
-        self.ln2 = Norm(cfg, dtype) if cfg.pre_norms else None
-        self.mlp = MLP(cfg, dtype)
+        self.ln2 = Norm(cfg, dtype) if cfg.pre_norms and not cfg.attn_only else None
+        self.mlp = None if cfg.attn_only else MLP(cfg, dtype)  # attention-only toy models: no MLP
         self.ln2_post = Norm(cfg, dtype) if cfg.post_norms else None
 
     def named_parameters(self):
@@ -246,12 +246,17 @@ class PosEmbed:
 
 
 class Unembed:
-    """Unembedding W_U [d, V]: a view of W_E.T when the model ties them."""
+    """Unembedding W_U [d, V]: a view of W_E.T when the model ties them.
+
+    b_U [V] is None: checkpoints of these families have no unembedding bias;
+    `fold_ln` creates one (a LayerNorm's bias folded into the logits).
+    """
 
     def __init__(self, cfg: ModelConfig, dtype, embed: Embed):
         self.tied = cfg.tie_embeddings
         self._W_U = None if self.tied else np.zeros((cfg.d_model, cfg.d_vocab), dtype)
         self._embed = embed
+        self.b_U: np.ndarray | None = None
 
     @property
     def W_U(self) -> np.ndarray:

