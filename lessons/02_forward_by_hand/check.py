@@ -12,7 +12,7 @@ import functools
 import numpy as np
 
 from minillm import ops
-from minillm.course import shared_model
+from minillm.course import shared_model, verdict
 
 LAYER = 3
 PROMPT = "The quick brown fox jumps over the lazy dog, because the dog was asleep"
@@ -31,38 +31,10 @@ def _act(name: str) -> np.ndarray:
     return _run()[f"blocks.{LAYER}.{name}"]
 
 
-def _rel(got, want) -> float:
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    if got.shape != want.shape:
-        return np.inf
-    err = np.abs(got - want)
-    return float(np.nan_to_num(err, nan=np.inf).max() / max(np.abs(want).max(), 1e-30))
-
-
-def _close(got, want) -> bool:
-    return _rel(got, want) < TOL
-
-
-def _verdict(what: str, got, want, mistakes: dict[str, object], fallback: str) -> None:
-    """Raise a teaching AssertionError unless got ≈ want."""
-    got = np.asarray(got)
-    if got.shape != want.shape:
-        raise AssertionError(f"{what}: expected shape {want.shape}, got {got.shape}.")
-    if np.isnan(got).any():
-        where = tuple(int(i) for i in np.argwhere(np.isnan(got))[0])
-        raise AssertionError(f"{what}: your output has NaN (first at index {where}). A softmax row that is "
-                             "all -inf gives NaN: is some query masked from every key, even itself?")
-    if _close(got, want):
-        return
-    for hint, variant in mistakes().items() if callable(mistakes) else mistakes.items():
-        variant = variant() if callable(variant) else variant
-        if _close(got, variant):
-            raise AssertionError(f"{what}: your output matches a common mistake. {hint}")
-    err = np.abs(got.astype(np.float64) - want)
-    where = tuple(int(i) for i in np.unravel_index(np.argmax(err), err.shape))
-    raise AssertionError(
-        f"{what}: relative error {_rel(got, want):.2e} (tolerance {TOL:.0e}); the largest error is at "
-        f"index {where}: expected {float(want[where]):.6g}, got {float(got[where]):.6g}. {fallback}")
+def _verdict(what: str, got, want, mistakes, fallback: str) -> None:
+    verdict(what, got, want, mistakes, fallback, tol=TOL,
+            nan_hint="A softmax row that is all -inf gives NaN: is some query masked from every "
+                     "key, even itself?")
 
 
 # --- reference variants: the usual mistakes ------------------------------------------------------
@@ -165,7 +137,7 @@ def _pattern_variants(q, k):
 # --- the checks --------------------------------------------------------------------------------------
 
 
-def check_rms_norm(student) -> None:
+def check_rms_norm(student, ref) -> None:
     model = shared_model()
     w, eps = model.blocks[LAYER].ln1.w, model.cfg.eps
     x = _act("hook_resid_pre")  # [1, p, d]
@@ -180,7 +152,7 @@ def check_rms_norm(student) -> None:
              "Is your epsilon inside the sqrt?")
 
 
-def check_layer_norm(student) -> None:
+def check_layer_norm(student, ref) -> None:
     rng = np.random.default_rng(2)
     d = 96
     w, b = rng.normal(1, 0.2, d), rng.normal(0, 0.2, d)
@@ -192,7 +164,7 @@ def check_layer_norm(student) -> None:
                  "LayerNorm is (x - mean) / sqrt(mean((x - mean)²) + eps) * w + b over the last axis.")
 
 
-def check_rope(student) -> None:
+def check_rope(student, ref) -> None:
     model = shared_model()
     theta = model.cfg.rope_theta
     for name in ("q", "k"):
@@ -205,7 +177,7 @@ def check_rope(student) -> None:
                  "is left unchanged.")
 
 
-def check_attention_pattern(student) -> None:
+def check_attention_pattern(student, ref) -> None:
     q, k = _act("attn.hook_rot_q"), _act("attn.hook_rot_k")
     got = student.attention_pattern(q, k)
     _verdict(f"attention_pattern(blocks.{LAYER} rotated q, k)", got, _act("attn.hook_pattern"),
@@ -214,7 +186,7 @@ def check_attention_pattern(student) -> None:
              "kv-head j // (h // kv).")
 
 
-def check_attention(student) -> None:
+def check_attention(student, ref) -> None:
     model = shared_model()
     a = model.blocks[LAYER].attn
     x = _act("ln1.hook_normalized") * model.blocks[LAYER].ln1.w  # what the attention reads
@@ -238,7 +210,7 @@ def check_attention(student) -> None:
              f"Compare your intermediates with cache['blocks.{LAYER}.attn.hook_z'] and hook_pattern.")
 
 
-def check_swiglu_mlp(student) -> None:
+def check_swiglu_mlp(student, ref) -> None:
     model = shared_model()
     m = model.blocks[LAYER].mlp
     x = _act("ln2.hook_normalized") * model.blocks[LAYER].ln2.w  # [1, p, d]
@@ -265,7 +237,7 @@ def check_swiglu_mlp(student) -> None:
              "(silu(pre) * pre_linear).")
 
 
-def check_block(student) -> None:
+def check_block(student, ref) -> None:
     model = shared_model()
     blk = model.blocks[LAYER]
     x = _act("hook_resid_pre")

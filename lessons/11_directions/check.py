@@ -10,19 +10,15 @@ names the one you made.
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import numpy as np
 
-import minillm.course
-from minillm.hooks import HookPoint
-from minillm.interp import pca as pca_mod
-from minillm.interp import steering as st
 from minillm.course import relative_error as _rel
 from minillm.course import shared_model
 from minillm.course import verdict as _verdict
-
-REF = minillm.course.import_file(Path(__file__).with_name("solutions.py"))
+from minillm.hooks import HookPoint
+from minillm.interp import pca as pca_mod
+from minillm.interp import steering as st
 
 LAYER = 6
 POSITIVE = ["I love this", "What a wonderful day", "I am so happy", "This is great", "Best film ever"]
@@ -49,10 +45,10 @@ def _sets() -> tuple[np.ndarray, np.ndarray]:
 # --- the checks ----------------------------------------------------------------------------------
 
 
-def check_mean_difference(student) -> None:
+def check_mean_difference(student, reference) -> None:
     pos, neg = _sets()
     got = student.mean_difference(pos, neg)
-    want = REF.mean_difference(pos, neg)
+    want = reference.mean_difference(pos, neg)
     if np.shape(got) == (pos.shape[0],) or np.shape(got) == ():
         raise AssertionError(f"mean_difference: expected a vector of shape {want.shape}, got shape "
                              f"{np.shape(got)}. Average over the PROMPTS (axis 0), not over the features.")
@@ -79,10 +75,10 @@ def check_mean_difference(student) -> None:
                              "please report.")
 
 
-def check_steering_hook(student) -> None:
+def check_steering_hook(student, reference) -> None:
     model = shared_model()
     pos, neg = _sets()
-    v = REF.mean_difference(pos, neg).astype(np.float32)
+    v = reference.mean_difference(pos, neg).astype(np.float32)
     alpha, name = 3.0, f"blocks.{LAYER}.hook_resid_pre"
     hook = student.steering_hook(v, alpha)
     # 1. it must not edit its input in place
@@ -134,14 +130,14 @@ def check_steering_hook(student) -> None:
                              "token): it must add the vector there too, whatever the number of positions.")
 
 
-def check_pca_svd(student) -> None:
+def check_pca_svd(student, reference) -> None:
     X = _last_acts(PCA_PROMPTS, 10, "resid_post").astype(np.float64)  # [12, d]
     k = 3
     result = student.pca_svd(X, k)
     if not isinstance(result, tuple) or len(result) != 2:
         raise AssertionError(f"pca_svd must return a tuple (components, ratios), got {type(result).__name__}")
     comps, ratios = (np.asarray(a, np.float64) for a in result)
-    want_c, want_r = REF.pca_svd(X, k)
+    want_c, want_r = reference.pca_svd(X, k)
     lib = pca_mod.pca(X, k)
     if _rel(want_r, lib.explained_variance_ratio) > 1e-8:
         raise AssertionError("the reference and minillm.interp.pca disagree; please report.")
@@ -186,7 +182,7 @@ def _embeddings() -> tuple[np.ndarray, np.ndarray]:
     return W64, np.linalg.norm(W64, axis=1)
 
 
-def check_cosine_analogy(student) -> None:
+def check_cosine_analogy(student, reference) -> None:
     model = shared_model()
     W_E = model.embed.W_E
     W64, norms = _embeddings()
@@ -194,7 +190,7 @@ def check_cosine_analogy(student) -> None:
         a, b, c = (model.to_single_token(w) for w in words)
         k = 5
         got = [int(i) for i in student.cosine_analogy(W_E, a, b, c, k)]
-        want = REF.cosine_analogy(W_E, a, b, c, k)
+        want = reference.cosine_analogy(W_E, a, b, c, k)
         query = W64[b] - W64[a] + W64[c]
         sims = W64 @ query / (norms * np.linalg.norm(query))
         what = f"cosine_analogy({words[0]!r} : {words[1]!r} :: {words[2]!r} : ?, k={k})"

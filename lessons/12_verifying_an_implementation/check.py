@@ -19,7 +19,6 @@ from minillm import verify
 from minillm.course import shared_model
 
 HERE = Path(__file__).parent
-REF = minillm.course.import_file(HERE / "solutions.py")
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 
 
@@ -55,7 +54,7 @@ def _num(x, what: str) -> float:
 # --- the checks ----------------------------------------------------------------------------------
 
 
-def check_max_errors(student) -> None:
+def check_max_errors(student, reference) -> None:
     name = "blocks.0.attn.hook_z"
     a, b = _ref()[name], _port()[name]
     for floor in (1e-3, 0.3):
@@ -95,14 +94,14 @@ def check_max_errors(student) -> None:
                              f"gave {got_rel:.6g}. rel = |a − b| / max(|a|, floor·sqrt(mean(a²))).")
 
 
-def check_first_failure(student) -> None:
+def check_first_failure(student, reference) -> None:
     ref, port = _ref(), _port()
     # 1. the real case: minillm against the port, dicts in a random order
-    want = REF.first_failure(ref, port)
+    want = reference.first_failure(ref, port)
     got = student.first_failure(_shuffled(ref, 0), _shuffled(port, 1))
     if got != want:
         common = [n for n in _shuffled(ref, 0) if n in port]
-        fails = [n for n in common if REF._fails(ref[n], port[n], 1e-3, 1e-3)]
+        fails = [n for n in common if reference._fails(ref[n], port[n], 1e-3, 1e-3)]
         worst = max(fails, key=lambda n: verify.compare_arrays(n, ref[n], port[n], 1e-3, 1e-3).max_abs)
         if got == fails[0]:
             hint = "That is the first failing hook in the DICT's order; sort the names into forward order."
@@ -149,10 +148,10 @@ def check_first_failure(student) -> None:
                              f"got {got!r}. NaN > limit is False: turn NaN differences into inf first.")
 
 
-def check_worst_position_head(student) -> None:
+def check_worst_position_head(student, reference) -> None:
     name = "blocks.0.attn.hook_z"
     a, b = _ref()[name], _port()[name]
-    want = REF.worst_position_head(a, b)
+    want = reference.worst_position_head(a, b)
     got = student.worst_position_head(a, b)
     got = tuple(int(i) for i in got) if np.ndim(got) == 1 else got
     if got != want:
@@ -173,10 +172,10 @@ def check_worst_position_head(student) -> None:
                              "Search every batch row, not just row 0.")
 
 
-def check_error_per_head(student) -> None:
+def check_error_per_head(student, reference) -> None:
     name = "blocks.0.attn.hook_z"
     a, b = _ref()[name], _port()[name]
-    want = REF.error_per_head(a, b)
+    want = reference.error_per_head(a, b)
     got = np.asarray(student.error_per_head(a, b), np.float64)
     if got.shape != want.shape:
         raise AssertionError(f"error_per_head({name}): expected one number per head, shape {want.shape}, got "
@@ -198,7 +197,7 @@ def check_error_per_head(student) -> None:
                          f"{np.round(got, 4).tolist()}.")
 
 
-def check_port_fixes(student) -> None:
+def check_port_fixes(student, reference) -> None:
     fixes = student.port_fixes()
     port = _fresh_port()
     helpers = {n for n, f in vars(port).items() if inspect.isfunction(f) and f.__module__ == port.__name__}

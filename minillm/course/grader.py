@@ -5,9 +5,11 @@ A lesson is a folder `lessons/NN_slug/` with:
     lesson.py      percent-format script (`# %%` cells): runs as a script or a notebook
     exercises.py   stubs that raise NotImplementedError with a hint (students fill them in)
     solutions.py   the reference answers
-    check.py       CHECKS = [(name, fn), ...]; fn(module) runs the student's function and
-                   the reference on the same inputs and raises AssertionError with a message
-                   that teaches (what was expected, what came, the likely mistake)
+    check.py       CHECKS = [(name, fn), ...]; fn(student, reference) gets the student's
+                   module and the lesson's solutions.py, both imported by the grader (a
+                   check imports neither), runs both on the same inputs and raises
+                   AssertionError with a message that teaches (what was expected, what
+                   came, the likely mistake)
 """
 
 from __future__ import annotations
@@ -73,8 +75,6 @@ def import_file(path: Path, name: str | None = None) -> ModuleType:
     if not path.is_file():
         raise MinillmError(f"{path} does not exist")
     name = name or f"_minillm_lesson_{path.parent.name}_{path.stem}"
-    for stale in ("solutions", "exercises", "check"):  # a bare `import solutions` in check.py
-        sys.modules.pop(stale, None)  # must find this lesson's file, not another lesson's
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.path.insert(0, str(path.parent))
@@ -100,11 +100,12 @@ def check_lesson(number: int | str, solutions: bool = False, file: str | Path | 
     target = Path(file) if file else lesson.path / ("solutions.py" if solutions else "exercises.py")
     checks = import_file(lesson.path / "check.py").CHECKS
     student = import_file(target)
+    reference = import_file(lesson.path / "solutions.py")
     results = []
     for name, fn in checks:
         start = time.perf_counter()
         try:
-            fn(student)
+            fn(student, reference)
             results.append(CheckResult(name, True, "ok", time.perf_counter() - start))
         except NotImplementedError as e:
             results.append(CheckResult(name, False, f"not implemented yet: {e}",
@@ -162,16 +163,27 @@ def relative_error(got, want) -> float:
     return float(err.max(initial=0.0) / max(np.abs(want).max(initial=0.0), 1e-30))
 
 
-def verdict(what: str, got, want, mistakes, fallback: str, tol: float = 1e-4) -> None:
-    """For checks: raise a teaching AssertionError unless got ≈ want (max |error| / max |want| < tol)."""
+def verdict(what: str, got, want, mistakes, fallback: str, tol: float = 1e-4,
+            nan_hint: str = "") -> None:
+    """For checks: raise a teaching AssertionError unless got ≈ want (max |error| / max |want| < tol).
+
+    mistakes: {hint: the output that mistake gives} (a dict, or a function returning one; a
+    value may itself be a function, computed only when needed). nan_hint: what a NaN in the
+    output usually means for this exercise.
+    """
     got, want = np.asarray(got), np.asarray(want)
     if got.shape != want.shape:
         raise AssertionError(f"{what}: expected shape {want.shape}, got {got.shape}. {fallback}")
-    if not np.issubdtype(got.dtype, np.number) or np.isnan(got.astype(np.float64)).any():
-        raise AssertionError(f"{what}: your output is not a finite numeric array. {fallback}")
+    if not np.issubdtype(got.dtype, np.number):
+        raise AssertionError(f"{what}: your output is not a numeric array. {fallback}")
+    if np.isnan(got.astype(np.float64)).any():
+        where = tuple(int(i) for i in np.argwhere(np.isnan(got))[0])
+        raise AssertionError(f"{what}: your output has NaN (first at index {where}). "
+                             f"{nan_hint or fallback}")
     if relative_error(got, want) < tol:
         return
     for hint, variant in (mistakes() if callable(mistakes) else mistakes).items():
+        variant = variant() if callable(variant) else variant
         if relative_error(got, variant) < tol:
             raise AssertionError(f"{what}: your output matches a common mistake. {hint}")
     err = np.abs(got.astype(np.float64) - want)
