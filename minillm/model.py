@@ -79,6 +79,9 @@ def hook_names(cfg: ModelConfig) -> list[str]:
         "attn.hook_rot_": cfg.rotary,
         "ln1_post.": cfg.post_norms, "ln2_post.": cfg.post_norms,
         "mlp.hook_pre_linear": cfg.gated_mlp,
+        # an attention-only block has no MLP half: resid_post = resid_pre + attn_out
+        "hook_resid_mid": not cfg.attn_only, "ln2": not cfg.attn_only, "mlp.": not cfg.attn_only,
+        "hook_mlp_out": not cfg.attn_only,
     }
 
     def has(name: str) -> bool:
@@ -227,8 +230,10 @@ class Transformer:
         x = hook(f"{name}.hook_resid_pre", x)
         attn_out = self.attention(l, block.attn, self.norm(x, block.ln1, f"{name}.ln1"),
                                   rope, allowed, cache)
-        attn_out = self.norm(attn_out, block.ln1_post, f"{name}.ln1_post")
-        resid_mid = hook(f"{name}.hook_resid_mid", x + hook(f"{name}.hook_attn_out", attn_out))
+        attn_out = hook(f"{name}.hook_attn_out", self.norm(attn_out, block.ln1_post, f"{name}.ln1_post"))
+        if block.mlp is None:  # attention-only (cfg.attn_only, toy models): no second sublayer
+            return hook(f"{name}.hook_resid_post", x + attn_out)
+        resid_mid = hook(f"{name}.hook_resid_mid", x + attn_out)
         mlp_in = x if self.cfg.parallel_residual else resid_mid
         mlp_out = self.mlp(l, block.mlp, self.norm(mlp_in, block.ln2, f"{name}.ln2"))
         mlp_out = self.norm(mlp_out, block.ln2_post, f"{name}.ln2_post")

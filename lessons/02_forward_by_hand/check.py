@@ -131,6 +131,10 @@ def _pattern_variants(q, k):
         "axis), not j % kv (np.tile).": causal(np.einsum("bqhe,bkhe->bhqk", q, tile) / np.sqrt(e)),
         "Your softmax runs over the queries; it must run over the KEYS (the last axis), so that each "
         "query's row sums to 1.": _softmax(np.where(future, -np.inf, raw / np.sqrt(e)), axis=-2),
+        "You masked AFTER the softmax (future weights set to 0) without renormalising: each row now sums "
+        "to less than 1, and the weights on the visible keys are too small. Mask the SCORES (-inf for "
+        "future keys) before the softmax, so that it normalises over the visible keys only.":
+            np.where(future, 0.0, _softmax(raw / np.sqrt(e))),
     }
 
 
@@ -253,9 +257,23 @@ def check_block(student, ref) -> None:
         "You added the MLP output to resid_pre instead of resid_mid (the attention's write got lost).":
             x + _act("hook_mlp_out"),
     }
-    _verdict(f"block(blocks.{LAYER}.hook_resid_pre)", got, want, mistakes,
-             "Does the MLP read rms_norm(resid_mid, ln2.w) (not ln1, not resid_pre)? Do your rms_norm, "
-             "attention and swiglu_mlp pass their own checks?")
+    # The block is built from the earlier exercises: if one of them is still wrong, say which,
+    # before suspecting the wiring of the block itself.
+    first_failing = None
+    for name, check in (("rms_norm", check_rms_norm), ("rope", check_rope),
+                        ("attention_pattern", check_attention_pattern), ("attention", check_attention),
+                        ("swiglu_mlp", check_swiglu_mlp)):
+        try:
+            check(student, ref)
+        except Exception:  # a failed assertion, a stub, or a crash: that part is not done
+            first_failing = name
+            break
+    fallback = (f"Your {first_failing} does not pass its own check yet; fix it first (the block is built "
+                "from it)." if first_failing else
+                "Your parts pass their checks, so look at the wiring: attention reads rms_norm(x, ln1.w); "
+                "resid_mid = x + attn_out; the MLP reads rms_norm(resid_mid, ln2.w); resid_post = resid_mid "
+                "+ mlp_out.")
+    _verdict(f"block(blocks.{LAYER}.hook_resid_pre)", got, want, mistakes, fallback)
 
 
 CHECKS = [

@@ -45,12 +45,15 @@ def _top_p_verdict(student, ref, acts, rate, by, what) -> None:
     m = acts.shape[0]
     if len(got) != len(want):
         hint = ""
-        if len(got) == int(rate / 100 * m) and int(rate / 100 * m) != len(want):
-            hint = " You truncated (int(x) rounds down); round to the nearest integer: int(round(x))."
-        elif len(got) == min(m, int(round(rate * m))):
+        if len(got) == int(round(rate / 100 * m)) and int(round(rate / 100 * m)) != len(want):
+            hint = (" You rounded to the nearest integer; the study takes the floor (and at least one "
+                    "neuron): max(1, floor(rate / 100 · m)).")
+        elif len(got) == 0:
+            hint = " No neurons: the study replaces at least one neuron at any rate above 0."
+        elif len(got) == min(m, int(rate * m)):
             hint = " rate is a percentage: 10 means 10 %, so k = rate / 100 · m."
         raise AssertionError(f"top_p_neurons({what}, rate={rate}%, by={by!r}): expected "
-                             f"k = round({rate}/100 · {m}) = {len(want)} indices, got {len(got)}.{hint}")
+                             f"k = max(1, floor({rate}/100 · {m})) = {len(want)} indices, got {len(got)}.{hint}")
     if np.array_equal(got, want):
         return
     hint = ""
@@ -60,6 +63,13 @@ def _top_p_verdict(student, ref, acts, rate, by, what) -> None:
                 "lower index first (np.argsort(-score, kind='stable')).")
     elif np.array_equal(got, np.argsort(score, kind="stable")[: len(want)]):
         hint = " These are the LEAST active neurons: sort by -score (or reverse a descending sort)."
+    elif by == "value" and np.array_equal(got, np.argsort(-np.abs(acts), kind="stable")[: len(want)]):
+        hint = (" You ranked by |a|, but by='value' asks for the SIGNED activation: the study replaces the "
+                "most positive neurons and leaves large negative ones alone. That difference is the point "
+                "of this lesson (section 5 compares the two rankings).")
+    elif by == "value" and np.array_equal(got, np.argsort(-np.abs(acts - np.median(acts)),
+                                                          kind="stable")[: len(want)]):
+        hint = " That is by='magnitude' (|a − median|); by='value' ranks by the signed activation itself."
     elif by == "magnitude" and np.array_equal(got, np.argsort(-np.abs(acts), kind="stable")[: len(want)]):
         hint = (" You ranked by |a|; rank by |a − median(a)|: the neurons that replacement moves the most "
                 "are the ones farthest from the value they get.")
@@ -143,7 +153,7 @@ def check_median_replacement_hook(student, ref) -> None:
     assert abs(got - want) < 1e-4, (
         f"with your hook on {name} (top 10 % replaced at the last position) SmolLM2 gives log p({TARGET!r}) "
         f"= {got:.4f}, expected {want:.4f}. The synthetic cases passed, so look at how the neuron indices "
-        "arrive: an int array of 154 indices.")
+        "arrive: an int array of 153 indices.")
 
 
 # --- exercise 3 ----------------------------------------------------------------------------------

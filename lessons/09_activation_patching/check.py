@@ -141,6 +141,25 @@ def check_patch_resid_pre_hook(student, ref) -> None:
             hint = " Only batch row 0 was patched: write out[:, pos] so every row gets it."
         elif np.array_equal(out, act):
             hint = " Nothing changed: assign into the copy, out[:, pos] = source[0, pos]."
+        else:
+            p = act.shape[1]
+            for shift in (-1, 1):  # the right slot, filled from the neighbouring source position
+                src_pos = (pos % p) + shift
+                if 0 <= src_pos < p:
+                    shifted = act.copy()
+                    shifted[:, pos] = source[0, src_pos]
+                    if np.array_equal(out, shifted):
+                        hint = (f" Off by one in the SOURCE position: you copied source[0, {src_pos}] into "
+                                f"position {pos % p}. Take the other run's activation at the same position, "
+                                "source[0, pos].")
+            for shift in (-1, 1):  # the right source, written into the neighbouring slot
+                dst = (pos % p) + shift
+                if 0 <= dst < p:
+                    moved = act.copy()
+                    moved[:, dst] = source[0, pos]
+                    if np.array_equal(out, moved):
+                        hint = (f" Off by one in the patched position: you wrote position {dst}; patch position "
+                                f"{pos % p} itself, out[:, pos].")
         raise AssertionError(f"patch_resid_pre_hook(pos={pos}): the patched activation differs from the "
                              f"expected one at {np.argwhere(out != want)[:3].tolist()} (first 3).{hint}")
 
