@@ -62,9 +62,10 @@ _i = model_hooks.POST_HOOKS.index("ln_final.hook_normalized") + 1
 POST_HOOKS = (*model_hooks.POST_HOOKS[:_i], FINAL_OUT, *model_hooks.POST_HOOKS[_i:])
 
 # Default tolerances for a float32 implementation checked against a float64 reference.
-# Set from minillm's own float32-vs-float64 profile on SmolLM2 (docs/verifying.md): there
-# every hook's worst error uses at most ~20% of its tolerance, while each bug injected by
-# minillm.verify.broken exceeds it at least 50-fold at the hook where it first shows.
+# Chosen from minillm's own float32-vs-float64 profile on SmolLM2, measured on one machine
+# (docs/verifying.md has the numbers): there every hook's worst error used at most ~20% of
+# its tolerance, while each bug injected by minillm.verify.broken exceeded it at least
+# 50-fold at the hook where it first showed. tests/test_compare.py keeps both true.
 DEFAULT_ATOL = 1e-3
 DEFAULT_RTOL = 1e-3
 DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
