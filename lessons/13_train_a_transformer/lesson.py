@@ -109,7 +109,7 @@ folder = output_dir() / "induction_model"
 save_pretrained(model, folder)
 m64 = minillm.load(folder, dtype=np.float64)
 check_tokens = T.repeated_tokens(np.random.default_rng(7), 4, SEQ_LEN, VOCAB)
-metric = cross_entropy(check_tokens)
+metric = cross_entropy(check_tokens)  # mean next-token loss: a value and its gradient seed
 g = grad.backward(m64, check_tokens, metric)
 
 

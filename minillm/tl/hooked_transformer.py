@@ -58,15 +58,16 @@ class TLConfig:
 
     def __getattr__(self, name: str):
         model, cfg = self._model, self._cfg
-        gpt2 = cfg.family == "gpt2"
         tl_names = {
             "n_key_value_heads": lambda: cfg.n_kv_heads if cfg.n_kv_heads < cfg.n_heads else None,
             "device": lambda: "cpu",
             "default_prepend_bos": lambda: bool(model.default_prepend_bos),
             "tokenizer_prepends_bos": lambda: bool(model.tokenizer is not None and
                                                    model.tokenizer.encode("")),
-            "normalization_type": lambda: "LN" if gpt2 else "RMS",
-            "positional_embedding_type": lambda: "standard" if gpt2 else "rotary",
+            # TransformerLens renames the norms once their gains are folded away: "LNPre" / "RMSPre"
+            "normalization_type": lambda: ("LN" if cfg.layer_norm else "RMS")
+            + ("Pre" if any(getattr(h.op, "fold_ln", False) for h in model.edits) else ""),
+            "positional_embedding_type": lambda: "rotary" if cfg.rotary_dim else "standard",
             "d_vocab_out": lambda: cfg.d_vocab,
             "model_name": lambda: model.name,
             "use_attn_result": lambda: bool(getattr(model, "use_attn_result", False)),
