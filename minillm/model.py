@@ -48,42 +48,48 @@ from minillm.hooks import HookRegistry
 from minillm.kv_cache import KVCache
 from minillm.params import Block, Embed, Norm, PosEmbed, Unembed
 
+PRE_HOOKS = ("hook_embed", "hook_pos_embed")
+# Every per-block hook any family has, in the order they fire ("blocks.{l}." + name). A
+# model has the subset its config asks for (`hook_names`); dumps, comparisons and the hook
+# contract take the order from here.
+BLOCK_HOOKS = (
+    "hook_resid_pre",
+    "ln1.hook_scale", "ln1.hook_normalized",
+    "attn.hook_q", "attn.hook_k", "attn.hook_v",
+    "attn.q_norm.hook_scale", "attn.q_norm.hook_normalized",
+    "attn.k_norm.hook_scale", "attn.k_norm.hook_normalized",
+    "attn.hook_rot_q", "attn.hook_rot_k",
+    "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_z", "attn.hook_result",
+    "ln1_post.hook_scale", "ln1_post.hook_normalized",
+    "hook_attn_out", "hook_resid_mid",
+    "ln2.hook_scale", "ln2.hook_normalized",
+    "mlp.hook_pre", "mlp.hook_pre_linear", "mlp.hook_post",
+    "ln2_post.hook_scale", "ln2_post.hook_normalized",
+    "hook_mlp_out", "hook_resid_post",
+)
+POST_HOOKS = ("ln_final.hook_scale", "ln_final.hook_normalized", "hook_logits")
+
 
 def hook_names(cfg: ModelConfig) -> list[str]:
     """Every hook point of a model with this config, in the order they fire."""
-    names = ["hook_embed"] + ([] if cfg.rotary else ["hook_pos_embed"])
-    mlp = ["hook_pre", "hook_pre_linear", "hook_post"] if cfg.gated_mlp else ["hook_pre", "hook_post"]
+    present = {  # hooks that only some configs have: name prefix -> present?
+        "hook_pos_embed": not cfg.rotary,
+        "ln1.": cfg.pre_norms, "ln2.": cfg.pre_norms,
+        "attn.q_norm.": cfg.qk_norm is not None, "attn.k_norm.": cfg.qk_norm is not None,
+        "attn.hook_rot_": cfg.rotary,
+        "ln1_post.": cfg.post_norms, "ln2_post.": cfg.post_norms,
+        "mlp.hook_pre_linear": cfg.gated_mlp,
+        # an attention-only block has no MLP half: resid_post = resid_pre + attn_out
+        "hook_resid_mid": not cfg.attn_only, "ln2": not cfg.attn_only, "mlp.": not cfg.attn_only,
+        "hook_mlp_out": not cfg.attn_only,
+    }
 
-    def norm(name: str, present: bool) -> tuple[str, ...]:
-        return (f"{name}.hook_scale", f"{name}.hook_normalized") if present else ()
+    def has(name: str) -> bool:
+        return all(ok for prefix, ok in present.items() if name.startswith(prefix))
 
-    for l in range(cfg.n_layers):
-        names += [
-            f"blocks.{l}.{n}"
-            for n in (
-                "hook_resid_pre",
-                *norm("ln1", cfg.pre_norms),
-                "attn.hook_q",
-                "attn.hook_k",
-                "attn.hook_v",
-                *norm("attn.q_norm", cfg.qk_norm is not None),
-                *norm("attn.k_norm", cfg.qk_norm is not None),
-                *(("attn.hook_rot_q", "attn.hook_rot_k") if cfg.rotary else ()),
-                "attn.hook_attn_scores",
-                "attn.hook_pattern",
-                "attn.hook_z",
-                "attn.hook_result",
-                *norm("ln1_post", cfg.post_norms),
-                "hook_attn_out",
-                "hook_resid_mid",
-                *norm("ln2", cfg.pre_norms),
-                *(f"mlp.{n}" for n in mlp),
-                *norm("ln2_post", cfg.post_norms),
-                "hook_mlp_out",
-                "hook_resid_post",
-            )
-        ]
-    return names + ["ln_final.hook_scale", "ln_final.hook_normalized", "hook_logits"]
+    block = [n for n in BLOCK_HOOKS if has(n)]
+    return ([n for n in PRE_HOOKS if has(n)] + [f"blocks.{l}.{n}" for l in range(cfg.n_layers) for n in block]
+            + list(POST_HOOKS))
 
 
 def _gib(n: int) -> str:
@@ -230,8 +236,10 @@ class Transformer:
         x = hook(f"{name}.hook_resid_pre", x)
         attn_out = self.attention(l, block.attn, self.norm(x, block.ln1, f"{name}.ln1"),
                                   rope, allowed, cache)
-        attn_out = self.norm(attn_out, block.ln1_post, f"{name}.ln1_post")
-        resid_mid = hook(f"{name}.hook_resid_mid", x + hook(f"{name}.hook_attn_out", attn_out))
+        attn_out = hook(f"{name}.hook_attn_out", self.norm(attn_out, block.ln1_post, f"{name}.ln1_post"))
+        if block.mlp is None:  # attention-only (cfg.attn_only, toy models): no second sublayer
+            return hook(f"{name}.hook_resid_post", x + attn_out)
+        resid_mid = hook(f"{name}.hook_resid_mid", x + attn_out)
         mlp_in = x if self.cfg.parallel_residual else resid_mid
         mlp_out = self.mlp(l, block.mlp, self.norm(mlp_in, block.ln2, f"{name}.ln2"))
         mlp_out = self.norm(mlp_out, block.ln2_post, f"{name}.ln2_post")
