@@ -109,7 +109,7 @@ class Corpus:
     def open(
         cls, paths: str | Path | Sequence[str | Path], field: str | None = None, split: str = "paragraph"
     ) -> Corpus:
-        """Files by extension: *.jsonl / *.json lines -> JSONL (field defaults to "text"), else text."""
+        """Files by extension: *.jsonl / *.ndjson (or any file when `field` is given) -> JSONL, else text."""
         paths = _check_paths(paths)
         is_jsonl = [p.endswith((".jsonl", ".ndjson")) for p in paths]
         if any(is_jsonl) and not all(is_jsonl):
