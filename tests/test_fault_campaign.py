@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from minillm.edit import edits
+from minillm.errors import MinillmError
 from tests.conftest import random_model
 
 # --- 1. interrupts ----------------------------------------------------------------------------
@@ -237,3 +238,69 @@ def test_ctrl_c_anywhere_in_an_edited_block_leaves_the_weights_pristine(campaign
         return state
 
     run_campaign("edited", interrupter, model, lambda: None, block, check, 4)
+
+
+# --- 2. edits validated in the weight's own dtype ------------------------------------------------
+
+
+def weight_bytes(model) -> dict[str, bytes]:
+    return {n: v.tobytes() for n, v in model.named_parameters()}
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: edits.scale_neuron(1, 7, 1e39), r"would make blocks.1.mlp.W_out\[7\] non-finite in float32"),
+    (lambda: edits.scale_neuron(1, 7, 1e39, which="in"), r"non-finite in float32"),
+    (lambda: edits.scale_head(0, 1, -1e39), r"would make blocks.0.attn.W_O\[1\] non-finite"),
+    (lambda: edits.scale_norm(None, "final", 1e39), r"ln_final.w\[:\] non-finite"),
+    (lambda: edits.boost_embedding(5, 1e39), r"embed.W_E\[5\] non-finite"),
+    (lambda: edits.set_weight("blocks.0.mlp.b_in", 3, 1e39), r"b_in\[3\] non-finite"),
+    (lambda: edits.add_to_weight("blocks.0.ln1.w", None, 3e38), r"ln1.w\[...\] non-finite"),
+    # finite now, but the inverse revert (×1e39, or ×inf for a factor that rounds to 0) is not
+    (lambda: edits.scale_neuron(1, 7, 1e-39), r"its inverse revert would make .* non-finite"),
+    (lambda: edits.scale_neuron(1, 7, 1e-50), r"its inverse revert would make"),
+])
+def test_edits_that_overflow_the_dtype_are_refused_before_writing(make, message):
+    """Today `scale_neuron(3, 7, 1e39)` on float32 wrote inf (every logit NaN, one RuntimeWarning)."""
+    model = random_model("gpt2", seed=0)
+    model.blocks[0].ln1.w[...] = 1e38  # so that adding 3e38 overflows
+    before = weight_bytes(model)
+    with pytest.raises(MinillmError, match=message):
+        model.edit(make())
+    assert weight_bytes(model) == before and model.journal.pristine
+    with pytest.raises(MinillmError, match="nothing was changed"):
+        with model.edited(edits.zero_neuron(0, 1), make()):
+            pass
+    assert weight_bytes(model) == before and model.journal.pristine
+
+
+def test_the_same_factor_is_fine_in_float64_and_reverts():
+    model = random_model("gpt2", seed=0, dtype=np.float64)
+    before = weight_bytes(model)
+    h = model.edit(edits.scale_neuron(1, 7, 1e39))
+    assert np.isfinite(model.blocks[1].mlp.W_out[7]).all()
+    h.revert()
+    assert weight_bytes(model) == before
+
+
+def test_smollm2_scale_neuron_1e39_is_refused(smollm2):
+    before = smollm2.blocks[3].mlp.W_out[7].copy()
+    with pytest.raises(MinillmError, match=r"scale neuron 3:7 ×1e\+39 .*non-finite in float32"):
+        smollm2.edit(edits.scale_neuron(3, 7, 1e39))
+    assert smollm2.journal.pristine and (smollm2.blocks[3].mlp.W_out[7] == before).all()
+
+
+def test_a_revert_whose_re_applied_edits_would_overflow_changes_nothing():
+    """Reverting A re-applies the newer B on the weights without A; if B's result is then not
+    finite the revert is refused and weights, journal and handles stay as they were."""
+    model = random_model("gpt2", seed=0)
+    model.blocks[0].mlp.W_out[3] = 10.0  # pristine: B (×1e38) on these overflows
+    a = model.edit(edits.set_weight("blocks.0.mlp.W_out", 3, 1.0))
+    b = model.edit(edits.scale_neuron(0, 3, 1e38))  # on 1.0: 1e38, finite
+    before = weight_bytes(model)
+    with pytest.raises(MinillmError, match="non-finite"):
+        a.revert()
+    assert weight_bytes(model) == before
+    assert a.active and b.active and model.edits == [a, b]
+    b.revert()
+    a.revert()
+    assert model.journal.pristine and (model.blocks[0].mlp.W_out[3] == 10.0).all()

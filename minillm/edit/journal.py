@@ -36,7 +36,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from minillm.edit.edits import Edit
+from minillm.edit.edits import Edit, check_result
 from minillm.errors import MinillmError
 
 
@@ -120,6 +120,7 @@ class Journal:
     def _push(self, record: Record) -> None:
         """Apply a record's op on top of the current weights and keep it on the stack."""
         slices = record.op.plan(self.model)  # validates; raises before any write
+        check_result(record.op, self.model, slices)  # finite in the model's dtype, also its inverse
         record.saved = [(s, s.save(self.model)) for s in slices]
         try:
             record.op.write(self.model)
@@ -154,15 +155,31 @@ class Journal:
         handle.state = "reverted"
 
     def _remove(self, dropped: set[Record]) -> None:
-        """Rewind to before the oldest dropped record, then re-apply the others in order."""
+        """Rewind to before the oldest dropped record, then re-apply the others in order.
+
+        If a re-applied edit is refused (its result, on weights without the dropped edit,
+        would not be finite), everything is put back as it was and the error raised.
+        """
         first = min(i for i, r in enumerate(self.records) if r in dropped)
         newer = self.records[first:]
-        for record in reversed(newer):
-            self._undo(record)
-        del self.records[first:]
-        for record in newer:
-            if record not in dropped:
-                self._push(record)
+        saved_lists = [list(r.saved) for r in newer]
+        now = [(s, s.save(self.model)) for r in newer for s, _ in r.saved]  # current values
+        try:
+            for record in reversed(newer):
+                self._undo(record)
+            del self.records[first:]
+            for record in newer:
+                if record not in dropped:
+                    self._push(record)
+        except BaseException:
+            for record in reversed(self.records[first:]):
+                self._undo(record)
+            for s, value in now:  # oldest record's slices first, as they were applied
+                s.restore(self.model, value)
+            self.records[first:] = newer
+            for record, saved in zip(newer, saved_lists):
+                record.saved = saved
+            raise
 
     def revert_all(self) -> None:
         """Restore every byte any edit touched: the model is pristine again."""

@@ -324,7 +324,7 @@ def path_patching(
     senders: Sequence[str] | None = None,
     receivers: Sequence[str | Sequence[str]] = ("logits",),
     receiver_pos: int | Sequence[int] | None = None,
-    freeze_mlps: bool = True,
+    freeze_mlps: bool = False,
     normalize: bool = True,
     batch_size: int = 32,
     progress: bool = True,
@@ -333,10 +333,9 @@ def path_patching(
 
     For sender s (a head "l.h" or an MLP "mlpL"):
       1. Run the clean prompt with s's output (hook_z of the head, or
-         hook_mlp_out) taken from the corrupted run and every other head
-         (and, with freeze_mlps, every other MLP) frozen to its clean value.
-         Only the direct paths from s change anything; record what the
-         receivers read in this run.
+         hook_mlp_out) taken from the corrupted run and every other
+         attention head frozen to its clean value. Only paths from s that
+         avoid other heads change anything; record what the receivers read.
       2. Receiver "logits": the metric of that run is the edge's value.
          Receivers "l.h.q" / ".k" / ".v" (or "l.h" = all three), "mlpL": run
          the clean prompt again, everything recomputed, with only the
@@ -345,6 +344,14 @@ def path_patching(
          by its group under grouped-query attention; an MLP's output, which
          is a function of its input). A receiver entry may be a list of
          specs patched together; an empty list patches nothing (value 0).
+    freeze_mlps: which definition of a path.
+      False (default): the definition of Wang et al. (2022) and of ARENA's
+        path-patching exercises: only the other heads are frozen; MLPs
+        recompute in step 1, so a path may pass through MLPs (s -> MLPs -> r).
+      True: every other MLP is frozen to its clean value as well, so only the
+        direct edge s -> r (through the residual stream alone) is measured.
+      The two can rank senders very differently (docs/performance.md has a
+      measurement on SmolLM2's IOI circuit).
     receiver_pos: positions at which the receivers are patched (None = all).
     Values: (m(patched) - m(clean)) / (m(clean) - m(corrupted)) when
     normalised, so -1 = this path alone turns the clean answer into the
