@@ -6,6 +6,8 @@ path. What changed is marked:
   # NUMPY: torch tensor math written with NumPy (t.randn -> rng.normal, gather -> take_along_axis, ...)
   # INPUT: token ids instead of text (the tiny checkpoints have no tokenizer), or an index
            that the original model has but ours does not (SmolLM2 has 3 key/value heads)
+  # AUTOGRAD: `value.backward()` replaced by minillm's hand-written backward pass
+  # DIFFERENCE: one of the deliberate differences of docs/migrating_from_transformerlens.md
 Everything else is the published line. Each idiom then checks its numbers against
 TransformerLens itself: tests/fixtures/tl_port.safetensors holds what the same published
 code computes in TransformerLens 3.9 (tests/fixtures/make_fixtures.py --only tl_port, the
