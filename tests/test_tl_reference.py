@@ -347,11 +347,12 @@ def test_smollm2_hooks_logits_loss_and_eigenvalues(smollm2, smollm2_processed, t
     m = _smollm2_pair(smollm2, smollm2_processed, tag)
     logits, cache = m.run_with_cache(ref["clean_ids"])
     keys = [k for k in ref if k.startswith(f"{tag}.act.")]
-    assert len(keys) >= 60
+    assert len(keys) >= (60 if tag == "raw" else 20)  # proc: block 29 and ln_final (README.md)
     for key in keys:
         hook = key[len(f"{tag}.act."):]
         close(at_positions(cache[hook], hook, info["positions_kept"]), ref[key], key)
-    close(logits[0, -1], ref[f"{tag}.logits_last"], f"{tag} logits")
+    top = ref[f"{tag}.logits_last_ids"]  # SmolLM2: the 256 largest logits
+    close(logits[0, -1, top], ref[f"{tag}.logits_last"], f"{tag} logits")
     assert abs(m.loss(ref["clean_ids"]) - float(ref[f"{tag}.loss"])) < 1e-4
     per_token = ref[f"{tag}.loss_per_token"]
     close(m.loss(ref["clean_ids"], per_token=True).reshape(per_token.shape), per_token, "loss per token")
@@ -442,7 +443,8 @@ def test_smollm2_ragged_batches_like_transformer_lens(smollm2):
     lengths = [smollm2.to_tokens(t).shape[1] for t in texts]
     logits = smollm2(ids)
     for i, n in enumerate(lengths):
-        close(logits[i, n - 1], ref["ragged_right.last_logits"][i], "right-padded row", rel=1e-4)
+        top = ref[f"ragged_right.last_logits_row{i}_ids"]
+        close(logits[i, n - 1, top], ref[f"ragged_right.last_logits_row{i}"], "right-padded row", rel=1e-4)
         close(logits[i, n - 1], alone[i], "right-padded row vs alone", rel=1e-4)
     smollm2.padding_side = "left"
     try:
@@ -450,7 +452,8 @@ def test_smollm2_ragged_batches_like_transformer_lens(smollm2):
         assert (ids == ref["ragged_left.ids"]).all()
         logits = smollm2(ids)  # no mask passed: inferred from the leading pad ids
         for i in range(len(texts)):
-            close(logits[i, -1], ref["ragged_left.last_logits"][i], "left-padded row", rel=1e-4)
+            top = ref[f"ragged_left.last_logits_row{i}_ids"]
+            close(logits[i, -1, top], ref[f"ragged_left.last_logits_row{i}"], "left-padded row", rel=1e-4)
             close(logits[i, -1], alone[i], "left-padded row vs alone", rel=1e-4)
     finally:
         smollm2.padding_side = "right"
