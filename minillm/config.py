@@ -110,6 +110,7 @@ class ModelConfig:
     attn_softcap: float | None = None  # gemma 2: scores -> c·tanh(scores / c)
     final_softcap: float | None = None  # gemma 2: logits -> c·tanh(logits / c)
     embed_scale: bool = False  # gemma: embeddings multiplied by √d_model
+    attn_only: bool = False  # toy models (lesson 13): blocks are x + attn(ln1(x)), no ln2 or MLP
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -279,6 +280,7 @@ def _gpt2(r: _Reader, model_type: str = "gpt2") -> ModelConfig:
         layer_norm=True,
         gated_mlp=False,
         rotary_dim=0,
+        attn_only=r.bool("attn_only", False),  # minillm's own key (TransformerLens: attn_only)
         bos_token_id=r.token_id("bos_token_id"),
         eos_token_ids=_eos_ids(r),
         extra=r.raw,
@@ -555,5 +557,5 @@ def _n_params_lower_bound(cfg: ModelConfig) -> int:
     """
     d, e = cfg.d_model, cfg.d_head
     attn = d * (cfg.n_heads + 2 * cfg.n_kv_heads) * e + cfg.n_heads * e * d
-    mlp = (3 if cfg.gated_mlp else 2) * d * cfg.d_mlp
+    mlp = 0 if cfg.attn_only else (3 if cfg.gated_mlp else 2) * d * cfg.d_mlp
     return cfg.d_vocab * d + cfg.n_layers * (attn + mlp)

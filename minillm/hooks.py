@@ -30,6 +30,8 @@ import numpy as np
 
 from minillm.errors import MinillmError
 
+ATTN_RESULT = "attn.hook_result"  # the hook that needs the setting use_attn_result
+
 HookFn = Callable[[np.ndarray, "HookPoint"], "np.ndarray | None"]
 
 
@@ -109,6 +111,10 @@ class HookRegistry:
         self._permanent: dict[str, list[HookFn]] = {}  # subsets of _fns / _bwd that reset() keeps
         self._points: dict[str, HookPoint] = {}
         self.pos_offset = 0  # set by the model for each forward call
+        # The model setting `use_attn_result` (TransformerLens's name): attention computes
+        # each head's output separately and fires attn.hook_result. Off by default: the
+        # per-head outputs are large [b, p, h, d] and their sum rounds differently.
+        self.use_attn_result = False
 
     def __bool__(self) -> bool:
         return bool(self._fns)
@@ -122,18 +128,25 @@ class HookRegistry:
             close = difflib.get_close_matches(name, self.valid_names, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise MinillmError(f"unknown hook name {name!r}{hint} (see model.hook_names())")
+        if name.endswith(ATTN_RESULT) and not self.use_attn_result:
+            raise MinillmError(
+                f"{name} fires only with the model setting use_attn_result: call "
+                "model.set_use_attn_result(True) first (attention then computes every head's "
+                "output [b, p, h, d_model] separately, which is large and sums in another order)")
 
     def resolve(self, name_or_filter: str | Callable[[str], bool]) -> list[str]:
         """A hook name, or a predicate over names -> the matching names, in forward order."""
-        if callable(name_or_filter):
-            return [n for n in self.valid_names if name_or_filter(n)]
+        if callable(name_or_filter):  # attn.hook_result only when use_attn_result is on
+            return [n for n in self.valid_names if name_or_filter(n)
+                    and (self.use_attn_result or not n.endswith(ATTN_RESULT))]
         self.check_name(name_or_filter)
         return [name_or_filter]
 
     def point(self, name: str) -> HookPoint:
         """The HookPoint of a name (made on first use, then kept: its ctx persists)."""
         if name not in self._points:
-            self.check_name(name)
+            if name not in self._valid:  # (a HookPoint of attn.hook_result may exist unused)
+                self.check_name(name)
             self._points[name] = HookPoint(name, registry=self)
         return self._points[name]
 
@@ -195,6 +208,15 @@ class HookRegistry:
 
     def clear(self) -> None:
         self.reset(including_permanent=True, clear_contexts=False)
+
+    def snapshot(self) -> dict[str, tuple[tuple[HookFn, ...], tuple[HookFn, ...]]]:
+        """What is registered now (functions and which are permanent), for `restore`."""
+        return {name: (tuple(fns), tuple(self._permanent.get(name, ()))) for name, fns in self._fns.items()}
+
+    def restore(self, snapshot: dict[str, tuple[tuple[HookFn, ...], tuple[HookFn, ...]]]) -> None:
+        """Register exactly what `snapshot` held: hooks added since are dropped, removed ones return."""
+        self._fns = {name: list(fns) for name, (fns, _) in snapshot.items() if fns}
+        self._permanent = {name: list(perm) for name, (_, perm) in snapshot.items() if perm}
 
     def clear_contexts(self) -> None:
         for point in self._points.values():

@@ -20,7 +20,10 @@ def resolve(name_or_path: str | Path) -> Path:
     return catalog.resolve(name_or_path)
 
 
-def load(name_or_path: str | Path, dtype=np.float32, *, fold_ln: bool = False,
+DTypeLike = type[np.floating] | np.dtype | str  # np.float32 (default), np.float64, "float64", ...
+
+
+def load(name_or_path: str | Path, dtype: DTypeLike = np.float32, *, fold_ln: bool = False,
          center_writing_weights: bool = False, center_unembed: bool = False,
          fold_value_biases: bool = False, refactor_factored_attn_matrices: bool = False
          ) -> HookedModel:

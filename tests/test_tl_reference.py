@@ -26,8 +26,9 @@ from safetensors import safe_open
 from safetensors.numpy import load_file
 
 import minillm
-from minillm.grad.backward import backward, logit_diff
+from minillm.grad.backward import backward
 from minillm.interp import interventions as iv
+from minillm.interp.metrics import logit_diff
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TINY = {"gpt2": "gpt2", "llama_gqa": "llama_gqa_untied"}
@@ -310,7 +311,7 @@ def test_gradients_match_transformer_lens_backward_hooks(name):
         seen[hook.name] = grad
 
     logits = m.run_with_hooks(ref["clean_ids"], bwd_hooks=[(h, save) for h in info["grad_hooks"]],
-                              metric=logit_diff(c, w))
+                              metric=logit_diff(None, c, w))
     assert abs(float(logits[0, -1, c] - logits[0, -1, w]) - float(ref["grad.metric"])) < 1e-5
     assert list(seen) == sorted(seen, key=m.hook_names().index, reverse=True)  # backward order
     for hook in info["grad_hooks"]:
@@ -318,13 +319,13 @@ def test_gradients_match_transformer_lens_backward_hooks(name):
     assert info["checks"]["bwd_hook_calls"]["blocks.0.ln1.hook_scale"] == 3
     # the same gradients from backward() itself, and bwd hooks fire there too while registered
     with m.hooks(bwd_hooks=[("blocks.0.hook_resid_pre", save)]):
-        res = backward(m, ref["clean_ids"], logit_diff(c, w), params=False)
+        res = backward(m, ref["clean_ids"], logit_diff(None, c, w), params=False)
     assert seen["blocks.0.hook_resid_pre"] is res.grad("blocks.0.hook_resid_pre")
     with pytest.raises(minillm.MinillmError, match="need a metric"):
         m.run_with_hooks(ref["clean_ids"], bwd_hooks=[("hook_embed", save)])
     with pytest.raises(minillm.MinillmError, match="cannot replace"):
         m.run_with_hooks(ref["clean_ids"], bwd_hooks=[("hook_embed", lambda g, hook: g * 2)],
-                         metric=logit_diff(c, w))
+                         metric=logit_diff(None, c, w))
 
 
 # --- SmolLM2-135M: the real model, on the IOI prompt ----------------------------------------------
@@ -426,7 +427,7 @@ def test_smollm2_backward_hooks(smollm2):
     seen: dict = {}
     smollm2.run_with_hooks(ref["clean_ids"], bwd_hooks=[(h, lambda g, hook: seen.update({hook.name: g}))
                                                         for h in info["grad_hooks"]],
-                           metric=logit_diff(mary, john))
+                           metric=logit_diff(None, mary, john))
     for hook in info["grad_hooks"]:
         close(seen[hook][0], ref[f"grad.{hook}"], f"bwd hook {hook}", rel=1e-4)
 

@@ -16,9 +16,9 @@ import os
 import numpy as np
 
 import minillm
+from minillm.course import output_dir
 from minillm.interp import interventions as iv
 from minillm.interp import readout
-from minillm.course import output_dir
 from minillm.interp.batch import run_variants
 
 MODEL = os.environ.get("MINILLM_LESSON_MODEL", "smollm2-135m")
@@ -185,8 +185,10 @@ plt.close(fig)
 # %% [markdown]
 # ## What to take away
 #
-# * A neuron that correlates strongly with a label can be found in seconds; its output
-#   weights, read through `W_U`, tell a consistent story (it promotes digit tokens).
+# * A neuron that correlates strongly with a label can be found in seconds, but correlation
+#   is not function: the best correlate's output weights, read through `W_U`, do not promote
+#   digits (their median rank is printed above, in the thousands). A weaker correlate is the
+#   one that writes digits: detecting and writing are different jobs.
 # * Removing it changes the prediction only a little: the model is redundant — other
 #   neurons and heads carry the same information. Zero and mean ablation differ when the
 #   neuron's mean is far from 0.

@@ -22,10 +22,10 @@ import time
 import numpy as np
 
 import minillm
+from minillm.course import output_dir, student_version
 from minillm.interp import interventions as iv
 from minillm.interp import metrics as M
 from minillm.interp import patching as P
-from minillm.course import output_dir
 
 T0 = time.perf_counter()
 MODEL = os.environ.get("MINILLM_LESSON_MODEL", "smollm2-135m")
@@ -68,7 +68,15 @@ print(f"swapping the first two names instead: {m_swap:+.2f}, still predicts {mod
 resid = P.patching_sweep(model, CLEAN, CORRUPTED, ld, "resid_pre", "denoising", progress=False)
 resid.plot(output_dir() / "resid_pre_denoising.png")
 print(f"resid_pre: {resid.meta['runs']} runs in {resid.meta['seconds']:.1f} s")
-shares = P.effect_shares(resid, {"S2": [S2], "END": [END]})
+def _reference_shares(values, groups, base=0.0):  # {name: [rows]}: share of |value - base| per group
+    effect = np.abs(np.nan_to_num(np.asarray(values, np.float64) - base))  # [rows, pos]
+    total = np.where(effect.sum(1) == 0, 1.0, effect.sum(1))
+    return {name: effect[:, list(pos)].sum(1) / total for name, pos in groups.items()}
+
+
+# Your exercise 4 once implemented (until then, the reference above).
+effect_shares = student_version(9, "effect_shares", _reference_shares)
+shares = effect_shares(resid.values, {"S2": [S2], "END": [END]}, 0.0)  # denoising: unpatched = 0
 for l in range(0, L, 3):
     print(f"layer {l:2d}: value at S2 {resid.values[l, S2]:+.2f}, at END {resid.values[l, END]:+.2f}; "
           f"share of the effect at S2 {shares['S2'][l]:.2f}, at END {shares['END'][l]:.2f}")
@@ -163,8 +171,9 @@ for l, h in strongest:
 # ## 5. Path patching: which connections?
 #
 # Head 23.3 matters, but does it act on the logits directly, or through later heads?
-# Path patching corrupts one sender while freezing every other head (and MLP) at its
-# clean value, and lets the change reach only the chosen receivers. Values: −1 = this
+# Path patching corrupts one sender while freezing every other head at its clean value
+# (the MLPs recompute, as in Wang et al.'s definition; `freeze_mlps=True` freezes them too
+# and keeps only direct edges), and lets the change reach only the chosen receivers. Values: −1 = this
 # path alone turns the clean answer into the corrupted one.
 
 # %%

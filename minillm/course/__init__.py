@@ -9,17 +9,22 @@ from minillm.course.grader import (
     Lesson,
     check_lesson,
     get_lesson,
+    grading_target,
+    handout,
     import_file,
     lessons_dir,
     list_lessons,
     output_dir,
+    reference,
     relative_error,
     run_lesson,
     shared_model,
+    student_version,
     verdict,
 )
 
 __all__ = [
-    "CheckResult", "Lesson", "check_lesson", "get_lesson", "import_file", "lessons_dir",
-    "list_lessons", "output_dir", "relative_error", "run_lesson", "shared_model", "verdict",
+    "CheckResult", "Lesson", "check_lesson", "get_lesson", "grading_target", "handout", "import_file",
+    "lessons_dir", "list_lessons", "output_dir", "reference", "relative_error", "run_lesson",
+    "shared_model", "student_version", "verdict",
 ]

@@ -32,17 +32,21 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from minillm.activation_cache import act_name
 from minillm.errors import MinillmError
 from minillm.interp import interventions as iv
+from minillm.interp.batch import prefix_cache, run_batch
 from minillm.interp.metrics import log_prob
 from minillm.interp.metrics import logit as logit_metric
-from minillm.interp.patching import _layers, _pos_labels, prefix_cache, run_batched
+from minillm.interp.patching import _layers, _measure, _pos_labels
 from minillm.interp.results import LabelledArray
+
+if TYPE_CHECKING:
+    from minillm.hooked_model import HookedModel, TokensLike
 
 ABLATION_COMPONENTS = {"heads": ("z", "head"), "neurons": ("post", "neuron"),
                        "resid_pre": ("resid_pre", "pos"), "resid_post": ("resid_post", "pos")}
@@ -60,8 +64,9 @@ def _is_stats(x) -> bool:
     return hasattr(x, "mean") and hasattr(x, "median") and not isinstance(x, (np.ndarray, list, tuple, str))
 
 
-def ablation_interventions(model, component: str, method: str, layers: Sequence[int], n_pos: int,
-                           reference=None, over: Sequence[str] = ("batch", "pos")):
+def ablation_interventions(model: HookedModel, component: str, method: str, layers: Sequence[int], n_pos: int,
+                           reference: TokensLike | None = None, over: Sequence[str] = ("batch", "pos")
+                           ) -> tuple[list, tuple[str, str], list, list]:
     """The sweep's cells: [(row, col, intervention)], plus axis names and labels.
 
     reference: texts or ids [b, p] for mean/median (statistics over `over`),
@@ -117,12 +122,12 @@ def ablation_interventions(model, component: str, method: str, layers: Sequence[
 
 
 def ablation_sweep(
-    model,
-    tokens,
+    model: HookedModel,
+    tokens: TokensLike,
     metric: Callable,
     component: str = "heads",
     method: str = "mean",
-    reference=None,
+    reference: TokensLike | None = None,
     over: Sequence[str] = ("batch", "pos"),
     layers: Sequence[int] | None = None,
     batch_size: int = 32,
@@ -144,12 +149,9 @@ def ablation_sweep(
     last_only = getattr(metric, "last_only", False)
     base = float(np.mean(metric(model(toks, attention_mask=mask, last_only=last_only))))
     values = np.full((len(layers), n), np.nan)
-    if toks.shape[0] == 1:
-        measured, interrupted = run_batched(model, toks, [[c[2]] for c in cells], metric, batch_size,
-                                            progress, desc=f"{method} ablation {component}")
-    else:
-        measured, interrupted = _run_on_prompt_set(model, toks, mask, [c[2] for c in cells], metric,
-                                                   batch_size, progress, f"{method} ablation {component}")
+    res = run_batch(model, toks, [[c[2]] for c in cells], metric, batch_size=batch_size,
+                    attention_mask=mask, progress=progress, desc=f"{method} ablation {component}")
+    measured, interrupted = res.values.reshape(len(cells), -1).mean(axis=1), res.interrupted
     for (r, c, _), v in zip(cells, measured):
         values[r, c] = v - base
     cols = _pos_labels(model, toks) if axes[1] == "pos" else [str(i) for i in range(n)]
@@ -160,44 +162,43 @@ def ablation_sweep(
                                    interrupted=interrupted))
 
 
-def _run_on_prompt_set(model, toks, mask, interventions, metric, batch_size, progress, desc):
-    """Mean metric over the prompt set [b, p] with each intervention in turn.   -> ([n], interrupted)
-
-    max(1, batch_size // b) interventions share a forward pass: intervention j
-    acts on its own copy of the b prompts (rows j·b .. j·b + b - 1).
-    """
-    b = toks.shape[0]
-    per_pass = max(1, batch_size // b)
-    last_only = getattr(metric, "last_only", False)
-    values = np.full(len(interventions), np.nan)
-    bar = tqdm(total=len(interventions), desc=desc, disable=not progress, leave=False)
-    try:
-        for start in range(0, len(interventions), per_pass):
-            chunk = interventions[start : start + per_pass]
-            hooks = [pair for j, i in enumerate(chunk)
-                     for pair in iv.to_hooks(model, [i.at(batch=list(range(j * b, (j + 1) * b)))])]
-            rows_mask = None if mask is None else np.tile(mask, (len(chunk), 1))
-            logits = model.run_with_hooks(np.tile(toks, (len(chunk), 1)), hooks, last_only=last_only,
-                                          attention_mask=rows_mask)
-            for j in range(len(chunk)):
-                values[start + j] = np.mean(metric(logits[j * b : (j + 1) * b]))
-            bar.update(len(chunk))
-    except KeyboardInterrupt:
-        return values, True
-    finally:
-        bar.close()
-    return values, False
-
-
 # --- successive median replacement of MLP neurons ----------------------------------------------
 
 COARSE_RATES = (10, 20, 30, 40, 50, 60, 70, 80, 90)  # percent of the layer's neurons
 FINE_RATES = (0.2, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5)
 
 
-def n_replaced(rate: float, d_mlp: int) -> int:
-    """Neurons replaced at `rate` percent: round(rate/100 · d_mlp) (GPT-2 Large: 0.2% = 10 of 5120)."""
-    return int(round(rate / 100.0 * d_mlp))
+COUNTS = ("floor", "round")
+RANKINGS = ("value", "abs", "magnitude")
+
+
+def n_replaced(rate: float, d_mlp: int, count: str = "floor") -> int:
+    """Neurons replaced at `rate` percent of d_mlp.
+
+    count="floor" (the study's definition): floor(rate/100 · d_mlp), at least one
+    for any rate above 0. count="round": round(rate/100 · d_mlp), which can be 0.
+    GPT-2 Large: 0.2 % of 5120 is 10 either way; SmolLM2: 0.2 % of 1536 is 3 (both).
+    """
+    if count not in COUNTS:
+        raise MinillmError(f"count must be one of {COUNTS}, got {count!r}")
+    exact = rate / 100.0 * d_mlp
+    if count == "round":
+        return int(round(exact))
+    return max(1, int(np.floor(exact + 1e-9))) if rate > 0 else 0  # 1e-9: 10% of 1530 is 153, not 152
+
+
+def rank_neurons(acts: np.ndarray, by: str = "value") -> np.ndarray:
+    """Neuron indices, "most active" first, ties by index.   acts [..., m] -> int [..., m]
+
+    by="value": highest signed activation first (the study's definition).
+    by="abs": largest |a| first. by="magnitude": largest |a − median(a)| first,
+    the neurons a median replacement moves the most.
+    """
+    if by not in RANKINGS:
+        raise MinillmError(f"by must be one of {RANKINGS}, got {by!r}")
+    score = {"value": lambda a: a, "abs": np.abs,
+             "magnitude": lambda a: np.abs(a - np.median(a, axis=-1, keepdims=True))}[by](acts)
+    return np.argsort(-score, axis=-1, kind="stable")
 
 
 @dataclass
@@ -207,8 +208,8 @@ class MedianReplacement:
     delta: [layer, rate] change of the target's logit (or log-prob, see
       `measure`) at the last position (NaN where an interrupted sweep did not get to).
     base_logit: the unedited value of that measure.
-    order: [layer, d_mlp] neuron indices by activation at the last position,
-      highest first; the replaced set at a rate is order[l, :counts[j]],
+    order: [layer, d_mlp] neuron indices at the last position, most active
+      first (`rank_neurons(by)`); the replaced set at a rate is order[l, :counts[j]],
       so it grows with the rate. medians: [layer] the value written.
     """
 
@@ -257,20 +258,23 @@ def _mean(x: np.ndarray) -> float | None:
 
 
 def median_replacement(
-    model,
+    model: HookedModel,
     prompt: str,
-    target,
+    target: int | str,
     rates: Sequence[float] = FINE_RATES + COARSE_RATES,
     layers: Sequence[int] | None = None,
     batch_size: int = 64,
     progress: bool = True,
     cache_prefix: bool = True,
     measure: str = "logit",
+    count: str = "floor",
+    by: str = "value",
 ) -> MedianReplacement:
     """At each layer, replace the top rate% MLP neurons at the last position by their median.
 
     For layer l: a = hook_post[0, -1] [d_mlp] on the unedited run; the
-    round(rate% · d_mlp) neurons with the highest a are set to median(a),
+    n_replaced(rate, d_mlp, count) most active neurons (see `rank_neurons` for
+    `by`; default: highest signed value, the study's) are set to median(a),
     at the last position only, and the change of the target token's logit
     there is recorded. One run per (layer, rate), batched; with
     `cache_prefix` the positions before the last are computed once (they
@@ -294,13 +298,13 @@ def median_replacement(
     names = [act_name("post", l) for l in layers]
     _, cache = model.run_with_cache(tokens, names_filter=names)
     post = np.stack([cache[n][0, -1] for n in names])  # [L, m]
-    order = np.argsort(-post, axis=1, kind="stable")  # highest first; ties by index
+    order = rank_neurons(post, by)  # [L, m]: most active first; ties by index
     medians = np.median(post, axis=1).astype(model.dtype)  # [L]
     m = model.cfg.d_mlp
-    counts = [n_replaced(r, m) for r in rates]
+    counts = [n_replaced(r, m, count) for r in rates]
     prefix = tokens.shape[1] - 1 if cache_prefix and tokens.shape[1] > 1 else 0
     shared = prefix_cache(model, tokens, prefix) or 0
-    base, interrupted = run_batched(model, tokens, [[]], metric, progress=False, prefix=shared)
+    base, interrupted = _measure(model, tokens, [[]], metric, prefix=shared)
     delta = np.zeros((len(layers), len(rates)))  # rate 0: nothing replaced, the base run itself
     cells, variants = [], []
     for i, l in enumerate(layers):
@@ -312,15 +316,16 @@ def median_replacement(
                                             values=fill)])
     measured = np.full(len(variants), np.nan)
     if not interrupted:
-        measured, interrupted = run_batched(model, tokens, variants, metric, batch_size, progress,
-                                            desc="median replacement", prefix=shared)
+        measured, interrupted = _measure(model, tokens, variants, metric, batch_size, progress,
+                                         desc="median replacement", prefix=shared)
     for (i, j), v in zip(cells, measured):
         delta[i, j] = v - base[0]
     labels = ([str(l) for l in layers], [f"{r:g}%" for r in rates])
     target_label = target if isinstance(target, str) else str(target)
     res = LabelledArray(delta, ("layer", "rate"), labels,
                         title=f"median replacement: Δ {measure}({target_label!r}) after {prompt!r}",
-                        meta=dict(base=float(base[0]), measure=measure, interrupted=interrupted))
+                        meta=dict(base=float(base[0]), measure=measure, count=count, by=by,
+                                  interrupted=interrupted))
     return MedianReplacement(prompt if isinstance(prompt, str) else str(tokens.tolist()), target_label,
                              float(base[0]), rates, counts, layers, res, order, medians, interrupted,
                              round(time.perf_counter() - t0, 3))

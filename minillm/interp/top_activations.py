@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -36,6 +37,9 @@ from minillm.data.corpus import Batch, Corpus
 from minillm.data.shards import ModelSpec, merge_workers, run_shards, shard_ranges, worker_record
 from minillm.errors import MinillmError
 from minillm.interp.stats import DOCS_PER_SHARD, collect
+
+if TYPE_CHECKING:
+    from minillm.hooked_model import HookedModel
 
 
 @dataclass
@@ -337,7 +341,7 @@ class TopTask:
     progress: bool = False
 
 
-def top_shard(task: TopTask, model=None) -> TopActivations:
+def top_shard(task: TopTask, model: HookedModel=None) -> TopActivations:
     """The top-k buffer of one shard (runs on a worker; `model` given when run in this process)."""
     t0, c0 = time.perf_counter(), time.process_time()
     if model is None:
@@ -363,7 +367,7 @@ def top_shard(task: TopTask, model=None) -> TopActivations:
 
 
 def top_activations(
-    model,
+    model: HookedModel,
     corpus: Corpus | Sequence[str],
     layer: int | None = None,
     neurons: Sequence[int] | None = None,
