@@ -458,3 +458,26 @@ def test_smollm2_ragged_batches_like_transformer_lens(smollm2):
             close(logits[i, -1], alone[i], "left-padded row vs alone", rel=1e-4)
     finally:
         smollm2.padding_side = "right"
+
+
+def test_refactor_factored_attn_matrices_like_transformer_lens():
+    """GPT-2 (learned positions): each head's QK and OV circuits refactored by their SVD. The
+    factors' singular values (column norms: W_V's are S, W_Q's are √S) are TransformerLens's;
+    the model's function is unchanged; W_O becomes orthonormal rows (a rotation)."""
+    ref, _ = reference("gpt2")
+    flags = dict(TL_DEFAULTS, refactor_factored_attn_matrices=True)
+    m = minillm.load(FIXTURES / "gpt2", **flags)
+    logits = m(ref["clean_ids"])
+    close(logits[0, -1], ref["refac.logits_last"], "refactored logits")
+    close(logits[0, -1], model("gpt2", True)(ref["clean_ids"])[0, -1], "same function", rel=1e-5)
+    for l, blk in enumerate(m.blocks):
+        a = blk.attn
+        close(np.linalg.norm(a.W_V, axis=-2), ref["refac.W_V_colnorms"][l], f"layer {l} W_V column norms")
+        close(np.linalg.norm(a.W_Q, axis=-2), ref["refac.W_Q_colnorms"][l], f"layer {l} W_Q column norms")
+        close(a.b_O, ref["refac.b_O"][l], f"layer {l} b_O")
+        eye = np.einsum("hed,hfd->hef", a.W_O, a.W_O)
+        assert np.abs(eye - np.eye(eye.shape[-1])).max() < 1e-5  # float32 SVD factors
+    m.revert_all()
+    assert (m(ref["clean_ids"]) == model("gpt2", False)(ref["clean_ids"])).all()
+    with pytest.raises(minillm.MinillmError, match="rotary"):
+        minillm.load(FIXTURES / "llama_gqa_untied", refactor_factored_attn_matrices=True)
