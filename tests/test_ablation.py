@@ -291,7 +291,8 @@ def test_rank_neurons_value_abs_magnitude():
     a = np.array([1.0, -5.0, 3.0, 3.0, 0.5, 2.0])  # median 1.5
     assert A.rank_neurons(a, "value").tolist() == [2, 3, 5, 0, 4, 1]
     assert A.rank_neurons(a, "abs").tolist() == [1, 2, 3, 5, 0, 4]
-    assert A.rank_neurons(a, "magnitude").tolist() == [1, 2, 3, 4, 0, 5]  # |a - 1.5|: 6.5, 1.5, 1.5, 1, .5, .5
+    # |a - median| = |a - 1.5| = 0.5, 6.5, 1.5, 1.5, 1.0, 0.5
+    assert A.rank_neurons(a, "magnitude").tolist() == [1, 2, 3, 4, 0, 5]
     with pytest.raises(MinillmError, match="by must be"):
         A.rank_neurons(a, "signed")
 
@@ -302,6 +303,6 @@ def test_median_replacement_count_and_by_options():
     res = A.median_replacement(model, PROMPT, 7, [1, 10, 50], progress=False, count="round", by="abs")
     assert res.counts == [A.n_replaced(r, m, "round") for r in (1, 10, 50)]
     assert res.delta.meta["count"] == "round" and res.delta.meta["by"] == "abs"
-    _, cache = model.run_with_cache(model._as_tokens(PROMPT), names_filter=lambda n: n.endswith("mlp.hook_post"))
+    _, cache = model.run_with_cache(PROMPT, names_filter=lambda n: n.endswith("mlp.hook_post"))
     post0 = cache["blocks.0.mlp.hook_post"][0, -1]
     assert res.order[0].tolist() == A.rank_neurons(post0, "abs").tolist()

@@ -65,8 +65,8 @@ def test_lesson_script_runs_headless_and_its_lecture_quotes_what_it_prints(numbe
 
 
 def test_quoted_numbers_skip_names_code_and_maths():
-    text = ("Head `L23H3` writes −5.39 and $x = 0.5$; 30 layers, 46 % of them; ×0.04 (one digit: a setting) then 0.045 and 1.4e-1.\n"
-            "```\nprint(0.123)\n```\n")
+    text = ("Head `L23H3` writes −5.39 and $x = 0.5$; 30 layers, 46 % of them; ×0.04 (one digit: a "
+            "setting) then 0.045 and 1.4e-1.\n```\nprint(0.123)\n```\n")
     assert quoted_numbers(text) == ["−5.39", "0.045", "1.4e-1"]
     assert missing_numbers(text, "got -5.392, 0.0451 and 0.1403") == []
     assert missing_numbers(text, "got -5.31, 0.045, 0.14") == ["−5.39"]  # drifted by more than the precision

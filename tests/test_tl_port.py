@@ -6,6 +6,8 @@ path. What changed is marked:
   # NUMPY: torch tensor math written with NumPy (t.randn -> rng.normal, gather -> take_along_axis, ...)
   # INPUT: token ids instead of text (the tiny checkpoints have no tokenizer), or an index
            that the original model has but ours does not (SmolLM2 has 3 key/value heads)
+  # AUTOGRAD: `value.backward()` replaced by minillm's hand-written backward pass
+  # DIFFERENCE: one of the deliberate differences of docs/migrating_from_transformerlens.md
 Everything else is the published line. Each idiom then checks its numbers against
 TransformerLens itself: tests/fixtures/tl_port.safetensors holds what the same published
 code computes in TransformerLens 3.9 (tests/fixtures/make_fixtures.py --only tl_port, the
@@ -377,7 +379,7 @@ def test_start_at_layer_with_tokens_for_the_loss(tiny_gqa):
     assert abs(both_loss - expected.mean()) < 1e-5
 
 
-def test_head_ablation_on_values_raises_the_loss(model):
+def test_head_ablation_on_values_changes_the_loss(model):
     # TL demos/Main_Demo.ipynb ("layer_to_ablate = 0; head_index_to_ablate = 8")
     gpt2_tokens = model.to_tokens(GPT2_TEXT)
     layer_to_ablate = 0
@@ -781,6 +783,8 @@ def test_factored_matrix_indexing_and_transpose():
     np.testing.assert_allclose(fm[1, 2, 3].AB, (A @ B)[1, 2, 3:4], atol=1e-12)  # a row stays a matrix
     np.testing.assert_allclose(fm[:, :, 1:3, -1].AB, (A @ B)[:, :, 1:3, -1:], atol=1e-12)
     np.testing.assert_allclose(fm.T.AB, np.swapaxes(A @ B, -2, -1), atol=1e-12)
+    square = FactoredMatrix(A, np.swapaxes(A, -2, -1))  # [3, 4, 6, 6]: BA is [.., 2, 2]
+    np.testing.assert_allclose(square.BA, np.swapaxes(A, -2, -1) @ A, atol=1e-12)
     assert fm.shape == (3, 4, 6, 7) and fm.ndim == 4
     scaled = fm * 2.5  # test_multiply_by_scalar.py
     np.testing.assert_allclose(scaled.AB, 2.5 * (A @ B), atol=1e-12)
@@ -914,6 +918,40 @@ def test_accumulated_bias(tiny, tl):
                                tl["gpt2.accumulated_bias_1_mlp_input"], atol=1e-6)
 
 
+def fingerprint(name: str, w: np.ndarray) -> np.ndarray:
+    """tests/fixtures/README.md: [sum, sum of squares, projection onto a fixed N(0, 1) vector]."""
+    import zlib
+
+    w = np.asarray(w, np.float64).ravel()
+    r = np.random.default_rng(zlib.crc32(name.encode())).standard_normal(w.size)
+    return np.array([w.sum(), (w * w).sum(), (w * r).sum()])
+
+
+def test_stacked_weights_of_the_processed_model():
+    # TL demos/Main_Demo.ipynb and ARENA2 part2 (model.W_E, model.W_Q[layer, head], model.W_O,
+    # model.W_U, ... on a model loaded with from_pretrained's default processing)
+    model = HookedTransformer.from_pretrained(golden_folder("gpt2"))  # LOAD: the tiny GPT-2
+    ref = load_file(FIXTURES / "tl_gpt2.safetensors")  # TransformerLens's processed weights
+    stacked = {"attn.W_Q": model.W_Q, "attn.W_K": model.W_K, "attn.W_V": model.W_V,
+               "attn.W_O": model.W_O, "attn.b_Q": model.b_Q, "attn.b_K": model.b_K,
+               "attn.b_V": model.b_V, "attn.b_O": model.b_O, "mlp.W_in": model.W_in,
+               "mlp.W_out": model.W_out, "mlp.b_in": model.b_in, "mlp.b_out": model.b_out}
+    whole = {"embed.W_E": model.W_E, "pos_embed.W_pos": model.W_pos, "unembed.W_U": model.W_U,
+             "unembed.b_U": model.b_U}
+    names = [(f"blocks.{l}.{k}", v[l]) for k, v in stacked.items() for l in range(2)]
+    for name, w in names + list(whole.items()):
+        want = ref[f"proc.w_fingerprint.{name}"]
+        got = fingerprint(name, w)
+        # float32 weights processed in two orders of operations: sums agree to ~1e-6 relative
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=name)
+    assert model.W_Q.shape == (2, 4, 64, 16) and model.W_in.shape == (2, 64, 256)
+    # TransformerLens's config names: the folded norm is "LNPre", positions are learned
+    assert (model.cfg.normalization_type, model.cfg.positional_embedding_type) == ("LNPre", "standard")
+    assert model.cfg.n_key_value_heads is None and model.cfg.device == "cpu"
+    model.revert_all()
+    assert model.cfg.normalization_type == "LN"
+
+
 def test_model_qk_is_per_query_head_for_gqa(tiny_gqa):
     # ARENA2 part2 ("W_QK = model.W_Q[layer, head_index] @ model.W_K[layer, head_index].T")
     layer, head_index = 1, 3
@@ -924,6 +962,8 @@ def test_model_qk_is_per_query_head_for_gqa(tiny_gqa):
     np.testing.assert_array_equal(W_QK, tiny_gqa.blocks[layer].attn.W_Q[head_index] @ k.T)
     np.testing.assert_allclose(tiny_gqa.QK[layer, head_index].AB, W_QK, atol=1e-6)
     assert tiny_gqa.W_K.shape == (2, 4, 64, 16) and tiny_gqa.b_K.shape == (2, 4, 16)
+    assert tiny_gqa.cfg.n_key_value_heads == 2 and tiny_gqa.cfg.normalization_type == "RMS"
+    assert tiny_gqa.cfg.positional_embedding_type == "rotary"
 
 
 # =============================================================================================
@@ -1101,6 +1141,30 @@ def test_get_act_patch_block_every(tiny, tiny_pair, tl):
     # clean stream there; the attention and MLP effects are each between 0 and ~1 + overshoot
     assert np.isfinite(act_patch_block_every).all()
     assert abs(act_patch_block_every[0, 0, 2] - 1) < 1e-5
+
+
+def test_other_patching_functions_and_index_df(tiny, tiny_pair, tl):
+    # TL transformer_lens/patching.py (get_act_patch_resid_mid, get_act_patch_attn_head_pattern_
+    # dest_src_pos, generic_activation_patch with an index_df of chosen (layer, pos) rows)
+    clean_tokens, corrupted_tokens, clean_cache, ioi_metric = tiny_pair
+    resid_mid = patching.get_act_patch_resid_mid(tiny, corrupted_tokens, clean_cache, ioi_metric)
+    np.testing.assert_allclose(resid_mid, tl_normalized(tl, "get_act_patch_resid_mid"), atol=TL_TINY)
+    dest_src = patching.get_act_patch_attn_head_pattern_dest_src_pos(tiny, corrupted_tokens,
+                                                                     clean_cache, ioi_metric)
+    assert dest_src.shape == (2, 4, 8, 8)
+    np.testing.assert_allclose(dest_src,
+                               tl_normalized(tl, "get_act_patch_attn_head_pattern_dest_src_pos"),
+                               atol=TL_TINY)
+    # DIFFERENCE: index_df is an int array [n, axes] (TransformerLens: a pandas DataFrame)
+    index_df = patching.make_index_array([2, 8])[::3]
+    out, rows = patching.generic_activation_patch(
+        tiny, corrupted_tokens, clean_cache, ioi_metric, patching.layer_pos_patch_setter,
+        "mlp_out", index_df=index_df, return_index_df=True)
+    assert (rows == index_df).all() and out.shape == (len(index_df),)
+    np.testing.assert_allclose(out, tl_normalized(tl, "generic_mlp_out_index_df"), atol=TL_TINY)
+    # and it is the flattened full sweep at those rows
+    full = patching.get_act_patch_mlp_out(tiny, corrupted_tokens, clean_cache, ioi_metric)
+    np.testing.assert_array_equal(out, full[index_df[:, 0], index_df[:, 1]])
 
 
 def test_get_act_patch_attn_head_out_by_pos(tiny, tiny_pair, tl):
@@ -1380,3 +1444,19 @@ def test_forward_and_backward_caches_with_add_hook(tiny):
         np.testing.assert_allclose(got, want, atol=2e-5 * max(1.0, np.abs(want).max()), err_msg=name)
     assert np.allclose(cache["blocks.0.hook_resid_pre"][0, 0], tiny.W_E[tokens[0, 0]]
                        + tiny.W_pos[0])  # the forward cache holds the run's activations
+
+
+def test_loading_options_minillm_cannot_honour_are_refused():
+    # TL HookedTransformer.from_pretrained's signature: options that would change the model
+    # are refused by name, not silently ignored; device options are accepted (CPU only)
+    from minillm import MinillmError
+
+    folder = golden_folder("gpt2")
+    model = HookedTransformer.from_pretrained(folder, device="cpu", n_devices=1)
+    assert model.to("cpu") is model and model.eval() is model
+    for bad in (dict(checkpoint_index=3), dict(first_n_layers=1),
+                dict(refactor_factored_attn_matrices=True), dict(dtype="bfloat16")):
+        with pytest.raises(MinillmError):
+            HookedTransformer.from_pretrained(folder, **bad)
+    with pytest.raises(MinillmError, match="CUDA"):
+        model.cuda()

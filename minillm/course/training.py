@@ -35,6 +35,7 @@ from minillm.config import ModelConfig
 from minillm.errors import MinillmError
 from minillm.grad import backward as grad
 from minillm.hooked_model import HookedModel
+from minillm.interp.metrics import cross_entropy
 
 # An optimiser step: (param, grad, m, v, t, lr) -> (new param, new m, new v); see adam_step.
 StepFn = Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]]
@@ -186,7 +187,7 @@ def train(model: HookedModel, steps: int = 600, batch: int = 32, lr: float = 1e-
     try:
         for t in range(1, steps + 1):
             tokens = periodic_tokens(rng, batch, cfg.n_ctx, d_vocab)
-            result = grad.backward(model, tokens, grad.cross_entropy(tokens))
+            result = grad.backward(model, tokens, cross_entropy(tokens))
             grads = result.named_grads()
             for n, p in params.items():
                 new, m[n], v[n] = step_fn(p, grads[n], m[n], v[n], t, lr)
