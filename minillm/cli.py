@@ -25,6 +25,7 @@ COMMANDS = {
     "bench": "bench",
     "patch": "patch",
     "ablate": "ablate",
+    "view": "view",
 }
 
 

@@ -1,8 +1,14 @@
-"""`minillm lesson`: list the course, grade exercises, run a lesson headless."""
+"""`minillm lesson`: list the course, grade exercises, run a lesson headless, open it as a notebook."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 from minillm import lessons
 
-HELP = "the classroom course: list, check exercises, run a lesson headless"
+HELP = "the classroom course: list, check exercises, run a lesson headless, open it in Jupyter"
 
 
 def add_arguments(parser) -> None:
@@ -15,6 +21,11 @@ def add_arguments(parser) -> None:
     run = sub.add_parser("run", help="run lesson.py headless and save its figures")
     run.add_argument("number")
     run.add_argument("--out", help="folder for the figures (default out/lessons/NN_slug)")
+    nb = sub.add_parser("notebook", help="write the lesson as a Jupyter notebook and open it")
+    nb.add_argument("number")
+    nb.add_argument("--dir", help="folder for the .ipynb (default out/notebooks/ of the checkout)")
+    nb.add_argument("--fresh", action="store_true", help="overwrite an existing notebook (your edits!)")
+    nb.add_argument("--no-open", action="store_true", help="only write the notebook, do not start Jupyter")
 
 
 def run(args) -> int:
@@ -22,6 +33,8 @@ def run(args) -> int:
         for lesson in lessons.list_lessons():
             print(f"{lesson.number:02d}  {lesson.title}")
         return 0
+    if args.action == "notebook":
+        return _notebook(args)
     if args.action == "run":
         out, seconds = lessons.run_lesson(args.number, args.out)
         figures = sorted(p.name for p in out.glob("*.png"))
@@ -37,3 +50,24 @@ def run(args) -> int:
     score = sum(r.passed for r in results)
     print(f"score: {score}/{len(results)}")
     return 0 if score == len(results) else 1
+
+
+def _notebook(args) -> int:
+    folder = Path(args.dir) if args.dir else lessons.notebooks_dir()
+    existed = (folder / f"{lessons.get_lesson(args.number).path.name}.ipynb").exists()
+    path = lessons.write_notebook(args.number, folder, overwrite=args.fresh)
+    print(f"{path} " + ("(already there: your edits are kept; --fresh starts over)"
+                        if existed and not args.fresh else "(written from lesson.py)"))
+    if args.no_open:
+        return 0
+    search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    for app in ("lab", "notebook"):  # JupyterLab, else the classic notebook
+        exe = shutil.which(f"jupyter-{app}", path=search)
+        if exe is not None:
+            print(f"starting: jupyter {app} {path} (Ctrl-C to stop)")
+            try:
+                return subprocess.call([exe, str(path)])
+            except KeyboardInterrupt:
+                return 0
+    print(f"open it in Jupyter: pip install jupyterlab && jupyter lab {path}")
+    return 0

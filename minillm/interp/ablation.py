@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -43,6 +44,9 @@ from minillm.interp.metrics import log_prob
 from minillm.interp.metrics import logit as logit_metric
 from minillm.interp.patching import _layers, _pos_labels, prefix_cache, run_batched
 from minillm.interp.results import LabelledArray
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 ABLATION_COMPONENTS = {"heads": ("z", "head"), "neurons": ("post", "neuron"),
                        "resid_pre": ("resid_pre", "pos"), "resid_post": ("resid_post", "pos")}
@@ -310,28 +314,15 @@ def median_replacement(
                              round(time.perf_counter() - t0, 3))
 
 
-def plot_ripple(res: MedianReplacement, path: str | Path, rates: Sequence[float] | None = None) -> Path:
-    """The "ripple" plot: one line per rate, Δ target logit across layers (coarse solid, fine dashed)."""
-    import matplotlib
+def plot_ripple(res: MedianReplacement, path: str | Path | None = None,
+                rates: Sequence[float] | None = None) -> Figure:
+    """The "ripple" plot: Δ target measure across layers, one line per rate (coarse and fine panels).
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    Returns the Figure; saved to `path` if given.
+    """
+    from minillm.views import figures
 
-    rates = res.rates if rates is None else [float(r) for r in rates]
-    fig, ax = plt.subplots(figsize=(10, 5))
-    cmap = plt.get_cmap("viridis")
-    for n, r in enumerate(rates):
-        j = res.rates.index(r)
-        ax.plot(res.layers, res.delta.values[:, j], "-" if r >= 10 else "--", marker=".",
-                color=cmap(n / max(1, len(rates) - 1)), label=f"{r:g}% ({res.counts[j]})", lw=1)
-    ax.axhline(0, color="k", lw=0.5)
-    ax.set_xlabel("layer")
-    ax.set_ylabel(f"Δ {res.delta.meta.get('measure', 'logit')}({res.target!r})")
-    ax.set_title(f"median replacement of the top p% MLP neurons, last position of {res.prompt!r}"
-                 + (" [interrupted]" if res.interrupted else ""), fontsize=9)
-    ax.legend(fontsize=7, ncol=2, title="p (neurons)", title_fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    fig = figures.ripple(res, rates)
+    if path is not None:
+        figures.save(fig, path)
+    return fig

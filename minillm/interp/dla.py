@@ -30,12 +30,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from minillm.errors import MinillmError
 from minillm.interp.lens import token_ids
 from minillm.interp.results import LabelledArray
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @dataclass
@@ -55,31 +59,14 @@ class DLAResult:
     total: float
     per_prompt_total: np.ndarray
 
-    def plot(self, path: str | Path) -> Path:
-        """PNG: per-layer attention and MLP contributions (bars) and the [layer, head] heatmap."""
-        import matplotlib
+    def plot(self, path: str | Path | None = None) -> Figure:
+        """Per-layer attention and MLP contributions (bars) and the [layer, head] heatmap; saved if `path`."""
+        from minillm.views import figures
 
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 4))
-        x = np.arange(self.layers.shape[0])
-        a1.bar(x - 0.2, self.layers.values[:, 0], 0.4, label="attention")
-        a1.bar(x + 0.2, self.layers.values[:, 1], 0.4, label="MLP")
-        a1.axhline(0, color="k", lw=0.5)
-        a1.set_xlabel("layer")
-        a1.set_ylabel("direct effect on logit difference")
-        a1.legend()
-        lim = float(np.abs(self.heads.values).max()) or 1.0
-        im = a2.imshow(self.heads.values, cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
-        a2.set_xlabel("head")
-        a2.set_ylabel("layer")
-        fig.colorbar(im, ax=a2)
-        fig.suptitle(f"{self.parts.title} (total {self.total:.3f})")
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        return Path(path)
+        fig = figures.dla(self)
+        if path is not None:
+            figures.save(fig, path)
+        return fig
 
 
 def logit_diff_direction(model, correct, incorrect=None) -> np.ndarray:
