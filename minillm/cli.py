@@ -25,6 +25,8 @@ COMMANDS = {
     "bench": "bench",
     "patch": "patch",
     "ablate": "ablate",
+    "stats": "stats",
+    "top-activations": "top_activations",
     "view": "view",
 }
 

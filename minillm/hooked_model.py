@@ -91,6 +91,40 @@ class HookedModel(Transformer):
 
     __call__ = forward
 
+    def loss(self, tokens, per_token: bool = False, attention_mask=None) -> float | np.ndarray:
+        """Next-token cross-entropy (nats), as transformers' `labels=input_ids` loss.
+
+        tokens [b, p] ids (or a str; [p] is taken as one row). Position i predicts
+        token i + 1, so a row of p tokens makes p - 1 predictions.
+        per_token=False: the mean over all predictions, a float (perplexity is
+        exp of it). per_token=True: an array [b, p-1] in the model's dtype.
+        attention_mask [b, p] (1 = token, 0 = padding): a prediction counts only
+        if both its input and its target are real tokens; the others are 0 in
+        the per-token array and left out of the mean.
+        """
+        from minillm import ops
+
+        tokens = self._as_tokens(tokens)
+        if tokens.ndim == 1:
+            tokens = tokens[None, :]
+        if tokens.ndim != 2 or tokens.shape[1] < 2:
+            raise MinillmError(
+                f"loss needs at least 2 tokens per row (one prediction), got shape {tokens.shape}"
+            )
+        nll = ops.next_token_nll(self.forward(tokens, attention_mask), tokens)  # [b, p-1]
+        if attention_mask is not None:
+            real = np.asarray(attention_mask) != 0  # [b, p]
+            keep = real[:, 1:] & real[:, :-1]  # [b, p-1]
+            if not keep.any():
+                raise MinillmError("attention_mask leaves no prediction whose input and target are both real")
+            nll = np.where(keep, nll, 0).astype(nll.dtype)
+            n = int(keep.sum())
+        else:
+            n = nll.size
+        if per_token:
+            return nll
+        return float(nll.sum(dtype=np.float64) / n)
+
     # --- hooks -------------------------------------------------------------------------------
 
     def hook_names(self) -> list[str]:

@@ -357,16 +357,26 @@ def add(hook: str, vector, layer: Index = None, pos: Index = None, head: Index =
 
 def mean(hook: str, stats: ActivationStats | np.ndarray, layer: Index = None, pos: Index = None,
          head: Index = None, neuron: Index = None, batch: Index = None) -> Replace:
-    """Mean ablation: replace by the reference mean (from `activation_stats`)."""
-    values = stats.mean if isinstance(stats, ActivationStats) else stats
+    """Mean ablation: replace by the reference mean (from `activation_stats`, or corpus statistics
+    from `minillm.interp.stats.corpus_stats`)."""
+    values = _statistic(stats, "mean")
     return Replace(hook, layer, pos, head, neuron, batch, values=values)
 
 
 def median(hook: str, stats: ActivationStats | np.ndarray, layer: Index = None, pos: Index = None,
            head: Index = None, neuron: Index = None, batch: Index = None) -> Replace:
-    """Median ablation: replace by the reference median (from `activation_stats`)."""
-    values = stats.median if isinstance(stats, ActivationStats) else stats
+    """Median ablation: replace by the reference median (from `activation_stats`, or corpus
+    statistics from `minillm.interp.stats.corpus_stats`)."""
+    values = _statistic(stats, "median")
     return Replace(hook, layer, pos, head, neuron, batch, values=values)
+
+
+def _statistic(stats, which: str):
+    """stats.mean / stats.median of a statistics object (ActivationStats, CorpusStats, ...);
+    plain arrays and {hook: array} dicts are the values themselves."""
+    if isinstance(stats, (np.ndarray, dict, list, tuple, float, int)):
+        return stats
+    return getattr(stats, which)
 
 
 def resample(hook: str, source, layer: Index = None, pos: Index = None, head: Index = None,

@@ -76,6 +76,24 @@ def log_softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
 
 
+def next_token_nll(logits: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """Cross-entropy of each next-token prediction, in nats.   [b, p, V], [b, p] -> [b, p-1]
+
+    logits[:, i] predicts tokens[:, i + 1]:  nll = logsumexp(logits[:, i]) - logits[:, i, target].
+    Computed in chunks of positions so that no second [b, p, V] array is made.
+    """
+    targets = tokens[:, 1:]  # [b, p-1]
+    out = np.empty(targets.shape, logits.dtype)
+    step = max(1, (1 << 22) // max(1, logits.shape[0] * logits.shape[-1]))  # ~16 MB per chunk
+    for i in range(0, targets.shape[1], step):
+        x = logits[:, i : min(i + step, targets.shape[1])]  # [b, c, V]
+        top = x.max(axis=-1, keepdims=True)  # [b, c, 1]
+        lse = top[..., 0] + np.log(np.exp(x - top).sum(axis=-1))  # [b, c]
+        picked = np.take_along_axis(x, targets[:, i : i + step, None], axis=-1)[..., 0]  # [b, c]
+        out[:, i : i + step] = lse - picked
+    return out
+
+
 # --- rotary position embeddings (RoPE) -----------------------------------------------------
 
 

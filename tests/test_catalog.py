@@ -42,6 +42,8 @@ EXPECTED = {
 def home(tmp_path, monkeypatch):
     monkeypatch.setenv("MINILLM_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # never the user's own cache
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return tmp_path / "home" / "weights"
 
 

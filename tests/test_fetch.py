@@ -1,36 +1,35 @@
-"""The downloader, against a fake Hugging Face hub on 127.0.0.1 (never the network).
+"""Hugging Face ids through huggingface_hub, against a fake hub on 127.0.0.1 (never the network).
 
-The fake hub serves `/{repo}/resolve/{revision}/{file}` with Range support and
-the hub's hash headers (`X-Linked-ETag` for "LFS" files), and can inject
-faults: drop the connection mid-file, ignore Range, flip a byte, answer an
-error status, redirect to a CDN path, or stall.
+The fake hub imitates the Hub's file layout: `/{repo}/resolve/{revision}/{file}` for HEAD
+and GET, a branch or tag resolved to a commit in `X-Repo-Commit`, the LFS hash of weight
+files in `X-Linked-Etag` / `X-Linked-Size`, `Range` requests, and the Hub's
+`X-Error-Code` answers (EntryNotFound, RepoNotFound, RevisionNotFound, GatedRepo). It
+serves the tiny GPT-2 fixture of tests/fixtures, so a model really loads from the cache.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
-import os
-import random
 import re
 import socket
-import subprocess
-import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
+from safetensors.numpy import load_file, save_file
 
+import minillm
 from minillm.checkpoints import catalog, download
-from minillm.checkpoints.download import MARKER, FileSpec, fetch_repo
-from minillm.errors import CheckpointError, MinillmError, NetworkError
+from minillm.errors import CheckpointError, ConfigError, MinillmError, NetworkError
+from tests.conftest import golden_folder
 
-REPO = "acme/tiny"
-REV = "0123456789abcdef0123456789abcdef01234567"
+REPO = "acme/tiny-gpt2"
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+COMMIT_V1 = "89abcdef0123456789abcdef0123456789abcdef"
 
 
 def sha256(data: bytes) -> str:
@@ -39,393 +38,310 @@ def sha256(data: bytes) -> str:
 
 class FakeHub:
     def __init__(self) -> None:
-        self.files: dict[str, bytes] = {}  # "/repo/resolve/rev/name" -> bytes
-        self.requests: list[tuple[str, dict]] = []
-        self.drop_once: dict[str, int] = {}  # path -> bytes to send before dropping
-        self.corrupt: set[str] = set()
-        self.status: dict[str, int] = {}
-        self.redirect: set[str] = set()
-        self.stall: set[str] = set()
-        self.ignore_range = False
-        self.redirect_base = ""  # where redirects point: "" is this host
-        self.publish_sha = True
-        self.release = threading.Event()
-        self.port = 0
+        self.repos: dict[str, dict] = {}  # repo -> {"refs": {name: commit}, "files": {commit: {name: bytes}}}
+        self.requests: list[tuple[str, str, dict]] = []  # (method, path, headers)
+        self.drop_once: dict[str, int] = {}  # file name -> bytes to send before dropping the connection
+        self.corrupt: set[str] = set()  # file names served with one byte flipped
+        self.gated_token: str | None = None
 
-    @staticmethod
-    def path(name: str, repo: str = REPO, rev: str = REV) -> str:
-        return f"/{repo}/resolve/{rev}/{name}"
+    def add_repo(self, repo: str, files: dict[str, bytes], commit: str = COMMIT, refs=("main",)):
+        entry = self.repos.setdefault(repo, {"refs": {}, "files": {}})
+        entry["files"][commit] = dict(files)
+        for ref in refs:
+            entry["refs"][ref] = commit
 
-    def add(self, name: str, data: bytes, repo: str = REPO, rev: str = REV) -> bytes:
-        self.files[self.path(name, repo, rev)] = data
-        return data
-
-    def requests_for(self, name: str) -> list[dict]:
-        return [h for p, h in self.requests if p == self.path(name)]
+    def gets(self, name: str = "") -> list[tuple[str, dict]]:
+        return [(p, h) for m, p, h in self.requests if m == "GET" and p.endswith("/" + name)]
 
 
 class Handler(BaseHTTPRequestHandler):
-    server_version = "FakeHub"
-
-    def log_message(self, *args) -> None:  # keep test output quiet
+    def log_message(self, *args) -> None:
         pass
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_HEAD(self) -> None:  # noqa: N802
+        self.answer(body=False)
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.answer(body=True)
+
+    def fail(self, status: int, code: str, commit: str | None = None) -> None:
+        self.send_response(status)
+        self.send_header("X-Error-Code", code)
+        if commit:  # as the Hub does: lets huggingface_hub remember the absence in its cache
+            self.send_header("X-Repo-Commit", commit)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def answer(self, body: bool) -> None:
         hub: FakeHub = self.server.hub  # type: ignore[attr-defined]
-        path = self.path
-        hub.requests.append((path, dict(self.headers)))
-        if path.startswith("/cdn/"):
-            path = "/" + path[len("/cdn/") :]
-        elif path in hub.redirect:
-            data = hub.files[path]
-            self.send_response(302)
-            self.send_header("Location", f"{hub.redirect_base}/cdn{path}")
-            self.send_header("X-Linked-ETag", f'"{sha256(data)}"')
-            self.send_header("X-Linked-Size", str(len(data)))
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        if path in hub.status:
-            self.send_error(hub.status[path])
-            return
-        if path not in hub.files:
-            self.send_error(404)
-            return
-        data = hub.files[path]
-        body = data
-        if path in hub.corrupt:
-            body = bytes([data[0] ^ 0xFF]) + data[1:]
+        hub.requests.append((self.command, self.path, {k.lower(): v for k, v in self.headers.items()}))
+        m = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", self.path)
+        if not m or m.group(1) not in hub.repos:
+            return self.fail(401, "RepoNotFound")
+        repo, rev, name = m.group(1), m.group(2), m.group(3)
+        if hub.gated_token and self.headers.get("Authorization") != f"Bearer {hub.gated_token}":
+            return self.fail(401, "GatedRepo")
+        entry = hub.repos[repo]
+        commit = entry["refs"].get(rev, rev)
+        if commit not in entry["files"]:
+            return self.fail(404, "RevisionNotFound")
+        if name not in entry["files"][commit]:
+            return self.fail(404, "EntryNotFound", commit)
+        data = entry["files"][commit][name]
+        sent = bytes([data[0] ^ 0xFF]) + data[1:] if name in hub.corrupt else data
         start = 0
-        match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
-        if match and not hub.ignore_range:
-            start = int(match.group(1))
-            if start >= len(data):
-                self.send_error(416)
-                return
+        rng = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
+        if rng and body:
+            start = int(rng.group(1))
             self.send_response(206)
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
         else:
             self.send_response(200)
-        self.send_header("Content-Length", str(len(body) - start))
-        if hub.publish_sha and path.endswith(".safetensors") and "/cdn/" not in self.path:
-            self.send_header("X-Linked-ETag", f'"{sha256(data)}"')
-        if self.path.startswith("/cdn/"):  # a CDN's own digest, 64 hex but not the SHA-256
-            self.send_header("ETag", f'"{sha256(b"cdn" + data)}"')
-        else:
-            self.send_header("ETag", f'"{hashlib.sha1(data).hexdigest()}"')  # a git blob id
+        self.send_header("X-Repo-Commit", commit)
+        if name.endswith(".safetensors"):  # an LFS file: the hub publishes its SHA-256
+            self.send_header("X-Linked-Etag", f'"{sha256(data)}"')
+            self.send_header("X-Linked-Size", str(len(data)))
+        self.send_header("ETag", f'"{hashlib.sha1(data).hexdigest()}"')
+        self.send_header("Content-Length", str(len(data) - start))
         self.end_headers()
-        if path in hub.stall:
-            hub.release.wait(5)
+        if not body:
             return
-        if path in hub.drop_once:
-            cut = hub.drop_once.pop(path)
-            self.wfile.write(body[start : start + cut])
+        if name in hub.drop_once:
+            cut = hub.drop_once.pop(name)
+            self.wfile.write(sent[start : start + cut])
             self.wfile.flush()
-            self.connection.shutdown(socket.SHUT_RDWR)
-            self.close_connection = True
+            self.close_connection = True  # the socket closes before Content-Length bytes arrived
             return
-        self.wfile.write(body[start:])
+        self.wfile.write(sent[start:])
 
 
 @pytest.fixture
 def hub(tmp_path, monkeypatch):
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
-    server.block_on_close = False
     server.hub = FakeHub()  # type: ignore[attr-defined]
-    server.hub.port = server.server_address[1]  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.daemon = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("MINILLM_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    for var in ("HF_TOKEN", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "no-token"))
     yield server.hub  # type: ignore[attr-defined]
-    server.hub.release.set()  # type: ignore[attr-defined]
     server.shutdown()
     server.server_close()
     thread.join(5)
 
 
-@pytest.fixture
-def model(hub):
-    """A small fake checkpoint on the hub: its bytes by file name."""
-    rng = random.Random(0)
-    return {
-        "config.json": hub.add("config.json", b'{"model_type": "gpt2"}'),
-        "model.safetensors": hub.add("model.safetensors", rng.randbytes(300_000)),
-        "tokenizer.json": hub.add("tokenizer.json", rng.randbytes(5_000)),
-    }
+def tiny_files(folder: str = "gpt2", tokenizer: bool = False) -> dict[str, bytes]:
+    src = golden_folder(folder)
+    names = ("config.json", "model.safetensors", "generation_config.json")
+    files = {n: (src / n).read_bytes() for n in names}
+    return {**files, "tokenizer.json": tiny_tokenizer()} if tokenizer else files
 
 
-def specs(model: dict, hashes: bool = True) -> list[FileSpec]:
-    return [
-        FileSpec(name, len(data) if hashes else None, sha256(data) if hashes else None)
-        for name, data in model.items()
-    ]
+def cache_root(tmp_path: Path) -> Path:
+    return tmp_path / "hf" / "hub" / f"models--{REPO.replace('/', '--')}"
 
 
-def leftovers(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+def test_a_hub_id_downloads_into_the_shared_cache_and_loads_in_place(hub, tmp_path, monkeypatch):
+    hub.add_repo(REPO, tiny_files())
+    model = minillm.load(REPO)
+    snapshot = cache_root(tmp_path) / "snapshots" / COMMIT
+    assert model.path == snapshot  # read in place, nothing copied into the weights directory
+    assert (snapshot / "model.safetensors").is_symlink()  # huggingface_hub's blob layout
+    assert not (tmp_path / "home").exists()
+    reference = minillm.load(golden_folder("gpt2"))
+    ids = np.array([[1, 2, 3, 4, 5]])
+    assert np.array_equal(model(ids), reference(ids))
+    # tokenizer.json is optional: asked for once, 404 remembered by the cache
+    assert [p for m, p, _ in hub.requests if p.endswith("/tokenizer.json")]
+    # the second load reads the cache it already has: no request at all
+    n = len(hub.requests)
+    again = minillm.load(REPO)
+    assert again.path == snapshot and len(hub.requests) == n
+    # and so does HF_HUB_OFFLINE=1
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert minillm.load(REPO).path == snapshot and len(hub.requests) == n
 
 
-def test_full_download_verifies_and_writes_the_marker_last(hub, model, tmp_path):
-    dest = tmp_path / "w" / "tiny"
-    files = [
-        FileSpec("config.json", len(model["config.json"]), sha256(model["config.json"])),
-        FileSpec("model.safetensors"),  # hash from the server's X-Linked-ETag
-        FileSpec("tokenizer.json"),  # the server publishes no SHA-256: size only
-    ]
-    assert fetch_repo(REPO, REV, files, dest, progress=False) == dest
-    for name, data in model.items():
-        assert (dest / name).read_bytes() == data
-    marker = json.loads((dest / MARKER).read_text())
-    assert marker["repo"] == REPO and marker["revision"] == REV
-    assert {n: r["sha256"] for n, r in marker["files"].items()} == {n: sha256(d) for n, d in model.items()}
-    assert marker["files"]["config.json"]["verified"] == "catalog"
-    assert marker["files"]["model.safetensors"]["verified"] == "server"
-    assert marker["files"]["tokenizer.json"]["verified"] == "size"
-    assert leftovers(dest) == sorted([MARKER, *model])
-    assert download.is_complete(dest)
-    assert not (dest.parent / ".tiny.lock").exists()
-
-    before = len(hub.requests)
-    fetch_repo(REPO, REV, files, dest, progress=False)  # already complete: no request
-    assert len(hub.requests) == before
+def test_at_revision_reads_that_commit(hub, tmp_path):
+    hub.add_repo(REPO, tiny_files("gpt2"))
+    hub.add_repo(REPO, tiny_files("llama_tied"), commit=COMMIT_V1, refs=("v1",))
+    main, v1 = minillm.load(REPO), minillm.load(f"{REPO}@v1")
+    assert main.cfg.family == "gpt2" and v1.cfg.family == "llama"
+    assert v1.path == cache_root(tmp_path) / "snapshots" / COMMIT_V1
+    assert minillm.load(f"{REPO}@{COMMIT_V1}").path == v1.path
+    with pytest.raises(NetworkError, match="has no revision 'v2'"):
+        minillm.load(f"{REPO}@v2")
 
 
-def test_resume_after_a_dropped_connection_uses_range(hub, model, tmp_path):
-    dest = tmp_path / "tiny"
-    hub.drop_once[hub.path("model.safetensors")] = 100_000
-    with pytest.raises(NetworkError, match="interrupted.*to resume"):
-        fetch_repo(REPO, REV, specs(model), dest, progress=False)
-    assert (dest / "model.safetensors.part").stat().st_size == 100_000
-    assert not (dest / "model.safetensors").exists()
-    assert not (dest / MARKER).exists()
-    assert not download.is_complete(dest)
-
-    fetch_repo(REPO, REV, specs(model), dest, progress=False)
-    second = hub.requests_for("model.safetensors")[-1]
-    assert second["Range"] == "bytes=100000-"
-    assert (dest / "model.safetensors").read_bytes() == model["model.safetensors"]
-    assert len(hub.requests_for("config.json")) == 1  # finished files are not fetched again
-    assert download.is_complete(dest)
+def test_offline_mode_never_asks_the_network_and_says_what_to_do(hub, monkeypatch):
+    hub.add_repo(REPO, tiny_files())
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(NetworkError, match="not in the Hugging Face cache.*HF_HUB_OFFLINE"):
+        minillm.load(REPO)
+    assert hub.requests == []
 
 
-def test_a_server_that_ignores_range_restarts_from_zero(hub, model, tmp_path):
-    dest = tmp_path / "tiny"
-    dest.mkdir()
-    (dest / "model.safetensors.part").write_bytes(b"\x00" * 1234)  # stale, wrong bytes
-    hub.ignore_range = True
-    fetch_repo(REPO, REV, specs(model), dest, progress=False)
-    assert hub.requests_for("model.safetensors")[0]["Range"] == "bytes=1234-"
-    assert (dest / "model.safetensors").read_bytes() == model["model.safetensors"]
+def test_the_partial_file_of_a_killed_download_is_removed_by_the_next_fetch(hub, tmp_path):
+    """huggingface_hub downloads into `blobs/<etag>.<random>.incomplete` under a lock, and never
+    reuses that file once its process died: the next fetch deletes it (it is model-sized)."""
+    files = tiny_files()
+    hub.add_repo(REPO, files)
+    data = files["model.safetensors"]
+    blobs = cache_root(tmp_path) / "blobs"
+    blobs.mkdir(parents=True)
+    leftover = blobs / f"{sha256(data)}.1a2b3c4d.incomplete"
+    leftover.write_bytes(data[:100_000])
+    minillm.load(REPO)
+    assert not leftover.exists()
+    assert (blobs / sha256(data)).read_bytes() == data
+    assert sorted(p.name for p in blobs.iterdir() if p.name.endswith(".incomplete")) == []
 
 
-@pytest.mark.parametrize("from_catalog", [True, False], ids=["catalog-hash", "server-hash"])
-def test_a_corrupted_byte_is_a_checksum_error_and_nothing_is_kept(hub, model, tmp_path, from_catalog):
-    dest = tmp_path / "tiny"
-    hub.corrupt.add(hub.path("model.safetensors"))
-    files = specs(model, hashes=from_catalog)
-    with pytest.raises(NetworkError, match="checksum mismatch for model.safetensors"):
-        fetch_repo(REPO, REV, files, dest, progress=False)
-    assert not (dest / "model.safetensors").exists()
-    assert not (dest / "model.safetensors.part").exists()
-    assert not (dest / MARKER).exists()
+def test_a_dropped_connection_is_retried_and_the_file_is_whole(hub, tmp_path):
+    files = tiny_files()
+    hub.add_repo(REPO, files)
+    hub.drop_once["model.safetensors"] = 100_000
+    minillm.load(REPO)
+    assert len(hub.gets("model.safetensors")) == 2
+    blob = cache_root(tmp_path) / "blobs" / sha256(files["model.safetensors"])
+    assert blob.read_bytes() == files["model.safetensors"]
 
 
-def test_missing_file_404_names_repo_file_and_revision(hub, model, tmp_path):
-    files = [*specs(model), FileSpec("vocab.json")]
-    with pytest.raises(NetworkError) as info:
-        fetch_repo(REPO, REV, files, tmp_path / "tiny", progress=False)
-    message = str(info.value)
-    assert "vocab.json" in message and REPO in message and REV in message and "404" in message
-    assert not (tmp_path / "tiny" / MARKER).exists()
-
-
-def test_missing_optional_file_is_skipped(hub, model, tmp_path):
-    files = [*specs(model), FileSpec("generation_config.json", optional=True)]
-    dest = fetch_repo(REPO, REV, files, tmp_path / "tiny", progress=False)
-    assert download.is_complete(dest)
-    assert "generation_config.json" not in json.loads((dest / MARKER).read_text())["files"]
-
-
-def test_gated_repo_asks_for_a_token_and_the_token_is_sent(hub, model, tmp_path, monkeypatch):
-    hub.status[hub.path("config.json")] = 401
-    with pytest.raises(NetworkError, match="HTTP 401.*HF_TOKEN"):
-        fetch_repo(REPO, REV, specs(model), tmp_path / "a", progress=False)
-    del hub.status[hub.path("config.json")]
+def test_the_token_is_sent_and_a_gated_repo_says_how_to_get_access(hub, monkeypatch):
+    hub.add_repo(REPO, tiny_files())
+    hub.gated_token = "hf_secret"
+    with pytest.raises(NetworkError, match="is gated.*HF_TOKEN"):
+        minillm.load(REPO)
     monkeypatch.setenv("HF_TOKEN", "hf_secret")
-    fetch_repo(REPO, REV, specs(model), tmp_path / "b", progress=False)
-    assert hub.requests_for("config.json")[-1]["Authorization"] == "Bearer hf_secret"
+    assert minillm.load(REPO).cfg.family == "gpt2"
 
 
-def test_refused_connection_is_one_clear_sentence(tmp_path, monkeypatch):
+def test_a_corrupted_download_fails_the_published_sha256(hub):
+    hub.add_repo(REPO, tiny_files())
+    hub.corrupt.add("model.safetensors")
+    with pytest.raises(CheckpointError, match="model.safetensors .*SHA-256 the hub publishes"):
+        minillm.load(REPO)
+
+
+def test_an_unsupported_architecture_is_refused_before_the_weights(hub):
+    files = tiny_files()
+    files["config.json"] = json.dumps({"model_type": "bert", "hidden_size": 8}).encode()
+    hub.add_repo(REPO, files)
+    with pytest.raises(ConfigError, match="bert"):
+        minillm.load(REPO)
+    assert hub.gets("model.safetensors") == []
+
+
+def test_a_sharded_checkpoint_fetches_the_shards_its_index_names(hub, tmp_path):
+    tensors = load_file(str(golden_folder("gpt2") / "model.safetensors"))
+    names = sorted(tensors)
+    files = {"config.json": tiny_files()["config.json"]}
+    weight_map = {}
+    for i, part in enumerate((names[: len(names) // 2], names[len(names) // 2 :])):
+        shard = f"model-0000{i + 1}-of-00002.safetensors"
+        save_file({k: tensors[k] for k in part}, str(tmp_path / shard), metadata={"format": "pt"})
+        files[shard] = (tmp_path / shard).read_bytes()
+        weight_map.update({k: shard for k in part})
+    files[download.INDEX] = json.dumps({"metadata": {}, "weight_map": weight_map}).encode()
+    hub.add_repo(REPO, files)
+    model = minillm.load(REPO)
+    ids = np.array([[7, 8, 9]])
+    assert np.array_equal(model(ids), minillm.load(golden_folder("gpt2"))(ids))
+    assert hub.gets("model.safetensors") == []  # the index says where the weights are
+
+
+def test_an_unknown_repository_suggests_the_catalog_id(hub):
+    hub.add_repo(REPO, tiny_files())
+    with pytest.raises(NetworkError, match=r"Did you mean openai-community/gpt2 \(catalog name gpt2\)"):
+        minillm.load("openai-communty/gpt2")
+
+
+def test_an_unreachable_hub_is_one_sentence(tmp_path, monkeypatch):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: nothing listens there
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
-    with pytest.raises(NetworkError) as info:
-        fetch_repo(REPO, REV, [FileSpec("config.json")], tmp_path / "tiny", progress=False)
-    assert str(info.value) == (f"could not reach 127.0.0.1:{port}: connection refused (are you offline?)")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    import huggingface_hub.utils._http as hf_http
+
+    monkeypatch.setattr(hf_http.time, "sleep", lambda seconds: None)  # its 5 retries wait 23 s in all
+    with pytest.raises(NetworkError, match=r"could not download config.json of acme/x at revision main.*"
+                       r"check the network"):
+        minillm.load("acme/x")
 
 
-def test_a_stalled_server_times_out(hub, model, tmp_path):
-    hub.stall.add(hub.path("model.safetensors"))
-    start = time.monotonic()
-    with pytest.raises(NetworkError, match="interrupted.*timed out"):
-        fetch_repo(REPO, REV, specs(model), tmp_path / "tiny", progress=False, timeout=0.3)
-    assert time.monotonic() - start < 3
+def tiny_tokenizer() -> bytes:
+    """A real tokenizer.json for the tiny fixture's 256 ids (one token per byte value)."""
+    from tokenizers import Tokenizer, models
+
+    vocab = {f"<{i}>": i for i in range(256)}
+    return Tokenizer(models.WordLevel(vocab, unk_token="<0>")).to_str().encode()
 
 
-def test_redirect_carries_the_linked_etag(hub, model, tmp_path):
-    hub.redirect.add(hub.path("model.safetensors"))
-    dest = fetch_repo(REPO, REV, specs(model, hashes=False), tmp_path / "tiny", progress=False)
-    record = json.loads((dest / MARKER).read_text())["files"]["model.safetensors"]
-    assert record["verified"] == "server"
-    assert (dest / "model.safetensors").read_bytes() == model["model.safetensors"]
-    assert any(p.startswith("/cdn/") for p, _ in hub.requests)
-
-
-def test_the_token_is_not_sent_to_another_host_after_a_redirect(hub, model, tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_TOKEN", "hf_secret")
-    hub.redirect.add(hub.path("model.safetensors"))
-    hub.redirect_base = f"http://localhost:{hub.port}"  # same server, another host name
-    fetch_repo(REPO, REV, specs(model), tmp_path / "tiny", progress=False)
-    first, second = [h for p, h in hub.requests if p.endswith("model.safetensors")]
-    assert first["Authorization"] == "Bearer hf_secret"
-    assert "Authorization" not in second
-
-
-def test_a_live_lock_refuses_a_second_fetch(hub, model, tmp_path):
-    dest = tmp_path / "tiny"
-    lock = tmp_path / ".tiny.lock"
-    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
-    with pytest.raises(MinillmError, match=f"already running \\(pid {os.getpid()}\\)"):
-        fetch_repo(REPO, REV, specs(model), dest, progress=False)
-    assert hub.requests == []
-    assert lock.exists()
-
-
-def test_a_stale_lock_from_a_dead_process_is_taken_over(hub, model, tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    dead_pid = int(proc.stdout)
-    lock = tmp_path / ".tiny.lock"
-    lock.write_text(json.dumps({"pid": dead_pid, "host": socket.gethostname()}))
-    dest = fetch_repo(REPO, REV, specs(model), tmp_path / "tiny", progress=False)
-    assert download.is_complete(dest)
-    assert not lock.exists()
-
-
-def test_a_lock_can_be_waited_for(tmp_path):
-    lock = tmp_path / ".x.lock"
-    with download.FetchLock(lock, "x"):
-        timer = threading.Timer(0.3, lock.unlink)  # as if its holder finished
-        timer.start()
-        with pytest.raises(MinillmError, match="already running"):
-            download.FetchLock(lock, "x").__enter__()
-        with download.FetchLock(lock, "x", wait=3):
-            assert json.loads(lock.read_text())["pid"] == os.getpid()
-        timer.join()
-
-
-def test_sharded_model_fetches_the_shards_named_by_the_index(hub, tmp_path):
-    shard1 = hub.add("model-00001-of-00002.safetensors", b"a" * 1000)
-    shard2 = hub.add("model-00002-of-00002.safetensors", b"b" * 2000)
-    index = {
-        "weight_map": {
-            "x": "model-00001-of-00002.safetensors",
-            "y": "model-00002-of-00002.safetensors",
-            "z": "model-00001-of-00002.safetensors",
-        }
-    }
-    hub.add("config.json", b"{}")
-    hub.add("model.safetensors.index.json", json.dumps(index).encode())
-    files = [FileSpec("config.json"), FileSpec("model.safetensors.index.json")]
-    dest = fetch_repo(REPO, REV, files, tmp_path / "tiny", progress=False)
-    assert (dest / "model-00001-of-00002.safetensors").read_bytes() == shard1
-    assert (dest / "model-00002-of-00002.safetensors").read_bytes() == shard2
-    assert len(json.loads((dest / MARKER).read_text())["files"]) == 4
-
-
-@pytest.mark.parametrize(
-    "shard", ["../evil.safetensors", "/etc/passwd", "sub/dir.safetensors", "..", ".complete"]
-)
-def test_an_index_naming_a_path_outside_the_folder_is_rejected(hub, tmp_path, shard):
-    hub.add("config.json", b"{}")
-    hub.add("model.safetensors.index.json", json.dumps({"weight_map": {"x": shard}}).encode())
-    files = [FileSpec("config.json"), FileSpec("model.safetensors.index.json")]
-    with pytest.raises(CheckpointError, match="not a plain file name"):
-        fetch_repo(REPO, REV, files, tmp_path / "w" / "tiny", progress=False)
-    assert not (tmp_path / "w" / "evil.safetensors").exists()
-    assert not (tmp_path / "w" / "tiny" / MARKER).exists()
-    assert len(hub.requests) == 2  # nothing requested beyond the index
-
-
-def test_a_symlink_pointing_outside_is_not_written_through(hub, model, tmp_path):
-    dest = tmp_path / "tiny"
-    dest.mkdir()
-    outside = tmp_path / "outside.txt"
-    outside.write_text("keep me")
-    (dest / "config.json").symlink_to(outside)
-    with pytest.raises(CheckpointError, match="symbolic link"):
-        fetch_repo(REPO, REV, specs(model), dest, progress=False)
-    assert outside.read_text() == "keep me"
-
-
-def test_not_enough_disk_space_fails_before_downloading(hub, model, tmp_path, monkeypatch):
-    monkeypatch.setattr(download.shutil, "disk_usage", lambda _: SimpleNamespace(free=10))
-    with pytest.raises(NetworkError, match="not enough disk space"):
-        fetch_repo(REPO, REV, specs(model), tmp_path / "tiny", progress=False)
-    assert hub.requests == []
-
-
-def test_disk_full_while_writing_is_one_sentence(hub, model, tmp_path, monkeypatch):
-    class FullDisk:
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-        def write(self, _):
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(download, "_open_part", lambda part, append: FullDisk())
-    with pytest.raises(NetworkError, match="the disk is full: could not write config.json"):
-        fetch_repo(REPO, REV, specs(model), tmp_path / "tiny", progress=False)
-    assert not (tmp_path / "tiny" / MARKER).exists()
-
-
-def test_fetch_command_downloads_a_catalog_entry_and_resolve_finds_it(hub, model, monkeypatch, capsys):
-    data = {
-        "models": {
-            "tiny": {
-                "family": "gpt2",
-                "params": "1M",
-                "description": "a test model",
-                "source": "huggingface",
-                "repo": REPO,
-                "revision": REV,
-                "files": [{"name": n, "size": len(d), "sha256": sha256(d)} for n, d in model.items()],
-            }
-        }
-    }
+def catalog_with(monkeypatch, files: dict[str, bytes], sha: dict[str, str] | None = None) -> None:
+    data = {"models": {"tiny": {
+        "family": "gpt2", "params": "1M", "description": "a test model", "source": "huggingface",
+        "repo": REPO, "revision": COMMIT,
+        "files": [{"name": n, "size": len(d), "sha256": (sha or {}).get(n, sha256(d))}
+                  for n, d in files.items()],
+    }}}
     entries = catalog.parse_catalog(data)
     monkeypatch.setattr(catalog, "load_catalog", lambda path=None: entries)
+
+
+def test_fetch_a_catalog_name_checks_its_hashes_and_resolve_finds_it_in_the_cache(hub, tmp_path, monkeypatch,
+                                                                                  capsys):
+    files = tiny_files(tokenizer=True)
+    hub.add_repo(REPO, files)
+    catalog_with(monkeypatch, files)
     with pytest.raises(MinillmError, match="run `minillm fetch tiny`"):
         catalog.resolve("tiny")
-
+    assert catalog.status("tiny") == "absent"
     from minillm.commands import fetch as fetch_command
 
-    args = SimpleNamespace(name="tiny", revision=None, quiet=True)
-    assert fetch_command.run(args) == 0
+    assert fetch_command.run(SimpleNamespace(name="tiny", revision=None, quiet=True, verify=False)) == 0
     assert "tiny: ready in" in capsys.readouterr().out
-    folder = catalog.resolve("tiny")
-    assert folder == catalog.model_dir("tiny")
-    assert (folder / "model.safetensors").read_bytes() == model["model.safetensors"]
+    snapshot = cache_root(tmp_path) / "snapshots" / COMMIT
+    assert catalog.resolve("tiny") == snapshot and catalog.status("tiny") == "complete"
+    # the catalog's pinned id loads the same snapshot, checked against the same hashes
+    assert minillm.load(REPO).path == snapshot
+
+
+def test_a_catalog_hash_mismatch_is_refused(hub, monkeypatch):
+    files = tiny_files(tokenizer=True)
+    hub.add_repo(REPO, files)
+    catalog_with(monkeypatch, files, sha={"model.safetensors": "0" * 64})
+    with pytest.raises(CheckpointError, match="SHA-256 the catalog records"):
+        catalog.fetch("tiny", progress=False)
+
+
+def test_fetch_verify_downloads_a_file_corrupted_in_the_cache_again(hub, tmp_path, monkeypatch):
+    files = tiny_files(tokenizer=True)
+    hub.add_repo(REPO, files)
+    catalog_with(monkeypatch, files)
+    folder = catalog.fetch("tiny", progress=False)
+    blob = Path(download.os.path.realpath(folder / "model.safetensors"))
+    data = bytearray(blob.read_bytes())
+    data[5000] ^= 0xFF  # same size: only a hash sees it
+    blob.chmod(0o644)
+    blob.write_bytes(bytes(data))
+    assert catalog.resolve("tiny") == folder  # sizes are what load checks
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        catalog.located("tiny", verify=True)
+    catalog.fetch("tiny", progress=False, verify=True)
+    assert (folder / "model.safetensors").read_bytes() == files["model.safetensors"]
+
+
+def test_fetch_command_takes_a_hub_id_with_revision(hub, tmp_path, capsys):
+    hub.add_repo(REPO, tiny_files(), commit=COMMIT_V1, refs=("main", "v1"))
+    from minillm.commands import fetch as fetch_command
+
+    assert fetch_command.run(SimpleNamespace(name=f"{REPO}@v1", revision=None, quiet=True, verify=True)) == 0
+    out = capsys.readouterr().out
+    assert f"ready in {cache_root(tmp_path) / 'snapshots' / COMMIT_V1}" in out and "SHA-256 checked" in out

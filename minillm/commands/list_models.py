@@ -25,9 +25,13 @@ def _download(entry: catalog.CatalogEntry) -> str:
 
 
 def _local(entry: catalog.CatalogEntry) -> str:
-    state = catalog.status(entry.name)
+    try:
+        state = catalog.status(entry.name)
+    except catalog.CheckpointError as exc:  # e.g. a symbolic link out of the weights directory
+        return f"refused ({exc})"
     folder = catalog.model_dir(entry.name)
     if state == "complete":
+        folder = catalog.located(entry.name) or folder
         return f"yes ({format_bytes(catalog.size_on_disk(folder))})"
     if state == "partial":
         return f"partial ({format_bytes(catalog.size_on_disk(folder))})"

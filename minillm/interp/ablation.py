@@ -59,12 +59,20 @@ def _tokens_and_mask(model, tokens):
     return np.atleast_2d(model._as_tokens(tokens)), None
 
 
+def _is_stats(x) -> bool:
+    """A statistics object (ActivationStats, CorpusStats), not prompts."""
+    return hasattr(x, "mean") and hasattr(x, "median") and not isinstance(x, (np.ndarray, list, tuple, str))
+
+
 def ablation_interventions(model, component: str, method: str, layers: Sequence[int], n_pos: int,
                            reference=None, over: Sequence[str] = ("batch", "pos")):
     """The sweep's cells: [(row, col, intervention)], plus axis names and labels.
 
     reference: texts or ids [b, p] for mean/median (statistics over `over`),
-    one prompt for resample; unused for zero.
+    or statistics computed beforehand (`iv.activation_stats`, or corpus
+    statistics from `minillm.interp.stats.corpus_stats`, which also give the
+    mean and median over the last real position of each text); one prompt
+    for resample; unused for zero.
     """
     if component not in ABLATION_COMPONENTS:
         raise MinillmError(f"unknown component {component!r}; choose from {sorted(ABLATION_COMPONENTS)}")
@@ -79,8 +87,16 @@ def ablation_interventions(model, component: str, method: str, layers: Sequence[
     if method in ("mean", "median"):
         if reference is None:
             raise MinillmError(f"{method} ablation needs a reference set of prompts (reference=...)")
-        ref, mask = _tokens_and_mask(model, reference)
-        stats = iv.activation_stats(model, ref, names, per_position="pos" not in over, attention_mask=mask)
+        if _is_stats(reference):  # statistics computed beforehand (activation_stats, corpus_stats)
+            stats = reference
+            missing = [n for n in names if n not in getattr(stats, method)]
+            if missing:
+                raise MinillmError(f"the statistics given as reference have no {method} of "
+                                   f"{', '.join(missing)}")
+        else:
+            ref, mask = _tokens_and_mask(model, reference)
+            stats = iv.activation_stats(model, ref, names, per_position="pos" not in over,
+                                        attention_mask=mask)
     if method == "resample":
         if reference is None:
             raise MinillmError("resample ablation needs one reference prompt (reference=...)")

@@ -1,0 +1,324 @@
+"""Running dataset-level work in shards, on any `concurrent.futures.Executor`, resumably.
+
+    from minillm.data import run_shards, dask_executor
+    with dask_executor(workers=2) as ex:               # a local Dask cluster (or scheduler="tcp://...")
+        total = run_shards(fn, tasks, merge, executor=ex, out="out/stats", resume=True)
+
+A job is a list of tasks (shard 0, 1, 2, ...), one module-level function
+`fn(task) -> result`, and `merge(accumulated, result) -> accumulated`. The
+engine is whatever runs `fn`: nothing (`executor=None`: in this process, in
+order), a `ThreadPoolExecutor` or `ProcessPoolExecutor`, or a Dask cluster
+through `Client.get_executor()`. Tasks carry a `ModelSpec` (folder and
+dtype), never a model: each worker loads the model once and keeps it.
+
+Results are merged in shard order whatever order they finish in (at most
+`max_pending` shards are in flight, so the waiting room is bounded), which
+makes the merged numbers the same floating-point sums on every engine.
+
+With `out=`, each shard's result is written to `out/shards/NNNNN.*` as soon
+as it completes (to a temporary name, then renamed, so a file is whole or
+absent) and the job's parameters to `out/job.json`. `resume=True` loads the
+shards already there and runs only the missing ones; a folder written by a
+job with other parameters is refused rather than mixed in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Executor, wait
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from minillm.errors import MinillmError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How a worker gets the model: a folder (or catalog name) and a dtype."""
+
+    path: str
+    dtype: str = "float32"
+
+    @classmethod
+    def of(cls, model, executor: Executor | None = None) -> ModelSpec:
+        """The spec of a loaded model; refused when workers could not rebuild it from disk."""
+        if getattr(model, "path", None) is None:
+            raise MinillmError(
+                "this model was not loaded from a folder, so workers cannot load it: "
+                "save it and minillm.load the folder, or run without an executor"
+            )
+        if model.edits:
+            raise MinillmError(
+                f"the model has {len(model.edits)} weight edit(s) in force; workers "
+                "load the weights from disk and would not see them: revert them, or "
+                "run without an executor"
+            )
+        return cls(str(model.path), np.dtype(model.dtype).name)
+
+    def load(self):
+        """This process's (and thread's) copy of the model, loaded on first use."""
+        cache = _LOCAL.__dict__.setdefault("models", {})
+        if self not in cache:
+            import minillm
+
+            cache[self] = minillm.load(self.path, dtype=np.dtype(self.dtype))
+        return cache[self]
+
+
+_LOCAL = threading.local()  # one model per worker thread: hooks are per model, not thread-safe
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MB (Linux: VmHWM; else ru_maxrss)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def shard_ranges(n_items: int, per_shard: int) -> list[tuple[int, int]]:
+    """[start, stop) ranges of `per_shard` items covering 0..n_items-1."""
+    if per_shard < 1:
+        raise MinillmError(f"a shard needs at least 1 item, got {per_shard}")
+    return [(s, min(s + per_shard, n_items)) for s in range(0, n_items, per_shard)]
+
+
+def run_shards(
+    fn: Callable[[Any], Any],
+    tasks: Sequence[Any],
+    merge: Callable[[Any, Any], Any],
+    executor: Executor | None = None,
+    out: str | Path | None = None,
+    resume: bool = False,
+    params: dict | None = None,
+    save: Callable[[Any, Path], None] | None = None,
+    load: Callable[[Path], Any] | None = None,
+    suffix: str = ".safetensors",
+    progress: bool = True,
+    desc: str = "shards",
+    size: Callable[[Any], int] | None = None,
+    unit: str = "shard",
+    max_pending: int | None = None,
+) -> Any:
+    """Run fn(task) for every task, merge the results in task order; see the module docstring.
+
+    save/load write and read one result (needed with `out`). size(result)
+    is what the progress bar counts (e.g. tokens, with unit="tok"; default
+    1 per shard). Returns merge(...merge(merge(None, r0), r1)..., rn), or
+    None for no tasks. Ctrl-C cancels what has not started; the shards
+    already written stay, for `resume`.
+    """
+    from tqdm.auto import tqdm
+
+    n = len(tasks)
+    folder = Path(out) / "shards" if out is not None else None
+    done: set[int] = set()
+    if folder is not None:
+        if save is None or load is None:
+            raise MinillmError("writing shards needs save= and load= functions")
+        done = _prepare(Path(out), folder, n, params or {}, resume, suffix)
+    path = (lambda i: folder / f"{i:05d}{suffix}") if folder is not None else None
+    size = size or (lambda r: 1)
+    pending_idx = [i for i in range(n) if i not in done]
+    max_pending = max_pending or max(2, 2 * _workers(executor))
+
+    acc, next_i, waiting = None, 0, {}
+    bar = tqdm(
+        total=None if unit != "shard" else n,
+        desc=desc,
+        unit=unit,
+        unit_scale=unit != "shard",
+        disable=not progress,
+        leave=False,
+    )
+
+    def drain():
+        nonlocal acc, next_i
+        while next_i < n and (next_i in waiting or next_i in done):
+            r = waiting.pop(next_i) if next_i in waiting else load(path(next_i))
+            if next_i in done:
+                bar.update(size(r))
+            acc = merge(acc, r)
+            next_i += 1
+
+    def finished(i, r):
+        if path is not None:
+            tmp = path(i).with_name(path(i).stem + ".part" + suffix)
+            save(r, tmp)
+            os.replace(tmp, path(i))
+        waiting[i] = r
+        bar.update(size(r))
+        drain()
+
+    try:
+        drain()
+        if executor is None:
+            for i in pending_idx:
+                finished(i, fn(tasks[i]))
+        else:
+            todo: Iterator[int] = iter(pending_idx)
+            running: dict = {}
+            try:
+                while True:
+                    while len(running) + len(waiting) < max_pending:
+                        i = next(todo, None)
+                        if i is None:
+                            break
+                        running[executor.submit(fn, tasks[i])] = i
+                    if not running:
+                        break
+                    ready, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                    for f in sorted(ready, key=lambda f: running[f]):
+                        finished(running.pop(f), f.result())
+            finally:
+                for f in running:
+                    f.cancel()
+        drain()
+    finally:
+        bar.close()
+    if next_i != n:  # cannot happen unless a merge skipped: a bug, not a user error
+        raise RuntimeError(f"merged {next_i} of {n} shards")
+    return acc
+
+
+def _workers(executor) -> int:
+    if executor is None:
+        return 1
+    n = getattr(executor, "_max_workers", None)
+    if n:
+        return int(n)
+    client = getattr(executor, "_client", None)  # dask's ClientExecutor
+    if client is not None:
+        try:
+            return max(1, sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values()))
+        except Exception:  # noqa: BLE001 - the count only sizes the queue
+            return 2
+    return 2
+
+
+def _prepare(out: Path, folder: Path, n: int, params: dict, resume: bool, suffix: str) -> set[int]:
+    """Check or write out/job.json; the shard numbers already complete."""
+    job = dict(params, n_shards=n)
+    job = json.loads(json.dumps(job, default=str))  # the form it has once read back
+    manifest = out / "job.json"
+    existing = sorted(folder.glob(f"[0-9][0-9][0-9][0-9][0-9]{suffix}")) if folder.is_dir() else []
+    if manifest.is_file():
+        try:
+            old = json.loads(manifest.read_text())
+        except ValueError:
+            raise MinillmError(
+                f"{manifest} is not valid JSON; remove the folder {out} to start over"
+            ) from None
+        if old != job:
+            diff = sorted(k for k in set(old) | set(job) if old.get(k) != job.get(k))
+            raise MinillmError(
+                f"{out} holds shards of another job (different {', '.join(diff)}); "
+                "use another folder, or remove it to start over"
+            )
+        if existing and not resume:
+            raise MinillmError(
+                f"{out} already holds {len(existing)} of {n} shards of this job: pass "
+                "--resume (resume=True) to continue it, or use another folder"
+            )
+    elif existing:
+        raise MinillmError(f"{folder} holds shard files but no job.json; remove it to start over")
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(f"*.part{suffix}"):
+        stale.unlink()  # a shard that was being written when the last run stopped
+    if not manifest.is_file():
+        tmp = manifest.with_suffix(".part")
+        tmp.write_text(json.dumps(job, indent=1))
+        os.replace(tmp, manifest)
+    return {int(p.stem) for p in existing if int(p.stem) < n}
+
+
+@contextmanager
+def dask_executor(
+    workers: int | None = None, scheduler: str | None = None, threads_per_worker: int = 1
+) -> Iterator[Executor]:
+    """A `concurrent.futures.Executor` on Dask: a new LocalCluster of `workers` processes
+    (1 thread each by default, BLAS limited to match), or the cluster at `scheduler`.
+
+    Needs the optional extra: pip install 'minillm[corpus]'.
+    """
+    try:
+        from dask.distributed import Client, LocalCluster
+    except ImportError:
+        raise MinillmError(
+            "Dask is not installed: pip install 'minillm[corpus]' (dask[distributed])"
+        ) from None
+    if (workers is None) == (scheduler is None):
+        raise MinillmError("give either workers=N (a local cluster) or scheduler=ADDRESS, not both")
+    cluster = None
+    if scheduler is None:
+        if workers < 1:
+            raise MinillmError(f"workers must be at least 1, got {workers}")
+        blas = str(threads_per_worker)
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=threads_per_worker,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            env={"OPENBLAS_NUM_THREADS": blas, "OMP_NUM_THREADS": blas, "MKL_NUM_THREADS": blas},
+        )
+        client = Client(cluster)
+    else:
+        try:
+            client = Client(scheduler, timeout=30)
+        except OSError as e:
+            raise MinillmError(f"cannot reach the Dask scheduler at {scheduler} ({e})") from None
+    try:
+        yield client.get_executor()
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+@contextmanager
+def executor_from_args(workers: int | None, scheduler: str | None) -> Iterator[Executor | None]:
+    """The CLI's engine: None (this process), a local Dask cluster, or a remote scheduler."""
+    if scheduler:
+        with dask_executor(scheduler=scheduler) as ex:
+            yield ex
+    elif workers and workers > 1:
+        with dask_executor(workers=workers) as ex:
+            yield ex
+    else:
+        yield None
+
+
+def add_engine_arguments(parser) -> None:
+    """--workers / --scheduler / --resume, shared by the dataset-level commands."""
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run shards on a local Dask cluster of N processes, 1 thread each "
+        "(default 1: in this process; needs pip install 'minillm[corpus]')",
+    )
+    parser.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="run shards on the existing Dask cluster at ADDRESS (e.g. tcp://host:8786)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run in the same output folder (finished shards are kept)",
+    )

@@ -1,0 +1,480 @@
+"""Max-activating examples: for each chosen neuron, the top-k contexts of a corpus.
+
+    from minillm.interp import top_activations as T
+    top = T.top_activations(model, corpus, layer=3, neurons=[7, 42], k=20)
+    print(top.text(model, neuron=7))       # value, document, position, context with the token marked
+    top.save("out/top"); T.TopActivations.load("out/top")
+    Path("top.html").write_text(top.html(model))   # self-contained page, tokens shaded by activation
+
+For every neuron, a bounded buffer of the k best (value, document, token
+offset) entries, with the context around each (`before` tokens, the token,
+`after` tokens, cut at the window's edges) and the neuron's activation on
+every context token. Memory is k entries per neuron whatever the corpus
+size. Each batch contributes its own k best per neuron (np.argpartition),
+which are merged with the buffer; "best" is the largest value, ties broken
+by (document, offset), earliest first, so the result is a function of the
+corpus alone. Two buffers merge exactly (the top k of a union is the top k
+of the tops), so shards run on any engine give the same top-k as one
+serial pass over the same shards.
+"""
+
+from __future__ import annotations
+
+import html as _html
+import json
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from minillm.activation_cache import act_name
+from minillm.data.corpus import Batch, Corpus
+from minillm.data.shards import ModelSpec, peak_rss_mb, run_shards, shard_ranges
+from minillm.errors import MinillmError
+from minillm.interp.stats import DOCS_PER_SHARD, collect
+
+
+@dataclass
+class TopActivations:
+    """The k best contexts of each neuron of one hook (see the module docstring)."""
+
+    hook: str
+    neurons: np.ndarray  # [n] neuron indices (the hook's last axis)
+    k: int
+    before: int
+    after: int
+    values: np.ndarray  # [n, k] float32, best first; -inf = empty slot
+    doc: np.ndarray  # [n, k] int64 document number; -1 = empty
+    pos: np.ndarray  # [n, k] int64 token offset in the document
+    tokens: np.ndarray  # [n, k, before + 1 + after] int32 context ids; -1 = outside the window
+    acts: np.ndarray  # [n, k, before + 1 + after] float32 the neuron's value on each context token
+    meta: dict = field(default_factory=dict)
+
+    @classmethod
+    def empty(cls, hook: str, neurons, k: int, before: int, after: int) -> TopActivations:
+        n, c = len(neurons), before + 1 + after
+        return cls(
+            hook,
+            np.asarray(neurons, np.int64),
+            k,
+            before,
+            after,
+            np.full((n, k), -np.inf, np.float32),
+            np.full((n, k), -1, np.int64),
+            np.full((n, k), -1, np.int64),
+            np.full((n, k, c), -1, np.int32),
+            np.full((n, k, c), np.nan, np.float32),
+            {},
+        )
+
+    @property
+    def width(self) -> int:
+        return self.before + 1 + self.after
+
+    def update(self, batch: Batch, act: np.ndarray) -> None:
+        """Fold in one batch: act [b, p, d_mlp] of this hook."""
+        sel = act[..., self.neurons].astype(np.float32)  # [b, p, n]
+        b, p, n = sel.shape
+        flat = np.where(batch.mask.astype(bool)[..., None], sel, -np.inf).reshape(b * p, n)  # [b·p, n]
+        k = min(self.k, b * p)
+        idx = (
+            np.argpartition(-flat, k - 1, axis=0)[:k]
+            if k < b * p
+            else np.broadcast_to(np.arange(b * p)[:, None], (b * p, n))
+        )  # [k, n]
+        vals = np.take_along_axis(flat, idx, axis=0)  # [k, n]
+        row, col = idx // p, idx % p
+        real = np.isfinite(vals)
+        doc = np.where(real, batch.doc[row], -1)
+        pos = np.where(real, batch.start[row] + col, -1)
+        c = col[..., None] + np.arange(-self.before, self.after + 1)  # [k, n, C]
+        ok = real[..., None] & (c >= 0) & (c < batch.length[row][..., None])
+        cc = np.clip(c, 0, p - 1)
+        rr = np.broadcast_to(row[..., None], c.shape)
+        toks = np.where(ok, batch.tokens[rr, cc], -1).astype(np.int32)
+        nn = np.broadcast_to(np.arange(n)[None, :, None], c.shape)
+        a = np.where(ok, sel[rr, cc, nn], np.nan).astype(np.float32)
+        self._keep(
+            np.concatenate([self.values, vals.T], 1),
+            np.concatenate([self.doc, doc.T], 1),
+            np.concatenate([self.pos, pos.T], 1),
+            np.concatenate([self.tokens, toks.transpose(1, 0, 2)], 1),
+            np.concatenate([self.acts, a.transpose(1, 0, 2)], 1),
+        )
+
+    def merge(self, other: TopActivations) -> TopActivations:
+        """Fold in another shard's buffer (in place): the top k of both."""
+        if (
+            other.hook != self.hook
+            or not np.array_equal(other.neurons, self.neurons)
+            or (other.k, other.before, other.after) != (self.k, self.before, self.after)
+        ):
+            raise MinillmError(
+                f"cannot merge top activations of {other.hook} (neurons {len(other.neurons)}, "
+                f"k={other.k}) into {self.hook} (neurons {len(self.neurons)}, k={self.k})"
+            )
+        self._keep(
+            np.concatenate([self.values, other.values], 1),
+            np.concatenate([self.doc, other.doc], 1),
+            np.concatenate([self.pos, other.pos], 1),
+            np.concatenate([self.tokens, other.tokens], 1),
+            np.concatenate([self.acts, other.acts], 1),
+        )
+        for key in ("n_tokens", "n_windows"):
+            self.meta[key] = self.meta.get(key, 0) + other.meta.get(key, 0)
+        workers = self.meta.setdefault("workers", {})
+        for pid, w in other.meta.get("workers", {}).items():
+            old = workers.get(pid, dict(peak_rss_mb=0.0, seconds=0.0, shards=0))
+            workers[pid] = dict(
+                peak_rss_mb=max(old["peak_rss_mb"], w["peak_rss_mb"]),
+                seconds=round(old["seconds"] + w["seconds"], 3),
+                shards=old["shards"] + w["shards"],
+            )
+        return self
+
+    def _keep(self, values, doc, pos, tokens, acts) -> None:
+        """Keep the k best per neuron: largest value first, then lowest (document, offset)."""
+        empty = doc < 0
+        order = np.lexsort(
+            (
+                np.where(empty, np.iinfo(np.int64).max, pos),
+                np.where(empty, np.iinfo(np.int64).max, doc),
+                -values.astype(np.float64),
+            ),
+            axis=-1,
+        )[:, : self.k]  # [n, k]
+        self.values = np.take_along_axis(values, order, 1)
+        self.doc = np.take_along_axis(doc, order, 1)
+        self.pos = np.take_along_axis(pos, order, 1)
+        self.tokens = np.take_along_axis(tokens, order[..., None], 1)
+        self.acts = np.take_along_axis(acts, order[..., None], 1)
+
+    def index(self, neuron: int) -> int:
+        hit = np.flatnonzero(self.neurons == neuron)
+        if not hit.size:
+            raise MinillmError(
+                f"neuron {neuron} was not tracked; these results cover {_ranges(self.neurons)}"
+            )
+        return int(hit[0])
+
+    # --- showing them ---------------------------------------------------------------------
+
+    def examples(self, neuron: int) -> list[dict]:
+        """[{value, doc, pos, tokens, acts}] for one neuron, best first (empty slots left out)."""
+        i = self.index(neuron)
+        out = []
+        for j in range(self.k):
+            if self.doc[i, j] < 0:
+                continue
+            keep = self.tokens[i, j] >= 0
+            centre = int(keep[: self.before].sum())
+            out.append(
+                dict(
+                    value=float(self.values[i, j]),
+                    doc=int(self.doc[i, j]),
+                    pos=int(self.pos[i, j]),
+                    tokens=self.tokens[i, j][keep].tolist(),
+                    acts=self.acts[i, j][keep].tolist(),
+                    centre=centre,
+                )
+            )
+        return out
+
+    def text(self, model, neuron: int | None = None, n: int | None = None) -> str:
+        """Terminal text: per neuron, its examples with the activating token in [[ ]]."""
+        neurons = [neuron] if neuron is not None else self.neurons.tolist()
+        lines = []
+        for nr in neurons:
+            lines.append(f"{self.hook} neuron {nr}: top {self.k}")
+            for r, ex in enumerate(self.examples(nr)[:n], 1):
+                pieces = [_piece(model, t) for t in ex["tokens"]]
+                pieces[ex["centre"]] = f"[[{pieces[ex['centre']]}]]"
+                lines.append(f"{r:3d}. {ex['value']:9.4f}  doc {ex['doc']} @ {ex['pos']}:  {''.join(pieces)}")
+        return "\n".join(lines)
+
+    def html(self, model, neurons: Sequence[int] | None = None, n: int | None = None) -> str:
+        """A self-contained HTML page: each example's tokens shaded by the neuron's activation
+        (white = 0 or below, red = the neuron's top value), the activating token outlined; the
+        value of every token shows on hover."""
+        neurons = self.neurons.tolist() if neurons is None else list(neurons)
+        parts = [
+            f"<!doctype html><html><head><meta charset='utf-8'><title>top activations: "
+            f"{_html.escape(self.hook)}</title><style>body{{font-family:sans-serif;margin:1.5em}}"
+            ".ex{font-family:monospace;white-space:pre-wrap;margin:.2em 0}.v{color:#555;display:inline-block;"
+            "width:7em}.t{border-radius:2px}.c{outline:2px solid #000}table{border-collapse:collapse}"
+            "h2{font-size:1.05em;margin-top:1.2em}</style></head><body>",
+            f"<h1>Max-activating examples: {_html.escape(self.hook)}</h1>",
+            f"<p>{_html.escape(json.dumps({k: v for k, v in self.meta.items() if k != 'workers'}))}</p>",
+        ]
+        for nr in neurons:
+            exs = self.examples(nr)[:n]
+            top = max([e["value"] for e in exs] + [1e-9])
+            parts.append(f"<h2 id='n{nr}'>neuron {nr}</h2>")
+            for ex in exs:
+                spans = []
+                for j, (t, a) in enumerate(zip(ex["tokens"], ex["acts"])):
+                    alpha = max(0.0, min(1.0, a / top)) if np.isfinite(a) else 0.0
+                    cls = "t c" if j == ex["centre"] else "t"
+                    spans.append(
+                        f"<span class='{cls}' title='{a:.4f}' style='background:rgba(220,40,40,"
+                        f"{alpha:.3f})'>{_html.escape(_piece(model, t))}</span>"
+                    )
+                parts.append(
+                    f"<div class='ex'><span class='v'>{ex['value']:.4f}</span>doc {ex['doc']} @ "
+                    f"{ex['pos']}: {''.join(spans)}</div>"
+                )
+        parts.append("</body></html>")
+        return "".join(parts)
+
+    # --- files ----------------------------------------------------------------------------
+
+    def to_file(self, path: str | Path) -> None:
+        from safetensors.numpy import save_file
+
+        t = dict(
+            neurons=self.neurons,
+            values=self.values,
+            doc=self.doc,
+            pos=self.pos,
+            tokens=self.tokens,
+            acts=self.acts,
+        )
+        info = dict(hook=self.hook, k=self.k, before=self.before, after=self.after, meta=self.meta)
+        save_file(
+            {k: np.ascontiguousarray(v) for k, v in t.items()},
+            str(path),
+            metadata={"minillm_top": json.dumps(info, default=str)},
+        )
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> TopActivations:
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), "numpy") as f:
+                info = json.loads((f.metadata() or {})["minillm_top"])
+                t = {k: f.get_tensor(k) for k in f.keys()}
+        except (OSError, KeyError, ValueError) as e:
+            raise MinillmError(
+                f"{path}: not a minillm top-activations file ({type(e).__name__}: {e})"
+            ) from None
+        return cls(
+            info["hook"],
+            t["neurons"],
+            info["k"],
+            info["before"],
+            info["after"],
+            t["values"],
+            t["doc"],
+            t["pos"],
+            t["tokens"],
+            t["acts"],
+            info["meta"],
+        )
+
+    def save(self, folder: str | Path) -> Path:
+        """folder/top.safetensors (all arrays) + folder/top.json (metadata)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / "top.part.safetensors"
+        self.to_file(tmp)
+        os.replace(tmp, folder / "top.safetensors")
+        (folder / "top.json").write_text(
+            json.dumps(
+                dict(self.meta, hook=self.hook, k=self.k, neurons=_ranges(self.neurons)),
+                indent=1,
+                default=str,
+            )
+        )
+        return folder
+
+    @classmethod
+    def load(cls, folder_or_file: str | Path) -> TopActivations:
+        p = Path(folder_or_file)
+        p = p / "top.safetensors" if p.is_dir() else p
+        if not p.is_file():
+            raise MinillmError(
+                f"{folder_or_file}: no top.safetensors there (write one with minillm top-activations)"
+            )
+        return cls.from_file(p)
+
+
+def _piece(model, t: int) -> str:
+    s = model.to_string([int(t)]) if model is not None and model.tokenizer is not None else f"<{t}>"
+    return s.replace("\n", "⏎")
+
+
+def _ranges(ids) -> str:
+    ids = sorted(int(i) for i in ids)
+    out, start = [], None
+    for a, b in zip(ids, ids[1:] + [None]):
+        start = a if start is None else start
+        if b != a + 1:
+            out.append(f"{start}" if start == a else f"{start}-{a}")
+            start = None
+    return ",".join(out)
+
+
+@dataclass(frozen=True)
+class TopTask:
+    model: ModelSpec | None
+    corpus: Corpus
+    start: int
+    stop: int
+    hook: str
+    neurons: tuple[int, ...]
+    k: int
+    before: int
+    after: int
+    window: int
+    batch_size: int
+    progress: bool = False
+
+
+def top_shard(task: TopTask, model=None) -> TopActivations:
+    """The top-k buffer of one shard (runs on a worker; `model` given when run in this process)."""
+    t0 = time.perf_counter()
+    model = model if model is not None else task.model.load()
+    top = TopActivations.empty(task.hook, task.neurons, task.k, task.before, task.after)
+    n_tokens = n_windows = 0
+    for batch in task.corpus.batches(
+        model,
+        task.window,
+        task.batch_size,
+        task.start,
+        task.stop,
+        progress=task.progress,
+        desc=f"docs {task.start}-{task.stop - 1}",
+    ):
+        top.update(batch, collect(model, batch, [task.hook])[task.hook])
+        n_tokens += batch.n_tokens
+        n_windows += len(batch.length)
+    worker = {
+        str(os.getpid()): dict(
+            peak_rss_mb=round(peak_rss_mb(), 1), seconds=round(time.perf_counter() - t0, 3), shards=1
+        )
+    }
+    top.meta = dict(n_tokens=n_tokens, n_windows=n_windows, workers=worker)
+    return top
+
+
+def top_activations(
+    model,
+    corpus: Corpus | Sequence[str],
+    layer: int | None = None,
+    neurons: Sequence[int] | None = None,
+    k: int = 20,
+    hook: str | None = None,
+    before: int = 24,
+    after: int = 8,
+    window: int = 128,
+    batch_size: int = 8,
+    docs_per_shard: int = DOCS_PER_SHARD,
+    executor: Executor | None = None,
+    out: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> TopActivations:
+    """The top-k contexts of MLP neurons (default: `blocks.{layer}.mlp.hook_post`, every neuron).
+
+    hook: any hook with a neuron axis last (e.g. "blocks.3.mlp.hook_pre", or
+    "blocks.3.hook_resid_post" for residual dimensions). Engines, shards and
+    `out`/`resume` work as in `minillm.interp.stats.corpus_stats`.
+    """
+    t0 = time.perf_counter()
+    corpus = corpus if isinstance(corpus, Corpus) else Corpus.from_texts(corpus)
+    if hook is None:
+        if layer is None:
+            raise MinillmError("say which neurons: layer= (MLP neurons of that layer) or hook=")
+        L = model.cfg.n_layers
+        if not 0 <= int(layer) < L:
+            raise MinillmError(f"layer {layer} does not exist: the model has {L} layers (0..{L - 1})")
+        hook = act_name("post", int(layer))
+    model.hooks.check_name(hook)
+    if hook.endswith(("hook_pattern", "hook_attn_scores")) or ".attn.hook_" in hook:
+        raise MinillmError(
+            f"{hook}: top activations need a hook whose last axis is a neuron or a "
+            "dimension (mlp hooks, resid, attn_out, mlp_out)"
+        )
+    from minillm.interp.stats import _probe_shapes
+
+    width = _probe_shapes(model)[hook][-1]
+    neurons = list(range(width)) if neurons is None else [int(i) for i in neurons]
+    if not neurons:
+        raise MinillmError("an empty list of neurons: give at least one, or None for all")
+    for i in neurons:
+        if not 0 <= i < width:
+            raise MinillmError(f"neuron {i} does not exist at {hook}: it has {width} (0..{width - 1})")
+    if k < 1 or before < 0 or after < 0:
+        raise MinillmError(
+            f"k must be at least 1 and before/after at least 0, got k={k}, before={before}, after={after}"
+        )
+    spec = ModelSpec.of(model) if executor is not None else None
+    n_docs = corpus.count()
+    tasks = [
+        TopTask(
+            spec,
+            corpus,
+            a,
+            b,
+            hook,
+            tuple(neurons),
+            k,
+            before,
+            after,
+            window,
+            batch_size,
+            progress=executor is None and progress,
+        )
+        for a, b in shard_ranges(n_docs, docs_per_shard)
+    ]
+    params = dict(
+        kind="top_activations",
+        model=str(getattr(model, "path", None) or model.name),
+        dtype=np.dtype(model.dtype).name,
+        corpus=corpus.describe(),
+        n_docs=n_docs,
+        hook=hook,
+        neurons=_ranges(neurons),
+        k=k,
+        before=before,
+        after=after,
+        window=window,
+        batch_size=batch_size,
+        docs_per_shard=docs_per_shard,
+    )
+    fn = top_shard if executor is not None else (lambda t: top_shard(t, model))
+    res = run_shards(
+        fn,
+        tasks,
+        lambda acc, r: r if acc is None else acc.merge(r),
+        executor,
+        out,
+        resume,
+        params,
+        save=lambda r, p: r.to_file(p),
+        load=TopActivations.from_file,
+        progress=progress,
+        desc="top activations",
+        size=lambda r: r.meta["n_tokens"],
+        unit="tok",
+    )
+    if res is None:
+        res = TopActivations.empty(hook, neurons, k, before, after)
+        res.meta = dict(n_tokens=0, n_windows=0, workers={})
+    seconds = time.perf_counter() - t0
+    res.meta = dict(
+        params,
+        n_tokens=res.meta["n_tokens"],
+        n_windows=res.meta["n_windows"],
+        workers=res.meta["workers"],
+        seconds=round(seconds, 3),
+        engine=type(executor).__name__ if executor is not None else "serial",
+    )
+    if out is not None:
+        res.save(out)
+    return res
