@@ -535,6 +535,14 @@ class Report:
     notes: list[str] = field(default_factory=list)
     n_layers: int = 0
 
+    def __repr__(self) -> str:
+        return f"Report({self.reference} vs {self.candidate}: {self.summary()})"
+
+    def _repr_html_(self) -> str:
+        from minillm.views.display import report_html
+
+        return report_html(f"{self.reference} vs {self.candidate}", self.table(), ok=self.passed)
+
     @property
     def passed(self) -> bool:
         return all(r.passed for r in self.rows)

@@ -91,6 +91,15 @@ class DriftReport:
     decode: object = None  # token id -> text, for the table (None: show ids)
     k: int = 5
 
+    def __repr__(self) -> str:
+        worst = ", ".join(f"{n} {r.resid_rel.max(initial=0.0):.3g}" for n, r in self.runs.items())
+        return f"DriftReport(max relative residual drift per run: {worst})"
+
+    def _repr_html_(self) -> str:
+        from minillm.views.display import report_html
+
+        return report_html("drift against the clean run", self.table())
+
     def table(self) -> str:
         """One line per run: weights, residual drift, logit change, KL, top-1, top-k overlap."""
         head = (f"{'run':<18} {'weights':>14} {'max rel resid':>14} {'max |dlogit|':>13} "
@@ -242,6 +251,16 @@ class InterferenceMap:
     position: int | None  # None: a weight edit (all positions); else an activation edit at one position
     delta: np.ndarray  # [L, p, m] |hook_post - clean hook_post|
     clean_rms: np.ndarray  # [L] root-mean-square of the clean hook_post per layer
+
+    def __repr__(self) -> str:
+        return (f"InterferenceMap(neuron {self.layer}:{self.neuron} ×{self.factor:g}: upstream max "
+                f"{self.upstream_max:.3g}, same layer {self.same_layer_max:.3g}, downstream max "
+                f"{self.per_layer().max(initial=0.0):.3g})")
+
+    def _repr_html_(self) -> str:
+        from minillm.views.display import report_html
+
+        return report_html("interference map", self.table())
 
     @property
     def upstream_max(self) -> float:

@@ -123,14 +123,14 @@ def check_lesson(number: int | str, solutions: bool = False, file: str | Path | 
 
 def run_lesson(number: int | str, out_dir: str | Path | None = None, timeout: float = 600
                ) -> tuple[Path, float]:
-    """Run lesson.py headless (Agg backend) in a subprocess; figures go to out_dir.
+    """Run lesson.py as a script in a subprocess (figures are saved, not shown); figures go to out_dir.
 
     Returns (out_dir, seconds). Raises MinillmError with the script's output on failure.
     """
     lesson = get_lesson(number)
     out = Path(out_dir or Path("out") / "lessons" / lesson.path.name).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "MPLBACKEND": "Agg", "MINILLM_LESSON_OUT": str(out)}
+    env = {**os.environ, "MINILLM_LESSON_OUT": str(out)}
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, str(lesson.path / "lesson.py")], cwd=out, env=env,
                           capture_output=True, text=True, timeout=timeout)

@@ -25,6 +25,7 @@ from minillm.interp import patching as P
 from minillm.interp.lens import logit_lens
 from minillm.interp.results import LabelledArray
 from minillm.views import figures, html
+from minillm.views.display import nbytes
 from tests.conftest import random_model
 
 IOI = "When Mary and John went to the store, John gave a drink to"
@@ -153,6 +154,57 @@ def test_labelled_array_repr_html_and_tidy_csv(tmp_path):
     rows = list(csv.reader(open(res.to_csv(tmp_path / "r.csv") and tmp_path / "r.csv", newline="")))
     assert rows == [["layer", "pos", "value"], ["0", 'a, "quoted"', "1.5"], ["0", "line\nbreak", ""],
                     ["1", 'a, "quoted"', "-2.0"], ["1", "line\nbreak", "0.25"]]
+
+
+def test_cache_repr_lists_hooks_shapes_and_bytes_by_layer(smollm2):
+    tokens = smollm2.to_tokens(EIFFEL)
+    p = tokens.shape[1]
+    _, cache = smollm2.run_with_cache(tokens)
+    text = repr(cache)
+    total = sum(a.nbytes for a in cache.values())
+    assert len(text) < 2500, len(text)  # was over a million characters: every array printed
+    first = text.splitlines()[0]
+    assert first.startswith(f"ActivationCache({len(cache)} activations, {nbytes(total)}, float32")
+    assert "blocks.0–29 (each)" in text and f"hook_resid_pre [1, {p}, 576]" in text
+    per_layer = sum(cache[n].nbytes for n in cache if n.startswith("blocks.7."))
+    assert f"blocks.0–29 (each): {len([n for n in cache if n.startswith('blocks.7.')])} hooks, " \
+           f"{nbytes(per_layer)}" in text
+    assert "hook_logits" in text and "hook_embed" in text
+    page = cache._repr_html_()
+    assert page.count("<tr>") == 1 + len([n for n in cache if not n.startswith("blocks.")]) + \
+        len([n for n in cache if n.startswith("blocks.0.")])  # header + one row per hook of a group
+    assert f"[1, 9, {p}, {p}]" in page  # hook_pattern [b, heads, q, k]
+
+
+def test_result_reprs_are_short_and_show_token_strings(smollm2):
+    from minillm import edits
+    from minillm.drift import interference_map, measure_drift
+    from minillm.interp import attribution as ap
+    from minillm.interp.dla import direct_logit_attribution
+
+    lens = logit_lens(smollm2, EIFFEL, targets=[" Paris"], k=3)
+    text = repr(lens)
+    assert len(text) < 300 and "' Paris'" in text and "' of'" in text  # token strings, not ids
+    assert 'data-kind="lens"' in lens._repr_html_()
+    dla = direct_logit_attribution(smollm2, EIFFEL, correct=" Paris", incorrect=" London")
+    assert len(repr(dla)) < 300 and f"{dla.total:.4f}" in repr(dla) and "<table" in dla._repr_html_()
+    model = random_model("llama", seed=3)
+    ids = np.array([[5, 3, 8, 1, 9, 2]])
+    report = measure_drift(model, ids, [edits.scale_neuron(layer=0, neuron=3, factor=0.04)])
+    assert len(repr(report)) < 400 and "journal-reverted 0" in repr(report)
+    assert "<pre" in report._repr_html_()
+    imap = interference_map(model, ids, layer=0, neuron=3)
+    assert len(repr(imap)) < 300 and "upstream max 0" in repr(imap)
+    handle = model.edit(edits.scale_neuron(layer=1, neuron=2, factor=0.5))
+    assert "[active]" in handle._repr_html_()
+    handle.revert()
+    assert "[reverted]" in handle._repr_html_()
+    from minillm.backward import logit_diff
+
+    attr = ap.attribution_patching(model, ids, ids[:, ::-1].copy(), logit_diff(7, 11), ["resid_pre"])
+    attr = attr["resid_pre"]
+    cmp = ap.compare(attr, attr)
+    assert repr(cmp).startswith("Comparison(") and len(repr(cmp)) < 200 and "<table" in cmp._repr_html_()
 
 
 # --- HTML views: offline, self-contained --------------------------------------------------------------
@@ -364,3 +416,28 @@ def test_views_show_in_a_notebook_cell(smollm2):
 
 def test_figure_is_a_figure():
     assert isinstance(LabelledArray(np.ones((2, 2)), ("a", "b"), (["0", "1"], ["x", "y"])).plot(), Figure)
+
+
+def test_results_and_figures_display_in_a_real_kernel(tmp_path):
+    """In an ipykernel (as in Jupyter): a returned Figure shows once as an image, a result as HTML."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    cells = [
+        "import numpy as np\nfrom minillm.interp.results import LabelledArray\n"
+        "res = LabelledArray(np.array([[1.0, -2.0], [0.5, 3.0]]), ('layer', 'pos'),"
+        " (['0', '1'], ['a', ' b']), title='denoising resid_pre: normalised metric')",
+        "res.plot()",
+        "res",
+        "from tests.conftest import random_model\nmodel = random_model('llama', seed=1)\n"
+        "_, cache = model.run_with_cache(np.array([[1, 2, 3]]))\ncache",
+    ]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
+                            resources={"metadata": {"path": root}}).execute()
+    outputs = [c.outputs for c in nb.cells]
+    assert [sum("image/png" in o.get("data", {}) for o in out) for out in outputs] == [0, 1, 0, 0]
+    assert "text/html" in outputs[2][0]["data"] and "normalised metric" in outputs[2][0]["data"]["text/html"]
+    cache_out = outputs[3][0]["data"]
+    assert "blocks.0–1 (each)" in cache_out["text/plain"] and "<table" in cache_out["text/html"]

@@ -228,6 +228,16 @@ class MedianReplacement:
     interrupted: bool
     seconds: float
 
+    def __repr__(self) -> str:
+        measure = self.delta.meta.get("measure", "logit")
+        return (f"MedianReplacement({self.prompt!r} -> {self.target!r}: base {measure} "
+                f"{self.base_logit:.4f}, "
+                f"{len(self.layers)} layers × {len(self.rates)} rates"
+                f"{', interrupted' if self.interrupted else ''}, {self.seconds:.1f} s)")
+
+    def _repr_html_(self) -> str:
+        return self.delta._repr_html_()
+
     def replaced(self, layer: int, rate: float) -> np.ndarray:
         """The neuron indices replaced at (layer, rate)."""
         i = self.layers.index(layer)

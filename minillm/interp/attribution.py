@@ -221,6 +221,15 @@ class Comparison:
     attribution: LabelledArray
     activation: LabelledArray
 
+    def __repr__(self) -> str:
+        return (f"Comparison({self.component}: r={self.r:.3f}, r over changed entries={self.r_changed:.3f}, "
+                f"slope={self.slope:.3f}, n={self.n})")
+
+    def _repr_html_(self) -> str:
+        from minillm.views.display import comparison_html
+
+        return comparison_html(self)
+
     def plot(self, path: str | Path | None = None) -> Figure:
         """Both heatmaps and their scatter with r; saved to `path` if given."""
         return plot_comparison(self, path)

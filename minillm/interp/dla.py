@@ -59,6 +59,15 @@ class DLAResult:
     total: float
     per_prompt_total: np.ndarray
 
+    def __repr__(self) -> str:
+        top = ", ".join(f"{lab[0]} {v:+.3f}" for lab, v in self.parts.top(3))
+        return f"DLAResult(total {self.total:.4f}, {self.parts.shape[0]} components; largest: {top})"
+
+    def _repr_html_(self) -> str:
+        from minillm.views.display import dla_html
+
+        return dla_html(self)
+
     def plot(self, path: str | Path | None = None) -> Figure:
         """Per-layer attention and MLP contributions (bars) and the [layer, head] heatmap; saved if `path`."""
         from minillm.views import figures

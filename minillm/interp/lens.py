@@ -91,6 +91,16 @@ class LensResult:
     def tokens_at(self, row: int, pos: int = -1) -> list[str]:
         return [self.decode(int(i)) for i in self.top_ids[row, pos]]
 
+    def __repr__(self) -> str:
+        from minillm.views.display import lens_repr
+
+        return lens_repr(self)
+
+    def _repr_html_(self) -> str:  # the interactive lens grid
+        from minillm.views import html
+
+        return html.lens(self)._repr_html_()
+
     def table(self, pos: int = -1, k: int | None = None) -> str:
         """Top-k tokens per layer at one position, and the targets' prob and rank, as text.
 
