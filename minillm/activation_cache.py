@@ -3,19 +3,25 @@
     logits, cache = model.run_with_cache(tokens)
     cache["blocks.3.hook_resid_post"]          # [b, p, d]
     cache["resid_post", 3]                     # the same (TransformerLens short names)
+    cache["embed"], cache["scale"]             # hook_embed, ln_final.hook_scale (short names)
     cache.accumulated_resid(apply_ln=True)     # [L + 1, b, p, d]: the logit lens' input
     cache.stack_head_results(pos_slice=-1)     # [L·h, b, d]: per-head writes to the residual
+    cache.logit_attrs(stack, " Mary", " John") # [c, ...]: each component's logit difference
 
 Shape legend: c = components of a stack, b = batch, p = positions, d = d_model,
 h = heads, e = d_head, m = d_mlp, L = n_layers. After `remove_batch_dim()` the
 `b` axis is absent everywhere.
 
-One difference from TransformerLens: minillm never folds the norm gains into
-the following weights, so `apply_ln_to_stack` returns the *normalized* stream
-(`(x - mean) · scale` or `x · scale`, exactly what `hook_normalized` holds);
-pass `weight=True` to multiply by the norm's gain `w` as well. The bias `b`
-(GPT-2) is never added, because it is not linear in the components: add it
-once to the sum.
+The methods do what TransformerLens's do, and give true logit contributions
+whether or not the norms are folded into the weights. TransformerLens's
+`apply_ln_to_stack` centres and divides by the cached scale, and leaves the
+norm's gain out: by default it has folded that gain into the next weights
+(`fold_ln`). minillm keeps the checkpoint's weights unless asked
+(`minillm.load(..., fold_ln=True)`), so its `apply_ln_to_stack` also multiplies
+by the gain `w` (all ones once folded): `apply_ln_to_stack(stack) @ W_U` is the
+direct logit contribution either way. The bias `b` (GPT-2) is never added, as
+in TransformerLens: it is not linear in the components (folded, it lives in
+`b_U`).
 """
 
 from __future__ import annotations
@@ -108,6 +114,11 @@ class ActivationCache(dict):
             if layer is not None and layer < 0:
                 layer += self.model.cfg.n_layers
             key = act_name(name, layer, *sub)
+        elif isinstance(key, str) and not dict.__contains__(self, key):
+            try:
+                key = act_name(key)  # "embed" -> "hook_embed", "scale" -> "ln_final.hook_scale"
+            except MinillmError:
+                pass
         if not dict.__contains__(self, key):
             import difflib
 
@@ -120,13 +131,27 @@ class ActivationCache(dict):
     # --- whole-cache conversions -------------------------------------------------------------
 
     def remove_batch_dim(self) -> ActivationCache:
-        """Drop the batch axis (it must have size 1) from every activation."""
+        """Drop the batch axis (it must have size 1) from every activation, in place.
+
+        As in TransformerLens, the cache itself changes (and is returned).
+        """
         if not self.has_batch_dim:
             return self
         for name, act in self.items():
             if act.shape[0] != 1:
                 raise MinillmError(f"remove_batch_dim: {name} has batch size {act.shape[0]}, not 1")
-        return ActivationCache({k: v[0] for k, v in self.items()}, self.model, has_batch_dim=False)
+        for name in list(self):
+            dict.__setitem__(self, name, dict.__getitem__(self, name)[0])
+        self.has_batch_dim = False
+        return self
+
+    def apply_slice_to_batch_dim(self, batch_slice) -> ActivationCache:
+        """A new cache holding only the batch rows `batch_slice` selects (an int drops the axis)."""
+        if not self.has_batch_dim:
+            raise MinillmError("apply_slice_to_batch_dim: this cache has no batch axis")
+        keep = not isinstance(batch_slice, (int, np.integer))
+        return ActivationCache({k: _pos(v, batch_slice, axis=0) for k, v in self.items()},
+                               self.model, has_batch_dim=keep)
 
     def to(self, dtype) -> ActivationCache:
         """A copy with every activation converted to `dtype` (e.g. np.float64)."""
@@ -154,10 +179,13 @@ class ActivationCache(dict):
         `resid_pre` of that block, or the final `resid_post` if layer is None
         or n_layers. So layer=None gives L + 1 components, the input of the
         logit lens. `mlp_input=True` also appends `resid_mid` of `layer`.
-        `apply_ln` normalizes every component with the scale of the norm that
-        reads the stream at `layer` (see `apply_ln_to_stack`). `pos_slice`
-        selects positions (an int drops the axis). Labels: "0_pre", "0_mid",
-        ..., "final_post".
+        `apply_ln`: for the final stream (layer None or n_layers) each
+        component goes through `ln_final` with its *own* statistics, gain and
+        bias (the logit lens: `@ W_U` gives each row's logits, as TransformerLens
+        3 does); for an earlier layer, through `apply_ln_to_stack` (the scale
+        of the norm reading the stream there, frozen). `pos_slice` selects
+        positions (an int drops the axis). Labels: "0_pre", "0_mid", ...,
+        "final_post".
         """
         layer = self._layer_arg(layer)
         L = self.model.cfg.n_layers
@@ -174,8 +202,31 @@ class ActivationCache(dict):
                 labels.append(f"{l}_mid")
         stack = np.stack([_pos(x, pos_slice) for x in parts])
         if apply_ln:
-            stack = self.apply_ln_to_stack(stack, layer, mlp_input, pos_slice)
+            stack = self.apply_ln_to_stack(stack, layer, mlp_input, pos_slice,
+                                           recompute_ln=layer == L)
         return (stack, labels) if return_labels else stack
+
+    def logit_attrs(self, residual_stack: np.ndarray, tokens, incorrect_tokens=None,
+                    pos_slice=None, batch_slice=None, has_batch_dim: bool = True) -> np.ndarray:
+        """Each component's direct contribution to the logit of `tokens` (minus `incorrect_tokens`).
+
+        residual_stack [c, b, p, d] (positions already selected by `pos_slice`,
+        as for `apply_ln_to_stack`) -> [c, b, p]. The stack goes through the
+        final norm with its frozen scale and gain, then onto the unembedding
+        columns: tokens may be a single-token text, an id, or ids (one per
+        batch row, [b] or [b, p]).
+        """
+        directions = self.model.tokens_to_residual_directions(tokens)
+        if incorrect_tokens is not None:
+            wrong = self.model.tokens_to_residual_directions(incorrect_tokens)
+            if np.shape(np.asarray(tokens, dtype=object)) != np.shape(np.asarray(incorrect_tokens,
+                                                                                  dtype=object)):
+                raise MinillmError("logit_attrs: tokens and incorrect_tokens must have the same "
+                                   f"shape, got {np.shape(tokens)} and {np.shape(incorrect_tokens)}")
+            directions = directions - wrong
+        scaled = self.apply_ln_to_stack(residual_stack, None, pos_slice=pos_slice,
+                                        batch_slice=batch_slice, has_batch_dim=has_batch_dim)
+        return (scaled * directions).sum(-1)
 
     def decompose_resid(self, layer: int | None = None, mlp_input: bool = False, mode: str = "all",
                         apply_ln: bool = False, pos_slice=None, incl_embeds: bool = True,
@@ -283,28 +334,40 @@ class ActivationCache(dict):
     # --- normalization -----------------------------------------------------------------------
 
     def apply_ln_to_stack(self, residual_stack: np.ndarray, layer: int | None = None,
-                          mlp_input: bool = False, pos_slice=None, weight: bool = False) -> np.ndarray:
+                          mlp_input: bool = False, pos_slice=None, batch_slice=None,
+                          has_batch_dim: bool = True, recompute_ln: bool = False) -> np.ndarray:
         """Normalize a stack of residual components as the model normalized their sum.
 
         residual_stack [c, b, p, d] (or any [..., b, p, d] matching the
         cache's positions after `pos_slice`) -> same shape. The norm is the one
         that reads the stream at `layer`: `ln_final` for None or n_layers,
         else block `layer`'s ln1 (ln2 if `mlp_input`). Its cached `hook_scale`
-        (1/std or 1/rms of the *actual* stream) is frozen and applied to each
-        component, after centring each component for LayerNorm; so the
-        components of a full decomposition sum to that norm's
-        `hook_normalized` — the linearisation direct logit attribution uses.
-        `weight=True` also multiplies by the norm's gain w.
+        (the std or rms of the *actual* stream) is frozen: each component is
+        centred (LayerNorm), divided by it and multiplied by the norm's gain
+        `w`, so the components of a full decomposition sum to that norm's
+        output minus its bias — the linearisation direct logit attribution
+        uses, true with or without `fold_ln` (folded, `w` is all ones).
+        `batch_slice` selects batch rows of the scale (and of the stack, when
+        `has_batch_dim`). `recompute_ln` (final norm only): each component
+        goes through `ln_final` with its own statistics, gain and bias.
         """
         layer = self._layer_arg(layer)
         L = self.model.cfg.n_layers
+        if has_batch_dim and batch_slice is not None and self.has_batch_dim:
+            residual_stack = _pos(residual_stack, batch_slice, axis=1)
         if layer == L:
             name, norm = "ln_final.hook_scale", self.model.ln_final
         else:
             which = "ln2" if mlp_input else "ln1"
             name, norm = f"blocks.{layer}.{which}.hook_scale", getattr(self.model.blocks[layer], which)
-        scale = _pos(self[name], pos_slice)  # [b, p, 1] (or [b, 1] for an int pos_slice)
+        if recompute_ln and layer == L:
+            centered, own = self.model.norm_parts(residual_stack, self.model.cfg.eps)
+            out = centered / own * norm.w
+            return out if norm.b is None else out + norm.b
+        scale = self[name]  # [b, p, 1]
+        if batch_slice is not None and self.has_batch_dim:
+            scale = _pos(scale, batch_slice, axis=0)
+        scale = _pos(scale, pos_slice)  # [b, p, 1] (or [b, 1] for an int pos_slice)
         if self.model.norm_parts is ops.layer_norm_parts:  # LayerNorm centres; RMSNorm does not
             residual_stack = residual_stack - residual_stack.mean(axis=-1, keepdims=True)
-        out = residual_stack * scale
-        return out * norm.w if weight else out
+        return residual_stack / scale * norm.w

@@ -166,10 +166,11 @@ class Gradients:
         """The gradient of a hook point or a parameter, by its minillm name."""
         if name in self.act_grads:
             return self.act_grads[name]
-        if self.params is not None and (
-            name == "unembed.W_U" or name in dict(self.params.named_parameters())
-        ):
-            return self.params.get_parameter(name)
+        if self.params is not None:
+            try:
+                return self.params.get_parameter(name)
+            except MinillmError:
+                pass
         hint = "" if self.params is not None else (
             "; parameter gradients were not computed: call backward(..., params=True)")
         raise MinillmError(

@@ -25,10 +25,22 @@ COMMANDS = {
     "bench": "bench",
     "patch": "patch",
     "ablate": "ablate",
+    "perplexity": "perplexity",
     "stats": "stats",
     "top-activations": "top_activations",
     "view": "view",
 }
+
+
+def version() -> str:
+    """minillm's version, with the Python and NumPy it runs on."""
+    import platform
+
+    import numpy
+
+    from minillm import __version__
+
+    return f"{__version__} (Python {platform.python_version()}, NumPy {numpy.__version__})"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="minillm",
         description="A pure-NumPy reference implementation of GPT-2 and Llama.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(f"minillm.commands.{module_name}")

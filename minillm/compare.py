@@ -22,7 +22,7 @@ failing hook is the answer to "where does my implementation go wrong?".
 
 Name maps: `from_hf_hidden_states` (Hugging Face `output_hidden_states`,
 whose last entry is *after* the final norm: we call that `ln_final.out`),
-`from_transformer_lens` (same names; hook_scale inverted, GQA k/v checked).
+`from_transformer_lens` (same names and hook_scale; GQA k/v checked).
 
 `ln_final.out` is the one name here that is not a hook point: the final norm's
 output with gain (and bias) applied, i.e. what meets the unembedding.
@@ -436,10 +436,9 @@ def from_transformer_lens(cache, input_ids=None, n_kv_heads: int | None = None,
                           layernorm: bool | None = None, meta: dict | None = None) -> Dump:
     """A TransformerLens ActivationCache (or its dict) -> a Dump under minillm's names.
 
-    The names are already ours; three conventions differ and are converted:
-    * TransformerLens's `hook_scale` is the divisor (std or rms); minillm's is
-      its reciprocal, so it is inverted.
-    * TransformerLens's LayerNorm `hook_normalized` includes the gain and bias
+    The names and the `hook_scale` convention (the divisor: std or rms) are
+    already ours; two conventions may differ and are converted:
+    * Some TransformerLens releases' LayerNorm `hook_normalized` includes the gain and bias
       (its RMSNorm's does not); for LayerNorm models (`layernorm=True`, or
       detected from a `hook_pos_embed` entry) those entries are dropped.
     * Grouped-query k/v: if `n_kv_heads` is given and hook_k / hook_v /
@@ -461,8 +460,6 @@ def from_transformer_lens(cache, input_ids=None, n_kv_heads: int | None = None,
         if not is_known(name) or (layernorm and rest.endswith("hook_normalized")):
             dropped.append(name)
             continue
-        if rest.endswith("hook_scale"):
-            a = 1.0 / a
         if n_kv_heads and rest in ("attn.hook_k", "attn.hook_v", "attn.hook_rot_k"):
             a = _collapse_repeated_heads(name, a, n_kv_heads)
         acts[name] = a

@@ -15,7 +15,7 @@ What each op touches (TransformerLens names, see DESIGN.md):
 | op | writes |
 | --- | --- |
 | scale_neuron / zero_neuron | "in": column i of W_in (+ b_in[i]); "out": row i of W_out |
-| scale_head / zero_head     | W_Q[h] (+ b_Q[h]), W_K/W_V[kv-head] (+ biases), W_O[h] |
+| scale_head / zero_head     | W_Q[h] (+ b_Q[h]), _W_K/_W_V[kv-head] (+ biases), W_O[h] |
 | reduce/boost/zero_embedding | row t of W_E (and so column t of W_U when tied) |
 | scale_norm                 | the gain w of ln1, ln2 or ln_final |
 | add_to_weight / set_weight | any parameter slice |
@@ -232,7 +232,8 @@ class scale_head(_Scale):  # noqa: N801
 
     parts="O" (default): W_O[head], so the head's output (its hook_z times W_O)
       is scaled; the attention pattern is unchanged.
-    "Q" / "K" / "V": the head's slice of W_Q, W_K, W_V and their biases.
+    "Q" / "K" / "V": the head's slice of W_Q, and of the stored key/value heads
+      _W_K, _W_V (its kv-head), and their biases.
     Grouped-query attention: K and V belong to a kv-head shared by
       n_heads / n_kv_heads query heads; editing them changes every head of the
       group. That requires allow_shared_kv=True, and the description names the group.
@@ -265,9 +266,10 @@ class scale_head(_Scale):  # noqa: N801
             if part not in self.parts:
                 continue
             idx = g if part in "KV" else h
-            out.append(Slice(f"{p}.W_{part}", (idx,), f"{idx}"))
+            stored = "_" if part in "KV" else ""  # the stored kv-head, not the per-head repeat
+            out.append(Slice(f"{p}.{stored}W_{part}", (idx,), f"{idx}"))
             if part != "O" and attn.b_QKV is not None:
-                out.append(Slice(f"{p}.b_{part}", (idx,), f"{idx}"))
+                out.append(Slice(f"{p}.{stored}b_{part}", (idx,), f"{idx}"))
         return out
 
     def _group(self, model) -> list[int]:

@@ -28,6 +28,9 @@ class HookedModel(Transformer):
         self.tokenizer = tokenizer
         self.name = name
         self.path = path
+        # None: BOS exactly where the model's own tokenizer adds one. True / False: always /
+        # never start a text with BOS (TransformerLens's `prepend_bos`; its default is True).
+        self.default_prepend_bos: bool | None = None
 
     def __repr__(self) -> str:
         c = self.cfg
@@ -45,32 +48,69 @@ class HookedModel(Transformer):
             )
         return self.tokenizer
 
-    def to_tokens(self, text: str | Sequence[str], padding_side: str = "left") -> np.ndarray:
-        """Text -> int64 ids [1, p] (BOS only if the model's tokenizer adds one).
+    def to_tokens(self, text: str | Sequence[str], prepend_bos: bool | None = None,
+                  padding_side: str = "left") -> np.ndarray:
+        """Text -> int64 ids [1, p] (BOS only if the model's tokenizer adds one, unless
+        `prepend_bos` (or `model.default_prepend_bos`) says True / False).
 
         A list of texts gives [b, p] padded on `padding_side`; use
         `to_tokens_and_mask` to get the attention mask too.
         """
         if isinstance(text, str):
-            return np.array([self._need_tokenizer().encode(text)], np.int64)
-        return self.to_tokens_and_mask(text, padding_side)[0]
+            return np.array([self._encode(text, prepend_bos)], np.int64)
+        return self.to_tokens_and_mask(text, padding_side, prepend_bos)[0]
 
-    def to_tokens_and_mask(self, texts: Sequence[str], padding_side: str = "left"):
+    def to_tokens_and_mask(self, texts: Sequence[str], padding_side: str = "left",
+                           prepend_bos: bool | None = None):
         """A list of texts -> (ids [b, p], attention_mask [b, p]) for a ragged batch."""
         pad = self.cfg.extra.get("pad_token_id")
         pad = pad if isinstance(pad, int) else 0
-        return self._need_tokenizer().batch_encode(list(texts), padding_side, pad)
+        return self._need_tokenizer().batch_encode(list(texts), padding_side, pad,
+                                                   encode=lambda t: self._encode(t, prepend_bos))
+
+    def _encode(self, text: str, prepend_bos: bool | None) -> list[int]:
+        """One text -> ids, with BOS added or removed as `prepend_bos` asks."""
+        tok = self._need_tokenizer()
+        if prepend_bos is None:
+            prepend_bos = self.default_prepend_bos
+        ids = tok.encode(text)
+        if prepend_bos is None:
+            return ids
+        bos = self.cfg.bos_token_id
+        if bos is None:
+            raise MinillmError(f"{self.name or self.path}: prepend_bos needs a BOS token, but "
+                               "config.json names none (bos_token_id)")
+        has_bos = bool(ids) and ids[0] == bos
+        if prepend_bos and not has_bos:
+            return [bos, *ids]
+        if not prepend_bos and has_bos and tok.encode(text, add_special_tokens=False)[:1] != [bos]:
+            return ids[1:]
+        return ids
 
     def to_string(self, ids) -> str | list[str]:
-        """ids [p] -> text; ids [b, p] -> a list of texts."""
+        """ids [p] (or one id) -> text; ids [b, p] -> a list of texts."""
         ids = np.asarray(ids)
+        if ids.ndim == 0:
+            ids = ids[None]
         if ids.ndim == 2:
             return [self.to_string(row) for row in ids]
         return self._need_tokenizer().decode(ids.tolist())
 
-    def to_str_tokens(self, text_or_ids) -> list[str]:
-        """Each token as its own piece of text (for plot labels)."""
-        ids = self.to_tokens(text_or_ids)[0] if isinstance(text_or_ids, str) else text_or_ids
+    def to_str_tokens(self, text_or_ids, prepend_bos: bool | None = None) -> list:
+        """Each token as its own piece of text (for plot labels).
+
+        A str is tokenized first (with `prepend_bos` as in `to_tokens`); ids may
+        be [p] or [1, p]; a list of texts gives a list of lists.
+        """
+        if isinstance(text_or_ids, (list, tuple)) and text_or_ids and isinstance(text_or_ids[0], str):
+            return [self.to_str_tokens(t, prepend_bos) for t in text_or_ids]
+        if isinstance(text_or_ids, str):
+            ids = self.to_tokens(text_or_ids, prepend_bos)[0]
+        else:
+            ids = np.asarray(text_or_ids)
+            if ids.ndim == 2 and ids.shape[0] != 1:
+                raise MinillmError(f"to_str_tokens takes one row of ids ([p] or [1, p]), got "
+                                   f"shape {ids.shape}")
         tok = self._need_tokenizer()
         return [tok.decode([int(i)]) for i in np.asarray(ids).reshape(-1)]
 
@@ -82,36 +122,103 @@ class HookedModel(Transformer):
             raise MinillmError(f"{text!r} is not a single token: it tokenizes as {pieces}")
         return ids[0]
 
+    def to_single_str_token(self, token_id: int) -> str:
+        """The text of one token id."""
+        return self._need_tokenizer().decode([int(token_id)])
+
+    def get_token_position(self, single_token: str | int, input, mode: str = "first",
+                           prepend_bos: bool | None = None) -> int:
+        """Where a token occurs in a text or ids ([p] or [1, p]): its first or last position."""
+        ids = self.to_tokens(input, prepend_bos)[0] if isinstance(input, str) else np.asarray(input)
+        if ids.ndim == 2:
+            if ids.shape[0] != 1:
+                raise MinillmError(f"get_token_position takes one row of ids, got shape {ids.shape}")
+            ids = ids[0]
+        token = self.to_single_token(single_token) if isinstance(single_token, str) else int(single_token)
+        where = np.flatnonzero(ids == token)
+        if where.size == 0:
+            raise MinillmError(f"token {token} ({self.to_single_str_token(token)!r}) does not "
+                               "occur in the input")
+        if mode not in ("first", "last"):
+            raise MinillmError(f"mode must be 'first' or 'last', not {mode!r}")
+        return int(where[0] if mode == "first" else where[-1])
+
+    def tokens_to_residual_directions(self, tokens) -> np.ndarray:
+        """The unembedding column of each token: the residual direction whose dot product is
+        its logit (before the final norm).   str / int -> [d]; ids [...] -> [..., d]"""
+        if isinstance(tokens, str):
+            tokens = self.to_single_token(tokens)
+        ids = np.asarray(tokens)
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise MinillmError(f"tokens must be a single-token text or integer ids, got {tokens!r}")
+        if ((ids < 0) | (ids >= self.cfg.d_vocab)).any():
+            raise MinillmError(f"token ids must be in 0..{self.cfg.d_vocab - 1}, got {tokens!r}")
+        if ids.size == 1:
+            ids = ids.reshape(())
+        return np.moveaxis(self.unembed.W_U[:, ids], 0, -1)
+
     def _as_tokens(self, tokens) -> np.ndarray:
         return self.to_tokens(tokens) if isinstance(tokens, str) else np.asarray(tokens)
 
-    def forward(self, tokens, attention_mask=None, cache=None, last_only=False) -> np.ndarray:
-        """Logits [b, p, V] for ids [b, p] (or a str); see Transformer.forward."""
-        return super().forward(self._as_tokens(tokens), attention_mask, cache, last_only)
+    def forward(self, tokens, attention_mask=None, cache=None, last_only=False, *,
+                return_type: str | None = "logits", loss_per_token: bool = False,
+                prepend_bos: bool | None = None, padding_side: str = "left",
+                start_at_layer: int | None = None, stop_at_layer: int | None = None):
+        """Logits [b, p, V] for ids [b, p] (or a str, or a list of texts); see Transformer.forward.
+
+        As in TransformerLens: `return_type` "logits" (default), "loss" (the mean
+        next-token cross-entropy, see `loss_fn`; per position [b, p-1] with
+        `loss_per_token`), "both" (logits, loss) or None (run for the hooks,
+        return nothing); `prepend_bos` / `padding_side` apply to text input;
+        `start_at_layer` / `stop_at_layer` run a slice of the blocks.
+        """
+        if return_type not in ("logits", "loss", "both", None):
+            raise MinillmError(f"return_type must be 'logits', 'loss', 'both' or None, got "
+                               f"{return_type!r}")
+        if isinstance(tokens, str):
+            tokens = self.to_tokens(tokens, prepend_bos)
+        elif isinstance(tokens, (list, tuple)) and tokens and isinstance(tokens[0], str):
+            tokens, mask = self.to_tokens_and_mask(tokens, padding_side, prepend_bos)
+            attention_mask = mask if attention_mask is None else attention_mask
+        out = super().forward(tokens, attention_mask, cache, last_only, start_at_layer,
+                              stop_at_layer)
+        if stop_at_layer is not None or return_type == "logits":
+            return out
+        if return_type is None:
+            return None
+        if start_at_layer is not None:
+            raise MinillmError("return_type 'loss' with start_at_layer needs the token ids: "
+                               "compute model.loss_fn(logits, tokens) yourself")
+        loss = self.loss_fn(out, tokens, attention_mask, per_token=loss_per_token)
+        return loss if return_type == "loss" else (out, loss)
 
     __call__ = forward
 
-    def loss(self, tokens, per_token: bool = False, attention_mask=None) -> float | np.ndarray:
-        """Next-token cross-entropy (nats), as transformers' `labels=input_ids` loss.
+    @staticmethod
+    def loss_fn(logits: np.ndarray, tokens, attention_mask=None, per_token: bool = False):
+        """Next-token cross-entropy (nats) of logits [b, p, V] for ids [b, p] (TransformerLens's
+        `loss_fn`; `loss` runs the model first).
 
-        tokens [b, p] ids (or a str; [p] is taken as one row). Position i predicts
-        token i + 1, so a row of p tokens makes p - 1 predictions.
-        per_token=False: the mean over all predictions, a float (perplexity is
-        exp of it). per_token=True: an array [b, p-1] in the model's dtype.
-        attention_mask [b, p] (1 = token, 0 = padding): a prediction counts only
-        if both its input and its target are real tokens; the others are 0 in
-        the per-token array and left out of the mean.
+        Position i predicts token i + 1, so a row of p tokens makes p - 1
+        predictions. per_token=False: the mean over all predictions, a float
+        (a NumPy float64; perplexity is exp of it). per_token=True: [b, p-1] in
+        the logits' dtype. attention_mask [b, p] (1 = token, 0 = padding): a
+        prediction counts only if both its input and its target are real
+        tokens; the others are 0 in the per-token array and left out of the mean.
         """
         from minillm import ops
 
-        tokens = self._as_tokens(tokens)
+        tokens = np.asarray(tokens)
         if tokens.ndim == 1:
             tokens = tokens[None, :]
+        logits = np.asarray(logits)
         if tokens.ndim != 2 or tokens.shape[1] < 2:
             raise MinillmError(
                 f"loss needs at least 2 tokens per row (one prediction), got shape {tokens.shape}"
             )
-        nll = ops.next_token_nll(self.forward(tokens, attention_mask), tokens)  # [b, p-1]
+        if logits.shape[:2] != tokens.shape:
+            raise MinillmError(f"logits {logits.shape} do not match tokens {tokens.shape}")
+        nll = ops.next_token_nll(logits, tokens)  # [b, p-1]
         if attention_mask is not None:
             real = np.asarray(attention_mask) != 0  # [b, p]
             keep = real[:, 1:] & real[:, :-1]  # [b, p-1]
@@ -123,7 +230,19 @@ class HookedModel(Transformer):
             n = nll.size
         if per_token:
             return nll
-        return float(nll.sum(dtype=np.float64) / n)
+        return np.float64(nll.sum(dtype=np.float64) / n)
+
+    def loss(self, tokens, per_token: bool = False, attention_mask=None) -> float | np.ndarray:
+        """Next-token cross-entropy (nats) of a run on `tokens`, as transformers' `labels=input_ids`
+        loss: ids [b, p] (or a str; [p] is taken as one row); see `loss_fn`."""
+        tokens = self._as_tokens(tokens)
+        if tokens.ndim == 1:
+            tokens = tokens[None, :]
+        if tokens.ndim != 2 or tokens.shape[1] < 2:
+            raise MinillmError(
+                f"loss needs at least 2 tokens per row (one prediction), got shape {tokens.shape}"
+            )
+        return self.loss_fn(self.forward(tokens, attention_mask), tokens, attention_mask, per_token)
 
     # --- hooks -------------------------------------------------------------------------------
 
@@ -131,18 +250,58 @@ class HookedModel(Transformer):
         """Every hook point, in the order they fire in a forward pass."""
         return list(self.hooks.valid_names)
 
+    @property
+    def hook_dict(self) -> dict:
+        """{hook name: HookPoint} for every hook point (TransformerLens's `hook_dict`)."""
+        return {n: self.hooks.point(n) for n in self.hooks.valid_names}
+
+    def add_hook(self, name, hook, dir: str = "fwd", is_permanent: bool = False,
+                 level=None, prepend: bool = False) -> None:
+        """Register hook(act, hook_point) at a hook name, or at every name a predicate
+        accepts, until `reset_hooks()` (permanent hooks survive it). `prepend` runs it
+        before the hooks already there."""
+        if dir != "fwd":
+            raise MinillmError(f"add_hook: dir={dir!r} is not supported; only forward hooks "
+                               "('fwd') can be registered")
+        for n in self.hooks.resolve(name):
+            self.hooks.add(n, hook, prepend=prepend, permanent=is_permanent)
+
+    def add_perma_hook(self, name, hook, dir: str = "fwd") -> None:
+        """A hook that `reset_hooks()` keeps (`reset_hooks(including_permanent=True)` removes it)."""
+        self.add_hook(name, hook, dir=dir, is_permanent=True)
+
+    def reset_hooks(self, clear_contexts: bool = True, direction: str = "both",
+                    including_permanent: bool = False, level=None) -> None:
+        """Remove the hooks added with `add_hook` (permanent ones too if asked) and empty
+        every hook's `ctx` (unless clear_contexts=False)."""
+        self.hooks.reset(including_permanent, clear_contexts)
+
+    def remove_all_hook_fns(self, direction: str = "both", including_permanent: bool = False,
+                            level=None) -> None:
+        """Remove hooks as `reset_hooks` does, but keep the hooks' `ctx`."""
+        self.hooks.reset(including_permanent, clear_contexts=False)
+
     def run_with_hooks(self, tokens, fwd_hooks=(), attention_mask=None, cache=None,
-                       last_only=False) -> np.ndarray:
-        """One forward pass with temporary hooks: fwd_hooks = [(name or predicate, fn)]."""
-        with self.hooks(fwd_hooks):
-            return self.forward(tokens, attention_mask, cache, last_only)
+                       last_only=False, *, reset_hooks_end: bool = True,
+                       clear_contexts: bool = False, **forward_kwargs):
+        """One forward pass with temporary hooks: fwd_hooks = [(name or predicate, fn)].
+
+        `forward_kwargs` are forward's (return_type, stop_at_layer, prepend_bos, ...).
+        """
+        with self.hooks(fwd_hooks, reset_hooks_end, clear_contexts):
+            return self.forward(tokens, attention_mask=attention_mask, cache=cache,
+                                last_only=last_only, **forward_kwargs)
 
     def run_with_cache(self, tokens, names_filter: NameFilter = None, attention_mask=None,
-                       cache=None, fwd_hooks=()):
-        """Logits and a dict of activations {hook name: array}, for the hooks asked for.
+                       cache=None, fwd_hooks=(), *, remove_batch_dim: bool = False,
+                       return_cache_object: bool = True, device=None, **forward_kwargs):
+        """The forward pass's output and an ActivationCache {hook name: array} of the hooks asked for.
 
         names_filter: None (all hooks except the large `hook_result`), a name,
-        a list of names, or a predicate over names.
+        a list of names, or a predicate over names. `remove_batch_dim` drops the
+        batch axis (of size 1) from every cached activation (not from the output),
+        as TransformerLens does; `forward_kwargs` are forward's (return_type,
+        stop_at_layer, ...). `device` is accepted and ignored (NumPy runs on the CPU).
         """
         from minillm.activation_cache import ActivationCache
 
@@ -153,10 +312,13 @@ class HookedModel(Transformer):
             store[hook.name] = act
 
         with self.hooks(fwd_hooks):
-            logits = self.run_with_hooks(tokens, [(n, save) for n in names], attention_mask,
-                                         cache)
+            out = self.run_with_hooks(tokens, [(n, save) for n in names],
+                                      attention_mask=attention_mask, cache=cache, **forward_kwargs)
         ordered = {n: store[n] for n in names if n in store}
-        return logits, ActivationCache(ordered, self)
+        activations = ActivationCache(ordered, self)
+        if remove_batch_dim:
+            activations = activations.remove_batch_dim()
+        return out, (activations if return_cache_object else dict(activations))
 
     def _filter_names(self, names_filter: NameFilter) -> list[str]:
         if names_filter is None:
@@ -213,20 +375,187 @@ class HookedModel(Transformer):
             yield "unembed.W_U", self.unembed.W_U
 
     def get_parameter(self, name: str) -> np.ndarray:
-        """A parameter's live view by its documented name, e.g. 'blocks.3.attn.W_Q'."""
+        """A parameter's live view by its documented name, e.g. 'blocks.3.attn.W_Q'.
+
+        Attention keys/values answer to both names: `_W_K` (the stored heads)
+        and `W_K` (per query head; read-only for grouped-query attention).
+        """
         params = dict(self.named_parameters())
         if name == "unembed.W_U":
             return self.unembed.W_U
-        if name not in params:
-            import difflib
+        if name in params:
+            return params[name]
+        head, _, leaf = name.rpartition(".")
+        other = leaf[1:] if leaf.startswith("_") else f"_{leaf}"
+        if leaf.lstrip("_") in ("W_K", "W_V", "b_K", "b_V") and f"{head}.{other}" in params:
+            return getattr(self.blocks[int(head.split(".")[1])].attn, leaf)
+        import difflib
 
-            close = difflib.get_close_matches(name, list(params), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise MinillmError(f"no parameter named {name!r}{hint}")
-        return params[name]
+        close = difflib.get_close_matches(name, list(params), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise MinillmError(f"no parameter named {name!r}{hint}")
 
     def n_params(self) -> int:
         return sum(v.size for _, v in self.named_parameters())
+
+    # --- every layer's weights stacked, as TransformerLens's HookedTransformer has them -------
+    # Copies, not live views: write through `model.blocks[l]....` (or an edit) to change weights.
+
+    def _stack(self, get) -> np.ndarray:
+        return np.stack([get(b) for b in self.blocks])
+
+    def _per_query_head(self, x: np.ndarray) -> np.ndarray:
+        """[kv, ...] -> [h, ...]: query head j reads key/value head j // n_groups."""
+        return x if x.shape[0] == self.cfg.n_heads else np.repeat(x, self.cfg.n_groups, axis=0)
+
+    def _stack_bias(self, get, shape) -> np.ndarray:
+        """A stacked bias; zeros for a model without that bias (as TransformerLens keeps them)."""
+        return self._stack(lambda b: get(b) if get(b) is not None else np.zeros(shape, self.dtype))
+
+    @property
+    def W_E(self) -> np.ndarray:
+        """[d_vocab, d_model] (the live embedding matrix)."""
+        return self.embed.W_E
+
+    @property
+    def W_U(self) -> np.ndarray:
+        """[d_model, d_vocab] (live; W_E.T when tied)."""
+        return self.unembed.W_U
+
+    @property
+    def b_U(self) -> np.ndarray:
+        """[d_vocab]: the unembedding bias (made by fold_ln on LayerNorm models), else zeros."""
+        b = getattr(self.unembed, "b_U", None)
+        return b if b is not None else np.zeros(self.cfg.d_vocab, self.dtype)
+
+    @property
+    def W_pos(self) -> np.ndarray:
+        """[n_ctx, d_model] (GPT-2's learned positions)."""
+        if self.pos_embed is None:
+            raise MinillmError(f"{self.cfg.model_type} uses rotary positions: there is no W_pos")
+        return self.pos_embed.W_pos
+
+    @property
+    def W_E_pos(self) -> np.ndarray:
+        """[d_vocab + n_ctx, d_model]: token and position embeddings, one above the other."""
+        return np.concatenate([self.W_E, self.W_pos])
+
+    @property
+    def W_Q(self) -> np.ndarray:
+        """[n_layers, n_heads, d_model, d_head]"""
+        return self._stack(lambda b: b.attn.W_Q)
+
+    @property
+    def W_K(self) -> np.ndarray:
+        """[n_layers, n_heads, d_model, d_head] (per query head, as blocks[l].attn.W_K)"""
+        return self._stack(lambda b: self._per_query_head(b.attn.W_K))
+
+    @property
+    def W_V(self) -> np.ndarray:
+        """[n_layers, n_heads, d_model, d_head] (per query head, as blocks[l].attn.W_V)"""
+        return self._stack(lambda b: self._per_query_head(b.attn.W_V))
+
+    @property
+    def W_O(self) -> np.ndarray:
+        """[n_layers, n_heads, d_head, d_model]"""
+        return self._stack(lambda b: b.attn.W_O)
+
+    def _attn_bias(self, which: str) -> np.ndarray:
+        def get(b):
+            return self._per_query_head(getattr(b.attn, which)) if b.attn.b_QKV is not None else None
+
+        return self._stack_bias(get, (self.cfg.n_heads, self.cfg.d_head))
+
+    @property
+    def b_Q(self) -> np.ndarray:
+        """[n_layers, n_heads, d_head] (zeros without biases)"""
+        return self._attn_bias("b_Q")
+
+    @property
+    def b_K(self) -> np.ndarray:
+        """[n_layers, n_heads, d_head] (zeros without biases)"""
+        return self._attn_bias("b_K")
+
+    @property
+    def b_V(self) -> np.ndarray:
+        """[n_layers, n_heads, d_head] (zeros without biases)"""
+        return self._attn_bias("b_V")
+
+    @property
+    def b_O(self) -> np.ndarray:
+        """[n_layers, d_model] (zeros without biases)"""
+        return self._stack_bias(lambda b: b.attn.b_O, (self.cfg.d_model,))
+
+    @property
+    def W_in(self) -> np.ndarray:
+        """[n_layers, d_model, d_mlp] (llama: the "up" projection)"""
+        return self._stack(lambda b: b.mlp.W_in)
+
+    @property
+    def W_gate(self) -> np.ndarray | None:
+        """[n_layers, d_model, d_mlp] for gated MLPs (llama), else None"""
+        return self._stack(lambda b: b.mlp.W_gate) if self.blocks[0].mlp.gated else None
+
+    @property
+    def W_out(self) -> np.ndarray:
+        """[n_layers, d_mlp, d_model]"""
+        return self._stack(lambda b: b.mlp.W_out)
+
+    @property
+    def b_in(self) -> np.ndarray:
+        """[n_layers, d_mlp] (zeros without biases)"""
+        return self._stack_bias(lambda b: getattr(b.mlp, "b_in", None), (self.cfg.d_mlp,))
+
+    @property
+    def b_out(self) -> np.ndarray:
+        """[n_layers, d_model] (zeros without biases)"""
+        return self._stack_bias(lambda b: getattr(b.mlp, "b_out", None), (self.cfg.d_model,))
+
+    @property
+    def QK(self):
+        """Every head's QK circuit W_Q @ W_K.T as a FactoredMatrix [n_layers, n_heads, d_model, d_model]."""
+        from minillm.factored_matrix import FactoredMatrix
+
+        return FactoredMatrix(self.W_Q, self.W_K.swapaxes(-2, -1))
+
+    @property
+    def OV(self):
+        """Every head's OV circuit W_V @ W_O as a FactoredMatrix [n_layers, n_heads, d_model, d_model]."""
+        from minillm.factored_matrix import FactoredMatrix
+
+        return FactoredMatrix(self.W_V, self.W_O)
+
+    def all_composition_scores(self, mode: str) -> np.ndarray:
+        """Q-, K- or V-composition score of every pair of heads (left head writes, right head
+        reads).   -> [n_layers, n_heads, n_layers, n_heads], zero unless the right head's
+        layer is later than the left head's."""
+        from minillm.factored_matrix import composition_scores
+
+        rights = {"Q": lambda: self.QK, "K": lambda: self.QK.T, "V": lambda: self.OV}
+        if mode not in rights:
+            raise MinillmError(f"mode must be one of 'Q', 'K', 'V', not {mode!r}")
+        scores = composition_scores(self.OV, rights[mode](), broadcast_dims=True)
+        L = self.cfg.n_layers
+        later = np.arange(L)[:, None, None, None] < np.arange(L)[None, None, :, None]
+        return np.where(later, scores, 0.0)
+
+    def accumulated_bias(self, layer: int, mlp_input: bool = False,
+                         include_mlp_biases: bool = True) -> np.ndarray:
+        """The output biases (b_O, b_out) of blocks 0 .. layer-1 summed (and block `layer`'s
+        b_O if `mlp_input`).   -> [d_model] (zeros for a model without output biases)"""
+        if not 0 <= layer <= self.cfg.n_layers or (mlp_input and layer == self.cfg.n_layers):
+            raise MinillmError(f"layer {layer} is out of range 0..{self.cfg.n_layers}"
+                               + (" (mlp_input needs a block)" if mlp_input else ""))
+        total = np.zeros(self.cfg.d_model, self.dtype)
+        for l in range(layer + (1 if mlp_input else 0)):
+            total += self.b_O[l]
+            if include_mlp_biases and l < layer:
+                total += self.b_out[l]
+        return total
+
+    def all_head_labels(self) -> list[str]:
+        """["L0H0", "L0H1", ...]: one label per head, layer-major."""
+        return [f"L{l}H{h}" for l in range(self.cfg.n_layers) for h in range(self.cfg.n_heads)]
 
     # --- generation --------------------------------------------------------------------------
 

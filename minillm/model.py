@@ -98,39 +98,60 @@ class Transformer:
         attention_mask: np.ndarray | None = None,
         cache: KVCache | None = None,
         last_only: bool = False,
+        start_at_layer: int | None = None,
+        stop_at_layer: int | None = None,
     ) -> np.ndarray:
         """Logits for a batch of token ids.   tokens [b, p] -> logits [b, p, V]
 
         attention_mask [b, p] (1 = real token, 0 = padding) allows ragged,
         left- or right-padded batches; positions count real tokens only, so a
-        padded row gives the same numbers as the row alone. With a `cache`,
+        padded row computes what the row alone computes (the same numbers up to
+        float32 rounding: other batch shapes may sum in another order). With a `cache`,
         `tokens` are the next positions after those already in the cache, and
         the cache is extended. `last_only` computes logits for the last
         position only ([b, 1, V]).
+
+        start_at_layer / stop_at_layer run only blocks[start_at_layer:stop_at_layer]
+        (a Python slice: negative indices allowed, as in TransformerLens). With
+        start_at_layer, `tokens` is the residual stream entering that block
+        [b, p, d]; with stop_at_layer, the stream leaving the last block run is
+        returned [b, p, d] (no final norm, no unembedding).
         """
-        tokens = self._check_tokens(tokens, cache)
+        partial = start_at_layer is not None or stop_at_layer is not None
+        if partial and cache is not None:
+            raise MinillmError("start_at_layer / stop_at_layer cannot be used with a KV cache "
+                               "(the cache needs every layer)")
+        if start_at_layer is None:
+            tokens = self._check_tokens(tokens, cache)
+            shape = tokens.shape
+        else:
+            x = self._check_residual(tokens)  # [b, p, d]
+            shape = x.shape[:2]
         start = cache.length if cache is not None else 0
-        mask = self._full_mask(attention_mask, tokens.shape, cache)  # [b, P] or None
-        positions = self._positions(mask, start, tokens.shape)  # [b, p]
+        mask = self._full_mask(attention_mask, shape, cache)  # [b, P] or None
+        positions = self._positions(mask, start, shape)  # [b, p]
         self.hooks.pos_offset = start
         hook = self.hooks.fire
 
-        x = hook("hook_embed", self.embed.W_E[tokens])  # [b, p, d]
-        if self.pos_embed is not None:
-            x = x + hook("hook_pos_embed", self.pos_embed.W_pos[positions])  # [b, p, d]
+        if start_at_layer is None:
+            x = hook("hook_embed", self.embed.W_E[tokens])  # [b, p, d]
+            if self.pos_embed is not None:
+                x = x + hook("hook_pos_embed", self.pos_embed.W_pos[positions])  # [b, p, d]
         rope = None
         if self.rope_inv_freq is not None:
             rope = ops.rope_cos_sin(positions, self.rope_inv_freq, self.dtype)  # 2× [b, p, 1, e]
         allowed = ops.attention_mask(  # [b or 1, 1, p, P]
-            q_slots=np.arange(start, start + tokens.shape[1]),
-            k_slots=np.arange(start + tokens.shape[1]),
+            q_slots=np.arange(start, start + shape[1]),
+            k_slots=np.arange(start + shape[1]),
             key_padding=mask,
             sliding_window=self.cfg.sliding_window,
         )
-        for l, block in enumerate(self.blocks):
-            x = self.block_forward(l, block, x, rope, allowed, cache)
+        for l in range(self.cfg.n_layers)[start_at_layer:stop_at_layer]:
+            x = self.block_forward(l, self.blocks[l], x, rope, allowed, cache)
         if cache is not None:
-            cache.advance(tokens.shape[1], mask)
+            cache.advance(shape[1], mask)
+        if stop_at_layer is not None:
+            return x  # [b, p, d]
 
         if last_only:
             x = x[:, -1:]  # [b, 1, d]
@@ -153,11 +174,12 @@ class Transformer:
         """LayerNorm or RMSNorm.   [b, p, d] -> [b, p, d]
 
         normalized = (x - mean) / std  (LayerNorm)  or  x / rms  (RMSNorm);
-        output = normalized * w (+ b). `hook_scale` is the 1/std or 1/rms factor.
+        output = normalized * w (+ b). `hook_scale` is the divisor, std or rms
+        (as in TransformerLens).
         """
         centered, scale = self.norm_parts(x, self.cfg.eps)  # [b, p, d], [b, p, 1]
         scale = self.hooks.fire(f"{name}.hook_scale", scale)
-        normalized = self.hooks.fire(f"{name}.hook_normalized", centered * scale)  # [b, p, d]
+        normalized = self.hooks.fire(f"{name}.hook_normalized", centered / scale)  # [b, p, d]
         out = normalized * norm.w
         return out if norm.b is None else out + norm.b
 
@@ -231,6 +253,22 @@ class Transformer:
                 f"{tokens.shape[0]}"
             )
         return tokens
+
+    def _check_residual(self, x) -> np.ndarray:
+        """The input of a run with start_at_layer: a residual stream [b, p, d]."""
+        x = np.asarray(x)
+        if x.ndim == 2:
+            x = x[None]
+        if x.ndim != 3 or x.shape[-1] != self.cfg.d_model or x.shape[1] == 0:
+            raise MinillmError(f"with start_at_layer the input is the residual stream [batch, "
+                               f"positions, {self.cfg.d_model}], got shape {x.shape}")
+        if x.shape[1] > self.cfg.n_ctx:
+            raise MinillmError(f"{x.shape[1]} positions exceed the context length of "
+                               f"{self.cfg.n_ctx} tokens")
+        if not np.issubdtype(x.dtype, np.floating):
+            raise MinillmError(f"with start_at_layer the input must be floating-point, got "
+                               f"dtype {x.dtype}")
+        return x.astype(self.dtype, copy=False)
 
     def _full_mask(self, attention_mask, shape, cache) -> np.ndarray | None:
         """The padding mask over all key positions (cache + new).   -> [b, P] or None"""

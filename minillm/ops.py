@@ -29,21 +29,22 @@ def linear(x: np.ndarray, W: np.ndarray, b: np.ndarray | None = None) -> np.ndar
 
 
 def layer_norm_parts(x: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
-    """LayerNorm without its gain: returns (x - mean(x), 1 / std(x)).
+    """LayerNorm without its gain: returns (x - mean(x), std(x)).
 
-    [..., d] -> ([..., d], [..., 1]).   normalized = centered * scale.
+    [..., d] -> ([..., d], [..., 1]).   normalized = centered / scale
+    (TransformerLens's convention: the scale is the divisor).
     """
     centered = x - x.mean(axis=-1, keepdims=True)
-    scale = 1.0 / np.sqrt((centered * centered).mean(axis=-1, keepdims=True) + eps)
+    scale = np.sqrt((centered * centered).mean(axis=-1, keepdims=True) + eps)
     return centered, scale.astype(x.dtype, copy=False)
 
 
 def rms_norm_parts(x: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
-    """RMSNorm without its gain: returns (x, 1 / rms(x)). No centring.
+    """RMSNorm without its gain: returns (x, rms(x)). No centring.
 
-    [..., d] -> ([..., d], [..., 1]).   normalized = x * scale.
+    [..., d] -> ([..., d], [..., 1]).   normalized = x / scale.
     """
-    scale = 1.0 / np.sqrt((x * x).mean(axis=-1, keepdims=True) + eps)
+    scale = np.sqrt((x * x).mean(axis=-1, keepdims=True) + eps)
     return x, scale.astype(x.dtype, copy=False)
 
 

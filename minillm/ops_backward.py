@@ -81,14 +81,14 @@ def layer_norm_parts_backward(
 ) -> np.ndarray:
     """Backward of (centered, scale) = layer_norm_parts(x).   -> dx [..., d]
 
-    Forward: c = x - mean(x), s = (mean(c²) + eps)^(-1/2). Two steps back:
-      1. s depends on c: ∂s/∂c_i = -½ (mean(c²)+eps)^(-3/2) · 2c_i/d = -s³ c_i / d,
-         so the total gradient reaching c is  dc = d_centered - (d_scale · s³ / d) · c.
+    Forward: c = x - mean(x), s = (mean(c²) + eps)^(1/2) (the divisor). Two steps back:
+      1. s depends on c: ∂s/∂c_i = ½ (mean(c²)+eps)^(-1/2) · 2c_i/d = c_i / (d·s),
+         so the total gradient reaching c is  dc = d_centered + (d_scale / (d·s)) · c.
       2. c_i = x_i - (1/d) Σ_j x_j: ∂c_i/∂x_k = δ_ik - 1/d, so dx = dc - mean(dc).
     d_centered [..., d] and d_scale [..., 1] are the gradients of the two outputs.
     """
     d = centered.shape[-1]
-    dc = d_centered - (d_scale * scale**3 / d) * centered
+    dc = d_centered + (d_scale / (d * scale)) * centered
     return dc - dc.mean(axis=-1, keepdims=True)
 
 
@@ -97,34 +97,35 @@ def rms_norm_parts_backward(
 ) -> np.ndarray:
     """Backward of (x, scale) = rms_norm_parts(x).   -> dx [..., d]
 
-    Forward: the first output is x itself, s = (mean(x²) + eps)^(-1/2). As in
+    Forward: the first output is x itself, s = (mean(x²) + eps)^(1/2). As in
     step 1 of `layer_norm_parts_backward` (with no centring):
-        dx = d_x - (d_scale · s³ / d) · x
+        dx = d_x + (d_scale / (d·s)) · x
     """
     d = x.shape[-1]
-    return d_x - (d_scale * scale**3 / d) * x
+    return d_x + (d_scale / (d * scale)) * x
 
 
 def norm_backward(
     dout: np.ndarray, normalized_input: np.ndarray, scale: np.ndarray, w: np.ndarray,
     centre: bool,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Backward of out = (n · s) · w (+ b), with n the centred (LayerNorm) or raw (RMSNorm) input.
+    """Backward of out = (n / s) · w (+ b), with n the centred (LayerNorm) or raw (RMSNorm) input.
 
-    normalized_input [..., d] is `centered` (LayerNorm) or x (RMSNorm), scale [..., 1].
-    With y = n · s (the `hook_normalized` activation):
+    normalized_input [..., d] is `centered` (LayerNorm) or x (RMSNorm), scale
+    [..., 1] the divisor s (std or rms: what `hook_scale` holds).
+    With y = n / s (the `hook_normalized` activation):
         dy = dout · w      dw = Σ_rows dout · y      db = Σ_rows dout
-        d_scale = Σ_i dy_i n_i   (s multiplies every n_i)      dn = dy · s
+        d_scale = -Σ_i dy_i n_i / s²   (s divides every n_i)      dn = dy / s
     then the parts' backward turns (dn, d_scale) into dx.
     Returns dx, dw, db, dy (= d hook_normalized), d_scale (= d hook_scale).
     """
-    y = normalized_input * scale
+    y = normalized_input / scale
     dy = dout * w
     dw = _flat(dout * y).sum(axis=0)
     db = _flat(dout).sum(axis=0)
-    d_scale = (dy * normalized_input).sum(axis=-1, keepdims=True)
+    d_scale = -(dy * normalized_input).sum(axis=-1, keepdims=True) / (scale * scale)
     parts_backward = layer_norm_parts_backward if centre else rms_norm_parts_backward
-    dx = parts_backward(dy * scale, d_scale, normalized_input, scale)
+    dx = parts_backward(dy / scale, d_scale, normalized_input, scale)
     return dx, dw, db, dy, d_scale
 
 
@@ -135,7 +136,7 @@ def layer_norm_backward(
 
     Recomputes (centered, scale) from x and calls `norm_backward`. Written
     out in one line: with y the normalized input and dy = dout · w,
-        dx = s · (dy - mean(dy) - y · mean(dy · y)).
+        dx = (dy - mean(dy) - y · mean(dy · y)) / s.
     """
     centered, scale = ops.layer_norm_parts(x, eps)
     dx, dw, db, _, _ = norm_backward(dout, centered, scale, w, centre=True)
@@ -147,7 +148,7 @@ def rms_norm_backward(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Backward of RMSNorm out = x / rms(x) · w.   -> dx [..., d], dw [d]
 
-    In one line, with y = x · s and dy = dout · w:  dx = s · (dy - y · mean(dy · y)).
+    In one line, with y = x / s and dy = dout · w:  dx = (dy - y · mean(dy · y)) / s.
     """
     _, scale = ops.rms_norm_parts(x, eps)
     dx, dw, _, _, _ = norm_backward(dout, x, scale, w, centre=False)

@@ -45,8 +45,14 @@ class Attention:
 
     Storage: W_QKV [d, (h + 2kv)·e], b_QKV [(h + 2kv)·e] or None,
              W_O_flat [h·e, d], b_O [d] or None.
-    Views:   W_Q [h, d, e], W_K / W_V [kv, d, e], W_O [h, e, d],
-             b_Q [h, e], b_K / b_V [kv, e].
+    Views:   W_Q [h, d, e], W_O [h, e, d], b_Q [h, e];
+             _W_K / _W_V [kv, d, e] and _b_K / _b_V [kv, e]: the stored
+             key/value heads (live, writable: what edits act on);
+             W_K / W_V [h, d, e] and b_K / b_V [h, e]: per query head, as in
+             TransformerLens. Query head j reads kv-head j // (h / kv), so for
+             grouped-query attention (kv < h) these are a read-only repeat of
+             the stored heads (write `_W_K` instead); with kv = h they are the
+             stored heads themselves.
     """
 
     W_Q = _View()
@@ -56,6 +62,10 @@ class Attention:
     b_Q = _View()
     b_K = _View()
     b_V = _View()
+    _W_K = _View()
+    _W_V = _View()
+    _b_K = _View()
+    _b_V = _View()
 
     def __init__(self, cfg: ModelConfig, dtype):
         h, kv, e, d = cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.d_model
@@ -65,6 +75,11 @@ class Attention:
         self.W_O_flat = np.zeros((h * e, d), dtype)
         self.b_O = np.zeros(d, dtype) if cfg.o_bias else None
 
+    @property
+    def grouped(self) -> bool:
+        """True for grouped-query attention (fewer key/value heads than query heads)."""
+        return self.n_kv_heads < self.n_heads
+
     def _columns(self, which: str) -> slice:
         """Which columns of W_QKV hold Q, K or V."""
         h, kv, e = self.n_heads, self.n_kv_heads, self.d_head
@@ -73,26 +88,45 @@ class Attention:
 
     def _view(self, name: str) -> np.ndarray:
         e = self.d_head
-        kind, which = name[0], name[2]  # "W_Q" -> ("W", "Q")
+        stored = name.startswith("_")
+        kind, which = name.lstrip("_")[0], name.lstrip("_")[2]  # "_W_K" -> ("W", "K")
         if which == "O":
             return self.W_O_flat.reshape(self.n_heads, e, -1)  # [h, e, d]
         cols = self._columns(which)
         if kind == "W":
             W = self.W_QKV[:, cols]  # [d, heads·e]
-            return W.reshape(W.shape[0], -1, e).transpose(1, 0, 2)  # [heads, d, e]
-        if self.b_QKV is None:
+            out = W.reshape(W.shape[0], -1, e).transpose(1, 0, 2)  # [heads, d, e]
+        elif self.b_QKV is None:
             raise AttributeError(f"{name}: this model has no attention biases")
-        return self.b_QKV[cols].reshape(-1, e)  # [heads, e]
+        else:
+            out = self.b_QKV[cols].reshape(-1, e)  # [heads, e]
+        if stored or which == "Q" or not self.grouped:
+            return out
+        repeated = np.repeat(out, self.n_heads // self.n_kv_heads, axis=0)  # [h, ...]: a copy
+        repeated.flags.writeable = False  # writing it would change nothing: refuse instead
+        return repeated
+
+    def __setattr__(self, name, value):
+        if name in ("W_K", "W_V", "b_K", "b_V") and self.grouped:
+            raise MinillmError(
+                f"{name} is per query head, a read-only repeat of the {self.n_kv_heads} stored "
+                f"key/value heads (grouped-query attention): assign `_{name}` "
+                f"[{self.n_kv_heads}, ...] instead"
+            )
+        object.__setattr__(self, name, value)
 
     def named_parameters(self):
+        """The parameters under TransformerLens's state-dict names: `W_K` / `W_V` when every
+        query head has its own key/value head, the stored `_W_K` / `_W_V` otherwise."""
+        kv = "_" if self.grouped else ""
         yield "W_Q", self.W_Q
-        yield "W_K", self.W_K
-        yield "W_V", self.W_V
+        yield f"{kv}W_K", self._W_K
+        yield f"{kv}W_V", self._W_V
         yield "W_O", self.W_O
         if self.b_QKV is not None:
             yield "b_Q", self.b_Q
-            yield "b_K", self.b_K
-            yield "b_V", self.b_V
+            yield f"{kv}b_K", self._b_K
+            yield f"{kv}b_V", self._b_V
         if self.b_O is not None:
             yield "b_O", self.b_O
 

@@ -40,15 +40,51 @@ class Tokenizer:
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
+    def batch_decode(self, rows, skip_special_tokens: bool = False) -> list[str]:
+        return [self.decode(r, skip_special_tokens) for r in rows]
+
+    def _special(self, which: str) -> str | None:
+        """The text of a special token named in tokenizer_config.json (e.g. "bos_token")."""
+        value = self.config.get(which)
+        if isinstance(value, dict):  # {"content": "<s>", ...}
+            value = value.get("content")
+        return value if isinstance(value, str) else None
+
+    @property
+    def bos_token(self) -> str | None:
+        return self._special("bos_token")
+
+    @property
+    def eos_token(self) -> str | None:
+        return self._special("eos_token")
+
+    @property
+    def pad_token(self) -> str | None:
+        return self._special("pad_token")
+
+    @property
+    def bos_token_id(self) -> int | None:
+        return None if self.bos_token is None else self.token_to_id(self.bos_token)
+
+    @property
+    def eos_token_id(self) -> int | None:
+        return None if self.eos_token is None else self.token_to_id(self.eos_token)
+
+    @property
+    def pad_token_id(self) -> int | None:
+        return None if self.pad_token is None else self.token_to_id(self.pad_token)
+
     def token_to_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
 
     def id_to_token(self, i: int) -> str | None:
         return self._tok.id_to_token(int(i))
 
-    def batch_encode(self, texts: list[str], padding_side: str = "left", pad_id: int = 0):
-        """A ragged batch as (ids [b, p], attention_mask [b, p]), padded on one side."""
-        rows = [self.encode(t) for t in texts]
+    def batch_encode(self, texts: list[str], padding_side: str = "left", pad_id: int = 0,
+                     encode=None):
+        """A ragged batch as (ids [b, p], attention_mask [b, p]), padded on one side.
+        `encode(text) -> ids` replaces `self.encode` (e.g. to add or drop BOS)."""
+        rows = [(encode or self.encode)(t) for t in texts]
         width = max(len(r) for r in rows)
         ids = np.full((len(rows), width), pad_id, np.int64)
         mask = np.zeros((len(rows), width), np.int64)

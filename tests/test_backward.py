@@ -96,7 +96,7 @@ def test_norm_backward(b, d, seed, centre):
 
     def fwd(x, w, bias):
         n, s = parts(x, 1e-5)
-        return n * s * w + (bias if centre else 0)
+        return n / s * w + (bias if centre else 0)  # the scale is the divisor
 
     def back(R, x, w, bias):
         if centre:

@@ -43,7 +43,6 @@ def home(tmp_path, monkeypatch):
     monkeypatch.setenv("MINILLM_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("HF_ENDPOINT", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # never the user's own cache
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return tmp_path / "home" / "weights"
 
 
@@ -273,7 +272,7 @@ def tiny_gpt2(folder: Path) -> Path:
 
 def test_parameter_counts_come_from_the_header(tmp_path):
     folder = tiny_gpt2(tmp_path / "m")
-    per_component, per_dtype, buffers = info.count_parameters(info.weight_files(folder))
+    per_component, per_dtype, buffers = info.count_parameters(folder)
     d, v, n = 8, 11, 4
     assert per_component == {
         "embedding": v * d,
@@ -290,10 +289,24 @@ def test_a_garbage_safetensors_file_is_a_clear_error(tmp_path):
     bad = tmp_path / "model.safetensors"
     bad.write_bytes((10**9).to_bytes(8, "little") + b"{}")
     with pytest.raises(CheckpointError, match="header length"):
-        info.read_safetensors_header(bad)
+        info.count_parameters(tmp_path)
     bad.write_bytes((3).to_bytes(8, "little") + b"{x}")
     with pytest.raises(CheckpointError, match="not valid JSON"):
-        info.read_safetensors_header(bad)
+        info.count_parameters(tmp_path)
+
+
+def test_info_counts_only_the_checkpoints_own_files(capsys):
+    """The GPT-2 fixture folder also holds reference.safetensors and grads.safetensors; only
+    model.safetensors is the checkpoint (today's count before the fix: 278,214)."""
+    import minillm
+    from tests.conftest import golden_folder
+
+    folder = golden_folder("gpt2")
+    assert info.run(SimpleNamespace(model=str(folder))) == 0
+    out = capsys.readouterr().out
+    total = int(re.search(r"total\s+([\d,]+)", out).group(1).replace(",", ""))
+    assert total == minillm.load(folder).n_params() == 120_576
+    assert "from the safetensors headers of model.safetensors)" in out
 
 
 def test_info_command_on_a_folder(tmp_path, capsys):

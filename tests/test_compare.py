@@ -116,6 +116,7 @@ def smol_ref():
     return compare.run_dump(minillm.load("smollm2-135m", dtype=np.float64), PROMPT)
 
 
+@pytest.mark.numerics
 def test_minillm_float32_passes_against_float64(smollm2, smol_ref, tmp_path):
     report = compare.compare(smol_ref, smollm2)
     assert report.passed, report.summary()
@@ -149,12 +150,10 @@ def test_hf_hidden_states_map_passes_against_the_golden_fixtures(name):
     assert report.rows[-2].max_abs < 1e-4  # after the final norm: hidden_states[-1] is post-norm
 
 
-def test_transformer_lens_map_inverts_scales_and_collapses_gqa():
+def test_transformer_lens_map_keeps_scales_and_collapses_gqa():
     model = random_model("llama", dtype=np.float64)  # 4 heads, 2 kv-heads
     _, cache = model.run_with_cache(IDS)
-    tl = dict(cache)
-    for n in [n for n in tl if n.endswith("hook_scale")]:
-        tl[n] = 1.0 / tl[n]  # TransformerLens stores the divisor
+    tl = dict(cache)  # hook_scale is the divisor in both
     for n in [n for n in tl if n.endswith(("attn.hook_k", "attn.hook_v"))]:
         tl[n] = np.repeat(tl[n], 2, axis=2)  # a repeated (expanded) GQA cache
     tl["blocks.0.hook_attn_in"] = np.zeros(1)

@@ -390,8 +390,34 @@ def test_gqa_shared_kv_head_must_be_explicit():
     assert state(model) == before
     op = edits.zero_head(0, 1, parts="V", allow_shared_kv=True)
     assert "shared with heads [0, 1]" in op.describe(model)
-    with model.edited(op):
-        assert (model.blocks[0].attn.W_V[0] == 0).all() and (model.blocks[0].attn.W_V[1] != 0).any()
+    with model.edited(op):  # the stored kv-head 0 is zero, so are both query heads reading it
+        attn = model.blocks[0].attn
+        assert (attn._W_V[0] == 0).all() and (attn._W_V[1] != 0).any()
+        assert (attn.W_V[:2] == 0).all() and (attn.W_V[2:] != 0).any()
+
+
+def test_gqa_per_query_head_keys_are_read_only_repeats():
+    """TransformerLens's convention: W_K / W_V [n_heads, d, e] per query head (head j reads
+    kv-head j // group); for GQA a read-only copy, the stored _W_K / _W_V are live and writable."""
+    model = small_model("llama_gqa_untied")  # 4 heads, 2 kv-heads
+    attn = model.blocks[0].attn
+    assert attn.W_K.shape == (4, model.cfg.d_model, model.cfg.d_head)
+    assert attn._W_K.shape == (2, model.cfg.d_model, model.cfg.d_head)
+    for j in range(4):
+        assert (attn.W_K[j] == attn._W_K[j // 2]).all() and (attn.W_V[j] == attn._W_V[j // 2]).all()
+    with pytest.raises(ValueError, match="read-only"):
+        attn.W_K[0] *= 2
+    with pytest.raises(MinillmError, match="assign `_W_K`"):
+        attn.W_K = np.zeros_like(attn.W_K)
+    before = state(model)
+    with model.edited(edits.set_weight("blocks.0.attn._W_K", (1,), 0.0)):
+        assert (attn.W_K[2:] == 0).all() and (model.get_parameter("blocks.0.attn._W_K")[1] == 0).all()
+    assert state(model) == before
+    assert "blocks.0.attn._W_K" in dict(model.named_parameters())  # TransformerLens's state-dict key
+    mha = small_model("tiny-llama")
+    if mha.cfg.n_kv_heads == mha.cfg.n_heads:  # without grouping, W_K is the stored array itself
+        mha.blocks[0].attn.W_K[0, 0, 0] = 5.0
+        assert mha.blocks[0].attn._W_K[0, 0, 0] == 5.0
 
 
 def test_edits_list_descriptions_and_context_manager_reverts_on_exceptions():

@@ -129,6 +129,11 @@ def hub(tmp_path, monkeypatch):
     for var in ("HF_TOKEN", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    # huggingface_hub reads HF_HUB_OFFLINE once, at import: another test may have imported it
+    # with the variable set
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     yield server.hub  # type: ignore[attr-defined]
     server.shutdown()
     server.server_close()
@@ -269,6 +274,9 @@ def test_an_unreachable_hub_is_one_sentence(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     import huggingface_hub.utils._http as hf_http
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # read once at import, see `hub`
 
     monkeypatch.setattr(hf_http.time, "sleep", lambda seconds: None)  # its 5 retries wait 23 s in all
     with pytest.raises(NetworkError, match=r"could not download config.json of acme/x at revision main.*"

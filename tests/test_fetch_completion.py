@@ -30,7 +30,6 @@ NAME = "smollm2-135m"
 def home(tmp_path, monkeypatch):
     monkeypatch.setenv("MINILLM_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     calls = []
 
     def convert(gguf_path, out_dir):  # writes what the converter writes: every OUTPUT_FILE

@@ -12,6 +12,7 @@ from minillm import interventions as iv
 from minillm.kv_cache import KVCache
 from minillm.variants import run_variants
 from tests.conftest import random_model
+from tests.numerics import assert_model_close
 
 CLEAN = np.array([[1, 5, 7, 9, 3, 2, 8]])
 CORRUPT = np.array([[1, 8, 7, 2, 3, 4, 8]])
@@ -120,16 +121,21 @@ def test_context_manager_and_generation(tiny):
     assert not tiny.hooks
 
 
-def test_positions_respect_the_kv_cache_offset(tiny):
+@pytest.mark.numerics
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_positions_respect_the_kv_cache_offset(family, dtype):
     """An intervention at absolute position 5 during cached decoding = the same in a full run.
-    Tolerance 1e-5: the decode step computes the same sums in smaller GEMMs."""
+    The decode steps compute the same sums in smaller GEMMs: the reorder tolerance of
+    tests/numerics.py in float32, 1e-12 in float64."""
+    tiny = random_model(family, dtype=dtype)
     ivs = [iv.add("resid_pre", np.ones(tiny.cfg.d_model, np.float32), layer=1, pos=5),
            iv.zero("z", layer=0, head=1, pos=[2, 6])]
     full = tiny.run_with_interventions(CLEAN, ivs)
     cache = KVCache.for_model(tiny)
     steps = [tiny.run_with_interventions(CLEAN[:, :4], ivs, cache=cache)]
     steps += [tiny.run_with_interventions(CLEAN[:, i : i + 1], ivs, cache=cache) for i in range(4, 7)]
-    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5)
+    assert_model_close(tiny, np.concatenate(steps, axis=1), full, "cached decoding vs full run")
     assert not np.allclose(full, tiny(CLEAN), atol=1e-3)
 
 
@@ -164,38 +170,62 @@ def test_causality(family, layer, pos, kind, where):
 # --- batched variants ------------------------------------------------------------------------
 
 
+@pytest.mark.numerics
 @settings(max_examples=10, deadline=None)
 @given(family=st.sampled_from(["gpt2", "llama"]), batch_size=st.integers(1, 14),
-       seed=st.integers(0, 100))
-def test_variants_equal_separate_runs_tiny(family, batch_size, seed):
-    """Tiny models: the GEMMs are so small that OpenBLAS's small-matrix kernels (whose
-    summation order depends on the row count, notably for the transposed tied W_U) take
-    over, so rows may differ by float32 rounding: 1e-5 on logits of size ~5. SmolLM2 below
-    is exact."""
-    model = random_model(family, seed=seed)
+       seed=st.integers(0, 100), dtype=st.sampled_from([np.float32, np.float64]))
+def test_variants_equal_separate_runs_tiny(family, batch_size, seed, dtype):
+    """Batches of 1..14 variants against one run per variant. The GEMMs have other row
+    counts, so float32 agrees up to the reorder tolerance (tests/numerics.py); float64
+    to 1e-12."""
+    model = random_model(family, seed=seed, dtype=dtype)
     _, corrupt = model.run_with_cache(CORRUPT)
     variants = [[iv.patch("resid_pre", corrupt, layer=l, pos=p)] for l in range(2) for p in range(7)]
     variants.append([])  # the plain run
     variants.append([iv.zero("z", layer=1, head=[0, 1]), iv.scale("post", 0.0, layer=0, neuron=3)])
     batched = run_variants(model, CLEAN, variants, batch_size=batch_size)
     separate = np.concatenate([model.run_with_interventions(CLEAN, v) for v in variants])
-    np.testing.assert_allclose(batched, separate, atol=1e-5)
+    assert_model_close(model, batched, separate, f"{family} batch_size={batch_size}")
+    if batch_size == 1:  # identical shapes: bit for bit on any CPU
+        assert (batched == separate).all()
     assert not model.hooks
 
 
-def test_variants_equal_separate_runs_smollm2_bit_exact(smollm2):
-    """Patch resid_pre of 4 layers at the last position: batches of 3 and 1 vs 4 separate
-    runs, bit for bit. Exact for prompts of 4+ tokens (measured up to 128);
-    for 1-3 tokens OpenBLAS picks other kernels for 1-3 row GEMMs (max |Δlogit| 1.4e-4).
-    last_only=True is not used: its unembedding GEMM has only `batch` rows."""
-    clean = smollm2.to_tokens("It was a dark and stormy")
-    corrupt = smollm2.to_tokens("It was a bright and sunny")
-    assert clean.shape == corrupt.shape and clean.shape[1] >= 4
-    _, cache = smollm2.run_with_cache(corrupt, names_filter=lambda n: n.endswith("hook_resid_pre"))
+SMOL_CLEAN, SMOL_CORRUPT = "It was a dark and stormy", "It was a bright and sunny"
+
+
+def smollm2_variants(model, batch_size):
+    """Patch resid_pre of 4 layers at the last position: batched and separate last logits."""
+    clean, corrupt = model.to_tokens(SMOL_CLEAN), model.to_tokens(SMOL_CORRUPT)
+    assert clean.shape == corrupt.shape
+    _, cache = model.run_with_cache(corrupt, names_filter=lambda n: n.endswith("hook_resid_pre"))
     variants = [iv.patch("resid_pre", cache, layer=l, pos=-1) for l in (0, 9, 17, 29)]
-    batched = run_variants(smollm2, clean, variants, batch_size=3, metric=lambda x: x[:, -1])
-    separate = np.stack([smollm2.run_with_interventions(clean, [v])[0, -1] for v in variants])
+    batched = run_variants(model, clean, variants, batch_size=batch_size, metric=lambda x: x[:, -1])
+    separate = np.stack([model.run_with_interventions(clean, [v])[0, -1] for v in variants])
+    return batched, separate
+
+
+def test_variants_batch_size_1_equal_separate_runs_smollm2_bit_exact(smollm2):
+    """run_variants(batch_size=1) runs exactly the GEMMs a separate run does: bit for bit."""
+    batched, separate = smollm2_variants(smollm2, batch_size=1)
     assert (batched == separate).all(), f"max diff {np.abs(batched - separate).max()}"
+
+
+@pytest.mark.numerics
+def test_variants_equal_separate_runs_smollm2(smollm2):
+    """Batches of 3 against separate runs: other GEMM row counts, so float32 agrees up to the
+    reorder tolerance (u·M·√n·depth = 1e-2 on logits of ~22; measured 0 to 3.7e-5 depending
+    on the OpenBLAS kernel). The float64 twin below holds the logic to 1e-12."""
+    batched, separate = smollm2_variants(smollm2, batch_size=3)
+    assert_model_close(smollm2, batched, separate, "smollm2 batches of 3 vs separate runs")
+
+
+@pytest.mark.numerics
+@pytest.mark.slow
+def test_variants_equal_separate_runs_smollm2_float64():
+    model = minillm.load("smollm2-135m", dtype=np.float64)
+    batched, separate = smollm2_variants(model, batch_size=3)
+    assert_model_close(model, batched, separate, "smollm2 batches of 3 vs separate runs")
 
 
 # --- bad input -------------------------------------------------------------------------------

@@ -78,8 +78,9 @@ def test_ov_and_qk_circuits_use_the_kv_head_of_each_query_head():
     attn = model.blocks[1].attn
     for h in range(4):
         kv = h // 2
-        np.testing.assert_allclose(readout.head_ov(model, 1, h), attn.W_V[kv] @ attn.W_O[h])
-        np.testing.assert_allclose(readout.head_qk(model, 1, h), attn.W_Q[h] @ attn.W_K[kv].T)
+        np.testing.assert_allclose(readout.head_ov(model, 1, h), attn._W_V[kv] @ attn.W_O[h])
+        np.testing.assert_allclose(readout.head_qk(model, 1, h), attn.W_Q[h] @ attn._W_K[kv].T)
+        np.testing.assert_allclose(readout.head_qk(model, 1, h), attn.W_Q[h] @ attn.W_K[h].T)
     # check against activations: pre-RoPE q·k at one pair of positions equals x_q^T QK x_k
     _, cache = model.run_with_cache(np.arange(5)[None])
     x = cache["normalized", 1, "ln1"][0] * model.blocks[1].ln1.w  # [p, d]: the input of attention

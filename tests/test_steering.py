@@ -12,6 +12,7 @@ from minillm.interp import patchscopes as ps
 from minillm.interp import steering as st
 from minillm.interp.results import LabelledArray
 from tests.conftest import random_model
+from tests.numerics import assert_model_close
 
 EIFFEL = "The Eiffel Tower is located in the city of"
 
@@ -43,8 +44,9 @@ def test_steering_vector_is_a_mean_difference_and_moves_generation(smollm2):
     b = st.mean_activation(smollm2, hate, 8)
     np.testing.assert_array_equal(v, a - b)
     single = smollm2.run_with_cache(love[0], names_filter=["blocks.8.hook_resid_pre"])[1]
-    np.testing.assert_allclose(st.mean_activation(smollm2, love[:1], 8),
-                               single["blocks.8.hook_resid_pre"][0, -1], rtol=1e-5, atol=1e-5)
+    # other batch shapes: the reorder tolerance of tests/numerics.py over the 8 blocks before
+    assert_model_close(smollm2, st.mean_activation(smollm2, love[:1], 8),
+                       single["blocks.8.hook_resid_pre"][0, -1], "one-prompt mean", depth=6 * 8)
     out = st.generate_steered(smollm2, "I think the movie was", v, 8, alphas=(0.0, 4.0), max_new_tokens=4)
     assert out[0.0] == smollm2.generate("I think the movie was", max_new_tokens=4)  # α = 0: unchanged
     assert out[4.0] != out[0.0]

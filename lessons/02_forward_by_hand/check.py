@@ -176,7 +176,7 @@ def check_rms_norm(student) -> None:
     tiny = np.random.default_rng(1).normal(0, 1e-3, (2, 5, x.shape[-1])).astype(np.float32)
     centered, scale = ops.rms_norm_parts(tiny.astype(np.float64), eps)
     _verdict("rms_norm on a small input (rms ≈ 0.001, where eps matters)", student.rms_norm(tiny, w, eps),
-             centered * scale * w, lambda: _rms_variants(tiny.astype(np.float64), w, eps),
+             centered / scale * w, lambda: _rms_variants(tiny.astype(np.float64), w, eps),
              "Is your epsilon inside the sqrt?")
 
 
@@ -188,7 +188,7 @@ def check_layer_norm(student) -> None:
         x = rng.normal(0.5, scale, (2, 7, d))
         centered, s = ops.layer_norm_parts(x, eps)
         _verdict(f"layer_norm on random x (std {scale:g}, eps {eps:g})", student.layer_norm(x, w, b, eps),
-                 centered * s * w + b, lambda x=x, eps=eps: _ln_variants(x, w, b, eps),
+                 centered / s * w + b, lambda x=x, eps=eps: _ln_variants(x, w, b, eps),
                  "LayerNorm is (x - mean) / sqrt(mean((x - mean)²) + eps) * w + b over the last axis.")
 
 
@@ -218,14 +218,14 @@ def check_attention(student) -> None:
     model = shared_model()
     a = model.blocks[LAYER].attn
     x = _act("ln1.hook_normalized") * model.blocks[LAYER].ln1.w  # what the attention reads
-    got = student.attention(x, a.W_Q, a.W_K, a.W_V, a.W_O, model.cfg.rope_theta)
+    got = student.attention(x, a.W_Q, a._W_K, a._W_V, a.W_O, model.cfg.rope_theta)
     want = _act("hook_attn_out")
 
     def no_rope():  # the usual mistake at this level: positions then do not matter at all
-        g = a.W_Q.shape[0] // a.W_K.shape[0]
+        g = a.W_Q.shape[0] // a._W_K.shape[0]
         q = np.einsum("bpd,hde->bphe", x, a.W_Q)
-        k = np.repeat(np.einsum("bpd,kde->bpke", x, a.W_K), g, axis=2)
-        v = np.repeat(np.einsum("bpd,kde->bpke", x, a.W_V), g, axis=2)
+        k = np.repeat(np.einsum("bpd,kde->bpke", x, a._W_K), g, axis=2)
+        v = np.repeat(np.einsum("bpd,kde->bpke", x, a._W_V), g, axis=2)
         future = np.triu(np.ones((x.shape[1],) * 2, bool), 1)
         scores = np.einsum("bqhe,bkhe->bhqk", q, k) / np.sqrt(q.shape[-1])
         pattern = _softmax(np.where(future, -np.inf, scores))

@@ -58,7 +58,8 @@ def attention(x: np.ndarray, W_Q: np.ndarray, W_K: np.ndarray, W_V: np.ndarray, 
               theta: float) -> np.ndarray:
     """A whole attention sublayer on the normalised stream.   x [b, p, d] -> [b, p, d]
 
-    W_Q [h, d, e], W_K and W_V [kv, d, e], W_O [h, e, d]; positions are 0 .. p-1.
+    W_Q [h, d, e], W_K and W_V [kv, d, e] (the stored key/value heads: attn._W_K, attn._W_V),
+    W_O [h, e, d]; positions are 0 .. p-1.
     q, k = x·W_Q, x·W_K, both rotated by RoPE; v = x·W_V (not rotated); pattern from q, k;
     z = pattern-weighted sum of v (per query head, using its kv-head); output = Σ_heads z·W_O.
     """
@@ -79,7 +80,7 @@ def block(x: np.ndarray, blk, eps: float, theta: float) -> np.ndarray:
     """One pre-norm Llama block.   resid_pre [b, p, d] -> resid_post [b, p, d]
 
     resid_mid = x + attention(rms_norm(x, ln1.w)),  resid_post = resid_mid + mlp(rms_norm(resid_mid, ln2.w)).
-    blk is model.blocks[l]: blk.ln1.w, blk.attn.W_Q / W_K / W_V / W_O, blk.ln2.w,
+    blk is model.blocks[l]: blk.ln1.w, blk.attn.W_Q / _W_K / _W_V / W_O, blk.ln2.w,
     blk.mlp.W_gate / W_in / W_out.
     """
     raise NotImplementedError("hint: two residual additions; each sublayer reads the NORMALISED "

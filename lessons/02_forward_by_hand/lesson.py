@@ -53,15 +53,15 @@ def compare(name: str, ours: np.ndarray) -> np.ndarray:
 
 
 def rms(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    _, scale = ops.rms_norm_parts(x, cfg.eps)  # 1 / sqrt(mean(x²) + eps)   [b, p, 1]
-    return x * scale * w
+    _, scale = ops.rms_norm_parts(x, cfg.eps)  # sqrt(mean(x²) + eps)   [b, p, 1]
+    return x / scale * w
 
 
 x = cache[f"blocks.{L}.hook_resid_pre"]  # [1, p, d]
 xn = compare("ln1.hook_normalized", rms(x, 1.0)) * blk.ln1.w  # [1, p, d]
 q = compare("attn.hook_q", np.einsum("bpd,hde->bphe", xn, blk.attn.W_Q))  # [1, p, h, e]
-k = compare("attn.hook_k", np.einsum("bpd,kde->bpke", xn, blk.attn.W_K))  # [1, p, kv, e]
-v = compare("attn.hook_v", np.einsum("bpd,kde->bpke", xn, blk.attn.W_V))  # [1, p, kv, e]
+k = compare("attn.hook_k", np.einsum("bpd,kde->bpke", xn, blk.attn._W_K))  # [1, p, kv, e]
+v = compare("attn.hook_v", np.einsum("bpd,kde->bpke", xn, blk.attn._W_V))  # [1, p, kv, e]
 positions = np.arange(tokens.shape[1])[None]  # [1, p]
 cos, sin = ops.rope_cos_sin(positions, ops.rope_inv_freq(cfg.d_head, cfg.rope_theta, cfg.rope_scaling),
                             model.dtype)
@@ -126,8 +126,8 @@ print(f"wavelengths of the rotary pairs, in tokens: fastest {2 * np.pi / inv_fre
 def hand_block(x: np.ndarray, blk) -> np.ndarray:
     xn = rms(x, blk.ln1.w)
     q = ops.apply_rope(np.einsum("bpd,hde->bphe", xn, blk.attn.W_Q), cos, sin)
-    k = ops.apply_rope(np.einsum("bpd,kde->bpke", xn, blk.attn.W_K), cos, sin)
-    v = np.einsum("bpd,kde->bpke", xn, blk.attn.W_V)
+    k = ops.apply_rope(np.einsum("bpd,kde->bpke", xn, blk.attn._W_K), cos, sin)
+    v = np.einsum("bpd,kde->bpke", xn, blk.attn._W_V)
     sc = np.einsum("bqhe,bkhe->bhqk", q, np.repeat(k, g, axis=2)) / np.sqrt(cfg.d_head)
     pat = ops.softmax(np.where(future, -np.inf, sc))
     z = np.einsum("bhqk,bkhe->bqhe", pat, np.repeat(v, g, axis=2))
@@ -157,9 +157,9 @@ axes[0].set_xlabel("layer")
 axes[0].set_ylabel("relative error of resid_post")
 axes[0].set_title("hand-made forward vs minillm")
 scales = np.stack([cache[f"blocks.{i}.ln1.hook_scale"][0, :, 0] for i in range(cfg.n_layers)])  # [L, p]
-im = axes[1].imshow(np.log10(1 / scales), aspect="auto", cmap="viridis")
+im = axes[1].imshow(np.log10(scales), aspect="auto", cmap="viridis")
 axes[1].set_xlabel("position")
 axes[1].set_ylabel("layer")
-axes[1].set_title("log10 rms of resid_pre (ln1's 1/scale)")
+axes[1].set_title("log10 rms of resid_pre (ln1's hook_scale)")
 fig.colorbar(im, ax=axes[1])
 show(fig, "full_forward.png")

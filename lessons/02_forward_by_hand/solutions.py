@@ -58,7 +58,8 @@ def attention(x: np.ndarray, W_Q: np.ndarray, W_K: np.ndarray, W_V: np.ndarray, 
               theta: float) -> np.ndarray:
     """A whole attention sublayer on the normalised stream x [b, p, d] -> [b, p, d].
 
-    W_Q [h, d, e], W_K / W_V [kv, d, e], W_O [h, e, d]; positions 0 .. p-1.
+    W_Q [h, d, e], W_K / W_V [kv, d, e] (the stored heads, attn._W_K), W_O [h, e, d];
+    positions 0 .. p-1.
     """
     p = x.shape[1]
     positions = np.arange(p)
@@ -84,6 +85,6 @@ def block(x: np.ndarray, blk, eps: float, theta: float) -> np.ndarray:
     blk: model.blocks[l] (blk.ln1.w, blk.attn.W_Q, ..., blk.mlp.W_gate, W_in, W_out).
     """
     a = blk.attn
-    x = x + attention(rms_norm(x, blk.ln1.w, eps), a.W_Q, a.W_K, a.W_V, a.W_O, theta)  # resid_mid
+    x = x + attention(rms_norm(x, blk.ln1.w, eps), a.W_Q, a._W_K, a._W_V, a.W_O, theta)  # resid_mid
     m = blk.mlp
     return x + swiglu_mlp(rms_norm(x, blk.ln2.w, eps), m.W_gate, m.W_in, m.W_out)  # resid_post

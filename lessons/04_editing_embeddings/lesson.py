@@ -88,8 +88,9 @@ for row, (_, text, factor) in enumerate(VARIANTS):
 #
 # `edits.reduce_embedding(" sorry", 0.3)` writes `E[sorry]·0.7` into `W_E` (and so into
 # `W_U`, which is the same memory); `model.edited(...)` reverts it from the journal when the
-# block ends. Its residual stream is the batch row above bit for bit, and its logits agree
-# up to float32 rounding of the unembedding product.
+# block ends. Its residual stream is the batch row above up to float32 rounding (the batch
+# runs GEMMs of other shapes, which may sum in another order on your CPU), and so are its
+# logits.
 
 # %%
 op = edits.reduce_embedding(" sorry", 0.3)

@@ -63,7 +63,7 @@ def check_lens_logits(student) -> None:
         "first, and the lens must apply it too.": x @ W_U,
         "You forgot the final norm's gain: multiply the normalised stream by ln_w before W_U.":
             (x / np.sqrt(ms + eps)) @ W_U,
-        "Is your epsilon inside the sqrt? 1 / (sqrt(mean(x²)) + eps) is a different function; it only "
+        "Is your epsilon inside the sqrt? sqrt(mean(x²)) + eps is a different function; it only "
         "shows on small inputs (the last test row is 1e-3 × a real stream).":
             (x / (np.sqrt(ms) + eps) * w) @ W_U,
         "You used the sum of squares; RMSNorm uses the MEAN of x² (divide by d).":
@@ -90,23 +90,23 @@ def check_component_dla(student) -> None:
     got = student.component_dla(writes, s, w, W_U, mary, john)
     want = REF.component_dla(writes, s, w, W_U, mary, john)
     diff = W_U[:, mary] - W_U[:, john]
-    own = 1.0 / np.sqrt((writes * writes).mean(-1, keepdims=True) + model.cfg.eps)
+    own = np.sqrt((writes * writes).mean(-1, keepdims=True) + model.cfg.eps)  # each write's own rms
     mistakes = {
         "You normalised each component with its OWN rms. The model normalises the SUM (the final "
         "stream) once; freeze that scale (final_scale) and use it for every component, or the parts "
-        "will not add up to the logit difference.": ((writes * own * w) @ diff),
-        "You forgot the frozen scale s: the model reads ln_final(x) = x · s · w, not x · w.":
+        "will not add up to the logit difference.": ((writes / own * w) @ diff),
+        "You forgot the frozen scale s: the model reads ln_final(x) = x / s · w, not x · w.":
             (writes * w) @ diff,
-        "You multiplied by rms instead of 1/rms: final_scale is already 1/rms (what hook_scale holds).":
-            (writes / s * w) @ diff,
+        "You multiplied by the rms: final_scale is the rms itself (hook_scale holds the divisor, "
+        "as in TransformerLens), so divide by it.": (writes * s * w) @ diff,
         "You forgot the gain ln_w: the readout vector is ln_w ⊙ (W_U[:, correct] - W_U[:, incorrect]).":
-            (writes * s) @ diff,
+            (writes / s) @ diff,
         "Your sign is flipped: attribute logit[correct] - logit[incorrect].": -want,
         "You attributed logit[correct] alone; subtract the incorrect token's column of W_U.":
-            (writes * s * w) @ W_U[:, mary],
+            (writes / s * w) @ W_U[:, mary],
     }
     _verdict("component_dla([embed, head L23.H3, MLP 28, MLP 26] at the last IOI position)", got, want,
-             mistakes, "DLA(c) = (c · final_scale) · (ln_w ⊙ (W_U[:, correct] − W_U[:, incorrect])), one "
+             mistakes, "DLA(c) = (c / final_scale) · (ln_w ⊙ (W_U[:, correct] − W_U[:, incorrect])), one "
              "number per write: a stack [c, d] gives [c] (do not sum over the components).")
     total = float(logits[0, -1, mary] - logits[0, -1, john])
     comps = REF.residual_components(cache, L, -1)

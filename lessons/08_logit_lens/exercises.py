@@ -22,8 +22,8 @@ def lens_logits(resid: np.ndarray, ln_w: np.ndarray, eps: float, W_U: np.ndarray
     1 / sqrt(mean(x²) + eps), multiply by the gain, unembed. On the final stream this must give
     exactly the model's logits.
     """
-    raise NotImplementedError("hint: scale = 1 / np.sqrt((resid * resid).mean(-1, keepdims=True) + eps); "
-                              "then (resid * scale * ln_w) @ W_U")
+    raise NotImplementedError("hint: rms = np.sqrt((resid * resid).mean(-1, keepdims=True) + eps); "
+                              "then (resid / rms * ln_w) @ W_U")
 
 
 def component_dla(write: np.ndarray, final_scale, ln_w: np.ndarray, W_U: np.ndarray,
@@ -31,12 +31,12 @@ def component_dla(write: np.ndarray, final_scale, ln_w: np.ndarray, W_U: np.ndar
     """Direct logit attribution of residual writes, final-norm scale frozen.   [..., d] -> [...]
 
     write: what one component (a head, an MLP, the embedding) added to the stream at the
-    predicting position; final_scale: the number 1/rms that ln_final used for the WHOLE final
-    stream there (cache["ln_final.hook_scale"]). Returns how much each write moves
+    predicting position; final_scale: the rms that ln_final divided the WHOLE final stream by
+    there (cache["ln_final.hook_scale"]). Returns how much each write moves
     logit[correct] - logit[incorrect]. Must work on a stack of writes [c, d] -> [c].
     """
     raise NotImplementedError("hint: the readout vector is ln_w * (W_U[:, correct] - W_U[:, incorrect]); "
-                              "dot it with write * final_scale")
+                              "dot it with write / final_scale")
 
 
 def residual_components(cache, n_layers: int, pos: int) -> np.ndarray:

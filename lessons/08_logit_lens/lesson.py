@@ -77,14 +77,17 @@ print("row 12 top-3 by hand:", [model.to_string([int(i)]) for i in np.argsort(-r
       "| logit_lens:", lens.tokens_at(12))
 
 # %% [markdown]
-# **Own scale or frozen scale?** TransformerLens' `accumulated_resid(apply_ln=True)` divides
-# every layer by the *final* stream's rms instead of its own. For RMSNorm that is a positive
-# number per position, so the ranking of tokens — and every rank below — is the same; only
-# the temperature of the softmax (the probabilities) changes.
+# **Own scale or frozen scale?** `cache.accumulated_resid(apply_ln=True)` normalises every
+# layer's stream with its *own* rms (the lens above; TransformerLens 3 does the same).
+# `cache.apply_ln_to_stack(stack)` instead divides every layer by the *final* stream's rms
+# (frozen, as for attribution; older TransformerLens releases did this in the lens too). For
+# RMSNorm the two differ by a positive number per position, so the ranking of tokens — and
+# every rank below — is the same; only the temperature of the softmax (the probabilities)
+# changes.
 
 # %%
-frozen = cache.accumulated_resid(apply_ln=True, pos_slice=-1)[:, 0] * model.ln_final.w @ W_U  # [L + 1, V]
-own = np.stack([final_norm(model, x) for x in stack[:, 0, -1]]) @ W_U
+own = cache.accumulated_resid(apply_ln=True, pos_slice=-1)[:, 0] @ W_U  # [L + 1, V]
+frozen = cache.apply_ln_to_stack(stack[:, :, -1], pos_slice=-1)[:, 0] @ W_U  # [L + 1, V]
 same = [bool((np.argsort(-a)[:10] == np.argsort(-b)[:10]).all()) for a, b in zip(own, frozen)]
 print(f"top-10 identical with own vs frozen scale in {sum(same)}/{len(same)} rows "
       "(GPT-2's LayerNorm adds a bias, so there the two can differ)")
@@ -150,18 +153,19 @@ show(dla.plot(), "dla_ioi.png")
 
 # %% [markdown]
 # By hand with the cache helpers: `decompose_resid` gives embed + every attention and MLP
-# output (exercise 3); `apply_ln_to_stack` multiplies each by the frozen scale; a dot product
-# with `w ⊙ (W_U[:, Mary] − W_U[:, John])` is the attribution (exercise 2). Normalising each
+# output (exercise 3); `apply_ln_to_stack` divides each by the frozen scale and multiplies it
+# by the norm's gain `w`; a dot product with `W_U[:, Mary] − W_U[:, John]` is the attribution
+# (exercise 2; `icache.logit_attrs(comps, " Mary", " John", pos_slice=-1)` in one call). Normalising each
 # component by its *own* rms instead breaks the sum: that is why the scale is frozen.
 
 # %%
 logits_ioi, icache = model.run_with_cache(CLEAN)
 mary, john = model.to_single_token(" Mary"), model.to_single_token(" John")
-direction = model.ln_final.w * (W_U[:, mary] - W_U[:, john])  # [d]
+direction = W_U[:, mary] - W_U[:, john]  # [d] (apply_ln_to_stack has applied the gain w)
 comps, comp_labels = icache.decompose_resid(pos_slice=-1, return_labels=True)  # [2L + 1 (+1), 1, d]
 parts = icache.apply_ln_to_stack(comps, pos_slice=-1)[:, 0] @ direction  # [c]
 bias = float(model.ln_final.b @ (W_U[:, mary] - W_U[:, john])) if model.ln_final.b is not None else 0.0
-own_scale = np.stack([final_norm(model, c) for c in comps[:, 0]]) @ (W_U[:, mary] - W_U[:, john])
+own_scale = np.stack([final_norm(model, c) for c in comps[:, 0]]) @ direction
 print(f"by hand: Σ parts {parts.sum() + bias:+.4f} (model {dla.total:+.4f}); with each component "
       f"normalised by its own rms the 'parts' sum to {own_scale.sum():+.1f} — meaningless")
 print("by sublayer: embed {:+.2f}, attention {:+.2f}, MLPs {:+.2f}".format(
@@ -188,14 +192,14 @@ for l, h in top_heads:
     pattern = icache[f"blocks.{l}.attn.hook_pattern"][0, h, -1]  # [p] attention of the last position
     src = int(np.argmax(pattern))
     write = icache[f"blocks.{l}.attn.hook_z"][0, -1, h] @ model.blocks[l].attn.W_O[h]  # [d]
-    lg = readout.unembed_direction(model, write) * s  # [V] its direct effect on every logit
+    lg = readout.unembed_direction(model, write) / s  # [V] its direct effect on every logit
     rows.append((f"L{l}H{h}", lg[mary], lg[john]))
     print(f"L{l}H{h}: DLA {lg[mary] - lg[john]:+.2f}; attends to {toks[src]!r} "
           f"(pos {src}, {pattern[src]:.2f})")
     print(f"   promotes   {[t for t, _ in readout.top_tokens(model, lg, 5)]}")
     print(f"   suppresses {[t for t, _ in readout.top_tokens(model, lg, 5, largest=False)]}")
 for l in range(L - 4, L):
-    lg = readout.unembed_direction(model, icache[f"blocks.{l}.hook_mlp_out"][0, -1]) * s
+    lg = readout.unembed_direction(model, icache[f"blocks.{l}.hook_mlp_out"][0, -1]) / s
     rows.append((f"MLP{l}", lg[mary], lg[john]))
     print(f"MLP{l}: DLA {lg[mary] - lg[john]:+.2f}; "
           f"promotes {[t for t, _ in readout.top_tokens(model, lg, 5)]}")

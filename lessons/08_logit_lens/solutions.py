@@ -12,22 +12,22 @@ import numpy as np
 def lens_logits(resid: np.ndarray, ln_w: np.ndarray, eps: float, W_U: np.ndarray) -> np.ndarray:
     """The logit lens of residual-stream vectors: final RMSNorm, then unembed.   [..., d] -> [..., V]
 
-    Each vector is normalised with its OWN scale 1 / sqrt(mean(x²) + eps), exactly as the model
+    Each vector is divided by its OWN rms sqrt(mean(x²) + eps), exactly as the model
     normalises its last stream, so the lens of the final stream is the model's logits.
     """
-    scale = 1.0 / np.sqrt((resid * resid).mean(axis=-1, keepdims=True) + eps)  # [..., 1]
-    return (resid * scale * ln_w) @ W_U  # [..., d] @ [d, V]
+    rms = np.sqrt((resid * resid).mean(axis=-1, keepdims=True) + eps)  # [..., 1]
+    return (resid / rms * ln_w) @ W_U  # [..., d] @ [d, V]
 
 
 def component_dla(write: np.ndarray, final_scale, ln_w: np.ndarray, W_U: np.ndarray,
                   correct: int, incorrect: int) -> np.ndarray:
     """Direct logit attribution of residual writes, with the final norm's scale frozen.   [..., d] -> [...]
 
-    DLA(c) = c · s · (w ⊙ (W_U[:, correct] - W_U[:, incorrect])), where s = 1/rms of the FINAL
-    residual stream (the one the model actually normalised), not of c itself.
+    DLA(c) = (c / s) · (w ⊙ (W_U[:, correct] - W_U[:, incorrect])), where s = the rms of the
+    FINAL residual stream (the one the model actually normalised), not of c itself.
     """
     direction = ln_w * (W_U[:, correct] - W_U[:, incorrect])  # [d]: the readout vector
-    return (write * final_scale) @ direction  # [...]
+    return (write / final_scale) @ direction  # [...]
 
 
 def residual_components(cache, n_layers: int, pos: int) -> np.ndarray:

@@ -126,7 +126,7 @@ show(fig, "port_heads.png")
 # ## 4. Bugs below the noise floor
 #
 # Not every bug is loud. `minillm.interp.broken` can inject a subtle one: RMSNorm's ε added
-# outside the square root, 1/(√mean(x²) + ε) instead of 1/√(mean(x²) + ε). With ε = 1e-5
+# outside the square root, √mean(x²) + ε instead of √(mean(x²) + ε). With ε = 1e-5
 # and rms of order 0.01–1 this changes the scale by up to 0.1%: below the 1e-3 tolerance of
 # most hooks. The tight tolerance on `hook_scale` (one rounding from exact, so 1e-5 relative
 # is generous) catches it where it happens. With one uniform tolerance for every hook it is

@@ -18,9 +18,9 @@ import numpy as np
 
 
 def rms_norm(x: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
-    """RMSNorm without the gain.   x [..., d] -> (normalized [..., d], scale [..., 1])"""
-    scale = 1.0 / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)
-    return x * scale, scale
+    """RMSNorm without the gain.   x [..., d] -> (normalized [..., d], scale [..., 1]: the rms)"""
+    scale = np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)
+    return x / scale, scale
 
 
 def rope_tables(p: int, e: int, theta: float, dtype) -> tuple[np.ndarray, np.ndarray]:
@@ -59,8 +59,8 @@ def attention(x: np.ndarray, blk, cfg, cos, sin, acts: dict, name: str) -> np.nd
     a = blk.attn
     b, p, _ = x.shape
     q = acts[f"{name}.hook_q"] = np.einsum("bpd,hde->bphe", x, a.W_Q, optimize=True)  # [b, p, h, e]
-    k = acts[f"{name}.hook_k"] = np.einsum("bpd,kde->bpke", x, a.W_K, optimize=True)  # [b, p, kv, e]
-    v = acts[f"{name}.hook_v"] = np.einsum("bpd,kde->bpke", x, a.W_V, optimize=True)
+    k = acts[f"{name}.hook_k"] = np.einsum("bpd,kde->bpke", x, a._W_K, optimize=True)  # [b, p, kv, e]
+    v = acts[f"{name}.hook_v"] = np.einsum("bpd,kde->bpke", x, a._W_V, optimize=True)
     q = acts[f"{name}.hook_rot_q"] = rotate(q, cos, sin)
     k = acts[f"{name}.hook_rot_k"] = rotate(k, cos, sin)
     n_rep = cfg.n_heads // cfg.n_kv_heads

@@ -7,7 +7,6 @@ import argparse
 import numpy as np
 
 from minillm import compare
-from minillm.errors import MinillmError
 
 HELP = "write every requested activation of one run to a safetensors file (see `minillm compare`)"
 
@@ -37,15 +36,9 @@ def _bug_names() -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     import minillm
+    from minillm.commands._ids import prompt_or_ids
 
-    if (args.prompt is None) == (args.ids is None):
-        raise MinillmError("give either a prompt or --ids (not both)")
-    prompt = args.prompt
-    if args.ids is not None:
-        try:
-            prompt = np.array([int(t) for t in args.ids.split(",")], np.int64)
-        except ValueError:
-            raise MinillmError(f"--ids must be comma-separated integers, got {args.ids!r}") from None
+    prompt = prompt_or_ids(args.prompt, args.ids)
     model = minillm.load(args.model, dtype=np.dtype(args.dtype))
     fwd_hooks, note = [], ""
     if args.inject_bug:

@@ -1,8 +1,8 @@
 """`minillm info NAME_OR_PATH`: what a model folder holds, without loading it.
 
 The config is read from `config.json` with `json`; parameter counts come from
-the safetensors headers alone (8 bytes of little-endian header length, then a
-JSON table of tensor names, dtypes and shapes), so no tensor is read.
+the safetensors headers of the checkpoint's own files (model.safetensors, or the
+shards its index names), read by the loader's reader, so no tensor is read.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from collections import defaultdict
 from pathlib import Path
 
 from minillm.checkpoints import catalog
-from minillm.checkpoints.download import format_bytes, safe_filename
+from minillm.checkpoints.download import format_bytes
+from minillm.checkpoints.hf import TensorSource
 from minillm.errors import CheckpointError
 
 HELP = "summarise a model's config, parameter counts and files (a catalog name or a folder)"
 
-MAX_HEADER = 100 * 1024 * 1024  # a safetensors header larger than this is not plausible
 COMPONENTS = (
     "embedding",
     "position embedding",
@@ -40,60 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # Reading
 
 
-def read_safetensors_header(path: Path) -> dict:
-    """The JSON header of a safetensors file: {tensor name: {dtype, shape,
-    data_offsets}}, plus an optional `__metadata__`. Reads only the header."""
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise CheckpointError(f"{path} is not a safetensors file: it is under 8 bytes")
-            n = int.from_bytes(head, "little")
-            if n > min(size - 8, MAX_HEADER):
-                raise CheckpointError(
-                    f"{path} is not a safetensors file: its header length {n} does not fit "
-                    f"in a file of {size} bytes"
-                )
-            raw = f.read(n)
-    except OSError as exc:
-        raise CheckpointError(f"cannot read {path}: {exc.strerror}") from None
-    try:
-        header = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise CheckpointError(f"{path}: the safetensors header is not valid JSON") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: the safetensors header is not a JSON object")
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        shape = entry.get("shape") if isinstance(entry, dict) else None
-        if not (
-            isinstance(shape, list)
-            and all(isinstance(d, int) and d >= 0 for d in shape)
-            and isinstance(entry.get("dtype"), str)
-        ):
-            raise CheckpointError(f"{path}: tensor {name!r} has no valid dtype and shape")
-    return header
-
-
 def weight_files(folder: Path) -> list[Path]:
-    """The safetensors files of a model folder: the shards named by
-    `model.safetensors.index.json` if there is one, else every `*.safetensors`."""
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-            shards = dict.fromkeys(weight_map.values())
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            raise CheckpointError(f"{index} is not a valid safetensors index") from None
-        files = [folder / safe_filename(s, str(index)) for s in shards]
-        missing = [p.name for p in files if not p.is_file()]
-        if missing:
-            raise CheckpointError(f"{folder}: shards named by the index are missing: {missing}")
-        return files
-    return sorted(folder.glob("*.safetensors"))
+    """The safetensors files the loader reads (model.safetensors, or the shards its index
+    names), each opened and validated by the loader's own reader. Other *.safetensors
+    files in the folder (dumps, gradients, references) are not the checkpoint's."""
+    return sorted({f.path for f in TensorSource(folder).files.values()})
 
 
 def component(name: str, shape: list[int]) -> str | None:
@@ -117,22 +68,21 @@ def component(name: str, shape: list[int]) -> str | None:
     return "other"
 
 
-def count_parameters(files: list[Path]) -> tuple[dict[str, int], dict[str, int], int]:
-    """Parameters per component and per dtype, and the number of buffer elements."""
+def count_parameters(folder: Path) -> tuple[dict[str, int], dict[str, int], int]:
+    """Parameters per component and per dtype, and the number of buffer elements, of the
+    checkpoint in `folder`, from the headers the loader reads (no tensor is read)."""
     per_component: dict[str, int] = defaultdict(int)
     per_dtype: dict[str, int] = defaultdict(int)
     buffers = 0
-    for path in files:
-        for name, entry in read_safetensors_header(path).items():
-            if name == "__metadata__":
-                continue
-            numel = math.prod(entry["shape"])
-            part = component(name, entry["shape"])
-            if part is None:
-                buffers += numel
-                continue
-            per_component[part] += numel
-            per_dtype[entry["dtype"]] += numel
+    for name, file in TensorSource(folder).files.items():
+        dtype, shape = file.entries[name][:2]
+        numel = math.prod(shape)
+        part = component(name, list(shape))
+        if part is None:
+            buffers += numel
+            continue
+        per_component[part] += numel
+        per_dtype[str(dtype)] += numel
     return dict(per_component), dict(per_dtype), buffers
 
 
@@ -202,9 +152,9 @@ def describe_folder(folder: Path, title: str) -> str:
         raise CheckpointError(f"{cfg_path} is not a JSON object")
     lines += ["config (config.json)", *_rows(config_summary(cfg)), ""]
 
-    files = weight_files(folder)
-    if files:
-        per_component, per_dtype, buffers = count_parameters(files)
+    if any((folder / n).is_file() for n in ("model.safetensors", "model.safetensors.index.json")):
+        files = weight_files(folder)
+        per_component, per_dtype, buffers = count_parameters(folder)
         total = sum(per_component.values())
         rows = [(c, f"{per_component[c]:>15,}") for c in COMPONENTS if per_component.get(c)]
         if not per_component.get("unembedding") and cfg.get(
@@ -218,7 +168,7 @@ def describe_folder(folder: Path, title: str) -> str:
         names = ", ".join(p.name for p in files)
         lines += [f"parameters (from the safetensors headers of {names})", *_rows(rows), ""]
     else:
-        lines += ["parameters: no safetensors file in this folder", ""]
+        lines += ["parameters: no model.safetensors or model.safetensors.index.json in this folder", ""]
 
     entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
     rows = []

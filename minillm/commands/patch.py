@@ -46,6 +46,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="restrict the sweeps (and path-patching senders) to these layers")
     parser.add_argument("--batch-size", type=int, default=32, help="patched runs per forward pass")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    add_prompt_set_arguments(parser, "clean, corrupted, answer, wrong")
+
+
+def add_prompt_set_arguments(parser: argparse.ArgumentParser, fields: str) -> None:
+    """--prompts FILE and what goes with it (shared with `minillm ablate`)."""
+    from minillm.data.shards import add_engine_arguments
+
+    parser.add_argument("--prompts", default=None, metavar="FILE",
+                        help=f"run over a prompt set: a JSONL file (fields {fields}) or ioi:N[:SEED] for N "
+                        "generated IOI prompts; writes per-prompt results, the mean and a bootstrap "
+                        "confidence interval per cell")
+    parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    parser.add_argument("--confidence", type=float, default=0.95, help="interval level (default 0.95)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    parser.add_argument("--prompts-per-shard", type=int, default=8,
+                        help="prompts per shard, the unit of work and of --resume (default 8)")
+    add_engine_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError:
         raise MinillmError(f"--layers must be comma-separated integers, got {args.layers!r}") from None
     model = minillm.load(args.model, dtype=np.dtype(args.dtype))
+    if args.prompts:
+        return run_prompt_set(args, model, comps, layers)
     metric = M.logit_diff(model, args.answer, args.wrong)
     out = Path(args.out)
     summary = dict(model=args.model, clean=args.clean, corrupted=args.corrupted, answer=args.answer,
@@ -103,4 +122,38 @@ def run(args: argparse.Namespace) -> int:
     if interrupted:
         print("interrupted: the files hold the partial results (NaN = not measured)")
         return 130
+    return 0
+
+
+def run_prompt_set(args, model, comps: list[str], layers) -> int:
+    """`minillm patch --prompts FILE`: each component over the prompt set, mean and CI per cell."""
+    from minillm.data import read_prompts
+    from minillm.data.shards import executor_from_args
+    from minillm.interp import prompt_sweeps as PS
+
+    if args.path or args.receivers:
+        raise MinillmError("--path patching runs on one prompt pair; drop --prompts or --path")
+    if args.n_boot < 1 or args.prompts_per_shard < 1:
+        raise MinillmError("--n-boot and --prompts-per-shard must be at least 1")
+    pairs = read_prompts(args.prompts, model, need="pair")
+    out = Path(args.out)
+    summary = dict(model=args.model, prompts=args.prompts, n_prompts=len(pairs),
+                   metric="logit(answer) - logit(wrong) at the last position", results={})
+    directions = ["denoising", "noising"] if args.direction == "both" else [args.direction]
+    with executor_from_args(args.workers, args.scheduler) as ex:
+        for d in directions:
+            for c in comps:
+                res = PS.patching_over_prompts(model, pairs, c, d, normalize=not args.raw, layers=layers,
+                                               batch_size=args.batch_size, n_boot=args.n_boot,
+                                               confidence=args.confidence, seed=args.seed,
+                                               prompts_per_shard=args.prompts_per_shard, executor=ex,
+                                               out=out / f"{d}_{c}", resume=args.resume)
+                top = res.top(3)
+                summary["results"][f"{d}_{c}"] = dict(seconds=res.meta["seconds"], engine=res.meta["engine"],
+                                                      top=[dict(cell=list(k), mean=m, ci=[lo, hi])
+                                                           for k, m, lo, hi in top])
+                print(f"{d} {c}: {len(pairs)} prompts in {res.meta['seconds']:.1f} s; top: "
+                      + ", ".join(f"{'/'.join(k)}={m:.2f} [{lo:.2f}, {hi:.2f}]" for k, m, lo, hi in top))
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(f"wrote per-prompt values, mean and {args.confidence:.0%} intervals (CSV, JSON, PNG) to {out}/")
     return 0

@@ -11,8 +11,8 @@ activation at the hook where the mistake first shows:
     no_attn_scale        q·k not divided by sqrt(d_head)    -> blocks.0.attn.hook_attn_scores
     causal_off_by_one    each query also sees the next key  -> blocks.0.attn.hook_attn_scores
     gelu_exact           erf GELU instead of GPT-2's tanh   -> blocks.0.mlp.hook_post (gpt2)
-    rmsnorm_eps_outside  1/(sqrt(mean x²) + eps) instead of
-                         1/sqrt(mean x² + eps)              -> blocks.0.ln1.hook_scale (llama)
+    rmsnorm_eps_outside  sqrt(mean x²) + eps instead of
+                         sqrt(mean x² + eps)                -> blocks.0.ln1.hook_scale (llama)
 
     with model.hooks(broken.BUGS["rope_adjacent"].hooks(model)):
         compare.dump(model, prompt, "broken.safetensors")
@@ -129,7 +129,7 @@ def _gelu_exact_hooks(model) -> list:
 
 
 def _rmsnorm_eps_outside_hooks(model) -> list:
-    """RMSNorm's scale computed as 1 / (sqrt(mean x²) + eps)."""
+    """RMSNorm's divisor computed as sqrt(mean x²) + eps."""
     seen: dict[str, np.ndarray] = {}
     eps = model.cfg.eps
 
@@ -139,7 +139,7 @@ def _rmsnorm_eps_outside_hooks(model) -> list:
     def outside(scale, hook):  # [b, p, 1]
         x = seen["x"][:, -scale.shape[1]:]
         rms = np.sqrt((x * x).mean(axis=-1, keepdims=True))
-        return (1.0 / (rms + eps)).astype(scale.dtype)
+        return (rms + eps).astype(scale.dtype)
 
     resid = lambda n: n.endswith(("hook_resid_pre", "hook_resid_mid", "hook_resid_post"))  # noqa: E731
     return [(resid, keep), (_ends("hook_scale"), outside)]

@@ -113,13 +113,13 @@ def direct_logit_attribution(model, tokens, correct, incorrect=None, pos: int = 
             "ln_final.hook_scale")
     logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith(want),
                                          attention_mask=attention_mask)
-    scale = cache["ln_final.hook_scale"][:, pos]  # [b, 1]: frozen 1/std or 1/rms
+    scale = cache["ln_final.hook_scale"][:, pos]  # [b, 1]: frozen std or rms (the divisor)
     # The readout vector: what one unit of residual (after centring) adds to the logit difference.
     u = direction * model.ln_final.w  # [b or 1, d]   w ⊙ (W_U[:, c] - W_U[:, i])
     if model.ln_final.b is not None:  # LayerNorm: centre(c) · u = c · (u - mean(u))
         u = u - u.mean(-1, keepdims=True)
 
-    r = np.broadcast_to(u, (b, u.shape[1])) * scale  # [b, d]: per prompt, frozen scale folded in
+    r = np.broadcast_to(u, (b, u.shape[1])) / scale  # [b, d]: per prompt, frozen scale folded in
 
     def read(write):  # a write [b, ..., d] at pos -> its direct effect [b, ...]
         return np.einsum("b...d,bd->b...", write, r)

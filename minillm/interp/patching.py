@@ -247,8 +247,10 @@ def patching_sweep(
     _, clean_cache = model.run_with_cache(clean, names_filter=names)
     _, corrupt_cache = model.run_with_cache(corrupted, names_filter=names)
     prefix = _usable_prefix(clean, corrupted, metric)
-    # The reference values come from the same batched runner as the patched runs, so that a
-    # patch that changes nothing scores exactly 0 (denoising) or 1 (noising).
+    # The reference values come from the same batched runner as the patched runs, so a patch
+    # that changes nothing scores 0 (denoising) or 1 (noising): exactly when it runs in a
+    # batch of one row, up to float32 rounding in larger batches (a GEMM's bits depend on its
+    # row count and the CPU's BLAS kernel). Cells skipped as identical are exact.
     shared = prefix_cache(model, clean, prefix) or 0  # the same tokens in both prompts
     m_clean = float(run_batched(model, clean, [[]], metric, progress=False, prefix=shared)[0][0])
     m_corrupt = float(run_batched(model, corrupted, [[]], metric, progress=False, prefix=shared)[0][0])
@@ -510,14 +512,14 @@ def _freezers(chunk: list[tuple], clean_cache, corrupt_cache, n_layers: int, fre
     def z_hook(act, point):
         out = np.repeat(clean_cache[point.name], act.shape[0], 0)  # [b, p, h, e]
         for r, s in enumerate(chunk):
-            if s[0] == "head" and s[1] == point.layer:
+            if s[0] == "head" and s[1] == point.layer():
                 out[r, :, s[2]] = corrupt_cache[point.name][0, :, s[2]]
         return out
 
     def mlp_hook(act, point):
         out = np.repeat(clean_cache[point.name], act.shape[0], 0) if freeze_mlps else act.copy()
         for r, s in enumerate(chunk):
-            if s[0] == "mlp" and s[1] == point.layer:
+            if s[0] == "mlp" and s[1] == point.layer():
                 out[r] = corrupt_cache[point.name][0]
         return out
 

@@ -11,7 +11,7 @@
 Importance scores (higher = more important):
     ablation   |metric(unit mean-ablated) - metric(intact)|, averaged over the prompt set
                (one run per unit: cheap for heads, d_mlp runs per layer for neurons)
-    magnitude  weights only. Head: ||W_V[kv(h)] W_O[h]||_F, the size of its OV map.
+    magnitude  weights only. Head: ||W_V[h] W_O[h]||_F, the size of its OV map.
                Neuron: ||W_in[:, i]|| · ||W_out[i]|| (· ||W_gate[:, i]|| for gated MLPs).
     gradient   |activation · ∂metric/∂activation| summed over positions, averaged over
                prompts (attribution.gradient_importance: one backward pass for everything)
@@ -104,7 +104,7 @@ def magnitude_importance(model, unit: str = "heads") -> LabelledArray:
         if unit == "heads":
             attn, group = model.blocks[l].attn, cfg.n_heads // cfg.n_kv_heads
             # ||W_V W_O||_F² = trace((W_Vᵀ W_V)(W_O W_Oᵀ)), with [e, e] matrices only
-            vv = np.einsum("gde,gdf->gef", attn.W_V.astype(np.float64), attn.W_V)  # [kv, e, e]
+            vv = np.einsum("gde,gdf->gef", attn._W_V.astype(np.float64), attn._W_V)  # [kv, e, e]
             oo = np.einsum("hed,hfd->hef", attn.W_O.astype(np.float64), attn.W_O)  # [h, e, e]
             rows.append(np.sqrt(np.einsum("hef,hfe->h", vv[np.arange(cfg.n_heads) // group], oo)))
         else:

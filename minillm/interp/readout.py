@@ -8,19 +8,21 @@
     ov = readout.head_ov(model, 5, 3)        # W_V W_O of head (5, 3)   [d, d]
     readout.svd_readout(model, ov, kind="ov")  # its top singular directions, as tokens
 
-The matrices (a neuron (l, i); a head (l, h) reads kv-head h // (n_heads / n_kv_heads)):
+The matrices (a neuron (l, i); a head (l, h), whose W_K[h] / W_V[h] are the stored
+kv-head h // (n_heads / n_kv_heads), `_W_K` / `_W_V`):
 
     output readout   W_out[i] (⊙ ln_final.w) @ W_U          [V]: the tokens it promotes when it fires
     input readout    W_E @ (ln2.w ⊙ W_in[:, i])            [V]: the tokens whose embedding drives it
                      (Llama: also W_gate[:, i], the gate; both are reported)
-    OV circuit       W_V[kv] @ W_O[h]                        [d, d]: what the head moves, x_src -> write
-    QK circuit       W_Q[h] @ W_K[kv]^T                      [d, d]: x_dst^T QK x_src = attention score
+    OV circuit       W_V[h] @ W_O[h]                         [d, d]: what the head moves, x_src -> write
+    QK circuit       W_Q[h] @ W_K[h]^T                       [d, d]: x_dst^T QK x_src = attention score
                                                              (before RoPE and the 1/sqrt(e) factor)
 
-Norm gains are real parts of the computation (minillm never folds them into
-the weights), so each readout says whether it includes them. Scales (1/rms)
-are per-position and left out: readouts rank tokens, and a positive scale
-does not change a ranking.
+Norm gains are real parts of the computation (minillm folds them into the
+weights only when asked: `minillm.load(..., fold_ln=True)`), so each readout says
+whether it includes them. Scales (the rms or std a norm divides by) are
+per-position and left out: readouts rank tokens, and a positive scale does
+not change a ranking.
 """
 
 from __future__ import annotations
@@ -176,17 +178,17 @@ def top_activating_contexts(model, texts: Sequence[str], layer: int, neuron: int
 
 
 def head_ov(model, layer: int, head: int) -> np.ndarray:
-    """The OV circuit W_V[kv] @ W_O[h].   -> [d, d]: source stream (after ln1) -> write."""
+    """The OV circuit W_V[h] @ W_O[h].   -> [d, d]: source stream (after ln1) -> write."""
     kv = _check_head(model, layer, head)
     attn = model.blocks[layer].attn
-    return attn.W_V[kv] @ attn.W_O[head]  # [d, e] @ [e, d]
+    return attn._W_V[kv] @ attn.W_O[head]  # [d, e] @ [e, d]  (_W_V[kv] is W_V[head])
 
 
 def head_qk(model, layer: int, head: int) -> np.ndarray:
-    """The QK circuit W_Q[h] @ W_K[kv]^T.   -> [d, d]: x_dst^T QK x_src (no RoPE, no 1/sqrt(e))."""
+    """The QK circuit W_Q[h] @ W_K[h]^T.   -> [d, d]: x_dst^T QK x_src (no RoPE, no 1/sqrt(e))."""
     kv = _check_head(model, layer, head)
     attn = model.blocks[layer].attn
-    return attn.W_Q[head] @ attn.W_K[kv].T  # [d, e] @ [e, d]
+    return attn.W_Q[head] @ attn._W_K[kv].T  # [d, e] @ [e, d]  (_W_K[kv] is W_K[head])
 
 
 @dataclass
