@@ -34,8 +34,8 @@ def main(chromium: str = "/usr/bin/chromium") -> int:
     patch = P.patching_sweep(model, IOI, IOI_CORRUPTED, M.logit_diff(model, " Mary", " John"), "resid_pre",
                              "denoising", layers=list(range(0, 30, 3)), progress=False)
     views = {
-        "attention": (html.attention(model, IOI, heads=[0, 6], layer=18),
-                      lambda page: page.locator('.panel[data-head="6"] .tok[data-pos="10"]').hover()),
+        "attention": (html.attention(model, IOI, heads=[3, 4], layer=23),  # 23.3 writes ' Mary' (lesson 09)
+                      lambda page: page.locator('.panel[data-head="3"] .tok[data-pos="13"]').hover()),
         "lens": (html.lens(model, EIFFEL, targets=[" Paris"]),
                  lambda page: page.locator('td[data-row="28"][data-pos="9"]').hover()),
         "patching": (html.patching(patch), lambda page: (page.locator('th.col[data-col="13"]').click(),
@@ -46,7 +46,7 @@ def main(chromium: str = "/usr/bin/chromium") -> int:
     IMAGES.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1000, "height": 700})
+        page = browser.new_page(viewport={"width": 1100, "height": 700})
         for kind, (view, interact) in views.items():
             page.goto(view.save(Path(tmp) / f"{kind}.html").as_uri())
             interact(page)

@@ -4,7 +4,7 @@
     ld = M.logit_diff(model, " Mary", " John")
     res = A.ablation_sweep(model, prompt, ld, "heads", method="mean", reference=texts)  # [layer, head]
     mr = A.median_replacement(model, "It was a dark and stormy", " night")          # [layer, rate]
-    A.plot_ripple(mr, "ripple.png"); mr.delta.plot("median_heatmap.png")
+    A.plot_ripple(mr)  # a Figure; A.plot_ripple(mr, "out/ripple.png") also saves it
 
 Ablation replaces a component's activation by a value that carries "no
 information about this prompt" and records how much the metric moves:

@@ -4,7 +4,7 @@
     dla = direct_logit_attribution(model, "The Eiffel Tower is located in the city of",
                                    correct=" Paris", incorrect=" London")
     dla.total, dla.parts.values.sum()     # equal (up to float rounding)
-    dla.heads.plot("heads.png")           # [layer, head] heatmap
+    dla.heads.plot()                      # [layer, head] heatmap (a Figure)
     dla.parts.top(10)
 
 The final residual stream at the chosen position is a sum of writes:

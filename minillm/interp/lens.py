@@ -4,8 +4,8 @@
     lens = logit_lens(model, "The Eiffel Tower is located in the city of", targets=[" Paris"])
     print(lens.table())                 # top-k tokens per layer at the last position
     lens.first_layer_top1(" Paris")     # the first row from which " Paris" stays rank 1
-    lens.plot("lens.png")               # layer × position grid of top-1 tokens
-    lens.plot_targets("targets.png")    # probability and rank of the targets across layers
+    lens.plot()                         # layer × position grid of top-1 tokens (a Figure)
+    lens.plot_targets("out/targets.png")  # probability and rank of the targets across layers
 
 The matrices, for the stream x [b, p, d] after block l (row l + 1; row 0 is
 the embeddings, before any block):

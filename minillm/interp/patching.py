@@ -3,7 +3,7 @@
     from minillm.interp import metrics as M, patching as P
     ld = M.logit_diff(model, " Mary", " John")
     res = P.patching_sweep(model, clean, corrupted, ld, "resid_pre")   # LabelledArray [layer, pos]
-    res.plot("resid_pre.png")
+    res.plot("out/resid_pre.png")  # returns the Figure, saved there
     every = P.patch_all(model, clean, corrupted, ld)                    # {component: LabelledArray}
     edges = P.path_patching(model, clean, corrupted, ld, senders=["9.3", "mlp9"],
                             receivers=["logits", "12.0.q", "mlp14"])   # [sender, receiver]

@@ -5,7 +5,7 @@
     ps.patchscope(model, h, layer=8)            # decoded with the identity prompt
     # -> ' Diana, Princess of Wales; ...'
     sweep = ps.layer_sweep(model, "The Eiffel Tower is located in the city of", target=" Paris")
-    sweep.plot("patchscope_sweep.png")
+    sweep.plot()   # a Figure; sweep.plot("out/patchscope.png") also saves it
 
 Recipe (Ghandeharioun et al. 2024): take the residual stream h of a source
 prompt at `blocks.{l}.hook_resid_pre` (l = 0 is the embeddings; l = L is

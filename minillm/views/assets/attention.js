@@ -16,7 +16,7 @@ function render() {
     const toks = document.createElement('div'); toks.className = 'tokens';
     const heat = document.createElement('div'); heat.className = 'heat';
     const n = D.tokens.length;
-    const cs = Math.max(6, Math.min(22, Math.floor(330 / n)));
+    const cs = Math.max(6, Math.min(20, Math.floor(300 / n)));
     heat.style.gridTemplateColumns = `repeat(${n}, ${cs}px)`;
     heat.style.gridAutoRows = `${cs}px`;
     const readout = document.createElement('div'); readout.className = 'readout';
