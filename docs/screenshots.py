@@ -63,9 +63,9 @@ def _notebook_page(tmp: Path) -> Path:
     """Lesson 03 executed as a notebook (as the tests do), rendered to HTML by nbconvert."""
     from nbconvert import HTMLExporter
 
-    from minillm import lessons
+    from minillm import course
 
-    nb = lessons.execute_notebook(3, tmp)
+    nb = course.execute_notebook(3, tmp)
     body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
     path = tmp / "lesson03.html"
     path.write_text(body, encoding="utf-8")

@@ -360,9 +360,11 @@ class ActivationCache(dict):
         else:
             which = "ln2" if mlp_input else "ln1"
             name, norm = f"blocks.{layer}.{which}.hook_scale", getattr(self.model.blocks[layer], which)
+            if norm is None:  # no norm before the sublayer (OLMo-2): it reads the raw stream
+                return residual_stack
         if recompute_ln and layer == L:
             centered, own = self.model.norm_parts(residual_stack, self.model.cfg.eps)
-            out = centered / own * norm.w
+            out = centered / own * norm.gain
             return out if norm.b is None else out + norm.b
         scale = self[name]  # [b, p, 1]
         if batch_slice is not None and self.has_batch_dim:
@@ -370,4 +372,4 @@ class ActivationCache(dict):
         scale = _pos(scale, pos_slice)  # [b, p, 1] (or [b, 1] for an int pos_slice)
         if self.model.norm_parts is ops.layer_norm_parts:  # LayerNorm centres; RMSNorm does not
             residual_stack = residual_stack - residual_stack.mean(axis=-1, keepdims=True)
-        return residual_stack / scale * norm.w
+        return residual_stack / scale * norm.gain

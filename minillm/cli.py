@@ -26,6 +26,7 @@ COMMANDS = {
     "patch": "patch",
     "ablate": "ablate",
     "perplexity": "perplexity",
+    "hooks": "hooks",
     "stats": "stats",
     "top-activations": "top_activations",
     "view": "view",

@@ -340,7 +340,7 @@ class HookedModel(Transformer):
         neurons, and positions (against this run's length, or n_ctx when
         decoding with a KV cache).
         """
-        from minillm.interventions import to_hooks
+        from minillm.interp.interventions import to_hooks
 
         tokens = self._as_tokens(tokens)
         for i in interventions if cache is None else ():  # decoding: later positions come later
@@ -353,7 +353,7 @@ class HookedModel(Transformer):
     def intervened(self, interventions) -> Iterator[HookedModel]:
         """`with model.intervened([...]):` interventions apply to every run inside the block
         (generation too); removed on exit, also on exceptions."""
-        from minillm.interventions import to_hooks
+        from minillm.interp.interventions import to_hooks
 
         with self.hooks(to_hooks(self, interventions)):
             yield self
@@ -570,7 +570,7 @@ class HookedModel(Transformer):
     @property
     def journal(self):
         """The journal of weight edits applied to this model (created on first use)."""
-        from minillm.journal import Journal
+        from minillm.edit.journal import Journal
 
         if "_journal" not in self.__dict__:
             self._journal = Journal(self)

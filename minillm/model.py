@@ -1,11 +1,12 @@
-"""The forward pass of GPT-2 and Llama, in NumPy, readable top to bottom.
+"""The forward pass of every supported family, in NumPy, readable top to bottom.
 
 Legend for the shape comments:
     b = batch            p = positions in this call     P = key positions (cache + p)
     d = d_model          h = query heads                kv = key/value heads
     e = d_head           m = d_mlp                      V = vocabulary size
+    r = rotated dims of a head (e, or a fraction of it)
 
-One forward pass (both families):
+One forward pass (every family):
 
     x = embed(tokens) (+ pos_embed)                  hook_embed, hook_pos_embed
     for each block l:                                blocks.l.hook_resid_pre
@@ -13,10 +14,24 @@ One forward pass (both families):
         x = x + mlp(norm2(x))                        ... hook_mlp_out, hook_resid_post
     logits = norm_final(x) @ W_U                     hook_logits
 
-The families differ only in data: LayerNorm (centre, divide by std, gain
+GPT-2 and Llama differ only in data: LayerNorm (centre, divide by std, gain
 and bias) vs RMSNorm (divide by rms, gain); learned positions vs rotary
-positions (RoPE) applied to q and k; GELU MLP vs SiLU-gated MLP. Each such
-difference is chosen once in `__init__`, not inside the loop.
+positions (RoPE) applied to q and k; GELU MLP vs gated MLP. The newer
+families add a few ideas, each also data in the config, chosen once in
+`__init__` or read from `cfg` where it applies, never an `if family == ...`:
+
+    parallel residual (Pythia)     x + attn(ln1(x)) + mlp(ln2(x)): both read x
+    partial rotary (Pythia)        RoPE turns only the first r dims of each head
+    norm after a sublayer          ln1_post / ln2_post on attn and MLP outputs
+      (Gemma: also before; OLMo-2: only after)
+    gain offset (Gemma)            RMSNorm output · (1 + w) instead of · w
+    q/k norms (Qwen3, Gemma 3,     RMSNorm of q and k before RoPE: per head
+      OLMo-2)                      (over e) or over the whole projection
+    embedding scale (Gemma)        x = W_E[tokens] · √d
+    query_pre_attn_scalar (Gemma)  scores · 1/√scalar instead of 1/√e
+    soft-caps (Gemma 2)            scores and logits -> c · tanh(x / c)
+    local and global layers        a sliding window on some layers only, with
+      (Gemma 2, 3)                 their own rope base (Gemma 3)
 
 Every intermediate goes through `self.hooks.fire(name, array)`, which returns
 the array unchanged unless a hook is registered (see hooks.py).
@@ -36,29 +51,34 @@ from minillm.params import Block, Embed, Norm, PosEmbed, Unembed
 
 def hook_names(cfg: ModelConfig) -> list[str]:
     """Every hook point of a model with this config, in the order they fire."""
-    names = ["hook_embed"] + (["hook_pos_embed"] if cfg.family == "gpt2" else [])
-    rope = cfg.family == "llama"
-    mlp = ["hook_pre", "hook_pre_linear", "hook_post"] if rope else ["hook_pre", "hook_post"]
+    names = ["hook_embed"] + ([] if cfg.rotary else ["hook_pos_embed"])
+    mlp = ["hook_pre", "hook_pre_linear", "hook_post"] if cfg.gated_mlp else ["hook_pre", "hook_post"]
+
+    def norm(name: str, present: bool) -> tuple[str, ...]:
+        return (f"{name}.hook_scale", f"{name}.hook_normalized") if present else ()
+
     for l in range(cfg.n_layers):
         names += [
             f"blocks.{l}.{n}"
             for n in (
                 "hook_resid_pre",
-                "ln1.hook_scale",
-                "ln1.hook_normalized",
+                *norm("ln1", cfg.pre_norms),
                 "attn.hook_q",
                 "attn.hook_k",
                 "attn.hook_v",
-                *(("attn.hook_rot_q", "attn.hook_rot_k") if rope else ()),
+                *norm("attn.q_norm", cfg.qk_norm is not None),
+                *norm("attn.k_norm", cfg.qk_norm is not None),
+                *(("attn.hook_rot_q", "attn.hook_rot_k") if cfg.rotary else ()),
                 "attn.hook_attn_scores",
                 "attn.hook_pattern",
                 "attn.hook_z",
                 "attn.hook_result",
+                *norm("ln1_post", cfg.post_norms),
                 "hook_attn_out",
                 "hook_resid_mid",
-                "ln2.hook_scale",
-                "ln2.hook_normalized",
+                *norm("ln2", cfg.pre_norms),
                 *(f"mlp.{n}" for n in mlp),
+                *norm("ln2_post", cfg.post_norms),
                 "hook_mlp_out",
                 "hook_resid_post",
             )
@@ -67,7 +87,7 @@ def hook_names(cfg: ModelConfig) -> list[str]:
 
 
 class Transformer:
-    """A GPT-2 or Llama-family model: config, parameters, hooks and the forward pass.
+    """A model of any supported family: config, parameters, hooks and the forward pass.
 
     Use `minillm.load(...)` to get one with real weights (it returns the
     `HookedModel` subclass with tokenizer, caching and editing helpers).
@@ -77,18 +97,23 @@ class Transformer:
         self.cfg = cfg
         self.dtype = np.dtype(dtype)
         self.embed = Embed(cfg, self.dtype)
-        self.pos_embed = PosEmbed(cfg, self.dtype) if cfg.family == "gpt2" else None
+        self.pos_embed = None if cfg.rotary else PosEmbed(cfg, self.dtype)
         self.blocks = [Block(cfg, self.dtype) for _ in range(cfg.n_layers)]
         self.ln_final = Norm(cfg, self.dtype)
         self.unembed = Unembed(cfg, self.dtype, self.embed)
         self.hooks = HookRegistry(hook_names(cfg))
         # The family differences, decided once:
-        gpt2 = cfg.family == "gpt2"
-        self.norm_parts = ops.layer_norm_parts if gpt2 else ops.rms_norm_parts
+        self.norm_parts = ops.layer_norm_parts if cfg.layer_norm else ops.rms_norm_parts
         self.act_fn = ops.ACTIVATIONS[cfg.act_fn]
-        self.rope_inv_freq = None if gpt2 else ops.rope_inv_freq(
-            cfg.d_head, cfg.rope_theta, cfg.rope_scaling
+        # Rotary frequencies per layer: one (theta, scaling) for most models; Gemma 3's
+        # local layers have their own base. rope_inv_freq: the global layers' [r/2].
+        self.layer_rope = [(cfg.layer_rope_theta(l), cfg.layer_rope_scaling(l))
+                           for l in range(cfg.n_layers)] if cfg.rotary else []
+        self.rope_inv_freq = None if not cfg.rotary else ops.rope_inv_freq(
+            cfg.rotary_dim, cfg.rope_theta, cfg.rope_scaling
         )
+        # Gemma: embeddings times √d, rounded to the model's dtype as transformers does.
+        self.embed_scale = np.sqrt(cfg.d_model).astype(self.dtype) if cfg.embed_scale else None
 
     # --- the forward pass ------------------------------------------------------------------
 
@@ -134,20 +159,24 @@ class Transformer:
         hook = self.hooks.fire
 
         if start_at_layer is None:
-            x = hook("hook_embed", self.embed.W_E[tokens])  # [b, p, d]
+            embedded = self.embed.W_E[tokens]  # [b, p, d]
+            if self.embed_scale is not None:
+                embedded = embedded * self.embed_scale  # Gemma: · √d
+            x = hook("hook_embed", embedded)  # [b, p, d]
             if self.pos_embed is not None:
                 x = x + hook("hook_pos_embed", self.pos_embed.W_pos[positions])  # [b, p, d]
-        rope = None
-        if self.rope_inv_freq is not None:
-            rope = ops.rope_cos_sin(positions, self.rope_inv_freq, self.dtype)  # 2× [b, p, 1, e]
-        allowed = ops.attention_mask(  # [b or 1, 1, p, P]
-            q_slots=np.arange(start, start + shape[1]),
-            k_slots=np.arange(start + shape[1]),
-            key_padding=mask,
-            sliding_window=self.cfg.sliding_window,
-        )
+        ropes = self.rope_tables(positions)  # per layer: (cos, sin), 2× [b, p, 1, r], or None
+        masks = {}  # sliding window (or None) -> which keys each query sees, [b or 1, 1, p, P]
         for l in range(self.cfg.n_layers)[start_at_layer:stop_at_layer]:
-            x = self.block_forward(l, self.blocks[l], x, rope, allowed, cache)
+            window = self.cfg.window(l)
+            if window not in masks:
+                masks[window] = ops.attention_mask(
+                    q_slots=np.arange(start, start + shape[1]),
+                    k_slots=np.arange(start + shape[1]),
+                    key_padding=mask,
+                    sliding_window=window,
+                )
+            x = self.block_forward(l, self.blocks[l], x, ropes[l], masks[window], cache)
         if cache is not None:
             cache.advance(shape[1], mask)
         if stop_at_layer is not None:
@@ -156,32 +185,65 @@ class Transformer:
         if last_only:
             x = x[:, -1:]  # [b, 1, d]
         x = self.norm(x, self.ln_final, "ln_final")  # [b, p, d]
-        return hook("hook_logits", ops.linear(x, self.unembed.W_U))  # [b, p, V]
+        logits = ops.linear(x, self.unembed.W_U)  # [b, p, V]
+        if self.cfg.final_softcap is not None:  # Gemma 2: c · tanh(logits / c)
+            logits = ops.softcap(logits, self.cfg.final_softcap)
+        return hook("hook_logits", logits)  # [b, p, V]
 
     __call__ = forward
 
-    def block_forward(self, l, block, x, rope, allowed, cache) -> np.ndarray:
-        """One block: x + attn(ln1(x)), then + mlp(ln2(x)).   [b, p, d] -> [b, p, d]"""
-        hook = self.hooks.fire
-        x = hook(f"blocks.{l}.hook_resid_pre", x)
-        attn_out = self.attention(l, block.attn, self.norm(x, block.ln1, f"blocks.{l}.ln1"),
-                                  rope, allowed, cache)
-        x = hook(f"blocks.{l}.hook_resid_mid", x + hook(f"blocks.{l}.hook_attn_out", attn_out))
-        mlp_out = self.mlp(l, block.mlp, self.norm(x, block.ln2, f"blocks.{l}.ln2"))
-        return hook(f"blocks.{l}.hook_resid_post", x + hook(f"blocks.{l}.hook_mlp_out", mlp_out))
+    def rope_tables(self, positions: np.ndarray) -> list:
+        """cos and sin of each layer's rotations, or None per layer without RoPE.   [b, p] ->
 
-    def norm(self, x: np.ndarray, norm: Norm, name: str) -> np.ndarray:
-        """LayerNorm or RMSNorm.   [b, p, d] -> [b, p, d]
+        Layers with the same (theta, scaling) share one table. LongRoPE (Phi-3)
+        switches to its long factors once the sequence (the largest position
+        + 1) is longer than the context the model was trained on.
+        """
+        if not self.cfg.rotary:
+            return [None] * self.cfg.n_layers
+        tables = {}
+        for theta, scaling in self.layer_rope:
+            if (theta, scaling) in tables:
+                continue
+            long = scaling is not None and scaling.kind == "longrope" and (
+                positions.max() + 1 > scaling.original_max_position_embeddings)
+            inv_freq = ops.rope_inv_freq(self.cfg.rotary_dim, theta, scaling, long)  # [r/2]
+            factor = scaling.attention_factor if scaling is not None else 1.0
+            tables[theta, scaling] = ops.rope_cos_sin(positions, inv_freq, self.dtype, factor)
+        return [tables[key] for key in self.layer_rope]
+
+    def block_forward(self, l, block, x, rope, allowed, cache) -> np.ndarray:
+        """One block: x + attn(ln1(x)), then + mlp(ln2(x)).   [b, p, d] -> [b, p, d]
+
+        Where a model has them, ln1_post / ln2_post normalize each sublayer's
+        output before it is added (Gemma, OLMo-2; OLMo-2 has no ln1 / ln2). In a
+        parallel block (Pythia) the MLP reads the block's input x, not x + attn:
+        resid_mid = x + attn_out is then only a partial sum.
+        """
+        hook, name = self.hooks.fire, f"blocks.{l}"
+        x = hook(f"{name}.hook_resid_pre", x)
+        attn_out = self.attention(l, block.attn, self.norm(x, block.ln1, f"{name}.ln1"),
+                                  rope, allowed, cache)
+        attn_out = self.norm(attn_out, block.ln1_post, f"{name}.ln1_post")
+        resid_mid = hook(f"{name}.hook_resid_mid", x + hook(f"{name}.hook_attn_out", attn_out))
+        mlp_in = x if self.cfg.parallel_residual else resid_mid
+        mlp_out = self.mlp(l, block.mlp, self.norm(mlp_in, block.ln2, f"{name}.ln2"))
+        mlp_out = self.norm(mlp_out, block.ln2_post, f"{name}.ln2_post")
+        return hook(f"{name}.hook_resid_post", resid_mid + hook(f"{name}.hook_mlp_out", mlp_out))
+
+    def norm(self, x: np.ndarray, norm: Norm | None, name: str) -> np.ndarray:
+        """LayerNorm or RMSNorm over the last axis; the identity where `norm` is None.
 
         normalized = (x - mean) / std  (LayerNorm)  or  x / rms  (RMSNorm);
-        output = normalized * w (+ b). `hook_scale` is the divisor, std or rms
-        (as in TransformerLens).
+        output = normalized * gain (+ b), gain = w or (Gemma) 1 + w. `hook_scale`
+        is the divisor, std or rms (as in TransformerLens).   [..., n] -> [..., n]
         """
-        centered, scale = self.norm_parts(x, self.cfg.eps)  # [b, p, d], [b, p, 1]
+        if norm is None:
+            return x
+        centered, scale = self.norm_parts(x, self.cfg.eps)  # [..., n], [..., 1]
         scale = self.hooks.fire(f"{name}.hook_scale", scale)
-        normalized = self.hooks.fire(f"{name}.hook_normalized", centered / scale)  # [b, p, d]
-        out = normalized * norm.w
-        return out if norm.b is None else out + norm.b
+        normalized = self.hooks.fire(f"{name}.hook_normalized", centered / scale)  # [..., n]
+        return norm.apply(normalized)
 
     def attention(self, l, attn, x, rope, allowed, cache) -> np.ndarray:
         """Multi-head (grouped-query) causal self-attention.   [b, p, d] -> [b, p, d]"""
@@ -193,6 +255,12 @@ class Transformer:
         q = hook(f"{name}.hook_q", qkv[..., : h * e].reshape(b, p, h, e))  # [b, p, h, e]
         k = hook(f"{name}.hook_k", qkv[..., h * e : (h + kv) * e].reshape(b, p, kv, e))
         v = hook(f"{name}.hook_v", qkv[..., (h + kv) * e :].reshape(b, p, kv, e))  # [b, p, kv, e]
+        if self.cfg.qk_norm == "head":  # q/k norms per head (Qwen3, Gemma 3): over e
+            q = self.norm(q, attn.q_norm, f"{name}.q_norm")  # [b, p, h, e]
+            k = self.norm(k, attn.k_norm, f"{name}.k_norm")  # [b, p, kv, e]
+        elif self.cfg.qk_norm == "proj":  # over the whole projection (OLMo-2): h·e, kv·e
+            q = self.norm(q.reshape(b, p, h * e), attn.q_norm, f"{name}.q_norm").reshape(q.shape)
+            k = self.norm(k.reshape(b, p, kv * e), attn.k_norm, f"{name}.k_norm").reshape(k.shape)
         if rope is not None:
             q = hook(f"{name}.hook_rot_q", ops.apply_rope(q, *rope))  # [b, p, h, e]
             k = hook(f"{name}.hook_rot_k", ops.apply_rope(k, *rope))  # [b, p, kv, e]
@@ -200,7 +268,9 @@ class Transformer:
         if cache is not None:
             k, v = cache.append(l, k, v)  # [b, kv, P, e]: earlier positions + these
 
-        scores = ops.attention_scores(q, k)  # [b, h, p, P]
+        scores = ops.attention_scores(q, k, self.cfg.query_pre_attn_scalar)  # [b, h, p, P]
+        if self.cfg.attn_softcap is not None:  # Gemma 2: c · tanh(scores / c)
+            scores = ops.softcap(scores, self.cfg.attn_softcap)
         scores = hook(f"{name}.hook_attn_scores", np.where(allowed, scores, -np.inf))
         pattern = hook(f"{name}.hook_pattern", ops.softmax(scores, axis=-1))  # [b, h, p, P]
         z = hook(f"{name}.hook_z", ops.attention_mix(pattern, v))  # [b, p, h, e]
@@ -212,7 +282,11 @@ class Transformer:
         return ops.linear(z.reshape(b, p, h * e), attn.W_O_flat, attn.b_O)  # [b, p, d]
 
     def mlp(self, l, mlp, x) -> np.ndarray:
-        """GPT-2: W_out·gelu(W_in·x).  Llama: W_out·(silu(W_gate·x) * (W_in·x)).   [b, p, d] -> [b, p, d]"""
+        """W_out·act(W_in·x) (GPT-2, Pythia), or gated: W_out·(act(W_gate·x) * (W_in·x)).
+
+        act is GELU (tanh approximation: GPT-2, Gemma's GeGLU; exact: Pythia) or
+        SiLU (Llama's SwiGLU).   [b, p, d] -> [b, p, d]
+        """
         hook, name = self.hooks.fire, f"blocks.{l}.mlp"
         if mlp.gated:
             gate_in = ops.linear(x, mlp.W_gate_in)  # [b, p, 2m]: W_gate and W_in side by side

@@ -11,6 +11,8 @@ kv-head), e = d_head, m = d_mlp, V = vocabulary.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from minillm.config import RopeScaling
@@ -57,12 +59,30 @@ def gelu_tanh(x: np.ndarray) -> np.ndarray:
     return 0.5 * x * (1.0 + np.tanh(c * (x + 0.044715 * x * x * x)))
 
 
+_erf = np.frompyfunc(math.erf, 1, 1)  # NumPy has no erf; Python's is accurate to ~1 ulp
+
+
+def gelu_erf(x: np.ndarray) -> np.ndarray:
+    """The exact GELU (Pythia): x · Φ(x) = 0.5 x (1 + erf(x / √2)).
+
+    erf runs element by element through Python's math.erf: exact in float64
+    and float32 alike, and slower than the tanh approximation.
+    """
+    return 0.5 * x * (1.0 + _erf(x / np.sqrt(2.0).astype(x.dtype)).astype(x.dtype))
+
+
 def silu(x: np.ndarray) -> np.ndarray:
     """SiLU (swish): x · sigmoid(x), with sigmoid(x) = (1 + tanh(x / 2)) / 2 (no overflow)."""
     return x * (0.5 * (1.0 + np.tanh(0.5 * x)))
 
 
-ACTIVATIONS = {"gelu_tanh": gelu_tanh, "silu": silu}
+ACTIVATIONS = {"gelu_tanh": gelu_tanh, "gelu_erf": gelu_erf, "silu": silu}
+
+
+def softcap(x: np.ndarray, cap: float) -> np.ndarray:
+    """Soft-capping (Gemma 2): cap · tanh(x / cap). Near 0 the identity, never past ±cap."""
+    c = np.asarray(cap, x.dtype)
+    return c * np.tanh(x / c)
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -98,16 +118,26 @@ def next_token_nll(logits: np.ndarray, tokens: np.ndarray) -> np.ndarray:
 # --- rotary position embeddings (RoPE) -----------------------------------------------------
 
 
-def rope_inv_freq(d_head: int, theta: float, scaling: RopeScaling | None = None) -> np.ndarray:
-    """The e/2 rotation frequencies θ^(-2i/e), optionally with Llama-3 scaling.   -> [e/2]
+def rope_inv_freq(
+    rotary_dim: int, theta: float, scaling: RopeScaling | None = None, long: bool = False
+) -> np.ndarray:
+    """The rotary_dim/2 rotation frequencies θ^(-2i/rotary_dim), optionally scaled.   -> [r/2]
 
-    Llama-3 scaling leaves high frequencies alone, divides low frequencies
-    (wavelength > original context / low_freq_factor) by `factor`, and blends
-    linearly in between.
+    rotary_dim is d_head, or its leading fraction when only part of each head
+    rotates (Pythia). Scaling, by kind:
+    llama3:   high frequencies kept, low frequencies (wavelength > original
+              context / low_freq_factor) divided by `factor`, linear blend between;
+    linear:   every frequency divided by `factor`;
+    longrope: frequency i divided by short_factor[i], or by long_factor[i] when
+              `long` (the sequence is longer than the original context).
     """
-    inv_freq = 1.0 / theta ** (np.arange(0, d_head, 2, dtype=np.float64) / d_head)
+    inv_freq = 1.0 / theta ** (np.arange(0, rotary_dim, 2, dtype=np.float64) / rotary_dim)
     if scaling is None:
         return inv_freq
+    if scaling.kind == "linear":
+        return inv_freq / scaling.factor
+    if scaling.kind == "longrope":
+        return inv_freq / np.array(scaling.long_factor if long else scaling.short_factor)
     old_ctx = scaling.original_max_position_embeddings
     low_wavelen = old_ctx / scaling.low_freq_factor
     high_wavelen = old_ctx / scaling.high_freq_factor
@@ -121,16 +151,20 @@ def rope_inv_freq(d_head: int, theta: float, scaling: RopeScaling | None = None)
     return np.where(middle, blended, scaled)
 
 
-def rope_cos_sin(positions: np.ndarray, inv_freq: np.ndarray, dtype) -> tuple[np.ndarray, ...]:
-    """cos and sin of every rotation angle.   positions [b, p] -> ([b, p, 1, e], [b, p, 1, e])
+def rope_cos_sin(
+    positions: np.ndarray, inv_freq: np.ndarray, dtype, attention_factor: float = 1.0
+) -> tuple[np.ndarray, ...]:
+    """cos and sin of every rotation angle.   positions [b, p] -> ([b, p, 1, r], [b, p, 1, r])
 
     Angles are computed in float64, then rounded once to the model's dtype.
-    Hugging Face's rotate-half layout: the first and second halves of each
-    head vector form the rotated pairs, so each frequency appears twice.
+    Hugging Face's rotate-half layout: the first and second halves of the
+    rotated dims form the pairs, so each frequency appears twice. LongRoPE
+    (Phi-3) multiplies both by an `attention_factor`.
     """
-    angles = positions[..., None].astype(np.float64) * inv_freq  # [b, p, e/2]
-    angles = np.concatenate([angles, angles], axis=-1)[:, :, None, :]  # [b, p, 1, e]
-    return np.cos(angles).astype(dtype), np.sin(angles).astype(dtype)
+    angles = positions[..., None].astype(np.float64) * inv_freq  # [b, p, r/2]
+    angles = np.concatenate([angles, angles], axis=-1)[:, :, None, :]  # [b, p, 1, r]
+    c = attention_factor
+    return (np.cos(angles) * c).astype(dtype), (np.sin(angles) * c).astype(dtype)
 
 
 def rotate_half(x: np.ndarray) -> np.ndarray:
@@ -140,8 +174,16 @@ def rotate_half(x: np.ndarray) -> np.ndarray:
 
 
 def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
-    """Rotate each (x_i, x_{i+e/2}) pair by its angle.   [b, p, heads, e] -> same"""
-    return x * cos + rotate_half(x) * sin
+    """Rotate each (x_i, x_{i+r/2}) pair by its angle.   [b, p, heads, e] -> same
+
+    r = cos.shape[-1] is the number of rotated dims: all e of them, or (partial
+    rotary, Pythia) the first r, the rest passing through unchanged.
+    """
+    r = cos.shape[-1]
+    if r == x.shape[-1]:
+        return x * cos + rotate_half(x) * sin
+    rot = x[..., :r]
+    return np.concatenate([rot * cos + rotate_half(rot) * sin, x[..., r:]], axis=-1)
 
 
 # --- attention -----------------------------------------------------------------------------
@@ -171,10 +213,11 @@ def attention_mask(
     return allowed
 
 
-def attention_scores(q: np.ndarray, k: np.ndarray) -> np.ndarray:
+def attention_scores(q: np.ndarray, k: np.ndarray, scalar: float | None = None) -> np.ndarray:
     """Scaled dot products q·k / √e, with grouped-query attention.
 
     q [b, p, h, e], k [b, kv, P, e] -> scores [b, h, p, P]
+    With `scalar` (Gemma's query_pre_attn_scalar): q·k · scalar^(-1/2) instead.
     Query head j uses kv-head j // g. Same as
     np.einsum("bpkge,bkPe->bkgpP", q.reshape(b, p, kv, g, e), k).reshape(b, h, p, P)
     """
@@ -183,6 +226,8 @@ def attention_scores(q: np.ndarray, k: np.ndarray) -> np.ndarray:
     q = q.reshape(b, p, kv, h // kv, e).transpose(0, 2, 3, 1, 4)  # [b, kv, g, p, e]
     q = q.reshape(b, kv, (h // kv) * p, e)  # [b, kv, g·p, e]
     scores = q @ k.transpose(0, 1, 3, 2)  # [b, kv, g·p, P]
+    if scalar is not None:
+        return scores.reshape(b, h, p, k.shape[2]) * np.asarray(scalar**-0.5, q.dtype)
     return scores.reshape(b, h, p, k.shape[2]) / np.sqrt(e).astype(q.dtype)
 
 

@@ -74,6 +74,11 @@ class Attention:
         self.b_QKV = np.zeros((h + 2 * kv) * e, dtype) if cfg.qkv_bias else None
         self.W_O_flat = np.zeros((h * e, d), dtype)
         self.b_O = np.zeros(d, dtype) if cfg.o_bias else None
+        # RMSNorm of q and k (Qwen3, Gemma 3: per head, over e; OLMo-2: over the whole
+        # projection, h·e for q and kv·e for k), or None.
+        per_head = cfg.qk_norm == "head"
+        self.q_norm = Norm(cfg, dtype, e if per_head else h * e, bias=False) if cfg.qk_norm else None
+        self.k_norm = Norm(cfg, dtype, e if per_head else kv * e, bias=False) if cfg.qk_norm else None
 
     @property
     def grouped(self) -> bool:
@@ -129,13 +134,16 @@ class Attention:
             yield f"{kv}b_V", self._b_V
         if self.b_O is not None:
             yield "b_O", self.b_O
+        if self.q_norm is not None:
+            yield "q_norm.w", self.q_norm.w
+            yield "k_norm.w", self.k_norm.w
 
 
 class MLP:
     """One MLP layer's weights.
 
-    gpt2:  W_in [d, m], b_in [m], W_out [m, d], b_out [d].
-    llama: W_gate_in [d, 2m] stores W_gate (first m columns) and W_in (the
+    gpt2, gpt_neox:  W_in [d, m], b_in [m], W_out [m, d], b_out [d].
+    gated (llama and the rest): W_gate_in [d, 2m] stores W_gate (first m columns) and W_in (the
            "up" projection, last m columns) side by side; W_out [m, d].
     """
 
@@ -144,7 +152,7 @@ class MLP:
 
     def __init__(self, cfg: ModelConfig, dtype):
         d, m = cfg.d_model, cfg.d_mlp
-        self.gated = cfg.family == "llama"
+        self.gated = cfg.gated_mlp
         self.d_mlp = m
         self.W_gate_in = np.zeros((d, 2 * m if self.gated else m), dtype)
         self.b_in = np.zeros(m, dtype) if cfg.mlp_bias else None
@@ -155,7 +163,7 @@ class MLP:
         m = self.d_mlp
         if not self.gated:
             if name == "W_gate":
-                raise AttributeError("W_gate: GPT-2's MLP has no gate")
+                raise AttributeError("W_gate: this model's MLP has no gate")
             return self.W_gate_in
         return self.W_gate_in[:, :m] if name == "W_gate" else self.W_gate_in[:, m:]
 
@@ -171,11 +179,28 @@ class MLP:
 
 
 class Norm:
-    """A LayerNorm (gain w and bias b) or RMSNorm (gain w only).   w, b: [d]"""
+    """A LayerNorm (gain w and bias b) or RMSNorm (gain w only).   w, b: [size] (size d_model,
+    or d_head / the whole q or k projection for q/k norms).
 
-    def __init__(self, cfg: ModelConfig, dtype):
-        self.w = np.ones(cfg.d_model, dtype)
-        self.b = np.zeros(cfg.d_model, dtype) if cfg.family == "gpt2" else None
+    The gain actually applied is `gain` = offset + w: Gemma stores w and multiplies by (1 + w)
+    (offset 1.0); every other family multiplies by w (offset 0.0).
+    """
+
+    def __init__(self, cfg: ModelConfig, dtype, size: int | None = None, bias: bool | None = None):
+        size = cfg.d_model if size is None else size
+        self.offset = cfg.norm_offset
+        self.w = np.ones(size, dtype) if self.offset == 0 else np.zeros(size, dtype)
+        self.b = np.zeros(size, dtype) if (cfg.layer_norm if bias is None else bias) else None
+
+    @property
+    def gain(self) -> np.ndarray:
+        """What normalized activations are multiplied by: w, or (1 + w) for Gemma.   [size]"""
+        return self.w if self.offset == 0 else self.offset + self.w
+
+    def apply(self, normalized: np.ndarray) -> np.ndarray:
+        """The norm's output from its normalized input: normalized · gain (+ b)."""
+        out = normalized * self.gain
+        return out if self.b is None else out + self.b
 
     def named_parameters(self):
         yield "w", self.w
@@ -184,18 +209,26 @@ class Norm:
 
 
 class Block:
-    """One transformer block: ln1, attention, ln2, MLP."""
+    """One transformer block: ln1, attention, (ln1_post), ln2, MLP, (ln2_post).
+
+    ln1 / ln2 are None in a model without norms before its sublayers (OLMo-2);
+    ln1_post / ln2_post, the norms of each sublayer's output, exist only in
+    Gemma and OLMo-2.
+    """
 
     def __init__(self, cfg: ModelConfig, dtype):
-        self.ln1 = Norm(cfg, dtype)
+        self.ln1 = Norm(cfg, dtype) if cfg.pre_norms else None
         self.attn = Attention(cfg, dtype)
-        self.ln2 = Norm(cfg, dtype)
+        self.ln1_post = Norm(cfg, dtype) if cfg.post_norms else None
+        self.ln2 = Norm(cfg, dtype) if cfg.pre_norms else None
         self.mlp = MLP(cfg, dtype)
+        self.ln2_post = Norm(cfg, dtype) if cfg.post_norms else None
 
     def named_parameters(self):
-        for part in ("ln1", "attn", "ln2", "mlp"):
-            for name, value in getattr(self, part).named_parameters():
-                yield f"{part}.{name}", value
+        for part in ("ln1", "attn", "ln1_post", "ln2", "mlp", "ln2_post"):
+            if getattr(self, part) is not None:
+                for name, value in getattr(self, part).named_parameters():
+                    yield f"{part}.{name}", value
 
 
 class Embed:

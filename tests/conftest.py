@@ -28,7 +28,10 @@ _hypothesis_settings.register_profile("fuzz", max_examples=5000, deadline=None)
 _hypothesis_settings.register_profile("repeatable", derandomize=True)
 _hypothesis_settings.load_profile("repeatable")
 # --- end hypothesis profiles ------------------------------------------------------------------
-GOLDEN = ["gpt2", "llama_gqa_untied", "llama_tied", "qwen2_bias", "llama3_rope", "mistral"]
+# The families of issue 22: Pythia (GPT-NeoX), Gemma 2 and 3, Qwen3, Phi-3, OLMo-2.
+NEW_FAMILIES = ["pythia", "gemma2", "gemma3", "qwen3", "phi3", "olmo2"]
+GOLDEN = ["gpt2", "llama_gqa_untied", "llama_tied", "qwen2_bias", "llama3_rope", "mistral",
+          *NEW_FAMILIES]
 
 TINY_CONFIGS = {
     "gpt2": dict(model_type="gpt2", n_embd=32, n_layer=2, n_head=4, n_positions=32,

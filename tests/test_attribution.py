@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from minillm.backward import backward, logit_diff
 from minillm.errors import MinillmError
+from minillm.grad.backward import backward, logit_diff
 from minillm.interp import attribution as ap
 from minillm.interp.results import LabelledArray, plot_heatmap
 from tests.conftest import random_model

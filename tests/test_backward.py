@@ -24,10 +24,10 @@ from hypothesis import strategies as st
 from safetensors.numpy import load_file
 
 import minillm
-from minillm import backward as bw
 from minillm import ops
-from minillm import ops_backward as B
 from minillm.errors import MinillmError
+from minillm.grad import backward as bw
+from minillm.grad import ops_backward as B
 from tests.conftest import GOLDEN, golden_folder, random_model
 
 EPS = 1e-6  # finite-difference step (float64)

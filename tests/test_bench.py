@@ -11,9 +11,10 @@ import json
 import numpy as np
 import pytest
 
-from minillm import bench, ops
+from minillm import ops
 from minillm.checkpoints.hf import save_pretrained
 from minillm.cli import main
+from minillm.commands import benchmark as bench
 from minillm.errors import MinillmError
 from tests.conftest import random_model
 
@@ -110,9 +111,9 @@ def test_forward_flops_match_the_matmuls_the_forward_pass_runs(monkeypatch):
         counted.append(2 * x.size * W.shape[-1])
         return linear(x, W, b)
 
-    def count_scores(q, k):
+    def count_scores(q, k, *scalar):  # scalar: Gemma's query_pre_attn_scalar
         counted.append(2 * q.size * k.shape[2])
-        return scores(q, k)
+        return scores(q, k, *scalar)
 
     def count_mix(pattern, v):
         counted.append(2 * pattern.size * v.shape[-1])

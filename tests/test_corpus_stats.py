@@ -15,10 +15,10 @@ import pytest
 
 import minillm
 from minillm import cli
-from minillm import interventions as iv
 from minillm.data import Corpus, run_shards
 from minillm.errors import MinillmError
 from minillm.interp import ablation as A
+from minillm.interp import interventions as iv
 from minillm.interp import metrics as M
 from minillm.interp import stats as S
 from minillm.interp import top_activations as T
@@ -410,3 +410,17 @@ def test_stats_and_top_commands(folder, texts, tmp_path, capsys):
         )
         == 1
     )
+
+
+def test_benchmark_corpus_is_generated_and_estimates_scale(model, tmp_path):
+    from minillm.data import benchmark as B
+
+    a = B.synthetic_corpus(tmp_path / "a.jsonl", 2000, model, seed=5)
+    b = B.synthetic_corpus(tmp_path / "b.jsonl", 2000, model, seed=5)
+    assert (tmp_path / "a.jsonl").read_text() == (tmp_path / "b.jsonl").read_text()  # seeded, no download
+    assert a == b | dict(path=a["path"]) and a["tokens"] >= 2000
+    assert Corpus.from_jsonl(tmp_path / "a.jsonl").count() == a["documents"]
+    est = B.estimate(100.0, 0.9, tokens=1e8, machines=(1, 10), cores=2)
+    assert est[0]["hours"] == pytest.approx(1e8 / (100 * 2 * 0.9) / 3600)
+    assert est[1]["hours"] == pytest.approx(est[0]["hours"] / 10)
+    assert cli.main(["bench", "x", "--corpus", "--corpus-tokens", "a,b"]) == 1

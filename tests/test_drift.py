@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minillm import cli, edits
-from minillm.drift import RUNS, interference_map, measure_drift, ulp_distance
+from minillm.edit.drift import RUNS, interference_map, measure_drift, ulp_distance
 from tests.test_edits import SMALL, op_strategy, small_model, state
 
 

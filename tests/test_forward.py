@@ -71,9 +71,7 @@ def test_every_hidden_state_matches(golden):
         assert_close(cache[f"blocks.{l}.hook_resid_post"], hs[l + 1], ATOL_F32, f"{name} layer {l}")
     assert_close(cache[f"blocks.{L - 1}.hook_resid_post"], ref["resid_post_last"], ATOL_F32,
                  f"{name} last block")
-    final = cache["ln_final.hook_normalized"] * model.ln_final.w
-    if model.ln_final.b is not None:
-        final = final + model.ln_final.b
+    final = model.ln_final.apply(cache["ln_final.hook_normalized"])  # · gain (+ b)
     assert_close(final, hs[L], ATOL_F32, f"{name} after final norm")
 
 

@@ -67,10 +67,19 @@ def assert_cached_equals_full(model, ids, mask=None, chunks=None, what=""):
 def test_golden_prefill_decode_equals_full_forward(name, dtype):
     model = minillm.load(golden_folder(name), dtype=dtype)
     ref = load_file(str(golden_folder(name) / "reference.safetensors"))
-    assert_cached_equals_full(model, ref["input_ids"], what=f"{name} {dtype.__name__}")
+    # Phi-3's LongRoPE picks its factors from the length of each call (as transformers does),
+    # so a cache equals the full forward only while the sequence stays within the original
+    # context (8 in the fixture); test_longrope_switches_factors_past_the_original_context
+    # covers the crossing.
+    scaling = model.cfg.rope_scaling
+    p = scaling.original_max_position_embeddings if scaling and scaling.kind == "longrope" else None
+    assert_cached_equals_full(model, ref["input_ids"][:, :p], what=f"{name} {dtype.__name__}",
+                              chunks=[p - 4, 1, 1, 1, 1] if p else None)
     # a ragged, left-padded batch: the padding stays in the cache's attention mask
-    assert_cached_equals_full(model, ref["ragged_input_ids"], ref["ragged_attention_mask"],
-                              what=f"{name} {dtype.__name__} ragged")
+    assert_cached_equals_full(model, ref["ragged_input_ids"][:, :p],
+                              ref["ragged_attention_mask"][:, :p],
+                              what=f"{name} {dtype.__name__} ragged",
+                              chunks=[p - 4, 1, 1, 1, 1] if p else None)
 
 
 @settings(max_examples=20, deadline=None)

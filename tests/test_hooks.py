@@ -291,7 +291,7 @@ def test_stacks_sum_to_the_residual_stream(family, dtype):
 @pytest.mark.parametrize("name", GOLDEN)
 def test_cache_equals_golden_hidden_states(name):
     """Hugging Face's hidden_states (frozen fixtures) vs accumulated_resid: hidden_states[l]
-    is resid_pre of block l; the last entry is after the final norm (normalized · w + b).
+    is resid_pre of block l; the last entry is after the final norm (normalized · gain + b).
     5e-5: float32, as in test_forward."""
     model = minillm.load(golden_folder(name))
     ref = load_file(str(golden_folder(name) / "reference.safetensors"))

@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minillm
-from minillm import interventions as iv
+from minillm.interp import interventions as iv
+from minillm.interp.batch import run_variants
 from minillm.kv_cache import KVCache
-from minillm.variants import run_variants
 from tests.conftest import random_model
 from tests.numerics import assert_model_close
 

@@ -14,21 +14,21 @@ import time
 import nbformat
 import pytest
 
-from minillm import lessons
+from minillm import course
 
-LESSONS = [lesson.number for lesson in lessons.list_lessons()]
+LESSONS = [lesson.number for lesson in course.list_lessons()]
 
 
 @pytest.mark.parametrize("number", LESSONS)
 def test_solutions_pass_every_check(number):
-    results = lessons.check_lesson(number, solutions=True)
+    results = course.check_lesson(number, solutions=True)
     failed = [f"{r.name}: {r.message}" for r in results if not r.passed]
     assert results and not failed, "\n".join(failed)
 
 
 @pytest.mark.parametrize("number", LESSONS)
 def test_untouched_exercises_fail_every_check(number):
-    results = lessons.check_lesson(number)
+    results = course.check_lesson(number)
     passed = [r.name for r in results if r.passed]
     assert results and not passed, f"stubs pass these checks, so they cannot fail: {passed}"
     for r in results:
@@ -45,12 +45,12 @@ def _figure_calls(lesson) -> int:
 def test_lesson_runs_as_a_notebook_with_inline_figures(number, tmp_path):
     """lesson.py -> notebook (jupytext) -> executed headless (nbclient + ipykernel): no error
     cell, every figure inline, and nothing written into the lesson's folder or the kernel's cwd."""
-    lesson = lessons.get_lesson(number)
+    lesson = course.get_lesson(number)
     for name in ("README.md", "lesson.py", "exercises.py", "solutions.py", "check.py"):
         assert (lesson.path / name).is_file(), f"lesson {number} lacks {name}"
     before = sorted(p.name for p in lesson.path.iterdir())
     start = time.perf_counter()
-    nb = lessons.execute_notebook(number, tmp_path, env={"OPENBLAS_NUM_THREADS": "1"})
+    nb = course.execute_notebook(number, tmp_path, env={"OPENBLAS_NUM_THREADS": "1"})
     seconds = time.perf_counter() - start
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     errors = [o for o in outputs if o.output_type == "error"]
@@ -65,7 +65,7 @@ def test_lesson_runs_as_a_notebook_with_inline_figures(number, tmp_path):
 
 def test_lesson_script_saves_figures_outside_cwd_and_source(tmp_path):
     """`python lessons/NN/lesson.py` saves into the checkout's git-ignored out/, never into cwd."""
-    lesson = lessons.get_lesson(1)
+    lesson = course.get_lesson(1)
     copy = tmp_path / "course" / "lessons" / lesson.path.name
     shutil.copytree(lesson.path, copy, ignore=shutil.ignore_patterns("__pycache__"))
     cwd = tmp_path / "elsewhere"
@@ -85,9 +85,9 @@ def test_lesson_notebook_command_writes_into_out_and_keeps_a_students_work(tmp_p
     from minillm.cli import main
 
     assert main(["lesson", "notebook", "3", "--dir", str(tmp_path), "--no-open"]) == 0
-    path = tmp_path / f"{lessons.get_lesson(3).path.name}.ipynb"
+    path = tmp_path / f"{course.get_lesson(3).path.name}.ipynb"
     nb = nbformat.read(path, as_version=4)
-    source = (lessons.get_lesson(3).path / "lesson.py").read_text()
+    source = (course.get_lesson(3).path / "lesson.py").read_text()
     code = [c.source for c in nb.cells if c.cell_type == "code"]
     assert code and all(c.strip() in source for c in code)  # the cells are lesson.py's cells
     assert nb.metadata["kernelspec"]["name"] == "python3"

@@ -24,7 +24,7 @@ from safetensors.numpy import load_file
 
 import minillm
 from minillm.errors import MinillmError
-from tests.conftest import FIXTURES, GOLDEN, golden_folder
+from tests.conftest import FIXTURES, GOLDEN, NEW_FAMILIES, golden_folder
 
 LOSS = FIXTURES / "loss_reference.safetensors"
 
@@ -34,7 +34,10 @@ def loss_reference() -> tuple[dict, dict]:
         return {k: f.get_tensor(k) for k in f.keys()}, json.loads(f.metadata()["info"])
 
 
-@pytest.fixture(scope="module", params=GOLDEN)
+# loss_reference.safetensors was frozen before the issue-22 families existed (it is never
+# regenerated); their loss is checked against the HF loss in their own reference.safetensors
+# (test_families.py::test_loss_of_the_new_families_matches_transformers).
+@pytest.fixture(scope="module", params=[n for n in GOLDEN if n not in NEW_FAMILIES])
 def golden(request):
     name = request.param
     ref = load_file(str(golden_folder(name) / "reference.safetensors"))

@@ -50,8 +50,8 @@ def test_metrics_known_values():
 
 @pytest.mark.parametrize("kind", ["logit_diff", "log_prob"])
 def test_metric_gradients_match_backward(kind):
-    """as_backward(...) gives the gradient minillm.backward's own metrics give (single tokens)."""
-    from minillm import backward
+    """as_backward(...) gives the gradient minillm.grad.backward's own metrics give (single tokens)."""
+    from minillm.grad import backward
 
     logits = np.random.default_rng(1).normal(size=(2, 3, 16)).astype(np.float32)
     ours = M.as_backward(M.logit_diff(None, 3, 5) if kind == "logit_diff" else M.log_prob(None, 3))

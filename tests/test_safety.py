@@ -17,11 +17,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minillm
-from minillm import compare
+from minillm import verify
 from minillm.checkpoints.hf import save_pretrained
-from minillm.diagnostics import first_nonfinite, first_nonfinite_in_cache
 from minillm.errors import CheckpointError, MinillmError
 from minillm.sweep import run_sweep
+from minillm.verify.diagnostics import first_nonfinite, first_nonfinite_in_cache
 from tests.conftest import random_model
 
 PACKAGE = Path(minillm.__file__).parent
@@ -37,8 +37,8 @@ def weights_bytes(model) -> dict[str, bytes]:
 def test_no_pickle_anywhere_in_the_package():
     """No module may unpickle: no pickle/dill/joblib import, no torch.load, no allow_pickle=True.
 
-    torch itself is imported only lazily, inside the optional `bench` comparison (never at
-    module level), so the core never touches a torch file format.
+    torch itself is imported only lazily, inside the optional `bench` comparison
+    (commands/benchmark.py; never at module level), so the core never touches a torch file format.
     """
     forbidden = re.compile(
         r"allow_pickle\s*=\s*True|torch\.load|^\s*(import|from)\s+(pickle|cPickle|dill|joblib|shelve)\b"
@@ -50,7 +50,7 @@ def test_no_pickle_anywhere_in_the_package():
     for path in PACKAGE.rglob("*.py"):
         text, rel = path.read_text(), str(path.relative_to(PACKAGE))
         hits += [f"{rel}: {m.group(0).strip()}" for m in forbidden.finditer(text)]
-        if rel != "bench.py":
+        if rel != "commands/benchmark.py":
             hits += [f"{rel}: {m.group(0).strip()}" for m in lazy_torch.finditer(text)]
     assert not hits, hits
 
@@ -145,12 +145,12 @@ def test_interrupted_save_pretrained_leaves_no_complete_looking_file(tmp_path, m
 
 def test_interrupted_dump_leaves_no_file(tmp_path, monkeypatch):
     model = random_model("llama")
-    monkeypatch.setattr(compare, "save_file", _interrupt, raising=False)
+    monkeypatch.setattr(verify.comparison, "save_file", _interrupt, raising=False)
     import safetensors.numpy
 
     monkeypatch.setattr(safetensors.numpy, "save_file", _interrupt)
     with pytest.raises(KeyboardInterrupt):
-        compare.dump(model, np.array([[1, 2, 3]]), tmp_path / "run.safetensors")
+        verify.dump(model, np.array([[1, 2, 3]]), tmp_path / "run.safetensors")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -210,12 +210,12 @@ def test_a_large_dump_needs_an_explicit_flag_and_warns_with_its_size(tmp_path):
     model = random_model("llama")
     ids = np.arange(20)[None, :]
     out = tmp_path / "big.safetensors"
-    need = sum(compare.estimate_bytes(model, compare.select_hooks(model.hook_names(), None), 1, 20).values())
+    need = sum(verify.estimate_bytes(model, verify.select_hooks(model.hook_names(), None), 1, 20).values())
     with pytest.raises(MinillmError, match="allow_large=True"):
-        compare.dump(model, ids, out, max_bytes=need // 2)
+        verify.dump(model, ids, out, max_bytes=need // 2)
     assert not out.exists()
     with pytest.warns(UserWarning, match=r"would hold about .*B"):
-        compare.dump(model, ids, out, max_bytes=need // 2, allow_large=True)
+        verify.dump(model, ids, out, max_bytes=need // 2, allow_large=True)
     assert out.exists()
 
 

@@ -178,7 +178,7 @@ def test_cache_repr_lists_hooks_shapes_and_bytes_by_layer(smollm2):
 
 def test_result_reprs_are_short_and_show_token_strings(smollm2):
     from minillm import edits
-    from minillm.drift import interference_map, measure_drift
+    from minillm.edit.drift import interference_map, measure_drift
     from minillm.interp import attribution as ap
     from minillm.interp.dla import direct_logit_attribution
 
@@ -199,7 +199,7 @@ def test_result_reprs_are_short_and_show_token_strings(smollm2):
     assert "[active]" in handle._repr_html_()
     handle.revert()
     assert "[reverted]" in handle._repr_html_()
-    from minillm.backward import logit_diff
+    from minillm.grad.backward import logit_diff
 
     attr = ap.attribution_patching(model, ids, ids[:, ::-1].copy(), logit_diff(7, 11), ["resid_pre"])
     attr = attr["resid_pre"]

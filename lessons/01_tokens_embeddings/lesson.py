@@ -16,7 +16,7 @@ import numpy as np
 
 import minillm
 from minillm.interp.lens import final_norm
-from minillm.lessons import show
+from minillm.course import show
 
 MODEL = os.environ.get("MINILLM_LESSON_MODEL", "smollm2-135m")
 model = minillm.load(MODEL)

@@ -12,7 +12,7 @@ import functools
 import numpy as np
 
 from minillm import ops
-from minillm.lessons import shared_model
+from minillm.course import shared_model
 
 LAYER = 3
 PROMPT = "The quick brown fox jumps over the lazy dog, because the dog was asleep"

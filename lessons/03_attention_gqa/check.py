@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minillm.lessons import import_file, shared_model
+from minillm.course import import_file, shared_model
 
 # by path, under a name of its own: a bare `import solutions` would get another lesson's module
 ref = import_file(Path(__file__).with_name("solutions.py"))

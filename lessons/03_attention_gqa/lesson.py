@@ -15,7 +15,7 @@ import numpy as np
 import minillm
 from minillm import ops
 from minillm.interp.results import LabelledArray
-from minillm.lessons import show
+from minillm.course import show
 
 MODEL = os.environ.get("MINILLM_LESSON_MODEL", "smollm2-135m")
 model = minillm.load(MODEL)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import solutions as ref
 
-from minillm.lessons import shared_model
+from minillm.course import shared_model
 
 
 def _rows(texts=(" sorry", " cat", " Paris", " the")) -> tuple[np.ndarray, list[int]]:

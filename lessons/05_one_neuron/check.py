@@ -6,7 +6,7 @@ import numpy as np
 import solutions as ref
 
 from minillm.hooks import HookPoint
-from minillm.lessons import shared_model
+from minillm.course import shared_model
 
 
 def check_neuron_label_correlation(student) -> None:

@@ -16,10 +16,10 @@ import os
 import numpy as np
 
 import minillm
-from minillm import interventions as iv
+from minillm.interp import interventions as iv
 from minillm.interp import readout
-from minillm.lessons import show
-from minillm.variants import run_variants
+from minillm.course import show
+from minillm.interp.batch import run_variants
 
 MODEL = os.environ.get("MINILLM_LESSON_MODEL", "smollm2-135m")
 model = minillm.load(MODEL)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import solutions as ref
 
-from minillm import drift
+from minillm.edit import drift
 
 
 def _ulp_cases():

@@ -17,8 +17,9 @@ import os
 import numpy as np
 
 import minillm
-from minillm import drift, edits
-from minillm.lessons import show
+from minillm import edits
+from minillm.edit import drift
+from minillm.course import show
 
 MODEL = os.environ.get("MINILLM_LESSON_MODEL", "smollm2-135m")
 model = minillm.load(MODEL)

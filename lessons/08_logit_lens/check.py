@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-import minillm.lessons
-from minillm.lessons import relative_error as _rel
-from minillm.lessons import shared_model
-from minillm.lessons import verdict as _verdict
+import minillm.course
+from minillm.course import relative_error as _rel
+from minillm.course import shared_model
+from minillm.course import verdict as _verdict
 
-REF = minillm.lessons.import_file(Path(__file__).with_name("solutions.py"))
+REF = minillm.course.import_file(Path(__file__).with_name("solutions.py"))
 
 EIFFEL = "The Eiffel Tower is located in the city of"
 CLEAN = "When Mary and John went to the store, John gave a drink to"

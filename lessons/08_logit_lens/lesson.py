@@ -22,7 +22,7 @@ import minillm
 from minillm.interp import readout
 from minillm.interp.dla import direct_logit_attribution
 from minillm.interp.lens import final_norm, logit_lens
-from minillm.lessons import show
+from minillm.course import show
 
 MODEL = os.environ.get("MINILLM_LESSON_MODEL", "smollm2-135m")
 model = minillm.load(MODEL)

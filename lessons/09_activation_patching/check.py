@@ -13,7 +13,7 @@ import numpy as np
 from minillm.hooks import HookPoint
 from minillm.interp import patching as P
 from minillm.interp.results import LabelledArray
-from minillm.lessons import import_file, shared_model
+from minillm.course import import_file, shared_model
 
 # by path, under a name of its own: a bare `import solutions` would get another lesson's module
 ref = import_file(Path(__file__).with_name("solutions.py"))

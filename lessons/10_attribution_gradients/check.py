@@ -1,8 +1,8 @@
-"""Checks for lesson 10: your gradients against the reference, minillm.backward and finite differences.
+"""Checks for lesson 10: your gradients against the reference, minillm.grad.backward and finite differences.
 
 Small exercises (norm, softmax, linear, central difference) run on real SmolLM2 activations
 with a seeded upstream gradient; the block and attribution exercises use the gradient of the
-IOI logit difference that `minillm.backward` computes (one backward pass, cached). When an
+IOI logit difference that `minillm.grad.backward` computes (one backward pass, cached). When an
 answer is wrong, the check also tries the usual mistakes and names the one you made.
 """
 
@@ -13,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-import minillm.lessons
-from minillm.backward import backward, logit_diff
-from minillm.lessons import relative_error as _rel
-from minillm.lessons import shared_model
-from minillm.lessons import verdict as _verdict
+import minillm.course
+from minillm.grad.backward import backward, logit_diff
+from minillm.course import relative_error as _rel
+from minillm.course import shared_model
+from minillm.course import verdict as _verdict
 
-REF = minillm.lessons.import_file(Path(__file__).with_name("solutions.py"))
+REF = minillm.course.import_file(Path(__file__).with_name("solutions.py"))
 
 CLEAN = "When Mary and John went to the store, John gave a drink to"
 CORRUPT = "When Mary and John went to the store, Mary gave a drink to"
@@ -127,7 +127,7 @@ def check_softmax_backward(student) -> None:
     # and against minillm's own backward pass: the gradient at the scores hook
     mine = res.grad(f"blocks.{NORM_LAYER}.attn.hook_attn_scores")
     if _rel(got, mine) > 1e-4:
-        raise AssertionError(f"softmax_backward agrees with the reference but not with minillm.backward's "
+        raise AssertionError(f"softmax_backward agrees with the reference but not with minillm.grad.backward's "
                              f"gradient at blocks.{NORM_LAYER}.attn.hook_attn_scores (relative error "
                              f"{_rel(got, mine):.1e}); please report this.")
 
@@ -189,7 +189,7 @@ def check_mlp_backward(student) -> None:
     d_post = res.grad(f"blocks.{L}.hook_resid_post")
     mid = res.cache[f"blocks.{L}.hook_resid_mid"]
     got = student.mlp_backward(d_post, mid, blk, eps)
-    want = res.grad(f"blocks.{L}.hook_resid_mid")  # minillm.backward's answer at the hook point
+    want = res.grad(f"blocks.{L}.hook_resid_mid")  # minillm.grad.backward's answer at the hook point
 
     def mistakes():
         d64, m64 = d_post.astype(np.float64), mid.astype(np.float64)

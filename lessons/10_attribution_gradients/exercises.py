@@ -1,12 +1,12 @@
 """Lesson 10 exercises: the backward pass by hand, and attribution patching.
 
 Fill in each function, then grade yourself with `minillm lesson check 10`. The checks
-compare your gradients with minillm's hand-written backward pass (`minillm.backward`) on
+compare your gradients with minillm's hand-written backward pass (`minillm.grad.backward`) on
 the real SmolLM2 weights and activations of the IOI prompt, and with finite differences.
 
 Notation: for an array y, `dy` means ∂metric/∂y (same shape as y). Shape legend: b = batch,
 p = positions, d = d_model, h = heads, e = d_head, m = d_mlp, n_in / n_out = a linear map's sizes.
-Use NumPy only (not minillm.ops_backward: that is the answer key).
+Use NumPy only (not minillm.grad.ops_backward: that is the answer key).
 """
 
 from __future__ import annotations

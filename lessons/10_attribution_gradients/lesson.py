@@ -20,10 +20,10 @@ import os
 import numpy as np
 
 import minillm
-from minillm import ops_backward as B
-from minillm.backward import backward, logit_diff
+from minillm.grad import ops_backward as B
+from minillm.grad.backward import backward, logit_diff
 from minillm.interp import attribution as ap
-from minillm.lessons import show
+from minillm.course import show
 
 MODEL = os.environ.get("MINILLM_LESSON_MODEL", "smollm2-135m")
 model = minillm.load(MODEL)
@@ -39,10 +39,10 @@ print(f"{MODEL}: the prompts differ at position {NAME_POS} ({model.to_str_tokens
 # %% [markdown]
 # ## 1. One block's backward, by hand
 #
-# `minillm.backward.backward` runs the forward with every activation cached, then walks the
+# `minillm.grad.backward.backward` runs the forward with every activation cached, then walks the
 # blocks in reverse. Here we redo the second half of block L (`resid_post = resid_mid +
 # MLP(RMSNorm(resid_mid))`) and the attention softmax with the op-level backwards of
-# `minillm.ops_backward` — the functions you write in the exercises — starting from the
+# `minillm.grad.ops_backward` — the functions you write in the exercises — starting from the
 # gradient minillm found at `hook_resid_post`, and compare each intermediate gradient with
 # minillm's at the same hook point.
 
@@ -116,7 +116,7 @@ fig, axes = subplots(1, 2, figsize=(11, 3.6))
 axes[0].bar(range(len(errors)), [max(e, 1e-12) for e in errors.values()])
 axes[0].set_yscale("log")
 axes[0].set_xticks(range(len(errors)), list(errors), rotation=40, ha="right", fontsize=7)
-axes[0].set_ylabel("relative error vs minillm.backward")
+axes[0].set_ylabel("relative error vs minillm.grad.backward")
 axes[0].set_title(f"block {L} backward by hand (float32 rounding)", fontsize=9)
 axes[1].loglog(hs, fd_err, marker="o")
 axes[1].set_xlabel("finite-difference step h (|v| = 1)")

@@ -1,7 +1,7 @@
 """Checks for lesson 11: steering vectors, a steering hook, PCA and embedding analogies.
 
 The steering checks use real SmolLM2 activations of small positive / negative prompt sets at
-layer LAYER and compare your hook with `minillm.interventions.add` on a forward pass and
+layer LAYER and compare your hook with `minillm.interp.interventions.add` on a forward pass and
 during generation; PCA runs on the residual streams of a few prompts; the analogies on the
 real embedding matrix. When an answer is wrong, the check tries the usual mistakes and
 names the one you made.
@@ -14,15 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
-import minillm.lessons
+import minillm.course
 from minillm.hooks import HookPoint
 from minillm.interp import pca as pca_mod
 from minillm.interp import steering as st
-from minillm.lessons import relative_error as _rel
-from minillm.lessons import shared_model
-from minillm.lessons import verdict as _verdict
+from minillm.course import relative_error as _rel
+from minillm.course import shared_model
+from minillm.course import verdict as _verdict
 
-REF = minillm.lessons.import_file(Path(__file__).with_name("solutions.py"))
+REF = minillm.course.import_file(Path(__file__).with_name("solutions.py"))
 
 LAYER = 6
 POSITIVE = ["I love this", "What a wonderful day", "I am so happy", "This is great", "Best film ever"]

@@ -3,7 +3,7 @@
 Fill in each function, then grade yourself with `minillm lesson check 11`. The checks use
 SmolLM2's real activations (positive / negative prompts at layer 6, residual streams at
 layer 10) and its real embedding matrix, and compare your hook with
-`minillm.interventions.add` in a forward pass and during generation.
+`minillm.interp.interventions.add` in a forward pass and during generation.
 
 Shape legend: n = prompts (samples), d = d_model, D = the size of one sample, k = components,
 V = vocabulary, b = batch, p = positions. NumPy only.

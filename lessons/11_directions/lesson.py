@@ -15,13 +15,13 @@ import os
 import numpy as np
 
 import minillm
-from minillm import interventions as iv
+from minillm.interp import interventions as iv
 from minillm import ops
 from minillm.interp import patchscopes as ps
 from minillm.interp import steering as st
 from minillm.interp.pca import pca
-from minillm.lessons import show
-from minillm.variants import run_variants
+from minillm.course import show
+from minillm.interp.batch import run_variants
 
 MODEL = os.environ.get("MINILLM_LESSON_MODEL", "smollm2-135m")
 model = minillm.load(MODEL)
@@ -48,7 +48,7 @@ def random_like(v):
 #
 # `v = mean h_l(positive prompts) − mean h_l(negative prompts)` at `blocks.l.hook_resid_pre`,
 # last token. During generation `α·v` is added at every position (`st.steer` is
-# `minillm.interventions.add`; exercise 2 writes the hook yourself).
+# `minillm.interp.interventions.add`; exercise 2 writes the hook yourself).
 
 # %%
 LAYER = max(1, round(L * 0.2))  # 6 of 30 for SmolLM2

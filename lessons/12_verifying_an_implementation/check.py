@@ -14,24 +14,24 @@ from pathlib import Path
 
 import numpy as np
 
-import minillm.lessons
-from minillm import compare
-from minillm.lessons import shared_model
+import minillm.course
+from minillm import verify
+from minillm.course import shared_model
 
 HERE = Path(__file__).parent
-REF = minillm.lessons.import_file(HERE / "solutions.py")
+REF = minillm.course.import_file(HERE / "solutions.py")
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 
 
 def _fresh_port():
     """A new copy of port.py (so one student's replacements never leak into another check)."""
-    return minillm.lessons.import_file(HERE / "port.py", name=f"_lesson12_port_{id(object())}")
+    return minillm.course.import_file(HERE / "port.py", name=f"_lesson12_port_{id(object())}")
 
 
 @functools.lru_cache(maxsize=1)
 def _ref() -> dict[str, np.ndarray]:
     """minillm's activations on PROMPT (every hook but hook_result, plus ln_final.out)."""
-    return dict(compare.run_dump(shared_model(), PROMPT).acts)
+    return dict(verify.run_dump(shared_model(), PROMPT).acts)
 
 
 @functools.lru_cache(maxsize=1)
@@ -64,7 +64,7 @@ def check_max_errors(student) -> None:
             raise AssertionError(f"max_errors must return a tuple (max_abs, max_rel), "
                                  f"got {type(got).__name__}")
         got_abs, got_rel = _num(got[0], "max_abs"), _num(got[1], "max_rel")
-        row = compare.compare_arrays(name, a, b, 1e-3, 1e-3, rel_floor=floor)  # minillm's own numbers
+        row = verify.compare_arrays(name, a, b, 1e-3, 1e-3, rel_floor=floor)  # minillm's own numbers
         if not np.isclose(got_abs, row.max_abs, rtol=1e-9, atol=0):
             hint = " Did you take the absolute value of the difference?" if np.isclose(
                 got_abs, float((a.astype(np.float64) - b).max()), rtol=1e-9) else ""
@@ -103,12 +103,12 @@ def check_first_failure(student) -> None:
     if got != want:
         common = [n for n in _shuffled(ref, 0) if n in port]
         fails = [n for n in common if REF._fails(ref[n], port[n], 1e-3, 1e-3)]
-        worst = max(fails, key=lambda n: compare.compare_arrays(n, ref[n], port[n], 1e-3, 1e-3).max_abs)
+        worst = max(fails, key=lambda n: verify.compare_arrays(n, ref[n], port[n], 1e-3, 1e-3).max_abs)
         if got == fails[0]:
             hint = "That is the first failing hook in the DICT's order; sort the names into forward order."
         elif got == sorted(fails)[0]:
             hint = ("That is the first failing hook in alphabetical order ('attn.hook_q' < 'hook_resid_pre', "
-                    "'blocks.10' < 'blocks.2'); sort with minillm.compare.forward_key instead.")
+                    "'blocks.10' < 'blocks.2'); sort with minillm.verify.forward_key instead.")
         elif got == worst:
             hint = "That is the hook with the LARGEST error; the question is where the error starts."
         elif got is None:
@@ -131,7 +131,7 @@ def check_first_failure(student) -> None:
             f"first_failure: errors were planted in blocks.10.hook_resid_post (large) and "
             f"blocks.2.hook_resid_post (small, 1e-2 > 1e-3 + 1e-3·|a|); blocks.2 comes first in the forward "
             f"pass, but you returned {got!r}. A plain sort puts 'blocks.10' before 'blocks.2'; use "
-            f"minillm.compare.forward_key. (blocks.2.attn.hook_q differs by 5e-4, within tolerance.)")
+            f"minillm.verify.forward_key. (blocks.2.attn.hook_q differs by 5e-4, within tolerance.)")
     # 3. nothing wrong, masked scores -inf on both sides: no failure
     clean = {n: x for n, x in ref.items() if "hook_attn_scores" in n or n == "hook_embed"}
     got = student.first_failure(clean, {n: x.copy() for n, x in clean.items()})
@@ -219,7 +219,7 @@ def check_port_fixes(student) -> None:
         setattr(port, name, fn)
     model = shared_model()
     _, acts = port.forward(model, model.to_tokens(PROMPT))
-    report = compare.compare(_ref(), acts)
+    report = verify.compare(_ref(), acts)
     if not report.passed:
         raise AssertionError(f"With your fix ({', '.join(sorted(fixes))}) the port still disagrees with "
                              f"minillm: "

@@ -1,4 +1,4 @@
-"""Lesson 12 exercises: find the bug in port.py with minillm.compare's ideas, then fix it.
+"""Lesson 12 exercises: find the bug in port.py with minillm.verify's ideas, then fix it.
 
 Fill in each function, then grade yourself with `minillm lesson check 12`. Activations are
 NumPy arrays keyed by minillm hook names ("blocks.3.attn.hook_z", ...); "reference" (a) is
@@ -28,7 +28,7 @@ def first_failure(ref: dict, cand: dict, atol: float = 1e-3, rtol: float = 1e-3)
     order. Masked attention scores are -inf on both sides: equal infinities count as equal, and
     a NaN or an infinity on one side only is a failure. Return None if every hook passes.
     """
-    raise NotImplementedError("hint: sorted(common names, key=minillm.compare.forward_key) puts "
+    raise NotImplementedError("hint: sorted(common names, key=minillm.verify.forward_key) puts "
                               "hook names in the order the forward pass computes them")
 
 

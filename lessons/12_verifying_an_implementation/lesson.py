@@ -4,7 +4,7 @@
 # A colleague wrote `port.py`, a NumPy port of SmolLM2 from the paper. It runs, its shapes
 # are right, and what it predicts reads like English. Is it correct? "The output looks
 # plausible" is not a test. We compare it with minillm **hook by hook, in forward order**
-# with `minillm.compare`, and let the first hook that disagrees tell us where to look.
+# with `minillm.verify`, and let the first hook that disagrees tell us where to look.
 #
 # First, though, we need to know what "agree" means: floating point never agrees exactly.
 # So we measure minillm against itself, float32 against float64, and set tolerances from that.
@@ -18,9 +18,9 @@ import os
 import numpy as np
 
 import minillm
-from minillm import compare
+from minillm import verify
 from minillm.interp import broken
-from minillm.lessons import get_lesson, import_file, show
+from minillm.course import get_lesson, import_file, show
 
 MODEL = os.environ.get("MINILLM_LESSON_MODEL", "smollm2-135m")
 model = minillm.load(MODEL)  # float32: what the port and most implementations run in
@@ -29,7 +29,7 @@ port = import_file(get_lesson(12).path / "port.py")  # the folder of this lesson
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 tokens = model.to_tokens(PROMPT)
 str_tokens = model.to_str_tokens(tokens[0])
-ref = compare.run_dump(model64, PROMPT)  # every hook, in memory; compare.dump(...) writes a file
+ref = verify.run_dump(model64, PROMPT)  # every hook, in memory; verify.dump(...) writes a file
 print(f"{MODEL}: {len(ref.acts)} activations in the float64 reference, {tokens.shape[1]} tokens")
 
 # %% [markdown]
@@ -41,8 +41,8 @@ print(f"{MODEL}: {len(ref.acts)} activations in the float64 reference, {tokens.s
 # and 1e-5 relative for the norms' `hook_scale`) were set from exactly this profile.
 
 # %%
-f32 = compare.run_dump(model, PROMPT)
-rep32 = compare.compare(ref, f32)
+f32 = verify.run_dump(model, PROMPT)
+rep32 = verify.compare(ref, f32)
 print(rep32.summary())
 print(f"largest use of the tolerance: {max(r.usage for r in rep32.rows):.2f} (1 = failing)")
 show(rep32.plot(), "float32_vs_float64.png")
@@ -79,8 +79,8 @@ show(fig, "error_growth.png")
 logits, acts = port.forward(model, tokens)
 for name, lg in (("port", logits[0, -1]), ("minillm", ref.acts["hook_logits"][0, -1])):
     print(f"{name:8} top-5 after {PROMPT!r}:", [model.to_string([int(i)]) for i in np.argsort(-lg)[:5]])
-candidate = compare.Dump(acts, input_ids=tokens, meta={"source": "port.py"})  # names the candidate
-report = compare.compare(ref, candidate)  # also checks that both ran on the same token ids
+candidate = verify.Dump(acts, input_ids=tokens, meta={"source": "port.py"})  # names the candidate
+report = verify.compare(ref, candidate)  # also checks that both ran on the same token ids
 print(report.table())  # one row per layer with its worst hook, then the first divergence
 show(report.plot(), "port_vs_minillm.png")
 
@@ -125,7 +125,7 @@ show(fig, "port_heads.png")
 # %% [markdown]
 # ## 4. Bugs below the noise floor
 #
-# Not every bug is loud. `minillm.interp.broken` can inject a subtle one: RMSNorm's ε added
+# Not every bug is loud. `minillm.verify.broken` can inject a subtle one: RMSNorm's ε added
 # outside the square root, √mean(x²) + ε instead of √(mean(x²) + ε). With ε = 1e-5
 # and rms of order 0.01–1 this changes the scale by up to 0.1%: below the 1e-3 tolerance of
 # most hooks. The tight tolerance on `hook_scale` (one rounding from exact, so 1e-5 relative
@@ -134,9 +134,9 @@ show(fig, "port_heads.png")
 
 # %%
 bug = broken.BUGS["rmsnorm_eps_outside"]
-subtle = compare.run_dump(model, PROMPT, fwd_hooks=bug.hooks(model))
-print("default tolerances:   ", compare.compare(ref, subtle).summary())
-uniform = compare.compare(ref, subtle, atol=1e-3, rtol=1e-3)
+subtle = verify.run_dump(model, PROMPT, fwd_hooks=bug.hooks(model))
+print("default tolerances:   ", verify.compare(ref, subtle).summary())
+uniform = verify.compare(ref, subtle, atol=1e-3, rtol=1e-3)
 print("uniform 1e-3 for all: ", uniform.summary())
 print("its effect on the logits: max abs", f"{uniform['hook_logits'].max_abs:.1e}",
       "vs float32 rounding", f"{rep32['hook_logits'].max_abs:.1e}")

@@ -1,7 +1,7 @@
 """A colleague's NumPy port of a Llama-family model (SmolLM2, TinyLlama), written from the paper.
 
 It reads the weights of a loaded minillm model and records its intermediate activations
-under minillm's hook names, so that `minillm.compare` can line them up with minillm's own:
+under minillm's hook names, so that `minillm.verify` can line them up with minillm's own:
 
     logits, acts = port.forward(model, tokens)      # acts: {hook name: array}
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from minillm.compare import forward_key
+from minillm.verify import forward_key
 
 
 def max_errors(ref: np.ndarray, cand: np.ndarray, floor: float = 1e-3) -> tuple[float, float]:

@@ -17,6 +17,19 @@ Hugging Face's layout differs from ours:
     self_attn.o_proj.weight [d, h·e] -> attn.W_O
     mlp.{gate,up}_proj.weight [m, d] -> mlp.W_gate, mlp.W_in;  mlp.down_proj [d, m] -> mlp.W_out
     lm_head.weight [V, d] -> unembed.W_U (absent or ignored when tied)
+  Qwen3 and Gemma 3 add self_attn.{q,k}_norm.weight [e]; OLMo-2 the same over
+  the whole projection ([h·e], [kv·e]). Gemma's post_attention_layernorm is the
+  norm of the attention's output (ln1_post), pre_feedforward_layernorm is ln2
+  and post_feedforward_layernorm ln2_post; OLMo-2 has only the two post-norms.
+  Phi-3 fuses self_attn.qkv_proj [(h + 2kv)·e, d] (Q, K, V stacked: W_QKV
+  transposed) and mlp.gate_up_proj [2m, d] (gate, then up: W_gate_in transposed).
+  GPT-NeoX (Pythia), prefix gpt_neox.:
+    embed_in.weight -> embed.W_E;  embed_out.weight (no prefix) -> unembed.W_U
+    layers.l.attention.query_key_value.weight [3d, d]: per head, its q, k and v
+      rows interleaved ([h, 3, e, d]) -> regrouped into W_QKV's Q | K | V columns
+    layers.l.attention.dense -> attn.W_O;  mlp.dense_h_to_4h -> mlp.W_in;
+    mlp.dense_4h_to_h -> mlp.W_out;  input_layernorm -> ln1;
+    post_attention_layernorm -> ln2 (in a parallel block it reads the block's input)
 """
 
 from __future__ import annotations
@@ -35,8 +48,30 @@ from minillm.config import ModelConfig
 from minillm.errors import CheckpointError
 from minillm.model import Transformer
 
-# (checkpoint key, expected shape, destination array, transpose?)
-Entry = tuple[str, tuple[int, ...], Callable[[], np.ndarray], bool]
+# (checkpoint key, expected shape, destination array, layout): the layout is False (same
+# layout), True (transposed), or a Regroup that rearranges the checkpoint's array.
+Entry = tuple[str, tuple[int, ...], Callable[[], np.ndarray], "bool | Regroup"]
+
+
+class Regroup:
+    """A checkpoint layout that is not a plain transpose: to_ours(src), to_hf(ours)."""
+
+    def __init__(self, to_ours: Callable, to_hf: Callable):
+        self.to_ours, self.to_hf = to_ours, to_hf
+
+
+def to_ours(src: np.ndarray, layout) -> np.ndarray:
+    """A checkpoint tensor in minillm's layout."""
+    if isinstance(layout, Regroup):
+        return layout.to_ours(src)
+    return src.T if layout else src
+
+
+def to_hf(ours: np.ndarray, layout) -> np.ndarray:
+    """A minillm array in the checkpoint's layout (contiguous)."""
+    if isinstance(layout, Regroup):
+        return np.ascontiguousarray(layout.to_hf(ours))
+    return np.ascontiguousarray(ours.T if layout else ours)
 
 
 def gpt2_entries(model: Transformer, prefix: str) -> Iterator[Entry]:
@@ -65,36 +100,110 @@ def gpt2_entries(model: Transformer, prefix: str) -> Iterator[Entry]:
 
 
 def llama_entries(model: Transformer, prefix: str = "model.") -> Iterator[Entry]:
+    """Llama and the families that kept its names (Mistral, Qwen2/3, Phi-3, OLMo-2, Gemma 2/3)."""
     cfg = model.cfg
     d, m, V, e = cfg.d_model, cfg.d_mlp, cfg.d_vocab, cfg.d_head
     h, kv = cfg.n_heads, cfg.n_kv_heads
+    gemma = cfg.family == "gemma"
+    fused = cfg.family == "phi3"  # Phi-3: one qkv_proj and one gate_up_proj
+    # which HF norm is which of ours (Gemma and OLMo-2 name them by position)
+    norms = {"ln1": "input_layernorm", "ln2": "post_attention_layernorm"}
+    if gemma:
+        norms = {"ln1": "input_layernorm", "ln1_post": "post_attention_layernorm",
+                 "ln2": "pre_feedforward_layernorm", "ln2_post": "post_feedforward_layernorm"}
+    elif not cfg.pre_norms:  # OLMo-2
+        norms = {"ln1_post": "post_attention_layernorm", "ln2_post": "post_feedforward_layernorm"}
     yield f"{prefix}embed_tokens.weight", (V, d), lambda: model.embed.W_E, False
     for l, blk in enumerate(model.blocks):
         p = f"{prefix}layers.{l}."
         a = blk.attn
-        yield f"{p}input_layernorm.weight", (d,), lambda b=blk: b.ln1.w, False
+        for ours, theirs in norms.items():
+            yield f"{p}{theirs}.weight", (d,), lambda b=blk, n=ours: getattr(b, n).w, False
+        if fused:
+            yield (f"{p}self_attn.qkv_proj.weight", ((h + 2 * kv) * e, d), lambda a=a: a.W_QKV,
+                   True)
         for proj, which, n in (("q_proj", "Q", h), ("k_proj", "K", kv), ("v_proj", "V", kv)):
             cols = a._columns(which)
-            yield f"{p}self_attn.{proj}.weight", (n * e, d), lambda a=a, c=cols: a.W_QKV[:, c], True
+            if not fused:
+                yield (f"{p}self_attn.{proj}.weight", (n * e, d),
+                       lambda a=a, c=cols: a.W_QKV[:, c], True)
             if cfg.qkv_bias:
                 yield f"{p}self_attn.{proj}.bias", (n * e,), lambda a=a, c=cols: a.b_QKV[c], False
+        if a.q_norm is not None:
+            yield f"{p}self_attn.q_norm.weight", a.q_norm.w.shape, lambda a=a: a.q_norm.w, False
+            yield f"{p}self_attn.k_norm.weight", a.k_norm.w.shape, lambda a=a: a.k_norm.w, False
         yield f"{p}self_attn.o_proj.weight", (d, h * e), lambda a=a: a.W_O_flat, True
         if cfg.o_bias:
             yield f"{p}self_attn.o_proj.bias", (d,), lambda a=a: a.b_O, False
-        yield f"{p}post_attention_layernorm.weight", (d,), lambda b=blk: b.ln2.w, False
-        yield f"{p}mlp.gate_proj.weight", (m, d), lambda b=blk: b.mlp.W_gate, True
-        yield f"{p}mlp.up_proj.weight", (m, d), lambda b=blk: b.mlp.W_in, True
+        if fused:
+            yield f"{p}mlp.gate_up_proj.weight", (2 * m, d), lambda b=blk: b.mlp.W_gate_in, True
+        else:
+            yield f"{p}mlp.gate_proj.weight", (m, d), lambda b=blk: b.mlp.W_gate, True
+            yield f"{p}mlp.up_proj.weight", (m, d), lambda b=blk: b.mlp.W_in, True
         yield f"{p}mlp.down_proj.weight", (d, m), lambda b=blk: b.mlp.W_out, True
     yield f"{prefix}norm.weight", (d,), lambda: model.ln_final.w, False
     if not cfg.tie_embeddings:
         yield "lm_head.weight", (V, d), lambda: model.unembed.W_U, True
 
 
+def _neox_qkv(h: int, e: int, d: int) -> Regroup:
+    """GPT-NeoX's query_key_value [3d, d] holds, per head, q, k and v rows: [h, 3, e, d].
+    W_QKV [d, 3d] holds all q columns, then all k, then all v: [3, h, e] columns."""
+    return Regroup(
+        lambda w: w.reshape(h, 3, e, d).transpose(1, 0, 2, 3).reshape(3 * h * e, d).T,
+        lambda w: w.T.reshape(3, h, e, d).transpose(1, 0, 2, 3).reshape(3 * h * e, d),
+    )
+
+
+def _neox_qkv_bias(h: int, e: int) -> Regroup:
+    return Regroup(lambda b: b.reshape(h, 3, e).transpose(1, 0, 2).reshape(-1),
+                   lambda b: b.reshape(3, h, e).transpose(1, 0, 2).reshape(-1))
+
+
+def gpt_neox_entries(model: Transformer, prefix: str = "gpt_neox.") -> Iterator[Entry]:
+    cfg = model.cfg
+    d, m, V, h, e = cfg.d_model, cfg.d_mlp, cfg.d_vocab, cfg.n_heads, cfg.d_head
+    yield f"{prefix}embed_in.weight", (V, d), lambda: model.embed.W_E, False
+    for l, blk in enumerate(model.blocks):
+        p = f"{prefix}layers.{l}."
+        for ours, theirs in (("ln1", "input_layernorm"), ("ln2", "post_attention_layernorm")):
+            yield f"{p}{theirs}.weight", (d,), lambda b=blk, n=ours: getattr(b, n).w, False
+            yield f"{p}{theirs}.bias", (d,), lambda b=blk, n=ours: getattr(b, n).b, False
+        yield (f"{p}attention.query_key_value.weight", (3 * d, d), lambda b=blk: b.attn.W_QKV,
+               _neox_qkv(h, e, d))
+        if cfg.qkv_bias:
+            yield (f"{p}attention.query_key_value.bias", (3 * d,), lambda b=blk: b.attn.b_QKV,
+                   _neox_qkv_bias(h, e))
+        yield f"{p}attention.dense.weight", (d, d), lambda b=blk: b.attn.W_O_flat, True
+        if cfg.o_bias:
+            yield f"{p}attention.dense.bias", (d,), lambda b=blk: b.attn.b_O, False
+        yield f"{p}mlp.dense_h_to_4h.weight", (m, d), lambda b=blk: b.mlp.W_in, True
+        yield f"{p}mlp.dense_h_to_4h.bias", (m,), lambda b=blk: b.mlp.b_in, False
+        yield f"{p}mlp.dense_4h_to_h.weight", (d, m), lambda b=blk: b.mlp.W_out, True
+        yield f"{p}mlp.dense_4h_to_h.bias", (d,), lambda b=blk: b.mlp.b_out, False
+    yield f"{prefix}final_layer_norm.weight", (d,), lambda: model.ln_final.w, False
+    yield f"{prefix}final_layer_norm.bias", (d,), lambda: model.ln_final.b, False
+    if not cfg.tie_embeddings:
+        yield "embed_out.weight", (V, d), lambda: model.unembed.W_U, True
+
+
+def model_entries(model: Transformer, gpt2_prefix: str = "transformer.") -> list[Entry]:
+    """The checkpoint mapping of `model`'s family (GPT-2's keys with `gpt2_prefix`)."""
+    if model.cfg.family == "gpt2":
+        return list(gpt2_entries(model, gpt2_prefix))
+    if model.cfg.family == "gpt_neox":
+        return list(gpt_neox_entries(model))
+    return list(llama_entries(model))
+
+
 # Keys real checkpoints carry that are not parameters (buffers saved by old versions),
 # and the untied-only lm_head when a model ties its embeddings.
 def _ignorable(key: str, cfg: ModelConfig) -> bool:
     buffers = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq")
-    return key.endswith(buffers) or (cfg.tie_embeddings and key == "lm_head.weight")
+    if cfg.family == "gpt_neox":  # old Pythia files keep their causal-mask buffers
+        buffers += (".attention.bias", ".attention.masked_bias")
+    untied = "embed_out.weight" if cfg.family == "gpt_neox" else "lm_head.weight"
+    return key.endswith(buffers) or (cfg.tie_embeddings and key == untied)
 
 
 class TensorSource:
@@ -168,16 +277,13 @@ def check_checkpoint_size(cfg: ModelConfig, folder: Path) -> None:
 def load_weights(model: Transformer, folder: Path) -> None:
     """Fill `model`'s parameters from the safetensors in `folder`, checking every tensor."""
     source = TensorSource(folder)
-    if model.cfg.family == "gpt2":
-        prefix = "transformer." if "transformer.wte.weight" in source.files else ""
-        entries = list(gpt2_entries(model, prefix))
-    else:
-        entries = list(llama_entries(model))
+    prefix = "transformer." if "transformer.wte.weight" in source.files else ""
+    entries = model_entries(model, prefix)
     _check_keys(entries, source, model.cfg, folder)
     nonfinite = []
-    for key, _, dest, transpose in entries:
+    for key, _, dest, layout in entries:
         src = source.get(key)
-        dest()[...] = src.T if transpose else src
+        dest()[...] = to_ours(src, layout)
         if not np.isfinite(dest()).all():
             nonfinite.append(key)
     if nonfinite:
@@ -215,10 +321,10 @@ def _check_keys(entries: list[Entry], source: TensorSource, cfg: ModelConfig, fo
                 "(from config.json)"
             )
     for key in source.files:
-        if _ignorable(key, cfg) and key == "lm_head.weight" and source.shape(key) != (
-            cfg.d_vocab, cfg.d_model
-        ):
-            raise CheckpointError(f"{folder}: tensor lm_head.weight has shape "
+        if _ignorable(key, cfg) and key in ("lm_head.weight", "embed_out.weight") and source.shape(
+            key
+        ) != (cfg.d_vocab, cfg.d_model):
+            raise CheckpointError(f"{folder}: tensor {key} has shape "
                                   f"{list(source.shape(key))}, expected {[cfg.d_vocab, cfg.d_model]}")
 
 
@@ -234,9 +340,7 @@ def save_pretrained(model: Transformer, folder: str | Path) -> Path:
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    prefix = "transformer." if model.cfg.family == "gpt2" else "model."
-    entries = gpt2_entries(model, prefix) if model.cfg.family == "gpt2" else llama_entries(model)
-    tensors = {key: np.ascontiguousarray(dest().T if t else dest()) for key, _, dest, t in entries}
+    tensors = {key: to_hf(dest(), layout) for key, _, dest, layout in model_entries(model)}
     _write_atomically(folder / "model.safetensors",
                       lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
     _write_atomically(folder / "config.json",

@@ -11,7 +11,7 @@ HELP = "time load, prefill, decoding, hooks and a patching sweep (optionally aga
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from minillm.bench import PHASES, Settings
+    from minillm.commands.benchmark import PHASES, Settings
 
     d = Settings()
     parser.add_argument("model", metavar="NAME_OR_PATH", help="a catalog name or a model folder")
@@ -35,18 +35,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sweep-positions", type=int, default=d.sweep_positions)
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run: 1 timed run, no warm-up, short machine measurements")
+    parser.add_argument("--corpus", action="store_true",
+                        help="instead of the phases: corpus statistics tokens/s with 1 process and with "
+                        "--corpus-workers Dask workers (1 thread each), peak memory per worker, and a paper "
+                        "estimate for 100M tokens (needs pip install 'minillm[corpus]')")
+    parser.add_argument("--corpus-tokens", default="10000,100000", metavar="N1,N2,...",
+                        help="generated corpus sizes in tokens (default 10000,100000)")
+    parser.add_argument("--corpus-workers", type=int, default=2, help="Dask workers (default 2)")
+    parser.add_argument("--corpus-hooks", default=None, metavar="PATTERN",
+                        help="hooks to summarise (default: the middle layer's mlp.hook_post)")
     parser.add_argument("--phases", default=",".join(PHASES),
                         help=f"comma-separated subset of {','.join(PHASES)}")
 
 
 def run(args: argparse.Namespace) -> int:
-    from minillm.bench import Settings, format_report, run_bench
+    from minillm.commands.benchmark import Settings, format_report, run_bench
     from minillm.errors import MinillmError
 
     for flag in ("runs", "prefill_tokens", "prompt_tokens", "new_tokens", "sweep_positions",
                  "sweep_runs"):
         if getattr(args, flag) < 1:
             raise MinillmError(f"--{flag.replace('_', '-')} must be at least 1")
+    if args.corpus:
+        return run_corpus(args)
     if args.warmup < 0 or args.threads < 0:
         raise MinillmError("--warmup and --threads must not be negative")
     settings = Settings(runs=args.runs, warmup=args.warmup, sweep_runs=args.sweep_runs,
@@ -60,6 +71,27 @@ def run(args: argparse.Namespace) -> int:
     phases = tuple(p.strip() for p in args.phases.split(",") if p.strip())
     report = run_bench(args.model, settings, vs_torch=args.vs == "torch", phases=phases,
                        progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+    print(format_report(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def run_corpus(args: argparse.Namespace) -> int:
+    """`minillm bench MODEL --corpus` (minillm.data.benchmark)."""
+    from minillm.data.benchmark import format_report, run_corpus_bench
+    from minillm.errors import MinillmError
+
+    try:
+        sizes = [int(x) for x in args.corpus_tokens.split(",") if x.strip()]
+    except ValueError:
+        raise MinillmError(f"--corpus-tokens must be comma-separated integers, got "
+                           f"{args.corpus_tokens!r}") from None
+    if not sizes or min(sizes) < 1 or args.corpus_workers < 2:
+        raise MinillmError("--corpus-tokens needs positive sizes and --corpus-workers at least 2")
+    report = run_corpus_bench(args.model, sizes, args.corpus_workers, args.corpus_hooks,
+                              progress=lambda msg: print(msg, file=sys.stderr, flush=True))
     print(format_report(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))

@@ -6,7 +6,7 @@ import argparse
 
 import numpy as np
 
-from minillm import compare
+from minillm import verify
 
 HELP = "write every requested activation of one run to a safetensors file (see `minillm compare`)"
 
@@ -22,14 +22,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32",
                         help="float64 = the reference mode (default float32)")
     parser.add_argument("--force", action="store_true",
-                        help=f"write dumps above {compare.DEFAULT_MAX_BYTES // 2**30} GiB")
+                        help=f"write dumps above {verify.DEFAULT_MAX_BYTES // 2**30} GiB")
     parser.add_argument("--inject-bug", choices=_bug_names(), metavar="BUG",
                         help="run a deliberately broken implementation (worked example of "
                         f"`minillm compare`): {', '.join(_bug_names())}")
 
 
 def _bug_names() -> list[str]:
-    from minillm.interp.broken import BUGS
+    from minillm.verify.broken import BUGS
 
     return list(BUGS)
 
@@ -42,13 +42,13 @@ def run(args: argparse.Namespace) -> int:
     model = minillm.load(args.model, dtype=np.dtype(args.dtype))
     fwd_hooks, note = [], ""
     if args.inject_bug:
-        from minillm.interp.broken import BUGS
+        from minillm.verify.broken import BUGS
 
         bug = BUGS[args.inject_bug]
         fwd_hooks, note = bug.hooks(model), f"deliberately broken: {bug.name} ({bug.description})"
-    path = compare.dump(model, prompt, args.output, hooks=args.hooks, fwd_hooks=fwd_hooks,
+    path = verify.dump(model, prompt, args.output, hooks=args.hooks, fwd_hooks=fwd_hooks,
                         allow_large=args.force, note=note)
-    d = compare.load_dump(path)
+    d = verify.load_dump(path)
     size = sum(a.nbytes for a in d.acts.values())
     print(f"wrote {len(d.acts)} activations ({size / 1e6:.1f} MB, {args.dtype}) of "
           f"{d.input_ids.shape[1]} tokens to {path}" + (f" [{note}]" if note else ""))

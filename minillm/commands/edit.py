@@ -71,7 +71,7 @@ def parse_op(flag: str, spec: str):
 
 def run(args: argparse.Namespace) -> int:
     import minillm
-    from minillm.drift import RUNS, measure_drift
+    from minillm.edit.drift import RUNS, measure_drift
 
     ops = []
     for flag in OPS:

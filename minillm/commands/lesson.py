@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from minillm import lessons
+from minillm import course
 
 HELP = "the classroom course: list, check exercises, run a lesson headless, open it in Jupyter"
 
@@ -30,18 +30,18 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     if args.action == "list":
-        for lesson in lessons.list_lessons():
+        for lesson in course.list_lessons():
             print(f"{lesson.number:02d}  {lesson.title}")
         return 0
     if args.action == "notebook":
         return _notebook(args)
     if args.action == "run":
-        out, seconds = lessons.run_lesson(args.number, args.out)
+        out, seconds = course.run_lesson(args.number, args.out)
         figures = sorted(p.name for p in out.glob("*.png"))
         print(f"lesson {int(args.number):02d} ran in {seconds:.1f} s; figures in {out}: "
               + (", ".join(figures) or "none"))
         return 0
-    results = lessons.check_lesson(args.number, solutions=args.solutions, file=args.file)
+    results = course.check_lesson(args.number, solutions=args.solutions, file=args.file)
     for r in results:
         mark = "PASS" if r.passed else "FAIL"
         print(f"[{mark}] {r.name} ({r.seconds:.1f} s)")
@@ -53,9 +53,9 @@ def run(args) -> int:
 
 
 def _notebook(args) -> int:
-    folder = Path(args.dir) if args.dir else lessons.notebooks_dir()
-    existed = (folder / f"{lessons.get_lesson(args.number).path.name}.ipynb").exists()
-    path = lessons.write_notebook(args.number, folder, overwrite=args.fresh)
+    folder = Path(args.dir) if args.dir else course.notebooks_dir()
+    existed = (folder / f"{course.get_lesson(args.number).path.name}.ipynb").exists()
+    path = course.write_notebook(args.number, folder, overwrite=args.fresh)
     print(f"{path} " + ("(already there: your edits are kept; --fresh starts over)"
                         if existed and not args.fresh else "(written from lesson.py)"))
     if args.no_open:

@@ -63,20 +63,42 @@ class ModelSpec:
         return cls(str(model.path), np.dtype(model.dtype).name)
 
     def load(self):
-        """This process's (and thread's) copy of the model, loaded on first use."""
-        cache = _LOCAL.__dict__.setdefault("models", {})
-        if self not in cache:
-            import minillm
+        """This process's copy of the model, loaded on first use (see `use`)."""
+        with _LOCK:
+            if self not in _MODELS:
+                import minillm
 
-            cache[self] = minillm.load(self.path, dtype=np.dtype(self.dtype))
-        return cache[self]
+                _MODELS[self] = minillm.load(self.path, dtype=np.dtype(self.dtype))
+                _MODEL_LOCKS[self] = threading.Lock()
+                reset_peak_rss()  # the peak reported by shards is the peak after loading
+            return _MODELS[self]
+
+    @contextmanager
+    def use(self) -> Iterator:
+        """The process's model, held by this thread until the block ends: hooks are registered on
+        the model, so threads of one process take turns with it (use processes for parallelism)."""
+        model = self.load()
+        with _MODEL_LOCKS[self]:
+            yield model
 
 
-_LOCAL = threading.local()  # one model per worker thread: hooks are per model, not thread-safe
+_LOCK = threading.Lock()
+_MODELS: dict[ModelSpec, object] = {}  # one model per spec per process, shared by its threads
+_MODEL_LOCKS: dict[ModelSpec, threading.Lock] = {}
+
+
+def reset_peak_rss() -> None:
+    """Start this process's peak-memory count afresh (Linux; elsewhere a no-op)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident memory so far, in MB (Linux: VmHWM; else ru_maxrss)."""
+    """This process's peak resident memory, in MB: Linux's VmHWM, since the last `reset_peak_rss`
+    (a worker resets it once its model is loaded); elsewhere ru_maxrss, the whole life's peak."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -86,6 +108,30 @@ def peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def worker_record(t0_wall: float, t0_cpu: float) -> dict:
+    """{pid: {peak_rss_mb, seconds, cpu_seconds, shards: 1}} for a shard that began at these
+    time.perf_counter() / time.process_time() readings; merged with `merge_workers`."""
+    import time
+
+    return {
+        str(os.getpid()): dict(
+            peak_rss_mb=round(peak_rss_mb(), 1),
+            seconds=round(time.perf_counter() - t0_wall, 3),
+            cpu_seconds=round(time.process_time() - t0_cpu, 3),
+            shards=1,
+        )
+    }
+
+
+def merge_workers(into: dict, other: dict) -> dict:
+    """Fold worker records together: peak memory by max, times and shard counts by sum."""
+    for pid, w in other.items():
+        old = into.setdefault(pid, {})
+        for k, v in w.items():
+            old[k] = max(old.get(k, 0), v) if k == "peak_rss_mb" else round(old.get(k, 0) + v, 3)
+    return into
 
 
 def shard_ranges(n_items: int, per_shard: int) -> list[tuple[int, int]]:
@@ -246,10 +292,14 @@ def _prepare(out: Path, folder: Path, n: int, params: dict, resume: bool, suffix
 
 @contextmanager
 def dask_executor(
-    workers: int | None = None, scheduler: str | None = None, threads_per_worker: int = 1
+    workers: int | None = None,
+    scheduler: str | None = None,
+    threads_per_worker: int = 1,
+    preload: ModelSpec | None = None,
 ) -> Iterator[Executor]:
     """A `concurrent.futures.Executor` on Dask: a new LocalCluster of `workers` processes
     (1 thread each by default, BLAS limited to match), or the cluster at `scheduler`.
+    preload: every worker loads this model before the executor is handed out.
 
     Needs the optional extra: pip install 'minillm[corpus]'.
     """
@@ -271,7 +321,7 @@ def dask_executor(
             threads_per_worker=threads_per_worker,
             processes=True,
             host="127.0.0.1",
-            dashboard_address=None,
+            dashboard_address="127.0.0.1:0",  # a free port: never collide with another cluster
             env={"OPENBLAS_NUM_THREADS": blas, "OMP_NUM_THREADS": blas, "MKL_NUM_THREADS": blas},
         )
         client = Client(cluster)
@@ -281,11 +331,17 @@ def dask_executor(
         except OSError as e:
             raise MinillmError(f"cannot reach the Dask scheduler at {scheduler} ({e})") from None
     try:
+        if preload is not None:
+            client.run(_preload, preload)
         yield client.get_executor()
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def _preload(spec: ModelSpec) -> None:
+    spec.load()
 
 
 @contextmanager

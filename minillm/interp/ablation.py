@@ -37,9 +37,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm.auto import tqdm
 
-from minillm import interventions as iv
 from minillm.activation_cache import act_name
 from minillm.errors import MinillmError
+from minillm.interp import interventions as iv
 from minillm.interp.metrics import log_prob
 from minillm.interp.metrics import logit as logit_metric
 from minillm.interp.patching import _layers, _pos_labels, prefix_cache, run_batched

@@ -12,7 +12,7 @@ so two forward passes and one backward give every component at once
 depends on linearly, and degrades where the metric is curved along the patch:
 attention patterns (softmax saturation), norms, and large activation changes.
 
-    from minillm.backward import logit_diff
+    from minillm.grad.backward import logit_diff
     from minillm.interp import attribution as ap
     metric = logit_diff(" Mary", " John", model)
     attr = ap.attribution_patching(model, clean, corrupted, metric)   # {component: LabelledArray}
@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm.auto import tqdm
 
-from minillm.backward import Metric, backward
 from minillm.errors import MinillmError
+from minillm.grad.backward import Metric, backward
 from minillm.hooked_model import HookedModel
 from minillm.interp.results import LabelledArray
 

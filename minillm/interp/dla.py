@@ -115,7 +115,7 @@ def direct_logit_attribution(model, tokens, correct, incorrect=None, pos: int = 
                                          attention_mask=attention_mask)
     scale = cache["ln_final.hook_scale"][:, pos]  # [b, 1]: frozen std or rms (the divisor)
     # The readout vector: what one unit of residual (after centring) adds to the logit difference.
-    u = direction * model.ln_final.w  # [b or 1, d]   w ⊙ (W_U[:, c] - W_U[:, i])
+    u = direction * model.ln_final.gain  # [b or 1, d]   w ⊙ (W_U[:, c] - W_U[:, i])
     if model.ln_final.b is not None:  # LayerNorm: centre(c) · u = c · (u - mean(u))
         u = u - u.mean(-1, keepdims=True)
 

@@ -51,7 +51,7 @@ def final_norm(model, x: np.ndarray, scale: np.ndarray | None = None) -> np.ndar
     """
     centered, own = model.norm_parts(x, model.cfg.eps)  # [..., d], [..., 1]
     normalized = centered / (own if scale is None else scale)
-    out = normalized * model.ln_final.w
+    out = normalized * model.ln_final.gain
     return out if model.ln_final.b is None else out + model.ln_final.b
 
 

@@ -11,14 +11,14 @@
 A metric is a callable `logits [b, p, V] -> values [b]` with an attribute
 `last_only` (True when it reads only the last position, so sweeps may ask the
 model for the last position's logits only). Per-row values let one batched
-forward pass score many patched variants at once (minillm.variants).
+forward pass score many patched variants at once (minillm.interp.batch).
 
 Tokens may be given as single-token text (needs the model), ids, or lists of
 either: a list is a *set* of tokens whose logits are averaged (e.g. " Mary"
 and "Mary"); a list of lists gives one set per batch row.
 
 `as_backward(metric)` turns a logit-difference or log-prob metric into the
-(value, d value / d logits) form that minillm.backward and attribution
+(value, d value / d logits) form that minillm.grad.backward and attribution
 patching differentiate.
 """
 
@@ -230,7 +230,7 @@ def value(model, metric: Metric, tokens, attention_mask=None, fwd_hooks: Sequenc
 
 
 def as_backward(metric: Metric):
-    """A LogitDiff / LogProb as minillm.backward's metric: logits -> (batch mean, d mean / d logits)."""
+    """A LogitDiff / LogProb as minillm.grad.backward's metric: logits -> (batch mean, d mean / d logits)."""
     if not hasattr(metric, "grad"):
         raise MinillmError(f"{type(metric).__name__} has no gradient; gradient importance needs a "
                            "logit_diff or log_prob metric")

@@ -28,7 +28,7 @@ Components (the result's axes in brackets):
     q, pattern     [layer, head]       one head's queries / attention pattern, all positions
     k, v           [layer, kv_head]    one kv-head's keys / values (shared by its query-head group)
 
-Each patched run is a row of a batch (minillm.variants), `batch_size` rows
+Each patched run is a row of a batch (minillm.interp.batch), `batch_size` rows
 per forward pass, with a tqdm bar. Entries whose source activation equals the
 unpatched one exactly (e.g. every position before the first token where the
 prompts differ) cannot change anything and are filled in without a run.
@@ -46,9 +46,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from minillm import interventions as iv
 from minillm.activation_cache import act_name
 from minillm.errors import MinillmError
+from minillm.interp import interventions as iv
 from minillm.interp.metrics import Normalized
 from minillm.interp.results import LabelledArray
 from minillm.kv_cache import KVCache
@@ -80,7 +80,7 @@ def run_batched(model, tokens, variants: list[list], metric: Callable, batch_siz
     """metric of each variant's run of one prompt [1, p].   -> (values [n], interrupted)
 
     Variant j is a list of interventions acting on batch row j; `batch_size`
-    variants share one forward pass (as in minillm.variants.run_variants).
+    variants share one forward pass (as in minillm.interp.batch.run_variants).
     prefix > 0: the first `prefix` positions, which no variant changes, are
     computed once into a KV cache and each batch runs only the rest; this
     needs a metric of the last position only (a KVCache from `prefix_cache`

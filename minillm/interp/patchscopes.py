@@ -34,12 +34,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm.auto import tqdm
 
-from minillm import interventions as iv
 from minillm import ops
 from minillm.errors import MinillmError
+from minillm.interp import interventions as iv
+from minillm.interp.batch import run_variants
 from minillm.interp.lens import token_ids
 from minillm.interp.results import LabelledArray
-from minillm.variants import run_variants
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -154,7 +154,7 @@ def layer_sweep(model, source_prompt, target: int | str, target_prompt: str = ID
     """p(target token) after the target prompt, for every (source layer, target layer) injection.
 
     One forward pass of the target prompt per cell, batched `batch_size` at a
-    time (minillm.variants.run_variants). Layers are 0..L-1 (the stream
+    time (minillm.interp.batch.run_variants). Layers are 0..L-1 (the stream
     before that block; the default is every block).
     """
     L = model.cfg.n_layers

@@ -309,7 +309,9 @@ class PromptShard:
 
 def prompt_shard(task: PromptTask, model=None) -> PromptShard:
     """Run the task's prompts one after another (on a worker, or here with `model`)."""
-    model = model if model is not None else task.model.load()
+    if model is None:
+        with task.model.use() as model:
+            return prompt_shard(task, model)
     values, cols, meta, rows = [], [], [], []
     for p in task.prompts:
         v, rows, c, m = _one_prompt(model, task, p)
@@ -483,8 +485,8 @@ def ablation_over_prompts(
     reference for mean/median: statistics (`corpus_stats`, `activation_stats`), or None for statistics
     of the prompt set's clean prompts pooled over all their positions (computed once, here).
     """
-    from minillm import interventions as iv
     from minillm.activation_cache import act_name
+    from minillm.interp import interventions as iv
     from minillm.interp.ablation import ABLATION_COMPONENTS
     from minillm.interp.patching import _layers
 

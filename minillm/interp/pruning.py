@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm.auto import tqdm
 
-from minillm.edits import Edit, Slice, _check_int, _check_layer
+from minillm.edit.edits import Edit, Slice, _check_int, _check_layer
 from minillm.errors import MinillmError
 from minillm.interp.metrics import as_backward
 from minillm.interp.results import LabelledArray

@@ -76,7 +76,7 @@ def unembed_direction(model, direction: np.ndarray, ln_gain: bool = True) -> np.
 
     direction (⊙ ln_final.w) @ W_U: the logits it adds per unit of normalized stream.
     """
-    w = model.ln_final.w if ln_gain else 1.0
+    w = model.ln_final.gain if ln_gain else 1.0
     return (direction * w) @ model.unembed.W_U  # [V]
 
 
@@ -122,7 +122,7 @@ def neuron_readout(model, layer: int, neuron: int, k: int = 10, ln_gain: bool = 
     w_out = mlp.W_out[neuron]  # [d]: what the neuron adds to the stream per unit of activation
     out = unembed_direction(model, w_out, ln_gain)  # [V]
     out_other = unembed_direction(model, w_out, not ln_gain)  # [V]
-    gain = ln2.w  # the neuron reads ln2(x) = x · scale · w (+ b)
+    gain = ln2.gain if ln2 is not None else 1.0  # it reads ln2(x) = x · scale · w (+ b)
     inp = embed_direction(model, gain * mlp.W_in[:, neuron])  # [V]
     gate = embed_direction(model, gain * mlp.W_gate[:, neuron]) if mlp.gated else None
     return NeuronReadout(
@@ -223,7 +223,8 @@ def svd_readout(model, M: np.ndarray, kind: str = "ov", layer: int | None = None
     if kind not in ("ov", "qk"):
         raise MinillmError(f"kind must be 'ov' or 'qk', got {kind!r}")
     U, S, Vt = np.linalg.svd(M.astype(np.float64))  # U [d, d], S [d], Vt [d, d]
-    gain = model.blocks[layer].ln1.w if layer is not None else 1.0
+    ln1 = model.blocks[layer].ln1 if layer is not None else None
+    gain = ln1.gain if ln1 is not None else 1.0  # no ln1: OLMo-2 reads the raw stream
     inputs, outputs = [], []
     for j in range(min(rank, S.shape[0])):
         inputs.append(top_tokens(model, embed_direction(model, gain * U[:, j]), k))
@@ -243,7 +244,8 @@ def ov_token_table(model, layer: int, head: int, tokens: Sequence[int | str], k:
     from minillm.interp.lens import token_ids
 
     ids = token_ids(model, list(tokens))
-    gain = model.blocks[layer].ln1.w
+    ln1 = model.blocks[layer].ln1
+    gain = ln1.gain if ln1 is not None else 1.0  # no ln1: OLMo-2 reads the raw stream
     rows = (model.embed.W_E[ids] * gain) @ head_ov(model, layer, head)  # [n, d]
     decode = (lambda i: model.to_string([i])) if model.tokenizer is not None else str
     return {decode(t): top_tokens(model, unembed_direction(model, r), k) for t, r in zip(ids, rows)}

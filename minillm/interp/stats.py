@@ -59,9 +59,9 @@ from pathlib import Path
 import numpy as np
 
 from minillm.data.corpus import Batch, Corpus
-from minillm.data.shards import ModelSpec, peak_rss_mb, run_shards, shard_ranges
+from minillm.data.shards import ModelSpec, merge_workers, run_shards, shard_ranges, worker_record
 from minillm.errors import MinillmError
-from minillm.interventions import hook_axes
+from minillm.interp.interventions import hook_axes
 
 BY = ("neuron", "head", "hook")
 POSITIONS = ("all", "last")
@@ -238,7 +238,7 @@ class CorpusStats:
     hooks: dict[str, HookStats]
     meta: dict = field(default_factory=dict)
 
-    # what minillm.interventions.mean / .median read
+    # what minillm.interp.interventions.mean / .median read
     @property
     def mean(self) -> dict[str, np.ndarray]:
         return {n: h.mean.reshape(h.shape) for n, h in self.hooks.items() if h.count}
@@ -282,14 +282,7 @@ class CorpusStats:
                 self.hooks[n] = h
         for key in ("n_tokens", "n_texts", "n_windows"):
             self.meta[key] = self.meta.get(key, 0) + other.meta.get(key, 0)
-        workers = self.meta.setdefault("workers", {})
-        for pid, w in other.meta.get("workers", {}).items():
-            old = workers.get(pid, dict(peak_rss_mb=0.0, seconds=0.0, shards=0))
-            workers[pid] = dict(
-                peak_rss_mb=max(old["peak_rss_mb"], w["peak_rss_mb"]),
-                seconds=round(old["seconds"] + w["seconds"], 3),
-                shards=old["shards"] + w["shards"],
-            )
+        merge_workers(self.meta.setdefault("workers", {}), other.meta.get("workers", {}))
         return self
 
     def summary(self) -> dict:
@@ -457,8 +450,10 @@ class StatsTask:
 
 def stats_shard(task: StatsTask, model=None) -> CorpusStats:
     """Statistics of one shard (runs on a worker; `model` given when run in this process)."""
-    t0 = time.perf_counter()
-    model = model if model is not None else task.model.load()
+    t0, c0 = time.perf_counter(), time.process_time()
+    if model is None:
+        with task.model.use() as model:
+            return stats_shard(task, model)
     acc = {n: HookStats(n, task.by, s, k=task.k) for n, s in zip(task.hooks, task.shapes)}
     n_tokens = n_texts = n_windows = 0
     for batch in task.corpus.batches(
@@ -476,8 +471,7 @@ def stats_shard(task: StatsTask, model=None) -> CorpusStats:
         n_tokens += batch.n_tokens
         n_texts += int(batch.last.sum())
         n_windows += len(batch.length)
-    seconds = round(time.perf_counter() - t0, 3)
-    worker = {str(os.getpid()): dict(peak_rss_mb=round(peak_rss_mb(), 1), seconds=seconds, shards=1)}
+    worker = worker_record(t0, c0)
     return CorpusStats(acc, dict(n_tokens=n_tokens, n_texts=n_texts, n_windows=n_windows, workers=worker))
 
 

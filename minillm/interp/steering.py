@@ -12,7 +12,7 @@
 Steering vector (activation addition): v = mean_{x ∈ A} h_l(x) - mean_{x ∈ B} h_l(x),
 the mean difference of `blocks.l.hook_resid_pre` (at the last position by
 default) between two prompt sets; during generation α·v is added to the
-stream at layer l at every position (`minillm.interventions.add`).
+stream at layer l at every position (`minillm.interp.interventions.add`).
 
 Function vector (Todd et al. 2024): run few-shot prompts of a task
 ("France: Paris\\nJapan: Tokyo\\n...\\nItaly:"); for every head (l, h) take its
@@ -34,9 +34,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from minillm import interventions as iv
 from minillm import ops
 from minillm.errors import MinillmError
+from minillm.interp import interventions as iv
 from minillm.interp.lens import token_ids
 
 # A small task for in-context function vectors: country -> capital (each capital one token
@@ -157,7 +157,7 @@ def head_indirect_effects(model, mean_out: np.ndarray, shuffled_prompts: Sequenc
     on the shuffled prompts b (a head's output enters the stream through
     attn_out, so that gradient is the gradient w.r.t. the head's output).
     """
-    from minillm import backward as B
+    from minillm.grad import backward as B
 
     tokens, mask = model.to_tokens_and_mask(list(shuffled_prompts))
     grads = B.backward(model, tokens, B.log_prob(first_token_ids(model, answers)),

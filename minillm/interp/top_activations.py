@@ -33,7 +33,7 @@ import numpy as np
 
 from minillm.activation_cache import act_name
 from minillm.data.corpus import Batch, Corpus
-from minillm.data.shards import ModelSpec, peak_rss_mb, run_shards, shard_ranges
+from minillm.data.shards import ModelSpec, merge_workers, run_shards, shard_ranges, worker_record
 from minillm.errors import MinillmError
 from minillm.interp.stats import DOCS_PER_SHARD, collect
 
@@ -126,14 +126,7 @@ class TopActivations:
         )
         for key in ("n_tokens", "n_windows"):
             self.meta[key] = self.meta.get(key, 0) + other.meta.get(key, 0)
-        workers = self.meta.setdefault("workers", {})
-        for pid, w in other.meta.get("workers", {}).items():
-            old = workers.get(pid, dict(peak_rss_mb=0.0, seconds=0.0, shards=0))
-            workers[pid] = dict(
-                peak_rss_mb=max(old["peak_rss_mb"], w["peak_rss_mb"]),
-                seconds=round(old["seconds"] + w["seconds"], 3),
-                shards=old["shards"] + w["shards"],
-            )
+        merge_workers(self.meta.setdefault("workers", {}), other.meta.get("workers", {}))
         return self
 
     def _keep(self, values, doc, pos, tokens, acts) -> None:
@@ -337,8 +330,10 @@ class TopTask:
 
 def top_shard(task: TopTask, model=None) -> TopActivations:
     """The top-k buffer of one shard (runs on a worker; `model` given when run in this process)."""
-    t0 = time.perf_counter()
-    model = model if model is not None else task.model.load()
+    t0, c0 = time.perf_counter(), time.process_time()
+    if model is None:
+        with task.model.use() as model:
+            return top_shard(task, model)
     top = TopActivations.empty(task.hook, task.neurons, task.k, task.before, task.after)
     n_tokens = n_windows = 0
     for batch in task.corpus.batches(
@@ -353,11 +348,7 @@ def top_shard(task: TopTask, model=None) -> TopActivations:
         top.update(batch, collect(model, batch, [task.hook])[task.hook])
         n_tokens += batch.n_tokens
         n_windows += len(batch.length)
-    worker = {
-        str(os.getpid()): dict(
-            peak_rss_mb=round(peak_rss_mb(), 1), seconds=round(time.perf_counter() - t0, 3), shards=1
-        )
-    }
+    worker = worker_record(t0, c0)
     top.meta = dict(n_tokens=n_tokens, n_windows=n_windows, workers=worker)
     return top
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from minillm.errors import MinillmError
 
-_REPO = Path(__file__).resolve().parents[1]
+_REPO = Path(__file__).resolve().parents[2]
 
 
 def lessons_dir() -> Path:

@@ -1,8 +1,8 @@
 """Verify another implementation against minillm: dump activations, compare them hook by hook.
 
-    from minillm import compare
-    compare.dump("smollm2-135m", "It was a dark and stormy", "ref.safetensors", dtype="float64")
-    report = compare.compare("ref.safetensors", "theirs.safetensors")
+    from minillm import verify
+    verify.dump("smollm2-135m", "It was a dark and stormy", "ref.safetensors", dtype="float64")
+    report = verify.compare("ref.safetensors", "theirs.safetensors")
     print(report.summary())      # "first divergence at blocks.3.attn.hook_pattern, head 5, ..."
 
 A **dump** is one safetensors file: each activation keyed by its hook name
@@ -68,7 +68,7 @@ POST_HOOKS = ("ln_final.hook_scale", "ln_final.hook_normalized", FINAL_OUT, "hoo
 # Default tolerances for a float32 implementation checked against a float64 reference.
 # Set from minillm's own float32-vs-float64 profile on SmolLM2 (docs/verifying.md): there
 # every hook's worst error uses at most ~20% of its tolerance, while each bug injected by
-# minillm.interp.broken exceeds it at least 50-fold at the hook where it first shows.
+# minillm.verify.broken exceeds it at least 50-fold at the hook where it first shows.
 DEFAULT_ATOL = 1e-3
 DEFAULT_RTOL = 1e-3
 DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
@@ -227,7 +227,7 @@ def _revision(model) -> str:
 
 def final_norm_out(model, normalized: np.ndarray) -> np.ndarray:
     """The final norm's output (gain and bias applied) from ln_final.hook_normalized."""
-    out = normalized * model.ln_final.w
+    out = normalized * model.ln_final.gain
     return out if model.ln_final.b is None else out + model.ln_final.b
 
 
@@ -285,7 +285,7 @@ def dump(model, prompt, path: str | os.PathLike, hooks=None, dtype=None, fwd_hoo
     dtype: "float32" or "float64" (the reference mode); a loaded model must
         already have it.
     fwd_hooks: extra hooks active during the run, [(name or predicate, fn)]
-        (e.g. a deliberate bug from minillm.interp.broken); `note` is stored
+        (e.g. a deliberate bug from minillm.verify.broken); `note` is stored
         in the metadata to say so.
     A dump larger than `max_bytes` (1 GiB) is refused unless allow_large=True.
     The file is written under a temporary name and renamed into place, so a
@@ -303,6 +303,13 @@ def dump(model, prompt, path: str | os.PathLike, hooks=None, dtype=None, fwd_hoo
     return save_dump(run_dump(model, prompt, hooks, fwd_hooks, allow_large, max_bytes, note), path)
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def save_dump(d: Dump, path: str | os.PathLike) -> Path:
     """Write a Dump as safetensors (temp file in the same folder, then os.replace)."""
     from safetensors.numpy import save_file
@@ -318,6 +325,7 @@ def save_dump(d: Dump, path: str | os.PathLike) -> Path:
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=meta)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a dump gets a normal file's mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -380,7 +388,7 @@ def _as_dump(x, other: Dump | None = None) -> Dump:
         if other is None or other.input_ids is None:
             raise MinillmError("a live model can only be compared with a dump that holds input_ids")
         names = [n for n in other.acts if n in x.hooks.valid_names or n == FINAL_OUT]
-        d = run_dump(x, other.input_ids, hooks=names or None)
+        d = run_dump(x, _ids_2d(other.input_ids), hooks=names or None)
         d.meta["source"] = f"live minillm run of {d.meta['model']} ({d.meta['dtype']})"
         return d
     if isinstance(x, Mapping):
@@ -503,6 +511,18 @@ class HookResult:
     rtol: float
     n_bad: int  # elements with |a - b| > atol + rtol·|a|
     usage: float  # max |a - b| / (atol + rtol·|a|): < 1 passes; how close to failing
+    hint: str = ""  # for a failing hook whose elements match in another layout: which one
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain data (JSON-ready; an infinite error is the string "inf")."""
+        def num(x: float) -> float | str:
+            return x if math.isfinite(x) else str(x)
+
+        return {"name": self.name, "passed": self.passed, "shape": list(self.shape),
+                "max_abs": num(self.max_abs), "max_rel": num(self.max_rel), "index": list(self.index),
+                "where": self.where, "reference": num(self.ref_value), "candidate": num(self.cand_value),
+                "atol": self.atol, "rtol": self.rtol, "n_bad": self.n_bad, "usage": num(self.usage),
+                "hint": self.hint or None}
 
     @property
     def passed(self) -> bool:
@@ -517,6 +537,7 @@ class HookResult:
             f"{self.name}, {self.where}: max abs {self.max_abs:.3g} (reference "
             f"{self.ref_value:.6g}, candidate {self.cand_value:.6g}; {self.n_bad} of {self.size} "
             f"elements exceed {self.atol:g} + {self.rtol:g}·|reference|)"
+            + (f"; {self.hint}" if self.hint else "")
         )
 
 
@@ -553,6 +574,16 @@ class Report:
             if r.name == name:
                 return r
         raise KeyError(name)
+
+    def to_json(self) -> dict[str, Any]:
+        """The report as plain data, for `minillm compare --json` and other languages."""
+        first = self.first_failure
+        return {"passed": self.passed, "reference": self.reference, "candidate": self.candidate,
+                "first_divergence": None if first is None else first.to_json(),
+                "summary": self.summary(), "notes": self.notes,
+                "missing_in_candidate": self.missing_in_candidate,
+                "missing_in_reference": self.missing_in_reference,
+                "hooks": [r.to_json() for r in self.rows]}
 
     def summary(self) -> str:
         """One sentence: the first divergence, or that everything agrees."""
@@ -630,8 +661,10 @@ def _short_list(names: list[str], n: int = 8) -> str:
 
 
 def describe_index(name: str, shape: tuple[int, ...], index: tuple[int, ...],
-                   str_tokens: list[str] | None = None) -> str:
-    """An activation index in words: 'position 3 (' dark'), head 5, dim 12'."""
+                   str_tokens: list[str] | None = None,
+                   token_text: Callable[[int], str] | None = None) -> str:
+    """An activation index in words: 'position 3 (' dark'), head 5, dim 12'; a logit is named by
+    its token's text when `token_text` (id -> text) is given: 'token id 3273 (' night')'."""
     _, rest = _split(name)
 
     def pos(i: int, word: str = "position") -> str:
@@ -652,7 +685,13 @@ def describe_index(name: str, shape: tuple[int, ...], index: tuple[int, ...],
     elif rest.endswith("hook_scale") and len(i) == 2:
         parts += [pos(i[0])]
     elif rest == "hook_logits" and len(i) == 2:
-        parts += [pos(i[0]), f"token id {i[1]}"]
+        text = ""
+        if token_text is not None:
+            try:
+                text = f" ({token_text(int(i[1]))!r})"
+            except Exception:  # noqa: BLE001 - a name is a nicety; never fail the comparison on it
+                text = ""
+        parts += [pos(i[0]), f"token id {i[1]}{text}"]
     elif len(i) == 2:
         parts += [pos(i[0]), f"dim {i[1]}"]
     else:
@@ -677,7 +716,8 @@ def tolerance_for(name: str, atol: float | None, rtol: float | None,
 
 
 def compare_arrays(name: str, a, b, atol: float, rtol: float, rel_floor: float = 1e-3,
-                   str_tokens: list[str] | None = None) -> HookResult:
+                   str_tokens: list[str] | None = None,
+                   token_text: Callable[[int], str] | None = None) -> HookResult:
     """Compare one activation: reference a, candidate b (same shape).
 
     Equal infinities (masked attention scores, -inf in both) count as equal;
@@ -701,10 +741,65 @@ def compare_arrays(name: str, a, b, atol: float, rtol: float, rel_floor: float =
     index = tuple(int(i) for i in np.unravel_index(int(np.argmax(diff)), diff.shape)) if diff.size else ()
     return HookResult(
         name, tuple(a.shape), float(diff.max(initial=0.0)), float(rel.max(initial=0.0)), index,
-        describe_index(name, a.shape, index, str_tokens),
+        describe_index(name, a.shape, index, str_tokens, token_text),
         float(a[index]) if diff.size else 0.0, float(b[index]) if diff.size else 0.0,
-        atol, rtol, n_bad, usage,
+        atol, rtol, n_bad, usage, layout_hint(name, a, b, atol, rtol) if n_bad else "",
     )
+
+
+# --- layout hints ---------------------------------------------------------------------------------
+
+
+def _close(a: np.ndarray, b: np.ndarray, atol: float, rtol: float) -> bool:
+    with np.errstate(invalid="ignore"):
+        return bool(np.all((a == b) | (np.abs(a - b) <= atol + rtol * np.abs(a))))
+
+
+def layout_hint(name: str, a, b, atol: float, rtol: float) -> str:
+    """When the candidate b holds the reference a's elements in another layout, say which.
+
+    Tried: every transpose of b's axes (shapes may differ by the order of their axes),
+    a reshape of the same elements, and, on the last axis of q and k, the rotary pair
+    order of GGUF / llama.cpp (adjacent pairs (2i, 2i+1) instead of (i, i + d/2)).
+    Returns "" when nothing matches within the same tolerance.
+    """
+    import itertools
+
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    if a.size != b.size or a.size == 0:
+        return ""
+    if a.ndim == b.ndim and a.ndim <= 6:
+        for axes in itertools.permutations(range(b.ndim)):
+            if axes == tuple(range(b.ndim)) or tuple(b.shape[i] for i in axes) != a.shape:
+                continue
+            if _close(a, b.transpose(axes), atol, rtol):
+                return (f"the candidate holds these values with its axes in another order: "
+                        f"np.transpose(candidate, {axes}) matches the reference")
+    if b.shape != a.shape and _close(a, b.reshape(a.shape), atol, rtol):
+        return (f"the candidate holds the same elements in shape {list(b.shape)}: "
+                f"candidate.reshape({list(a.shape)}) matches the reference")
+    _, rest = _split(name)
+    d = a.shape[-1]
+    if b.shape == a.shape and d % 2 == 0 and d > 2 and any(k in rest for k in ("hook_q", "hook_k", "rot_q",
+                                                                             "rot_k", "q_norm", "k_norm")):
+        j = np.arange(d)
+        pairs = (j % 2) * (d // 2) + j // 2  # element j of an adjacent-pair layout
+        if _close(a[..., pairs], b, atol, rtol):
+            return ("the candidate's last axis is in the adjacent-pair rotary order of GGUF/llama.cpp: "
+                    f"element j is the reference's (j % 2)·{d // 2} + j // 2 (un-permute q/k rows, see "
+                    "docs/hooks.md, RoPE layout)")
+        if _close(a, b[..., pairs], atol, rtol):
+            return ("the reference's last axis is in the adjacent-pair rotary order relative to the "
+                    f"candidate: element j of the reference is the candidate's (j % 2)·{d // 2} + j // 2")
+    if np.allclose(np.sort(a, axis=None), np.sort(b, axis=None), atol=atol, rtol=rtol):
+        return "the candidate holds the same values in a different order (a permutation not recognised)"
+    return ""
+
+
+def _ids_2d(ids: np.ndarray) -> np.ndarray:
+    ids = np.asarray(ids)
+    return ids[None, :] if ids.ndim == 1 else ids
 
 
 def check_token_ids(ref: Dump, cand: Dump) -> str | None:
@@ -715,7 +810,7 @@ def check_token_ids(ref: Dump, cand: Dump) -> str | None:
         if all(prompts) and prompts[0] != prompts[1]:
             raise MinillmError(f"the dumps are of different prompts: {prompts[0]!r} vs {prompts[1]!r}")
         return f"the {which} has no input_ids, so the token ids were not checked"
-    a, b = ref.input_ids, cand.input_ids
+    a, b = _ids_2d(ref.input_ids), _ids_2d(cand.input_ids)  # [p] is one row: [1, p]
     if a.shape != b.shape:
         raise MinillmError(
             f"the dumps are of different inputs: token ids of shape {list(a.shape)} (reference "
@@ -748,6 +843,9 @@ def _align_shapes(names: Iterable[str], ref: Dump, cand: Dump) -> dict[str, np.n
                 hint = (f" (the candidate has {b.shape[2]} heads where the model has {a.shape[2]} "
                         f"kv-heads: store grouped k/v unrepeated, or use from_transformer_lens("
                         f"..., n_kv_heads={a.shape[2]}))")
+            if not hint and a.size == b.size:
+                found = layout_hint(n, a, b, *tolerance_for(n, None, None, None))
+                hint = f" ({found})" if found else ""
             bad.append(f"{n}: reference {list(a.shape)}, candidate {list(b.shape)}{hint}")
         out[n] = b
     if bad:
@@ -756,9 +854,33 @@ def _align_shapes(names: Iterable[str], ref: Dump, cand: Dump) -> dict[str, np.n
     return out
 
 
+def _token_text(reference, candidate, ref: Dump, cand: Dump) -> Callable[[int], str] | None:
+    """id -> text from a live model's tokenizer, else from the tokenizer.json of the model a
+    dump names (a folder, or a catalog model already on disk; nothing is downloaded)."""
+    for x in (reference, candidate):
+        tok = getattr(x, "tokenizer", None)
+        if tok is not None:
+            return lambda i, tok=tok: tok.decode([i])
+    for d in (ref, cand):
+        name = d.meta.get("model")
+        if not isinstance(name, str) or not name:
+            continue
+        try:
+            from minillm.checkpoints import catalog
+            from minillm.tokenizer import Tokenizer
+
+            folder = catalog.located(name) if name in catalog.load_catalog() else Path(name)
+            if folder is not None and (Path(folder) / "tokenizer.json").is_file():
+                tok = Tokenizer(Path(folder) / "tokenizer.json")
+                return lambda i, tok=tok: tok.decode([i])
+        except (MinillmError, OSError, ValueError):
+            continue
+    return None
+
+
 def compare(reference, candidate, atol: float | None = None, rtol: float | None = None,
             tolerances: Mapping[str, float | tuple[float, float]] | None = None,
-            rel_floor: float = 1e-3) -> Report:
+            rel_floor: float = 1e-3, token_text: Callable[[int], str] | None = None) -> Report:
     """Compare a candidate run against a reference, hook by hook, in forward order.
 
     reference, candidate: dump paths, Dumps, {name: array} dicts, or a live
@@ -768,6 +890,10 @@ def compare(reference, candidate, atol: float | None = None, rtol: float | None 
         (DEFAULT_ATOL / DEFAULT_RTOL, looser for attention scores and logits).
     tolerances: per-hook overrides, {glob: atol or (atol, rtol)}, first match wins.
     rel_floor: max rel divides by max(|a|, rel_floor·RMS(a)).
+    token_text: id -> text, to name a logit by its token (default: a live model's tokenizer,
+        else the tokenizer of the model named in the reference dump, when it is on disk).
+    Input ids [p] and [1, p] are the same input. A failing hook whose elements match in
+    another layout (transposed axes, a reshape, the GGUF rotary order) says so.
     Raises before comparing anything if the token ids differ or shapes disagree;
     hooks present on only one side are listed in the report.
     """
@@ -784,9 +910,11 @@ def compare(reference, candidate, atol: float | None = None, rtol: float | None 
         )
     aligned = _align_shapes(common, ref, cand)
     str_tokens = ref.str_tokens or cand.str_tokens
+    if token_text is None and "hook_logits" in common:
+        token_text = _token_text(reference, candidate, ref, cand)
     rows = [
         compare_arrays(n, ref.acts[n], aligned[n], *tolerance_for(n, atol, rtol, tolerances),
-                       rel_floor=rel_floor, str_tokens=str_tokens)
+                       rel_floor=rel_floor, str_tokens=str_tokens, token_text=token_text)
         for n in sorted(common, key=forward_key)
     ]
     layers = [_split(n)[0] for n in list(ref.acts) + list(cand.acts)]

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from minillm.edits import Edit
+from minillm.edit.edits import Edit
 from minillm.errors import MinillmError
 
 

@@ -152,7 +152,7 @@ class PeakRSS:
 def matmul_params(cfg) -> int:
     """Weights multiplied per token in the blocks (QKV, O, MLP), excluding the unembedding."""
     d, e, h, kv, m = cfg.d_model, cfg.d_head, cfg.n_heads, cfg.n_kv_heads, cfg.d_mlp
-    mlp = (3 if cfg.family == "llama" else 2) * d * m
+    mlp = (3 if cfg.gated_mlp else 2) * d * m
     return cfg.n_layers * (d * (h + 2 * kv) * e + h * e * d + mlp)
 
 
@@ -272,7 +272,7 @@ def _sweep(model, rng, phase: str, s: Settings) -> dict:
     The corrupted prompt differs from the clean one at one token, two thirds of
     the way in (like a name swap); the metric is a logit difference.
     """
-    from minillm import interventions as iv
+    from minillm.interp import interventions as iv
     from minillm.interp import metrics as M
     from minillm.interp.patching import patching_sweep
 
@@ -366,7 +366,7 @@ def _torch_phase(name: str, phase: str, s: Settings, rss: PeakRSS) -> dict:
 
 
 def _worker_main(argv: list[str]) -> int:
-    """python -m minillm.bench '<json job>': run one phase, print one JSON line."""
+    """python -m minillm.commands.benchmark '<json job>': run one phase, print one JSON line."""
     job = json.loads(argv[0])
     s = Settings(**job["settings"])
     rss = PeakRSS()
@@ -389,7 +389,7 @@ def _run_worker(job: dict, threads: int) -> dict:
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(threads)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    proc = subprocess.run([sys.executable, "-m", "minillm.bench", json.dumps(job)],
+    proc = subprocess.run([sys.executable, "-m", "minillm.commands.benchmark", json.dumps(job)],
                           capture_output=True, text=True, env=env)
     for line in proc.stdout.splitlines():
         if line.startswith("BENCH-RESULT "):

@@ -179,7 +179,29 @@ def silu_backward(dout: np.ndarray, x: np.ndarray) -> np.ndarray:
     return dout * sig * (1.0 + x * (1.0 - sig))
 
 
-ACTIVATION_BACKWARDS = {"gelu_tanh": gelu_tanh_backward, "silu": silu_backward}
+def gelu_erf_backward(dout: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Backward of the exact GELU y = x · Φ(x), Φ the standard normal CDF.
+
+    Product rule, with Φ' = φ, the normal density e^(-x²/2) / √(2π):
+        dy/dx = Φ(x) + x · φ(x)
+    """
+    cdf = 0.5 * (1.0 + ops._erf(x / np.sqrt(2.0).astype(x.dtype)).astype(x.dtype))
+    pdf = np.exp(-0.5 * x * x) / np.sqrt(2.0 * np.pi).astype(x.dtype)
+    return dout * (cdf + x * pdf)
+
+
+ACTIVATION_BACKWARDS = {"gelu_tanh": gelu_tanh_backward, "gelu_erf": gelu_erf_backward,
+                        "silu": silu_backward}
+
+
+def softcap_backward(dout: np.ndarray, capped: np.ndarray, cap: float) -> np.ndarray:
+    """Backward of y = c · tanh(x / c) (Gemma 2's soft-cap), from its output y.
+
+    dy/dx = 1 - tanh²(x / c) = 1 - (y / c)². Where y is -inf (a masked score)
+    dout is 0 and so is the gradient.
+    """
+    t = np.where(np.isfinite(capped), capped, 0) / np.asarray(cap, capped.dtype)
+    return dout * (1.0 - t * t)
 
 
 def gated_mlp_backward(
@@ -255,18 +277,24 @@ def rope_backward(dout: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndar
     RoPE is linear in x. R maps [x1, x2] to [-x2, x1]; as a matrix it is
     antisymmetric (Rᵀ = -R: a 90° rotation of each pair), so
         dx = dout·cos + Rᵀ(dout·sin) = dout·cos - R(dout·sin)
-    i.e. rotating back by the same angle.
+    i.e. rotating back by the same angle. With partial rotary (r = cos.shape[-1]
+    < e) the dims past r pass through, and so do their gradients.
     """
-    return dout * cos - ops.rotate_half(dout * sin)
+    r = cos.shape[-1]
+    if r == dout.shape[-1]:
+        return dout * cos - ops.rotate_half(dout * sin)
+    rot = dout[..., :r]
+    return np.concatenate([rot * cos - ops.rotate_half(rot * sin), dout[..., r:]], axis=-1)
 
 
 # --- attention -----------------------------------------------------------------------------
 
 
 def attention_scores_backward(
-    dscores: np.ndarray, q: np.ndarray, k: np.ndarray
+    dscores: np.ndarray, q: np.ndarray, k: np.ndarray, scalar: float | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Backward of scores = q·k / √e with grouped-query attention.
+    """Backward of scores = q·k / √e with grouped-query attention (√scalar for Gemma's
+    query_pre_attn_scalar, as in `ops.attention_scores`).
 
     dscores [b, h, p, P], q [b, p, h, e], k [b, kv, P, e] -> dq [b, p, h, e], dk [b, kv, P, e]
     scores[b,j,p,P] = Σ_e q[b,p,j,e] k[b,j//g,P,e] / √e is bilinear:
@@ -276,7 +304,9 @@ def attention_scores_backward(
     """
     b, p, h, e = q.shape
     kv = k.shape[1]
-    ds = dscores.reshape(b, kv, h // kv, p, -1) / np.sqrt(e).astype(q.dtype)  # [b, kv, g, p, P]
+    ds = dscores.reshape(b, kv, h // kv, p, -1)  # [b, kv, g, p, P]
+    ds = ds * np.asarray(scalar**-0.5, q.dtype) if scalar is not None else ds / np.sqrt(e).astype(
+        q.dtype)
     qg = q.reshape(b, p, kv, h // kv, e)  # [b, p, kv, g, e]
     dq = np.einsum("bkgpP,bkPe->bpkge", ds, k).reshape(b, p, h, e)
     dk = np.einsum("bkgpP,bpkge->bkPe", ds, qg)

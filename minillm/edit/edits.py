@@ -346,13 +346,17 @@ def zero_embedding(token: int | str, untie: bool = False) -> scale_embedding:
     return scale_embedding(token, 0.0, untie, "zero")
 
 
-NORMS = ("ln1", "ln2", "final")
+NORMS = ("ln1", "ln2", "ln1_post", "ln2_post", "final")
 
 
 @dataclass(frozen=True)
 class scale_norm(_Scale):  # noqa: N801
-    """Scale the gain w of a norm: blocks.layer.ln1 / ln2, or which="final" (layer=None).
+    """Scale the gain of a norm: blocks.layer.ln1 / ln2 (ln1_post / ln2_post where the
+    model has them: Gemma, OLMo-2), or which="final" (layer=None).
 
+    The gain is what the normalized stream is multiplied by: w, or for Gemma,
+    which stores w and multiplies by (1 + w), the whole (1 + w), so that a
+    factor means the same in every family (w' = (1 + w)·factor - 1 there).
     The bias of a LayerNorm is left alone.
     """
 
@@ -369,13 +373,28 @@ class scale_norm(_Scale):  # noqa: N801
                 raise MinillmError("the final norm belongs to no layer: pass layer=None")
             return [Slice("ln_final.w", (slice(None),), ":")]
         l = _check_layer(model, self.layer)
+        if getattr(model.blocks[l], self.which) is None:
+            have = [n for n in NORMS[:4] if getattr(model.blocks[l], n) is not None]
+            raise MinillmError(f"layer {l} has no {self.which} (this model's block norms: "
+                               f"{', '.join(have)})")
         return [Slice(f"blocks.{l}.{self.which}.w", (slice(None),), ":")]
+
+    def write(self, model) -> None:
+        offset = model.ln_final.offset  # 1.0 for Gemma's (1 + w) norms, else 0.0
+        if offset == 0 or self.factor == 1:  # factor 1: not a bit changes (no round trip)
+            return super().write(model)
+        f, o = model.dtype.type(self.factor), model.dtype.type(offset)
+        for s in self.plan(model):
+            view = s.view(model)
+            view[...] = (o + view) * f - o  # the gain (1 + w) scaled by f
 
     def inverse(self) -> Edit:
         return _inverse_scale(self)
 
     def describe(self, model) -> str:
         where = "ln_final" if self.which == "final" else f"blocks.{self.layer}.{self.which}"
+        if model.ln_final.offset:
+            return f"scale {where} gain (1 + w) {_fmt(self.factor)}"
         return f"scale {where}.w {_fmt(self.factor)}"
 
 

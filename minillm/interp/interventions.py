@@ -1,6 +1,6 @@
 """Activation interventions: small objects that change activations during one run.
 
-    from minillm import interventions as iv
+    from minillm.interp import interventions as iv
     _, clean = model.run_with_cache(clean_tokens)
     logits = model.run_with_interventions(corrupt_tokens, [
         iv.patch("resid_pre", clean, layer=5, pos=3),        # the activation-patching step
@@ -396,7 +396,7 @@ def to_hooks(model, interventions: Sequence[Intervention]) -> list[tuple[str, Ho
     pairs = []
     for i in interventions:
         if not isinstance(i, Intervention):
-            raise MinillmError(f"expected an intervention (minillm.interventions.patch, zero, ...), "
+            raise MinillmError(f"expected an intervention (minillm.interp.interventions.patch, zero, ...), "
                                f"got {type(i).__name__}")
         pairs += i.to_hooks(model)
     return pairs

@@ -1,6 +1,6 @@
 """The backward pass through the whole model, written by hand, op by op.
 
-    from minillm import backward
+    from minillm.grad import backward
     res = backward.backward(model, tokens, backward.logit_diff(" Mary", " John", model))
     res.value                                  # the metric, a float
     res.grad("blocks.3.hook_resid_pre")        # ∂metric/∂activation, [b, p, d]
@@ -49,8 +49,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from minillm import ops
-from minillm import ops_backward as B
 from minillm.errors import MinillmError
+from minillm.grad import ops_backward as B
 from minillm.hooked_model import HookedModel
 
 # A metric maps logits [b, p, V] to (a scalar, its gradient d metric / d logits [b, p, V]).
@@ -190,14 +190,12 @@ class Gradients:
         A tied embedding appears once, under the embedding's name, holding the
         sum of both uses (as torch reports it).
         """
-        from minillm.checkpoints.hf import gpt2_entries, llama_entries
+        from minillm.checkpoints.hf import model_entries, to_hf
 
         g = self.params
         if g is None:
             raise MinillmError("parameter gradients were not computed; call backward(..., params=True)")
-        gpt2 = g.cfg.family == "gpt2"
-        entries = gpt2_entries(g, "transformer.") if gpt2 else llama_entries(g)
-        return {key: np.ascontiguousarray(get().T if t else get()) for key, _, get, t in entries}
+        return {key: to_hf(get(), layout) for key, _, get, layout in model_entries(g)}
 
 
 # --- the backward pass -------------------------------------------------------------------------
@@ -255,14 +253,15 @@ class _Backward:
         self.pgrads = HookedModel(model.cfg, model.dtype, name="grads") if params else None
         mask = model._full_mask(attention_mask, tokens.shape, None)  # [b, p] or None
         self.positions = model._positions(mask, 0, tokens.shape)  # [b, p]
-        self.rope = None
-        if model.rope_inv_freq is not None:  # recomputed: cheap, and the same function
-            self.rope = ops.rope_cos_sin(self.positions, model.rope_inv_freq, model.dtype)
-        self.centre = self.cfg.family == "gpt2"
+        # cos/sin per layer, recomputed: cheap, and the same function as the forward's
+        self.ropes = model.rope_tables(self.positions)
+        self.centre = self.cfg.layer_norm
 
     def all(self, dlogits: np.ndarray) -> None:
         model, c, g = self.model, self.cache, self.grads
         g["hook_logits"] = dlogits
+        if self.cfg.final_softcap is not None:  # logits = c · tanh(raw / c)
+            dlogits = B.softcap_backward(dlogits, c["hook_logits"], self.cfg.final_softcap)
         # logits = ln_final(x) @ W_U
         x_final = self.norm_output(model.ln_final, "ln_final")
         dx, dW_U = B.unembed_backward(dlogits, x_final, model.unembed.W_U, self.need_dW)
@@ -270,13 +269,14 @@ class _Backward:
                             c[f"blocks.{self.cfg.n_layers - 1}.hook_resid_post"])
         for l in reversed(range(self.cfg.n_layers)):
             d_resid = self.block(l, d_resid)
-        # x = W_E[tokens] (+ W_pos[positions])
+        # x = W_E[tokens] (· √d for Gemma) (+ W_pos[positions])
         g["hook_embed"] = d_resid
         if model.pos_embed is not None:
             g["hook_pos_embed"] = d_resid
         if self.need_dW:
             p = self.pgrads
-            p.embed.W_E = B.embedding_backward(d_resid, self.tokens, self.cfg.d_vocab)
+            d_embed = d_resid if model.embed_scale is None else d_resid * model.embed_scale
+            p.embed.W_E = B.embedding_backward(d_embed, self.tokens, self.cfg.d_vocab)
             if model.pos_embed is not None:
                 p.pos_embed.W_pos = B.embedding_backward(d_resid, self.positions, self.cfg.n_ctx)
             if self.cfg.tie_embeddings:
@@ -285,45 +285,64 @@ class _Backward:
                 p.unembed.W_U = dW_U
 
     def norm_output(self, norm, name) -> np.ndarray:
-        """Recompute a norm's output normalized · w (+ b) from the stored hook_normalized."""
-        out = self.cache[f"{name}.hook_normalized"] * norm.w
-        return out if norm.b is None else out + norm.b
+        """Recompute a norm's output normalized · gain (+ b) from the stored hook_normalized."""
+        return norm.apply(self.cache[f"{name}.hook_normalized"])
+
+    def sublayer_input(self, norm, name, raw) -> np.ndarray:
+        """What a sublayer read: its norm's output, or the raw stream where it has no norm."""
+        return raw if norm is None else self.norm_output(norm, name)
 
     def norm(self, dout, norm, name, pnorm, x_in) -> np.ndarray:
-        """Backward through ln1 / ln2 / ln_final: d output -> d input, recording hook grads."""
+        """Backward through a norm (the identity if `norm` is None): d output -> d input."""
+        if norm is None:
+            return dout
         scale = self.cache[f"{name}.hook_scale"]
-        n_in = x_in - x_in.mean(axis=-1, keepdims=True) if self.centre else x_in  # [b, p, d]
-        dx, dw, db, dy, d_scale = B.norm_backward(dout, n_in, scale, norm.w, self.centre)
+        n_in = x_in - x_in.mean(axis=-1, keepdims=True) if self.centre else x_in  # [..., n]
+        dx, dw, db, dy, d_scale = B.norm_backward(dout, n_in, scale, norm.gain, self.centre)
         self.grads[f"{name}.hook_normalized"] = dy
         self.grads[f"{name}.hook_scale"] = d_scale
         if pnorm is not None:
-            pnorm.w[...] = dw
+            pnorm.w[...] = dw  # d(offset + w)/dw = 1
             if pnorm.b is not None:
                 pnorm.b[...] = db
         return dx
 
     def block(self, l: int, d_resid: np.ndarray) -> np.ndarray:
-        """Backward through block l.   d resid_post [b, p, d] -> d resid_pre [b, p, d]"""
-        g, c, blk = self.grads, self.cache, self.model.blocks[l]
+        """Backward through block l.   d resid_post [b, p, d] -> d resid_pre [b, p, d]
+
+        resid_post = resid_mid + mlp_out, resid_mid = resid_pre + attn_out, and
+        the MLP reads resid_mid (resid_pre in a parallel block).
+        """
+        g, c, blk, name = self.grads, self.cache, self.model.blocks[l], f"blocks.{l}"
         pblk = self.pgrads.blocks[l] if self.need_dW else None
-        g[f"blocks.{l}.hook_resid_post"] = d_resid
-        g[f"blocks.{l}.hook_mlp_out"] = d_resid  # resid_post = resid_mid + mlp_out
-        d_ln2 = self.mlp(l, blk.mlp, pblk and pblk.mlp, d_resid)
-        d_resid = d_resid + self.norm(d_ln2, blk.ln2, f"blocks.{l}.ln2", pblk and pblk.ln2,
-                                      c[f"blocks.{l}.hook_resid_mid"])
-        g[f"blocks.{l}.hook_resid_mid"] = d_resid
-        g[f"blocks.{l}.hook_attn_out"] = d_resid  # resid_mid = resid_pre + attn_out
-        d_ln1 = self.attention(l, blk.attn, pblk and pblk.attn, d_resid)
-        d_resid = d_resid + self.norm(d_ln1, blk.ln1, f"blocks.{l}.ln1", pblk and pblk.ln1,
-                                      c[f"blocks.{l}.hook_resid_pre"])
-        g[f"blocks.{l}.hook_resid_pre"] = d_resid
+        parallel = self.cfg.parallel_residual
+        g[f"{name}.hook_resid_post"] = d_resid
+        g[f"{name}.hook_mlp_out"] = d_resid
+        mlp_in = c[f"{name}.hook_resid_pre" if parallel else f"{name}.hook_resid_mid"]
+        d_ln2 = self.mlp(l, blk.mlp, pblk and pblk.mlp, d_resid, mlp_in)
+        d_mlp_in = self.norm(d_ln2, blk.ln2, f"{name}.ln2", pblk and pblk.ln2, mlp_in)
+        if not parallel:
+            d_resid = d_resid + d_mlp_in
+        g[f"{name}.hook_resid_mid"] = d_resid
+        g[f"{name}.hook_attn_out"] = d_resid
+        x = c[f"{name}.hook_resid_pre"]
+        d_ln1 = self.attention(l, blk.attn, pblk and pblk.attn, d_resid, x)
+        d_resid = d_resid + self.norm(d_ln1, blk.ln1, f"{name}.ln1", pblk and pblk.ln1, x)
+        if parallel:
+            d_resid = d_resid + d_mlp_in
+        g[f"{name}.hook_resid_pre"] = d_resid
         return d_resid
 
-    def mlp(self, l, mlp, pmlp, d_out) -> np.ndarray:
-        """Backward of the MLP.   d mlp_out [b, p, d] -> d (ln2 output) [b, p, d]"""
+    def mlp(self, l, mlp, pmlp, d_out, stream) -> np.ndarray:
+        """Backward of the MLP (and its ln2_post).   d mlp_out [b, p, d] -> d (MLP input) [b, p, d]"""
         g, c, name = self.grads, self.cache, f"blocks.{l}.mlp"
-        x = self.norm_output(self.model.blocks[l].ln2, f"blocks.{l}.ln2")  # the MLP's input
+        blk, pblk = self.model.blocks[l], self.pgrads.blocks[l] if self.need_dW else None
+        x = self.sublayer_input(blk.ln2, f"blocks.{l}.ln2", stream)  # the MLP's input
         post, pre = c[f"{name}.hook_post"], c[f"{name}.hook_pre"]
+        if blk.ln2_post is not None:  # mlp_out = ln2_post(raw): recompute raw as the forward did
+            raw = ops.linear(post, mlp.W_out, mlp.b_out)
+            d_out = self.norm(d_out, blk.ln2_post, f"blocks.{l}.ln2_post",
+                              pblk and pblk.ln2_post, raw)
         dpost, dW_out, db_out = B.linear_backward(d_out, post, mlp.W_out, mlp.b_out is not None,
                                                   self.need_dW)
         g[f"{name}.hook_post"] = dpost
@@ -342,34 +361,53 @@ class _Backward:
             pmlp.b_in, pmlp.b_out = db_in, db_out
         return dx
 
-    def attention(self, l, attn, pattn, d_out) -> np.ndarray:
-        """Backward of attention.   d attn_out [b, p, d] -> d (ln1 output) [b, p, d]"""
+    def attention(self, l, attn, pattn, d_out, stream) -> np.ndarray:
+        """Backward of attention (and its ln1_post).   d attn_out [b, p, d] -> d (its input) [b, p, d]"""
         g, c, name = self.grads, self.cache, f"blocks.{l}.attn"
-        h, kv, e = self.cfg.n_heads, self.cfg.n_kv_heads, self.cfg.d_head
+        cfg, blk = self.cfg, self.model.blocks[l]
+        pblk = self.pgrads.blocks[l] if self.need_dW else None
+        h, kv, e = cfg.n_heads, cfg.n_kv_heads, cfg.d_head
         z, pattern = c[f"{name}.hook_z"], c[f"{name}.hook_pattern"]  # [b, p, h, e], [b, h, p, P]
         b, p = z.shape[:2]
+        if blk.ln1_post is not None:  # attn_out = ln1_post(raw): recompute raw as the forward did
+            raw = ops.linear(z.reshape(b, p, h * e), attn.W_O_flat, attn.b_O)
+            d_out = self.norm(d_out, blk.ln1_post, f"blocks.{l}.ln1_post",
+                              pblk and pblk.ln1_post, raw)
         # attn_out = z (flattened heads) @ W_O + b_O
         dz, dW_O, db_O = B.linear_backward(d_out, z.reshape(b, p, h * e), attn.W_O_flat,
                                            attn.b_O is not None, self.need_dW)
         dz = g[f"{name}.hook_z"] = dz.reshape(b, p, h, e)
-        # z = pattern @ v; pattern = softmax(scores); scores = q·k/√e (masked)
-        rope = self.rope is not None
+        # z = pattern @ v; pattern = softmax(scores); scores = q·k/√e (soft-capped, masked)
+        rope = self.ropes[l]
         q = c[f"{name}.hook_rot_q" if rope else f"{name}.hook_q"]  # [b, p, h, e]
         k = c[f"{name}.hook_rot_k" if rope else f"{name}.hook_k"].transpose(0, 2, 1, 3)
         v = c[f"{name}.hook_v"].transpose(0, 2, 1, 3)  # [b, kv, p, e]
         dpattern, dv = B.attention_mix_backward(dz, pattern, v)
         g[f"{name}.hook_pattern"] = dpattern
         dscores = g[f"{name}.hook_attn_scores"] = B.softmax_backward(dpattern, pattern)
-        dq, dk = B.attention_scores_backward(dscores, q, k)  # [b, p, h, e], [b, kv, p, e]
+        if cfg.attn_softcap is not None:  # capped = c · tanh(raw / c), raw recomputed
+            capped = ops.softcap(ops.attention_scores(q, k, cfg.query_pre_attn_scalar),
+                                 cfg.attn_softcap)
+            dscores = B.softcap_backward(dscores, capped, cfg.attn_softcap)
+        dq, dk = B.attention_scores_backward(dscores, q, k, cfg.query_pre_attn_scalar)
         dk, dv = dk.transpose(0, 2, 1, 3), dv.transpose(0, 2, 1, 3)  # [b, p, kv, e]
         if rope:
             g[f"{name}.hook_rot_q"], g[f"{name}.hook_rot_k"] = dq, dk
-            dq, dk = B.rope_backward(dq, *self.rope), B.rope_backward(dk, *self.rope)
+            dq, dk = B.rope_backward(dq, *rope), B.rope_backward(dk, *rope)
+        if attn.q_norm is not None:  # q/k norms: per head, or over the whole projection
+            pa = pattn
+            shape_q, shape_k = (b, p, h * e), (b, p, kv * e)
+            if cfg.qk_norm == "head":
+                shape_q, shape_k = dq.shape, dk.shape
+            dq = self.norm(dq.reshape(shape_q), attn.q_norm, f"{name}.q_norm", pa and pa.q_norm,
+                           c[f"{name}.hook_q"].reshape(shape_q)).reshape(b, p, h, e)
+            dk = self.norm(dk.reshape(shape_k), attn.k_norm, f"{name}.k_norm", pa and pa.k_norm,
+                           c[f"{name}.hook_k"].reshape(shape_k)).reshape(b, p, kv, e)
         g[f"{name}.hook_q"], g[f"{name}.hook_k"], g[f"{name}.hook_v"] = dq, dk, dv
         # [q, k, v] = x @ W_QKV + b_QKV
         dqkv = np.concatenate([dq.reshape(b, p, h * e), dk.reshape(b, p, kv * e),
                                dv.reshape(b, p, kv * e)], axis=-1)  # [b, p, (h + 2kv)·e]
-        x = self.norm_output(self.model.blocks[l].ln1, f"blocks.{l}.ln1")  # attention's input
+        x = self.sublayer_input(blk.ln1, f"blocks.{l}.ln1", stream)  # attention's input
         dx, dW_QKV, db_QKV = B.linear_backward(dqkv, x, attn.W_QKV, attn.b_QKV is not None,
                                                self.need_dW)
         if pattn is not None:

@@ -90,7 +90,7 @@ def _no_attn_scale_hooks(model) -> list:
 def _causal_off_by_one_hooks(model) -> list:
     """The causal mask built with k <= q + 1: every query also sees the next token."""
     seen: dict[str, np.ndarray] = {}
-    rope = model.cfg.family == "llama"
+    rope = model.cfg.rotary
     q_hook, k_hook = ("attn.hook_rot_q", "attn.hook_rot_k") if rope else ("attn.hook_q", "attn.hook_k")
 
     def keep(act, hook):

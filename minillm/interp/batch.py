@@ -1,7 +1,7 @@
 """Batched variants: N interventions on one prompt, run as batches instead of N runs.
 
-    from minillm import interventions as iv
-    from minillm.variants import run_variants
+    from minillm.interp import interventions as iv
+    from minillm.interp.batch import run_variants
     _, clean = model.run_with_cache(clean_tokens)
     logits = run_variants(model, corrupt_tokens,                       # [30, p, V]
                           [[iv.patch("resid_pre", clean, layer=l, pos=4)] for l in range(30)])
@@ -31,7 +31,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from minillm.errors import MinillmError
-from minillm.interventions import Intervention, to_hooks
+from minillm.interp.interventions import Intervention, to_hooks
 
 
 def run_variants(

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from minillm.edits import Slice, scale_neuron
+from minillm.edit.edits import Slice, scale_neuron
 from minillm.errors import MinillmError
 from minillm.kv_cache import KVCache
 

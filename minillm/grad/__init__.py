@@ -1,0 +1,1 @@
+"""Gradients: a hand-written backward pass (`backward`), one backward per op (`ops_backward`)."""
