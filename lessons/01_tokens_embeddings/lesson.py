@@ -15,8 +15,8 @@ import os
 import numpy as np
 
 import minillm
-from minillm.interp.lens import final_norm
 from minillm.course import show
+from minillm.interp.lens import final_norm
 
 MODEL = os.environ.get("MINILLM_LESSON_MODEL", "smollm2-135m")
 model = minillm.load(MODEL)

@@ -14,8 +14,8 @@ import numpy as np
 
 import minillm
 from minillm import ops
-from minillm.interp.results import LabelledArray
 from minillm.course import show
+from minillm.interp.results import LabelledArray
 
 MODEL = os.environ.get("MINILLM_LESSON_MODEL", "smollm2-135m")
 model = minillm.load(MODEL)

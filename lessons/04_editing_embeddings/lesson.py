@@ -19,9 +19,9 @@ import numpy as np
 
 import minillm
 from minillm import edits
+from minillm.course import show
 from minillm.interp import interventions as iv
 from minillm.interp.lens import final_norm
-from minillm.course import show
 
 MODEL = os.environ.get("MINILLM_LESSON_MODEL", "smollm2-135m")
 model = minillm.load(MODEL)

@@ -16,9 +16,9 @@ import os
 import numpy as np
 
 import minillm
+from minillm.course import show
 from minillm.interp import interventions as iv
 from minillm.interp import readout
-from minillm.course import show
 from minillm.interp.batch import run_variants
 
 MODEL = os.environ.get("MINILLM_LESSON_MODEL", "smollm2-135m")

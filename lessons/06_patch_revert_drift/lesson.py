@@ -18,8 +18,8 @@ import numpy as np
 
 import minillm
 from minillm import edits
-from minillm.edit import drift
 from minillm.course import show
+from minillm.edit import drift
 
 MODEL = os.environ.get("MINILLM_LESSON_MODEL", "smollm2-135m")
 model = minillm.load(MODEL)

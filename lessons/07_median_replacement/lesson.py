@@ -20,11 +20,11 @@ import os
 import numpy as np
 
 import minillm
-from minillm.interp import interventions as iv
+from minillm.course import show
 from minillm.interp import ablation as A
+from minillm.interp import interventions as iv
 from minillm.interp.metrics import log_prob
 from minillm.interp.patching import prefix_cache, run_batched
-from minillm.course import show
 
 MODEL = os.environ.get("MINILLM_LESSON_MODEL", "smollm2-135m")
 model = minillm.load(MODEL)

@@ -19,10 +19,10 @@ import os
 import numpy as np
 
 import minillm
+from minillm.course import show
 from minillm.interp import readout
 from minillm.interp.dla import direct_logit_attribution
 from minillm.interp.lens import final_norm, logit_lens
-from minillm.course import show
 
 MODEL = os.environ.get("MINILLM_LESSON_MODEL", "smollm2-135m")
 model = minillm.load(MODEL)

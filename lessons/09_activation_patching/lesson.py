@@ -22,10 +22,10 @@ import time
 import numpy as np
 
 import minillm
+from minillm.course import show
 from minillm.interp import interventions as iv
 from minillm.interp import metrics as M
 from minillm.interp import patching as P
-from minillm.course import show
 
 T0 = time.perf_counter()
 MODEL = os.environ.get("MINILLM_LESSON_MODEL", "smollm2-135m")

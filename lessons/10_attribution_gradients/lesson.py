@@ -20,10 +20,10 @@ import os
 import numpy as np
 
 import minillm
+from minillm.course import show
 from minillm.grad import ops_backward as B
 from minillm.grad.backward import backward, logit_diff
 from minillm.interp import attribution as ap
-from minillm.course import show
 
 MODEL = os.environ.get("MINILLM_LESSON_MODEL", "smollm2-135m")
 model = minillm.load(MODEL)

@@ -15,13 +15,13 @@ import os
 import numpy as np
 
 import minillm
-from minillm.interp import interventions as iv
 from minillm import ops
+from minillm.course import show
+from minillm.interp import interventions as iv
 from minillm.interp import patchscopes as ps
 from minillm.interp import steering as st
-from minillm.interp.pca import pca
-from minillm.course import show
 from minillm.interp.batch import run_variants
+from minillm.interp.pca import pca
 
 MODEL = os.environ.get("MINILLM_LESSON_MODEL", "smollm2-135m")
 model = minillm.load(MODEL)
