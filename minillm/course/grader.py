@@ -10,6 +10,11 @@ A lesson is a folder `lessons/NN_slug/` with:
     check.py       CHECKS = [(name, fn), ...]; fn(module) runs the student's function and
                    the reference on the same inputs and raises AssertionError with a message
                    that teaches (what was expected, what came, the likely mistake)
+
+A lesson draws with matplotlib's object API (`minillm.views.figures.subplots`, or any
+function returning a Figure) and hands each figure to `show(fig, "name.png")`: inline in
+a notebook, saved under `output_dir()` in a script. The tests run every lesson as a
+notebook and expect at least one inline image per `show(` line.
 """
 
 from __future__ import annotations
