@@ -316,6 +316,10 @@ def test_attention_view_in_chromium(pages, open_page, smollm2):
         assert np.abs(_floats(shown[: q + 1]) - want).max() <= SHOWN
         assert shown[q + 1:] == [""] * (len(shown) - q - 1)  # causal: no weight on later keys
         assert "query 10 \" gave\"" in panel.locator(".readout").text_content()
+        rows = panel.locator(".heat div").evaluate_all(
+            "cs => cs.map((c, i) => c.classList.contains('qrow') ? i : -1).filter(i => i >= 0)")
+        n = len(shown)
+        assert rows == list(range(q * n, (q + 1) * n))  # the query's row of the heatmap is marked
     page.select_option("select.layer", "0")
     page.locator('.panel[data-head="6"] .tok[data-pos="4"]').hover()
     shown = page.locator('.panel[data-head="6"] .tok').evaluate_all("ts => ts.map(t => t.dataset.weight)")

@@ -37,7 +37,8 @@ function render() {
   }
 }
 function showQuery(toks, readout, heat, pat, q) {
-  const spans = toks.querySelectorAll('.tok');
+  const spans = toks.querySelectorAll('.tok'), n = spans.length;
+  Array.from(heat.children).forEach((c, i) => c.classList.toggle('qrow', Math.floor(i / n) === q));
   spans.forEach((s, k) => {
     const w = k <= q ? pat[q][k] : 0;
     s.style.background = mlvBlue(w); s.style.color = w > 0.6 ? '#fff' : '#000';
