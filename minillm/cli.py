@@ -27,6 +27,7 @@ COMMANDS = {
     "ablate": "ablate",
     "perplexity": "perplexity",
     "hooks": "hooks",
+    "convert": "convert",
     "stats": "stats",
     "top-activations": "top_activations",
     "view": "view",

@@ -8,8 +8,9 @@ code written for TransformerLens ports with few changes.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,7 +19,19 @@ from minillm.errors import MinillmError
 from minillm.model import Transformer
 from minillm.tokenizer import Tokenizer
 
+if TYPE_CHECKING:
+    from minillm.activation_cache import ActivationCache
+    from minillm.edit.edits import Edit as EditOp
+    from minillm.edit.journal import EditHandle, Journal
+    from minillm.factored_matrix import FactoredMatrix
+    from minillm.kv_cache import KVCache
+
 NameFilter = str | Sequence[str] | Callable[[str], bool] | None
+# Token ids [b, p] or [p] (an array or nested lists), or text that the model's tokenizer encodes.
+TokensLike = str | np.ndarray | Sequence[int] | Sequence[Sequence[int]]
+FwdHooks = Sequence[tuple[str | Callable[[str], bool], Callable]]
+# A token given as an id or as single-token text, or one per prompt (a list or an array).
+TokenSpec = int | str | Sequence[int | str] | np.ndarray
 
 
 class HookedModel(Transformer):
@@ -31,6 +44,9 @@ class HookedModel(Transformer):
         # None: BOS exactly where the model's own tokenizer adds one. True / False: always /
         # never start a text with BOS (TransformerLens's `prepend_bos`; its default is True).
         self.default_prepend_bos: bool | None = None
+        # Which side `to_tokens(list)` pads; with "left", the forward pass masks leading padding
+        # itself (TransformerLens's `tokenizer.padding_side`, default "right").
+        self.padding_side = "right"
 
     def __repr__(self) -> str:
         c = self.cfg
@@ -49,23 +65,45 @@ class HookedModel(Transformer):
         return self.tokenizer
 
     def to_tokens(self, text: str | Sequence[str], prepend_bos: bool | None = None,
-                  padding_side: str = "left") -> np.ndarray:
+                  padding_side: str | None = None) -> np.ndarray:
         """Text -> int64 ids [1, p] (BOS only if the model's tokenizer adds one, unless
         `prepend_bos` (or `model.default_prepend_bos`) says True / False).
 
-        A list of texts gives [b, p] padded on `padding_side`; use
-        `to_tokens_and_mask` to get the attention mask too.
+        A list of texts gives [b, p], padded with the pad id on `padding_side`
+        (default `model.padding_side`, "right" as in TransformerLens: each row's
+        real tokens then get their true logits without a mask). For left
+        padding set `model.padding_side = "left"`, and the forward pass infers
+        the mask from the leading pads, as TransformerLens does; or use
+        `to_tokens_and_mask` and pass the mask.
         """
         if isinstance(text, str):
             return np.array([self._encode(text, prepend_bos)], np.int64)
-        return self.to_tokens_and_mask(text, padding_side, prepend_bos)[0]
+        return self.to_tokens_and_mask(text, padding_side or self.padding_side, prepend_bos)[0]
+
+    @property
+    def pad_token_id(self) -> int:
+        """The id padding uses: the checkpoint's pad_token_id, else 0."""
+        pad = self.cfg.extra.get("pad_token_id")
+        return pad if isinstance(pad, int) else 0
+
+    def infer_attention_mask(self, tokens: np.ndarray) -> np.ndarray | None:
+        """TransformerLens's rule: with `padding_side == "left"`, leading pad ids are padding.
+
+        tokens [b, p] -> mask [b, p] (1 = real token), or None when nothing is masked.
+        """
+        if self.padding_side != "left":
+            return None
+        tokens = np.asarray(tokens)
+        tokens = tokens[None] if tokens.ndim == 1 else tokens
+        leading = np.cumsum(tokens != self.pad_token_id, axis=-1) == 0  # [b, p]
+        return (~leading).astype(np.int64) if leading.any() else None
 
     def to_tokens_and_mask(self, texts: Sequence[str], padding_side: str = "left",
-                           prepend_bos: bool | None = None):
+                           prepend_bos: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
         """A list of texts -> (ids [b, p], attention_mask [b, p]) for a ragged batch."""
-        pad = self.cfg.extra.get("pad_token_id")
-        pad = pad if isinstance(pad, int) else 0
-        return self._need_tokenizer().batch_encode(list(texts), padding_side, pad,
+        if padding_side not in ("left", "right"):
+            raise MinillmError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        return self._need_tokenizer().batch_encode(list(texts), padding_side, self.pad_token_id,
                                                    encode=lambda t: self._encode(t, prepend_bos))
 
     def _encode(self, text: str, prepend_bos: bool | None) -> list[int]:
@@ -87,7 +125,7 @@ class HookedModel(Transformer):
             return ids[1:]
         return ids
 
-    def to_string(self, ids) -> str | list[str]:
+    def to_string(self, ids: np.ndarray | Sequence[int] | Sequence[Sequence[int]]) -> str | list[str]:
         """ids [p] (or one id) -> text; ids [b, p] -> a list of texts."""
         ids = np.asarray(ids)
         if ids.ndim == 0:
@@ -96,7 +134,7 @@ class HookedModel(Transformer):
             return [self.to_string(row) for row in ids]
         return self._need_tokenizer().decode(ids.tolist())
 
-    def to_str_tokens(self, text_or_ids, prepend_bos: bool | None = None) -> list:
+    def to_str_tokens(self, text_or_ids: TokensLike, prepend_bos: bool | None = None) -> list:
         """Each token as its own piece of text (for plot labels).
 
         A str is tokenized first (with `prepend_bos` as in `to_tokens`); ids may
@@ -126,7 +164,7 @@ class HookedModel(Transformer):
         """The text of one token id."""
         return self._need_tokenizer().decode([int(token_id)])
 
-    def get_token_position(self, single_token: str | int, input, mode: str = "first",
+    def get_token_position(self, single_token: str | int, input: TokensLike, mode: str = "first",
                            prepend_bos: bool | None = None) -> int:
         """Where a token occurs in a text or ids ([p] or [1, p]): its first or last position."""
         ids = self.to_tokens(input, prepend_bos)[0] if isinstance(input, str) else np.asarray(input)
@@ -143,7 +181,8 @@ class HookedModel(Transformer):
             raise MinillmError(f"mode must be 'first' or 'last', not {mode!r}")
         return int(where[0] if mode == "first" else where[-1])
 
-    def tokens_to_residual_directions(self, tokens) -> np.ndarray:
+    def tokens_to_residual_directions(self, tokens: int | str | Sequence[int | str] | np.ndarray
+                                      ) -> np.ndarray:
         """The unembedding column of each token: the residual direction whose dot product is
         its logit (before the final norm).   str / int -> [d]; ids [...] -> [..., d]"""
         if isinstance(tokens, str):
@@ -158,19 +197,26 @@ class HookedModel(Transformer):
         return np.moveaxis(self.unembed.W_U[:, ids], 0, -1)
 
     def _as_tokens(self, tokens) -> np.ndarray:
-        return self.to_tokens(tokens) if isinstance(tokens, str) else np.asarray(tokens)
+        if isinstance(tokens, str) or (isinstance(tokens, (list, tuple)) and tokens
+                                       and all(isinstance(t, str) for t in tokens)):
+            return self.to_tokens(tokens)
+        return np.asarray(tokens)
 
-    def forward(self, tokens, attention_mask=None, cache=None, last_only=False, *,
+    def forward(self, tokens: TokensLike, attention_mask: np.ndarray | None = None,
+                cache: KVCache | None = None, last_only: bool = False, *,
                 return_type: str | None = "logits", loss_per_token: bool = False,
-                prepend_bos: bool | None = None, padding_side: str = "left",
-                start_at_layer: int | None = None, stop_at_layer: int | None = None):
+                prepend_bos: bool | None = None, padding_side: str | None = None,
+                start_at_layer: int | None = None, stop_at_layer: int | None = None) -> Any:
         """Logits [b, p, V] for ids [b, p] (or a str, or a list of texts); see Transformer.forward.
 
         As in TransformerLens: `return_type` "logits" (default), "loss" (the mean
         next-token cross-entropy, see `loss_fn`; per position [b, p-1] with
         `loss_per_token`), "both" (logits, loss) or None (run for the hooks,
         return nothing); `prepend_bos` / `padding_side` apply to text input;
-        `start_at_layer` / `stop_at_layer` run a slice of the blocks.
+        `start_at_layer` / `stop_at_layer` run a slice of the blocks. Without
+        an attention_mask, a left-padded batch of ids (`model.padding_side ==
+        "left"`) gets the mask inferred from its leading pad ids, as in
+        TransformerLens.
         """
         if return_type not in ("logits", "loss", "both", None):
             raise MinillmError(f"return_type must be 'logits', 'loss', 'both' or None, got "
@@ -178,8 +224,11 @@ class HookedModel(Transformer):
         if isinstance(tokens, str):
             tokens = self.to_tokens(tokens, prepend_bos)
         elif isinstance(tokens, (list, tuple)) and tokens and isinstance(tokens[0], str):
-            tokens, mask = self.to_tokens_and_mask(tokens, padding_side, prepend_bos)
+            tokens, mask = self.to_tokens_and_mask(tokens, padding_side or self.padding_side,
+                                                   prepend_bos)
             attention_mask = mask if attention_mask is None else attention_mask
+        elif attention_mask is None and cache is None:
+            attention_mask = self.infer_attention_mask(tokens)
         out = super().forward(tokens, attention_mask, cache, last_only, start_at_layer,
                               stop_at_layer)
         if stop_at_layer is not None or return_type == "logits":
@@ -195,7 +244,8 @@ class HookedModel(Transformer):
     __call__ = forward
 
     @staticmethod
-    def loss_fn(logits: np.ndarray, tokens, attention_mask=None, per_token: bool = False):
+    def loss_fn(logits: np.ndarray, tokens: np.ndarray, attention_mask: np.ndarray | None = None,
+                per_token: bool = False) -> float | np.ndarray:
         """Next-token cross-entropy (nats) of logits [b, p, V] for ids [b, p] (TransformerLens's
         `loss_fn`; `loss` runs the model first).
 
@@ -232,7 +282,8 @@ class HookedModel(Transformer):
             return nll
         return np.float64(nll.sum(dtype=np.float64) / n)
 
-    def loss(self, tokens, per_token: bool = False, attention_mask=None) -> float | np.ndarray:
+    def loss(self, tokens: TokensLike, per_token: bool = False,
+             attention_mask: np.ndarray | None = None) -> float | np.ndarray:
         """Next-token cross-entropy (nats) of a run on `tokens`, as transformers' `labels=input_ids`
         loss: ids [b, p] (or a str; [p] is taken as one row); see `loss_fn`."""
         tokens = self._as_tokens(tokens)
@@ -251,53 +302,113 @@ class HookedModel(Transformer):
         return list(self.hooks.valid_names)
 
     @property
+    def use_attn_result(self) -> bool:
+        """The setting that makes attention compute each head's output and fire attn.hook_result."""
+        return self.hooks.use_attn_result
+
+    @use_attn_result.setter
+    def use_attn_result(self, value: bool) -> None:
+        self.hooks.use_attn_result = bool(value)
+
+    def set_use_attn_result(self, use_attn_result: bool) -> None:
+        """Per-head attention outputs on or off (TransformerLens's name).
+
+        On: attention computes every head's output z_h·W_O[h] [b, p, h, d] and
+        sums them (another summation order than the single W_O product, so
+        logits differ by float32 rounding), attn.hook_result fires, and
+        run_with_cache caches it by default. Off (the default): hooking
+        attn.hook_result is an error that names this setting.
+        """
+        self.use_attn_result = use_attn_result
+
+    @property
     def hook_dict(self) -> dict:
         """{hook name: HookPoint} for every hook point (TransformerLens's `hook_dict`)."""
         return {n: self.hooks.point(n) for n in self.hooks.valid_names}
 
-    def add_hook(self, name, hook, dir: str = "fwd", is_permanent: bool = False,
-                 level=None, prepend: bool = False) -> None:
+    def add_hook(self, name: str | Callable[[str], bool], hook: Callable, dir: str = "fwd",
+                 is_permanent: bool = False, level: int | None = None, prepend: bool = False) -> None:
         """Register hook(act, hook_point) at a hook name, or at every name a predicate
         accepts, until `reset_hooks()` (permanent hooks survive it). `prepend` runs it
-        before the hooks already there."""
-        if dir != "fwd":
-            raise MinillmError(f"add_hook: dir={dir!r} is not supported; only forward hooks "
-                               "('fwd') can be registered")
+        before the hooks already there. dir="bwd": a backward hook, hook(grad, hook_point),
+        called by every backward pass (minillm.grad.backward) while it is registered."""
         for n in self.hooks.resolve(name):
-            self.hooks.add(n, hook, prepend=prepend, permanent=is_permanent)
+            self.hooks.add(n, hook, prepend=prepend, permanent=is_permanent, dir=dir)
 
-    def add_perma_hook(self, name, hook, dir: str = "fwd") -> None:
+    def add_perma_hook(self, name: str | Callable[[str], bool], hook: Callable, dir: str = "fwd") -> None:
         """A hook that `reset_hooks()` keeps (`reset_hooks(including_permanent=True)` removes it)."""
         self.add_hook(name, hook, dir=dir, is_permanent=True)
 
     def reset_hooks(self, clear_contexts: bool = True, direction: str = "both",
-                    including_permanent: bool = False, level=None) -> None:
+                    including_permanent: bool = False, level: int | None = None) -> None:
         """Remove the hooks added with `add_hook` (permanent ones too if asked) and empty
         every hook's `ctx` (unless clear_contexts=False)."""
         self.hooks.reset(including_permanent, clear_contexts)
 
     def remove_all_hook_fns(self, direction: str = "both", including_permanent: bool = False,
-                            level=None) -> None:
+                            level: int | None = None) -> None:
         """Remove hooks as `reset_hooks` does, but keep the hooks' `ctx`."""
         self.hooks.reset(including_permanent, clear_contexts=False)
 
-    def run_with_hooks(self, tokens, fwd_hooks=(), attention_mask=None, cache=None,
-                       last_only=False, *, reset_hooks_end: bool = True,
-                       clear_contexts: bool = False, **forward_kwargs):
+    def run_with_hooks(self, tokens: TokensLike, fwd_hooks: FwdHooks = (),
+                       attention_mask: np.ndarray | None = None, cache: KVCache | None = None,
+                       last_only: bool = False, *, bwd_hooks: FwdHooks = (), metric: Callable | None = None,
+                       reset_hooks_end: bool = True, clear_contexts: bool = False,
+                       **forward_kwargs: Any) -> Any:
         """One forward pass with temporary hooks: fwd_hooks = [(name or predicate, fn)].
 
         `forward_kwargs` are forward's (return_type, stop_at_layer, prepend_bos, ...).
-        """
-        with self.hooks(fwd_hooks, reset_hooks_end, clear_contexts):
-            return self.forward(tokens, attention_mask=attention_mask, cache=cache,
-                                last_only=last_only, **forward_kwargs)
 
-    def run_with_cache(self, tokens, names_filter: NameFilter = None, attention_mask=None,
-                       cache=None, fwd_hooks=(), *, remove_batch_dim: bool = False,
-                       return_cache_object: bool = True, device=None, **forward_kwargs):
+        bwd_hooks = [(name or predicate, fn)] are called as fn(grad, hook) with
+        d(metric)/d(activation) at their hook, from the hand-written backward
+        pass. They need `metric`: a `minillm.interp.metrics.Metric` (value and
+        gradient) such as `metrics.logit_diff(model, ...)`, or "loss" (the default with
+        return_type="loss") for the mean next-token cross-entropy of `tokens`.
+        The return value is forward's (logits, loss, or both).
+        """
+        if not bwd_hooks:
+            with self.hooks(fwd_hooks, reset_hooks_end=reset_hooks_end, clear_contexts=clear_contexts):
+                return self.forward(tokens, attention_mask=attention_mask, cache=cache,
+                                    last_only=last_only, **forward_kwargs)
+        return self._run_with_bwd_hooks(tokens, fwd_hooks, bwd_hooks, metric, attention_mask, cache,
+                                        reset_hooks_end, clear_contexts, forward_kwargs)
+
+    def _run_with_bwd_hooks(self, tokens, fwd_hooks, bwd_hooks, metric, attention_mask, cache,
+                            reset_hooks_end, clear_contexts, forward_kwargs):
+        from minillm.grad import backward
+
+        return_type = forward_kwargs.pop("return_type", "logits")
+        if metric is None and return_type in ("loss", "both"):
+            metric = "loss"
+        if metric is None:
+            raise MinillmError("bwd_hooks need a metric to differentiate (minillm has no autograd): "
+                               "pass metric=minillm.interp.metrics.logit_diff(model, ...), or metric='loss'")
+        if cache is not None or forward_kwargs:
+            raise MinillmError("bwd_hooks run the whole model once: no KV cache and no "
+                               f"{sorted(forward_kwargs)}")
+        tokens = self._as_tokens(tokens)
+        tokens = tokens[None] if tokens.ndim == 1 else tokens
+        if isinstance(metric, str):
+            if metric != "loss":
+                raise MinillmError(f"metric must be a function or 'loss', got {metric!r}")
+            from minillm.interp.metrics import cross_entropy
+
+            metric = cross_entropy(tokens, attention_mask)
+        with self.hooks(fwd_hooks, bwd_hooks, reset_hooks_end=reset_hooks_end,
+                        clear_contexts=clear_contexts):
+            res = backward.backward(self, tokens, metric, attention_mask=attention_mask, params=False)
+        if return_type == "loss":
+            return res.value
+        return (res.logits, res.value) if return_type == "both" else res.logits
+
+    def run_with_cache(self, tokens: TokensLike, names_filter: NameFilter = None,
+                       attention_mask: np.ndarray | None = None, cache: KVCache | None = None,
+                       fwd_hooks: FwdHooks = (), *, remove_batch_dim: bool = False,
+                       return_cache_object: bool = True, device: object = None,
+                       **forward_kwargs: Any) -> tuple[Any, ActivationCache | dict[str, np.ndarray]]:
         """The forward pass's output and an ActivationCache {hook name: array} of the hooks asked for.
 
-        names_filter: None (all hooks except the large `hook_result`), a name,
+        names_filter: None (every hook; attn.hook_result only with `use_attn_result`), a name,
         a list of names, or a predicate over names. `remove_batch_dim` drops the
         batch axis (of size 1) from every cached activation (not from the output),
         as TransformerLens does; `forward_kwargs` are forward's (return_type,
@@ -321,8 +432,8 @@ class HookedModel(Transformer):
         return out, (activations if return_cache_object else dict(activations))
 
     def _filter_names(self, names_filter: NameFilter) -> list[str]:
-        if names_filter is None:
-            return [n for n in self.hook_names() if not n.endswith("hook_result")]
+        if names_filter is None:  # attn.hook_result only with the setting use_attn_result
+            return self.hooks.resolve(lambda n: True)
         if isinstance(names_filter, str) or callable(names_filter):
             return self.hooks.resolve(names_filter)
         for n in names_filter:
@@ -332,8 +443,9 @@ class HookedModel(Transformer):
 
     # --- activation interventions (minillm/interventions.py) ---------------------------------
 
-    def run_with_interventions(self, tokens, interventions=(), attention_mask=None, cache=None,
-                               last_only=False) -> np.ndarray:
+    def run_with_interventions(self, tokens: TokensLike, interventions: Sequence = (),
+                               attention_mask: np.ndarray | None = None, cache: KVCache | None = None,
+                               last_only: bool = False) -> np.ndarray:
         """Logits of one run with activation interventions (patch, zero, mean, ...) in place.
 
         Everything is validated before the run: hook names, layers, heads,
@@ -350,7 +462,7 @@ class HookedModel(Transformer):
                                    last_only)
 
     @contextmanager
-    def intervened(self, interventions) -> Iterator[HookedModel]:
+    def intervened(self, interventions: Sequence) -> Iterator[HookedModel]:
         """`with model.intervened([...]):` interventions apply to every run inside the block
         (generation too); removed on exit, also on exceptions."""
         from minillm.interp.interventions import to_hooks
@@ -373,6 +485,8 @@ class HookedModel(Transformer):
             yield "ln_final.b", self.ln_final.b
         if not self.cfg.tie_embeddings:
             yield "unembed.W_U", self.unembed.W_U
+        if self.unembed.b_U is not None:
+            yield "unembed.b_U", self.unembed.b_U
 
     def get_parameter(self, name: str) -> np.ndarray:
         """A parameter's live view by its documented name, e.g. 'blocks.3.attn.W_Q'.
@@ -512,14 +626,14 @@ class HookedModel(Transformer):
         return self._stack_bias(lambda b: getattr(b.mlp, "b_out", None), (self.cfg.d_model,))
 
     @property
-    def QK(self):
+    def QK(self) -> FactoredMatrix:
         """Every head's QK circuit W_Q @ W_K.T as a FactoredMatrix [n_layers, n_heads, d_model, d_model]."""
         from minillm.factored_matrix import FactoredMatrix
 
         return FactoredMatrix(self.W_Q, self.W_K.swapaxes(-2, -1))
 
     @property
-    def OV(self):
+    def OV(self) -> FactoredMatrix:
         """Every head's OV circuit W_V @ W_O as a FactoredMatrix [n_layers, n_heads, d_model, d_model]."""
         from minillm.factored_matrix import FactoredMatrix
 
@@ -559,7 +673,7 @@ class HookedModel(Transformer):
 
     # --- generation --------------------------------------------------------------------------
 
-    def generate(self, prompt, max_new_tokens: int = 20, **kwargs):
+    def generate(self, prompt: TokensLike, max_new_tokens: int = 20, **kwargs: Any) -> str | np.ndarray:
         """Continue a prompt (str or ids [1, p]); see minillm.generate.generate."""
         from minillm.generate import generate
 
@@ -568,7 +682,7 @@ class HookedModel(Transformer):
     # --- weight edits (minillm/edits.py: the ops; minillm/journal.py: exact revert) ----------
 
     @property
-    def journal(self):
+    def journal(self) -> Journal:
         """The journal of weight edits applied to this model (created on first use)."""
         from minillm.edit.journal import Journal
 
@@ -576,7 +690,7 @@ class HookedModel(Transformer):
             self._journal = Journal(self)
         return self._journal
 
-    def edit(self, op):
+    def edit(self, op: EditOp) -> EditHandle:
         """Apply a weight edit from minillm.edits; returns a handle with .revert(mode=)."""
         return self.journal.apply(op)
 
@@ -584,7 +698,7 @@ class HookedModel(Transformer):
         """Undo every edit bit for bit (also inverse-reverted ones): the weights are pristine."""
         self.journal.revert_all()
 
-    def edited(self, *ops):
+    def edited(self, *ops: EditOp) -> AbstractContextManager[HookedModel]:
         """`with model.edited(op, ...):` the edits hold inside the block, reverted on exit."""
         return self.journal.edited(*ops)
 

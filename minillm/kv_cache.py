@@ -70,6 +70,22 @@ class KVCache:
         new._v = [v.copy() for v in self._v]
         return new
 
+    def repeat(self, n: int) -> KVCache:
+        """A new cache holding the whole batch n times: [b, ...] -> [n·b, ...].
+
+        Row j·b + i is a copy of row i (numpy's `tile` order), so n variants
+        of a prompt set can continue from one shared prefix.
+        """
+        if int(n) < 1:
+            raise MinillmError(f"repeat needs n >= 1, got {n}")
+        n = int(n)
+        new = KVCache(self.n_layers, self.batch * n, self.n_kv_heads, self.d_head, self.dtype)
+        new.length = self.length
+        new.attention_mask = None if self.attention_mask is None else np.tile(self.attention_mask, (n, 1))
+        new._k = [np.tile(k[:, :, : self.length], (n, 1, 1, 1)) for k in self._k]
+        new._v = [np.tile(v[:, :, : self.length], (n, 1, 1, 1)) for v in self._v]
+        return new
+
     def truncate(self, length: int) -> None:
         """Forget every position from `length` on (to re-run from an earlier point)."""
         if not 0 <= length <= self.length:

@@ -20,10 +20,20 @@ def resolve(name_or_path: str | Path) -> Path:
     return catalog.resolve(name_or_path)
 
 
-def load(name_or_path: str | Path, dtype=np.float32) -> HookedModel:
+DTypeLike = type[np.floating] | np.dtype | str  # np.float32 (default), np.float64, "float64", ...
+
+
+def load(name_or_path: str | Path, dtype: DTypeLike = np.float32, *, fold_ln: bool = False,
+         center_writing_weights: bool = False, center_unembed: bool = False,
+         fold_value_biases: bool = False, refactor_factored_attn_matrices: bool = False
+         ) -> HookedModel:
     """Load a model: a catalog name (`minillm list`) or a path to a Hugging Face folder.
 
     dtype: np.float32 (default) or np.float64 (reference mode).
+    fold_ln, center_writing_weights, center_unembed, fold_value_biases:
+    TransformerLens's weight processing (see minillm.edit.processing), off by
+    default: the weights are the checkpoint's. When asked for, it is applied as
+    one weight edit (`model.edits` lists it, `model.revert_all()` undoes it).
     """
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
@@ -35,4 +45,11 @@ def load(name_or_path: str | Path, dtype=np.float32) -> HookedModel:
     check_checkpoint_size(cfg, folder)  # before allocating: a config cannot ask for more than the files hold
     model = HookedModel(cfg, dtype, tokenizer, name=str(name_or_path), path=folder)
     load_weights(model, folder)
+    flags = dict(fold_ln=fold_ln, center_writing_weights=center_writing_weights,
+                 center_unembed=center_unembed, fold_value_biases=fold_value_biases,
+                 refactor_factored_attn_matrices=refactor_factored_attn_matrices)
+    if any(flags.values()):
+        from minillm.edit.processing import process_weights
+
+        model.edit(process_weights(**flags))
     return model

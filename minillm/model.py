@@ -185,7 +185,7 @@ class Transformer:
         if last_only:
             x = x[:, -1:]  # [b, 1, d]
         x = self.norm(x, self.ln_final, "ln_final")  # [b, p, d]
-        logits = ops.linear(x, self.unembed.W_U)  # [b, p, V]
+        logits = ops.linear(x, self.unembed.W_U, self.unembed.b_U)  # [b, p, V]
         if self.cfg.final_softcap is not None:  # Gemma 2: c · tanh(logits / c)
             logits = ops.softcap(logits, self.cfg.final_softcap)
         return hook("hook_logits", logits)  # [b, p, V]
@@ -275,7 +275,7 @@ class Transformer:
         pattern = hook(f"{name}.hook_pattern", ops.softmax(scores, axis=-1))  # [b, h, p, P]
         z = hook(f"{name}.hook_z", ops.attention_mix(pattern, v))  # [b, p, h, e]
 
-        if self.hooks.wants(f"{name}.hook_result"):  # per-head outputs: large, only on request
+        if self.hooks.use_attn_result:  # per-head outputs: large, only with this setting
             result = np.einsum("bphe,hed->bphd", z, attn.W_O)  # [b, p, h, d]
             out = hook(f"{name}.hook_result", result).sum(axis=2)
             return out if attn.b_O is None else out + attn.b_O

@@ -246,12 +246,17 @@ class PosEmbed:
 
 
 class Unembed:
-    """Unembedding W_U [d, V]: a view of W_E.T when the model ties them."""
+    """Unembedding W_U [d, V]: a view of W_E.T when the model ties them.
+
+    b_U [V] is None: checkpoints of these families have no unembedding bias;
+    `fold_ln` creates one (a LayerNorm's bias folded into the logits).
+    """
 
     def __init__(self, cfg: ModelConfig, dtype, embed: Embed):
         self.tied = cfg.tie_embeddings
         self._W_U = None if self.tied else np.zeros((cfg.d_model, cfg.d_vocab), dtype)
         self._embed = embed
+        self.b_U: np.ndarray | None = None
 
     @property
     def W_U(self) -> np.ndarray:

@@ -17,11 +17,16 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from minillm.errors import MinillmError
+
+if TYPE_CHECKING:
+    from minillm.hooked_model import HookedModel, TokensLike
 
 
 @dataclass
@@ -55,8 +60,8 @@ class PerplexityResult:
                 "tokens_per_second": self.tokens_per_second}
 
 
-def sliding_window_nll(model, ids, window: int | None = None, stride: int | None = None,
-                       progress: bool = True) -> PerplexityResult:
+def sliding_window_nll(model: HookedModel, ids: np.ndarray | Sequence[int], window: int | None = None,
+                       stride: int | None = None, progress: bool = True) -> PerplexityResult:
     """Each token's loss under a sliding window.   ids [n] (or [1, n]) -> PerplexityResult
 
     window: tokens per forward pass (default min(n_ctx, 1024)); stride: how far
@@ -101,8 +106,8 @@ def sliding_window_nll(model, ids, window: int | None = None, stride: int | None
     return PerplexityResult(nll, window, stride, time.perf_counter() - start)
 
 
-def perplexity(model, text_or_ids, window: int | None = None, stride: int | None = None,
-               progress: bool = True) -> PerplexityResult:
+def perplexity(model: HookedModel, text_or_ids: TokensLike, window: int | None = None,
+               stride: int | None = None, progress: bool = True) -> PerplexityResult:
     """Sliding-window perplexity of a text (tokenized by the model) or of token ids."""
     ids = model.to_tokens(text_or_ids)[0] if isinstance(text_or_ids, str) else text_or_ids
     return sliding_window_nll(model, ids, window, stride, progress)

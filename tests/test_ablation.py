@@ -215,6 +215,30 @@ def test_pruning_reverts_exactly(family):
     assert_pristine(model, before)
 
 
+@pytest.mark.numerics
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_pruning_curve_through_the_engine_equals_the_journal_edit(family, dtype):
+    """A pruning-curve point (hooks zeroing hook_z / hook_post, batched) equals the metric of the
+    model with the same units pruned through the journal (W_O / W_out rows zeroed): every
+    product the zero removes is exactly 0 both ways, so only the batch's GEMM row count differs:
+    reorder tolerance in float32 (tests/numerics.py), 1e-12 in float64."""
+    model = random_model(family, seed=3, dtype=dtype)
+    m = M.logit_diff(None, 7, 11)
+    prompts = np.concatenate([PROMPT, OTHER])
+    for unit in ("heads", "neurons"):
+        scores = Pr.importance(model, prompts, m, unit, "magnitude")
+        fractions = [0.0, 0.3, 0.7]
+        curve = Pr.pruning_curve(model, prompts, m, scores, fractions=fractions, progress=False)
+        want = []
+        for f in fractions:
+            with model.edited(Pr.prune_lowest(scores, f)):
+                want.append(float(np.mean(m(model(prompts)))))
+        assert_reordered_close(curve.values, np.array(want), metric_tolerance(model, prompts),
+                               f"pruning {unit}")
+        assert abs(want[2] - want[0]) > 1e-3  # pruning moved the metric: not a comparison of equals
+
+
 def test_pruning_plot_and_errors(tmp_path):
     model = random_model("llama", seed=9)
     m = M.logit_diff(None, 7, 11)

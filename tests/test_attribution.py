@@ -7,14 +7,15 @@ import pytest
 from matplotlib.figure import Figure
 
 from minillm.errors import MinillmError
-from minillm.grad.backward import backward, logit_diff
+from minillm.grad.backward import backward
 from minillm.interp import attribution as ap
+from minillm.interp.metrics import logit_diff
 from minillm.interp.results import LabelledArray, plot_heatmap
 from tests.conftest import random_model
 
 CLEAN = np.array([[5, 9, 13, 2, 9, 30, 7]])
 CORRUPTED = np.array([[5, 9, 13, 2, 13, 30, 7]])  # one token differs, at position 4
-METRIC = logit_diff(11, 12)
+METRIC = logit_diff(None, 11, 12)
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
@@ -111,7 +112,7 @@ def test_smollm2_ioi_attribution_tracks_activation_patching(smollm2, tmp_path):
     test sweeps every fifth layer to stay fast)."""
     clean = smollm2.to_tokens("When Mary and John went to the store, John gave a drink to")
     corrupted = smollm2.to_tokens("When Mary and John went to the store, Mary gave a drink to")
-    metric = logit_diff(" Mary", " John", smollm2)
+    metric = logit_diff(smollm2, " Mary", " John")
     assert metric(smollm2(clean))[0] > 2 and metric(smollm2(corrupted))[0] < -2
     attr = ap.attribution_patching(smollm2, clean, corrupted, metric, components=["resid_pre"])
     layers = list(range(0, smollm2.cfg.n_layers, 5))

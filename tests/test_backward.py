@@ -28,6 +28,7 @@ from minillm import ops
 from minillm.errors import MinillmError
 from minillm.grad import backward as bw
 from minillm.grad import ops_backward as B
+from minillm.interp import metrics as M
 from tests.conftest import GOLDEN, golden_folder, random_model
 
 EPS = 1e-6  # finite-difference step (float64)
@@ -218,7 +219,7 @@ def test_parameter_gradients_match_pytorch_autograd(name):
     ref = load_file(folder / "reference.safetensors")
     torch_grads = load_file(folder / "grads.safetensors")
     ids = ref["input_ids"]
-    res = bw.backward(model, ids, bw.cross_entropy(ids))
+    res = bw.backward(model, ids, M.cross_entropy(ids))
     assert abs(res.value - float(ref["loss"])) < 1e-5, f"{name}: loss {res.value} vs HF {ref['loss']}"
     ours = res.hf_grads()
     assert set(ours) == {k.removeprefix("grad.") for k in torch_grads}
@@ -231,7 +232,7 @@ def test_parameter_gradients_match_pytorch_autograd(name):
 def test_tied_embedding_gradient_includes_the_unembedding():
     model = random_model("llama", dtype=np.float64, tie_word_embeddings=True)
     ids = np.array([[1, 5, 9, 5]])
-    res = bw.backward(model, ids, bw.cross_entropy(ids))
+    res = bw.backward(model, ids, M.cross_entropy(ids))
     dW_E = res.grad("embed.W_E")
     assert np.array_equal(res.grad("unembed.W_U"), dW_E.T)
     # rows of tokens that never occur in the input get gradient only through the unembedding
@@ -243,12 +244,12 @@ def test_float64_gradients_match_finite_differences(family):
     model = random_model(family, seed=3, dtype=np.float64)
     rng = np.random.default_rng(0)
     ids = rng.integers(0, 64, (2, 6))
-    metric = bw.cross_entropy(ids)
+    metric = M.cross_entropy(ids)
     res = bw.backward(model, ids, metric)
     for name, param in model.named_parameters():
         for _ in range(2):
             i = tuple(int(rng.integers(0, n)) for n in param.shape)
-            fd = entry_fd(lambda: metric(model(ids))[0], param, i)
+            fd = entry_fd(lambda: metric.value(model(ids)), param, i)
             assert abs(res.grad(name)[i] - fd) < TOL * max(1.0, abs(fd)), f"{name}{i}"
     hooks = [n for n in model.hook_names() if not n.endswith("hook_result")]
     for hook_name in rng.choice(hooks, 12, replace=False):
@@ -265,7 +266,7 @@ def test_float64_gradients_match_finite_differences(family):
                 a[i] += delta
                 return a
 
-            return metric(model.run_with_hooks(ids, [(hook_name, nudge)]))[0]
+            return metric.value(model.run_with_hooks(ids, [(hook_name, nudge)]))
 
         fd = (run(EPS) - run(-EPS)) / (2 * EPS)
         assert abs(res.grad(hook_name)[i] - fd) < TOL * max(1.0, abs(fd)), f"{hook_name}{i}"
@@ -287,10 +288,10 @@ def test_metrics_logit_diff_and_log_prob(family):
     model = random_model(family, seed=1, dtype=np.float64)
     ids = np.array([[3, 1, 4, 1, 5], [9, 2, 6, 5, 3]])
     W = model.blocks[0].attn.W_Q
-    for metric in (bw.logit_diff(7, np.array([8, 2])), bw.log_prob(11, pos=2)):
+    for metric in (M.logit_diff(None, 7, [[8], [2]]), M.log_prob(None, 11, pos=2)):
         res = bw.backward(model, ids, metric)
         for i in [(0, 1, 2), (3, 0, 1)]:
-            fd = entry_fd(lambda m=metric: m(model(ids))[0], W, i)
+            fd = entry_fd(lambda m=metric: m.value(model(ids)), W, i)
             assert abs(res.grad("blocks.0.attn.W_Q")[i] - fd) < TOL * max(1.0, abs(fd))
 
 
@@ -298,7 +299,7 @@ def test_recorded_forward_is_the_models_forward(tiny):
     """The backward differentiates what model.py computed: its record is run_with_cache's,
     and the values it recomputes (norm outputs feeding q/k/v and the MLP) reproduce the cache."""
     ids = np.array([[1, 2, 3, 4, 5]])
-    res = bw.backward(tiny, ids, bw.cross_entropy(ids), params=False)
+    res = bw.backward(tiny, ids, M.cross_entropy(ids), params=False)
     logits, cache = tiny.run_with_cache(ids)
     np.testing.assert_array_equal(res.logits, logits)
     for name, act in res.cache.items():
@@ -316,9 +317,9 @@ def test_recorded_forward_is_the_models_forward(tiny):
 
 def test_float32_and_float64_gradients_agree(tiny):
     ids = np.array([[1, 7, 3, 9, 5, 2]])
-    g32 = bw.backward(tiny, ids, bw.cross_entropy(ids)).named_grads()
+    g32 = bw.backward(tiny, ids, M.cross_entropy(ids)).named_grads()
     m64 = random_model(tiny.cfg.family, dtype=np.float64)
-    g64 = bw.backward(m64, ids, bw.cross_entropy(ids)).named_grads()
+    g64 = bw.backward(m64, ids, M.cross_entropy(ids)).named_grads()
     for name, g in g32.items():
         assert g.dtype == np.float32 and g64[name].dtype == np.float64
         # b_K's gradient is exactly 0 (a bias on k adds q·b_K to every key's score alike,
@@ -335,7 +336,7 @@ def test_a_few_sgd_steps_lower_the_loss(family):
     ids = np.random.default_rng(0).integers(0, 64, (2, 12))
     losses = []
     for _ in range(5):
-        res = bw.backward(model, ids, bw.cross_entropy(ids))
+        res = bw.backward(model, ids, M.cross_entropy(ids))
         losses.append(res.value)
         for name, grad in res.named_grads().items():
             model.get_parameter(name)[...] -= 0.05 * grad
@@ -344,20 +345,30 @@ def test_a_few_sgd_steps_lower_the_loss(family):
 
 def test_unknown_names_and_skipped_parameter_gradients_are_clear_errors(tiny):
     ids = np.array([[1, 2, 3]])
-    res = bw.backward(tiny, ids, bw.cross_entropy(ids), params=False)
+    res = bw.backward(tiny, ids, M.cross_entropy(ids), params=False)
     with pytest.raises(MinillmError, match="params=True"):
         res.grad("blocks.0.attn.W_Q")
     with pytest.raises(MinillmError, match="no gradient named"):
-        bw.backward(tiny, ids, bw.cross_entropy(ids)).grad("blocks.0.attn.W_X")
-    with pytest.raises(MinillmError, match="must match the logits"):
+        bw.backward(tiny, ids, M.cross_entropy(ids)).grad("blocks.0.attn.W_X")
+    with pytest.raises(MinillmError, match="needs a metric from minillm.interp.metrics"):
         bw.backward(tiny, ids, lambda logits: (0.0, np.zeros(3)))
+
+    class WrongShape(M.Metric):
+        def __call__(self, logits):
+            return logits[:, -1, 0]
+
+        def grad(self, logits):
+            return np.zeros(3)
+
+    with pytest.raises(MinillmError, match="must match the logits"):
+        bw.backward(tiny, ids, WrongShape())
 
 
 def test_smollm2_backward(smollm2):
     """The real model: gradients of log p(a token) are finite and non-zero where they should be
     (the 64-token time and peak memory are measured outside the suite, see the issue report)."""
     ids = np.random.default_rng(0).integers(0, smollm2.cfg.d_vocab, (1, 16))
-    res = bw.backward(smollm2, ids, bw.log_prob(int(ids[0, -1])))
+    res = bw.backward(smollm2, ids, M.log_prob(None, int(ids[0, -1])))
     assert np.isfinite(res.value) and res.value < 0
     g = res.grad("blocks.3.attn.W_Q")
     assert g.shape == (smollm2.cfg.n_heads, smollm2.cfg.d_model, smollm2.cfg.d_head)

@@ -194,7 +194,7 @@ def fake_converter(monkeypatch, convert):
 
 
 def test_fetch_the_offline_model_converts_then_marks_it(monkeypatch, home):
-    def convert(gguf_path, out_dir):
+    def convert(gguf_path, out_dir, progress=False):
         out_dir = Path(out_dir)
         assert not out_dir.exists()  # the converter creates its output folder itself
         out_dir.mkdir()
@@ -211,7 +211,7 @@ def test_fetch_the_offline_model_converts_then_marks_it(monkeypatch, home):
 
 
 def test_a_failed_conversion_leaves_nothing_behind(monkeypatch, home):
-    def convert(gguf_path, out_dir):
+    def convert(gguf_path, out_dir, progress=False):
         Path(out_dir).mkdir()
         (Path(out_dir) / "config.json").write_text("{}")
         raise CheckpointError("bad GGUF")

@@ -22,6 +22,7 @@ FAMILY_FOLDERS = sorted(p.name for p in FIXTURES.iterdir() if (p / "config.json"
 @pytest.mark.parametrize("folder", FAMILY_FOLDERS)
 def test_every_hook_is_in_the_contract_with_its_real_shape(folder):
     model = minillm.load(FIXTURES / folder)
+    model.set_use_attn_result(True)  # every hook fires, attn.hook_result too
     data = contract(model.cfg)
     assert [h["name"] for h in data["hooks"]] == model.hook_names()  # the model's own list, in order
     for b, p in ((1, 3), (2, 5)):

@@ -297,9 +297,12 @@ def assert_same_results(a: S.CorpusStats, b: S.CorpusStats, data: dict) -> None:
             assert np.abs(true_rank(data[n], st.median[n].ravel()) - 0.5).max() <= eps + 1 / a[n].count
 
 
-def test_engines_give_the_same_answers(model, texts):
-    """Serial, threads, and a real 2-process Dask LocalCluster: same counts, min, max and top-k, means to
-    float64 summation error, medians within the sketch's rank error."""
+def test_engines_give_the_same_answers(model, folder, texts, tmp_path):
+    """Serial, threads, and a real 2-process Dask LocalCluster (reached by its scheduler address, from
+    Python and from `minillm stats --scheduler`): same counts, min, max and top-k, means to float64
+    summation error, medians within the sketch's rank error."""
+    from dask.distributed import LocalCluster
+
     from minillm.data import dask_executor
 
     corpus = Corpus.from_texts(texts)
@@ -309,11 +312,39 @@ def test_engines_give_the_same_answers(model, texts):
     data = exact_samples(model, corpus, list(serial.hooks), 16, 4, 6)
     with ThreadPoolExecutor(2) as ex:
         assert_same_results(serial, S.corpus_stats(model, corpus, HOOKS, executor=ex, **kw), data)
-    with dask_executor(workers=2) as ex:
-        dask = S.corpus_stats(model, corpus, HOOKS, executor=ex, **kw)
-        dtop = T.top_activations(model, corpus, layer=1, k=5, executor=ex, **kw)
+    jsonl = tmp_path / "texts.jsonl"
+    jsonl.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0"
+    ) as cluster:
+        with dask_executor(scheduler=cluster.scheduler_address) as ex:
+            dask = S.corpus_stats(model, corpus, HOOKS, executor=ex, **kw)
+            dtop = T.top_activations(model, corpus, layer=1, k=5, executor=ex, **kw)
+        assert (
+            cli.main(
+                [
+                    "stats",
+                    str(folder),
+                    str(jsonl),
+                    "--hooks",
+                    HOOKS,
+                    "--window",
+                    "16",
+                    "--batch-size",
+                    "4",
+                    "--docs-per-shard",
+                    "6",
+                    "-o",
+                    str(tmp_path / "cli"),
+                    "--scheduler",
+                    cluster.scheduler_address,
+                ]
+            )
+            == 0
+        )
     assert len(dask.meta["workers"]) == 2  # both worker processes did shards
     assert_same_results(serial, dask, data)
+    assert_same_results(serial, S.CorpusStats.load(tmp_path / "cli"), data)
     for f in ("values", "doc", "pos", "tokens"):
         assert np.array_equal(getattr(top, f), getattr(dtop, f)), f
 

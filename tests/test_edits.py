@@ -321,8 +321,10 @@ def test_zero_neuron_and_zero_head_are_exactly_zero(name):
         with model.edited(edits.zero_neuron(l, i, which)):
             _, cache = model.run_with_cache(ids, names_filter=f"blocks.{l}.mlp.hook_post")
         assert (cache[f"blocks.{l}.mlp.hook_post"][..., i] == 0).all()
+    model.set_use_attn_result(True)
     with model.edited(edits.zero_head(l, h)):
         _, cache = model.run_with_cache(ids, names_filter=f"blocks.{l}.attn.hook_result")
+    model.set_use_attn_result(False)
     result = cache[f"blocks.{l}.attn.hook_result"]  # [b, p, h, d]
     assert (result[:, :, h] == 0).all() and (np.delete(result, h, axis=2) != 0).any()
 

@@ -216,6 +216,7 @@ def test_neuron_and_head_edits_mean_the_same_in_every_family(name):
     assert (c["blocks.1.mlp.hook_post"][..., 3] == 0).all()
     assert (c["blocks.1.mlp.hook_post"][..., 4] != 0).any()
     names = ["blocks.1.attn.hook_result", "blocks.1.attn.hook_z"]
+    model.set_use_attn_result(True)
     _, clean = model.run_with_cache(ids, names_filter=names)
     with model.edited(minillm.edits.zero_head(1, 2)):
         _, c = model.run_with_cache(ids, names_filter=names)

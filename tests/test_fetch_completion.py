@@ -32,7 +32,7 @@ def home(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     calls = []
 
-    def convert(gguf_path, out_dir):  # writes what the converter writes: every OUTPUT_FILE
+    def convert(gguf_path, out_dir, progress=False):  # writes what the converter writes: every OUTPUT_FILE
         calls.append(Path(out_dir))
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True)

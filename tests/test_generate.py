@@ -139,6 +139,27 @@ def test_cache_is_plain_data_that_clones_truncates_and_compares(tiny):
     assert np.isclose(diff[0], 0.5, atol=1e-6) and (diff[1:] == 0).all()
 
 
+def test_cache_repeat_continues_n_copies_of_the_batch(tiny):
+    """repeat(n) holds the batch n times in tile order; each copy continues like the original.
+    Decoding two rows from a repeated cache runs the same GEMM shapes as one row per copy only
+    up to the row count, so the comparison is within float32 rounding (1e-5 on logits of ~1)."""
+    cfg = tiny.cfg
+    ids = (np.arange(12).reshape(2, 6) * 5) % cfg.d_vocab  # two different prompts
+    cache = KVCache.for_model(tiny, batch=2)
+    tiny(ids[:, :4], cache=cache)
+    three = cache.repeat(3)
+    assert three.batch == 6 and three.length == 4 and cache.batch == 2
+    for l in range(cfg.n_layers):
+        assert np.array_equal(three.keys(l), np.tile(cache.keys(l), (3, 1, 1, 1)))
+        assert np.array_equal(three.values(l)[4:], cache.values(l))  # row 4 = copy 2 of row 0
+    out = tiny(np.tile(ids[:, 4:], (3, 1)), cache=three)  # [6, 2, V]
+    alone = tiny(ids[:, 4:], cache=cache)  # [2, 2, V]
+    np.testing.assert_allclose(out, np.tile(alone, (3, 1, 1)), rtol=0, atol=1e-5)
+    assert cache.length == 6 and three.length == 6  # independent arrays
+    with pytest.raises(minillm.MinillmError, match="n >= 1"):
+        cache.repeat(0)
+
+
 def test_hooks_see_absolute_positions_during_cached_decoding():
     """A hook at position p while decoding receives position p's activation."""
     model = random_model("llama", seed=1)

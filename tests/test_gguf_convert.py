@@ -411,7 +411,7 @@ def test_add_bos_token_adds_a_bos(tmp_path):
             "'blk.0.ffn_norm.weight' contains NaN",
         ),
         (dict(pre="llama-bpe"), "pre-tokenizer 'llama-bpe' is not supported"),
-        (dict(arch="qwen2"), "architecture 'qwen2' is not supported"),
+        (dict(arch="falcon"), "architecture 'falcon' is not supported"),
         (dict(bos_id=9999), "bos_token_id is 9999, outside the vocabulary"),
     ],
 )

@@ -1,6 +1,6 @@
 """Hook points and the activation cache: names, shapes, exactness, bad input.
 
-The expected hook list below is written out from DESIGN.md (TransformerLens's
+The expected hook list below is written out by hand from docs/hooks.md (TransformerLens's
 names), not generated from the code under test.
 """
 
@@ -19,7 +19,7 @@ from minillm.kv_cache import KVCache
 from tests.conftest import GOLDEN, golden_folder, random_model
 from tests.numerics import assert_model_close
 
-# name inside block l -> shape, for batch b, positions p (P = key positions), per DESIGN.md.
+# name inside block l -> shape, for batch b, positions p (P = key positions), per docs/hooks.md.
 BLOCK_HOOKS = [
     ("hook_resid_pre", "b p d"),
     ("ln1.hook_scale", "b p 1"),
@@ -62,11 +62,15 @@ def expected_hooks(model, b: int, p: int, start: int = 0) -> list[tuple[str, tup
 
 
 def record_firing(model, tokens, cache=None):
-    """[(name, shape, pos_offset)] of every hook, in firing order."""
+    """[(name, shape, pos_offset)] of every hook (attn.hook_result too: use_attn_result on)."""
     fired = []
-    model.run_with_hooks(tokens, [(lambda n: True, lambda a, h: fired.append((h.name, a.shape,
-                                                                               h.pos_offset)))],
-                         cache=cache)
+    model.set_use_attn_result(True)
+    try:
+        model.run_with_hooks(tokens, [(lambda n: True, lambda a, h: fired.append((h.name, a.shape,
+                                                                                   h.pos_offset)))],
+                             cache=cache)
+    finally:
+        model.set_use_attn_result(False)
     return fired
 
 
@@ -94,7 +98,8 @@ def test_smollm2_hook_shapes(smollm2):
     _, cache = smollm2.run_with_cache(ids, names_filter=lambda n: n.startswith("blocks.7.")
                                       or not n.startswith("blocks."))
     want = {n: s for n, s in expected if n in cache}
-    assert len(want) == len(cache) == 21 + 4  # block 7 (a predicate asks for hook_result too) + 4 global
+    # block 7 without attn.hook_result (a predicate skips it unless use_attn_result is on) + 4 global
+    assert len(want) == len(cache) == 20 + 4
     assert {n: a.shape for n, a in cache.items()} == want
 
 
@@ -105,16 +110,37 @@ def test_identity_hooks_are_bit_exact(family, dtype):
     model = random_model(family, seed=1, dtype=dtype)
     tokens = np.array([[3, 1, 4, 1, 5, 9, 2, 6]])
     clean = model(tokens)
-    # Every hook except hook_result: hooking that one switches attention's output to a
-    # per-head einsum + sum (to expose the heads), which sums in another order: the reorder
-    # tolerance of tests/numerics.py in float32, 1e-12 in float64.
-    every = lambda n: not n.endswith("hook_result")  # noqa: E731
+    # Every hook (a predicate skips attn.hook_result while use_attn_result is off). The setting
+    # switches attention's output to a per-head einsum + sum (to expose the heads), which sums
+    # in another order: the reorder tolerance of tests/numerics.py in float32, 1e-12 in float64.
+    every = lambda n: True  # noqa: E731
     assert (model.run_with_hooks(tokens, [(every, lambda a, h: a)]) == clean).all()
     assert (model.run_with_hooks(tokens, [(every, lambda a, h: a.copy())]) == clean).all()
     assert (model.run_with_hooks(tokens, [(every, lambda a, h: None)]) == clean).all()
     assert not model.hooks
+    model.set_use_attn_result(True)
     with_result = model.run_with_hooks(tokens, [(lambda n: True, lambda a, h: a)])
+    model.set_use_attn_result(False)
     assert_model_close(model, with_result, clean, "with hook_result vs without")
+
+
+def test_hook_result_needs_the_setting_use_attn_result(tiny):
+    ids = np.array([[1, 2, 3]])
+    name = "blocks.0.attn.hook_result"
+    for ask in (lambda: tiny.run_with_cache(ids, names_filter=name),
+                lambda: tiny.run_with_hooks(ids, [(name, lambda a, h: a)]),
+                lambda: tiny.add_hook(name, lambda a, h: a)):
+        with pytest.raises(minillm.MinillmError, match=r"use_attn_result.*set_use_attn_result\(True\)"):
+            ask()
+        assert not tiny.hooks
+    _, c = tiny.run_with_cache(ids)
+    assert name not in c
+    tiny.set_use_attn_result(True)
+    try:
+        _, c = tiny.run_with_cache(ids)  # the setting on: cached by default, as in TransformerLens
+        assert c[name].shape == (1, 3, tiny.cfg.n_heads, tiny.cfg.d_model)
+    finally:
+        tiny.set_use_attn_result(False)
 
 
 def test_none_keeps_activation_and_array_replaces_it(tiny):
@@ -200,6 +226,7 @@ def test_names_filter_keeps_only_what_was_asked(tiny):
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_hook_result_on_request_equals_z_times_W_O(family, dtype):
     tiny = random_model(family, dtype=dtype)
+    tiny.set_use_attn_result(True)
     ids = np.array([[5, 4, 3, 2]])
     logits, c = tiny.run_with_cache(ids, names_filter=lambda n: "attn" in n or "result" in n)
     assert_model_close(tiny, logits, tiny(ids), "per-head sum vs one GEMM")  # other summation order

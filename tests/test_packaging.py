@@ -46,3 +46,37 @@ def test_lens_takes_ids_for_a_checkpoint_without_a_tokenizer(tmp_path, capsys):
     assert "top-1 token per layer × position" in out and out_png.is_file()
     assert main(["lens", str(golden_folder("gpt2")), "hello", "--ids", "5"]) == 1
     assert "give either a prompt or --ids" in capsys.readouterr().err
+
+
+def _unannotated(fn) -> list[str]:
+    import inspect
+
+    sig = inspect.signature(fn)
+    missing = [n for n, p in sig.parameters.items()
+               if n not in ("self", "cls") and p.annotation is inspect.Parameter.empty]
+    if sig.return_annotation is inspect.Signature.empty:
+        missing.append("return")
+    return missing
+
+
+def test_the_public_api_has_type_hints():
+    """load, the model's methods and the interp functions: every parameter and return annotated."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import minillm.interp
+    from minillm.hooked_model import HookedModel
+
+    gaps = {"minillm.load": _unannotated(minillm.load)}
+    for name, fn in vars(HookedModel).items():
+        if not name.startswith("_") and inspect.isfunction(fn):
+            gaps[f"HookedModel.{name}"] = _unannotated(fn)
+    modules = [importlib.import_module(m.name) for m in pkgutil.iter_modules(minillm.interp.__path__,
+                                                                            "minillm.interp.")]
+    for module in [*modules, importlib.import_module("minillm.perplexity")]:
+        for name, fn in vars(module).items():
+            if not name.startswith("_") and inspect.isfunction(fn) and fn.__module__ == module.__name__:
+                gaps[f"{module.__name__}.{name}"] = _unannotated(fn)
+    gaps = {k: v for k, v in gaps.items() if v}
+    assert not gaps, gaps

@@ -20,7 +20,8 @@ import minillm
 from minillm import verify
 from minillm.checkpoints.hf import save_pretrained
 from minillm.errors import CheckpointError, MinillmError
-from minillm.sweep import run_sweep
+from minillm.interp import interventions as iv
+from minillm.interp.batch import run_batch, run_variants
 from minillm.verify.diagnostics import first_nonfinite, first_nonfinite_in_cache
 from tests.conftest import random_model
 
@@ -165,23 +166,32 @@ def test_interrupted_gguf_conversion_leaves_no_folder(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.gguf"]
 
 
-def test_ctrl_c_during_a_sweep_keeps_partial_results_and_a_pristine_model(tiny):
+def test_ctrl_c_during_a_batched_run_keeps_partial_results_and_a_pristine_model(tiny):
     kept = tiny.edit(minillm.edits.scale_neuron(layer=0, neuron=0, factor=0.5))  # made before: stays
-    before = weights_bytes(tiny)
+    def user_hook(act, hook):
+        return None
+
+    tiny.hooks.add("hook_embed", user_hook)  # registered before the run: stays
+    before, hooks_before = weights_bytes(tiny), tiny.hooks.snapshot()
     ids = np.array([[1, 2, 3]])
+    calls = []
 
-    def step(neuron):
-        if neuron == 3:
+    def metric(logits):  # the third forward pass is "interrupted"
+        calls.append(1)
+        if len(calls) == 3:
             raise KeyboardInterrupt
-        tiny.edit(minillm.edits.zero_neuron(layer=1, neuron=neuron))  # left applied on purpose
-        tiny.hooks.add("hook_embed", lambda act, hook: act)  # and a stray hook
-        return float(tiny(ids)[0, -1, 0])
+        return logits[:, -1, 0]
 
-    with pytest.warns(UserWarning, match="interrupted after 3 of 6"):
-        result = run_sweep(tiny, range(6), step, progress=False)
-    assert result.interrupted and list(result.values) == [0, 1, 2]
+    variants = [[iv.scale("resid_pre", 0.5, layer=0, pos=p % 3)] for p in range(6)]
+    res = run_batch(tiny, ids, variants, metric, batch_size=2)
+    assert res.interrupted and res.done == 4
+    assert np.isfinite(res.values[:4]).all() and np.isnan(res.values[4:]).all()
     assert weights_bytes(tiny) == before and tiny.edits == [kept]
-    assert not tiny.hooks
+    assert tiny.hooks.snapshot() == hooks_before  # the run's hooks are gone, the user's is there
+    with pytest.raises(KeyboardInterrupt):  # run_variants returns arrays: Ctrl-C propagates
+        calls.clear()
+        run_variants(tiny, ids, variants, batch_size=2, metric=metric)
+    assert tiny.hooks.snapshot() == hooks_before
 
 
 # --------------------------------------------------------------------------- resource limits

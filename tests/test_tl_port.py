@@ -432,6 +432,7 @@ def test_name_filter_fires_in_forward_order(tiny):
     def print_name_shape_hook_function(activation, hook):
         seen.append((hook.name, activation.shape))
 
+    tiny.set_use_attn_result(True)  # as in TransformerLens: without it hook_result never fires
     not_in_late_block_filter = lambda name: name.startswith("blocks.0.") or not name.startswith(  # noqa: E731
         "blocks"
     )
@@ -442,7 +443,7 @@ def test_name_filter_fires_in_forward_order(tiny):
     )
     names = [n for n, _ in seen]
     # check: every hook the filter accepts fired once, in the order of model.hook_names()
-    # (the filter asks for hook_result too, so the per-head outputs are computed)
+    # (with use_attn_result on, the filter's hook_result fires too: per-head outputs)
     assert names == [n for n in tiny.hook_names() if not_in_late_block_filter(n)]
     shapes = dict(seen)
     assert shapes["blocks.0.attn.hook_pattern"] == (1, 4, 9, 9)

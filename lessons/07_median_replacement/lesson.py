@@ -23,8 +23,8 @@ import minillm
 from minillm.course import show
 from minillm.interp import ablation as A
 from minillm.interp import interventions as iv
+from minillm.interp.batch import prefix_cache, run_batch
 from minillm.interp.metrics import log_prob
-from minillm.interp.patching import prefix_cache, run_batched
 
 MODEL = os.environ.get("MINILLM_LESSON_MODEL", "smollm2-135m")
 model = minillm.load(MODEL)
@@ -157,7 +157,7 @@ show(fig, "logit_vs_log_prob.png")
 # Ranking by distance from the median, |a − median|, replaces the neurons the
 # replacement actually moves. First the share of the total |a − median| that each
 # ranking moves, then the same study with the magnitude ranking (your exercise 1,
-# `by="magnitude"`), batched through `run_batched`.
+# `by="magnitude"`), batched through `run_batch`, the engine every sweep uses.
 
 # %%
 dev = np.abs(post - medians[:, None])  # [L, m]
@@ -174,7 +174,7 @@ metric = log_prob(model, TARGET)
 variants = [[iv.Replace("post", layer=l, pos=-1, neuron=order_abs[l, : A.n_replaced(r, m)].tolist(),
                         values=np.full(m, mr.medians[l], model.dtype))] for l in range(L) for r in MAG_RATES]
 shared = prefix_cache(model, toks, toks.shape[1] - 1)
-vals, _ = run_batched(model, toks, variants, metric, batch_size=64, progress=False, prefix=shared)
+vals = run_batch(model, toks, variants, metric, batch_size=64, prefix=shared).values[:, 0]
 dm = vals.reshape(L, len(MAG_RATES)) - mr.base_logit
 pm0 = np.exp(mr.base_logit + dm[0])
 print("layer 0 by magnitude, p(target):", ", ".join(f"{r:g}%: {p:.3f}" for r, p in zip(MAG_RATES, pm0)))

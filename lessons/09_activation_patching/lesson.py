@@ -159,8 +159,9 @@ for l, h in strongest:
 # ## 5. Path patching: which connections?
 #
 # Head 23.3 matters, but does it act on the logits directly, or through later heads?
-# Path patching corrupts one sender while freezing every other head (and MLP) at its
-# clean value, and lets the change reach only the chosen receivers. Values: −1 = this
+# Path patching corrupts one sender while freezing every other head at its clean value
+# (the MLPs recompute, as in Wang et al.'s definition; `freeze_mlps=True` freezes them too
+# and keeps only direct edges), and lets the change reach only the chosen receivers. Values: −1 = this
 # path alone turns the clean answer into the corrupted one.
 
 # %%

@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 
 import minillm.course
-from minillm.grad.backward import backward, logit_diff
 from minillm.course import relative_error as _rel
 from minillm.course import shared_model
 from minillm.course import verdict as _verdict
+from minillm.grad.backward import backward
+from minillm.interp.metrics import logit_diff
 
 REF = minillm.course.import_file(Path(__file__).with_name("solutions.py"))
 
@@ -32,7 +33,7 @@ HEAD_LAYER = 23  # holds the head with the largest attribution (23.3)
 def _grads():
     """The clean run's activations and ∂(logit(' Mary') - logit(' John'))/∂activation."""
     model = shared_model()
-    return backward(model, CLEAN, logit_diff(" Mary", " John", model), params=False)
+    return backward(model, CLEAN, logit_diff(model, " Mary", " John"), params=False)
 
 
 @functools.lru_cache(maxsize=1)

@@ -22,8 +22,9 @@ import numpy as np
 import minillm
 from minillm.course import show
 from minillm.grad import ops_backward as B
-from minillm.grad.backward import backward, logit_diff
+from minillm.grad.backward import backward
 from minillm.interp import attribution as ap
+from minillm.interp.metrics import logit_diff
 
 MODEL = os.environ.get("MINILLM_LESSON_MODEL", "smollm2-135m")
 model = minillm.load(MODEL)
@@ -32,7 +33,7 @@ CLEAN = "When Mary and John went to the store, John gave a drink to"
 CORRUPT = "When Mary and John went to the store, Mary gave a drink to"
 clean, corrupt = model.to_tokens(CLEAN), model.to_tokens(CORRUPT)
 NAME_POS = int(np.flatnonzero(clean[0] != corrupt[0])[0])  # the second name: ' John' vs ' Mary'
-metric = logit_diff(" Mary", " John", model)  # logit(' Mary') − logit(' John') at the last position
+metric = logit_diff(model, " Mary", " John")  # logit(' Mary') − logit(' John') at the last position
 print(f"{MODEL}: the prompts differ at position {NAME_POS} ({model.to_str_tokens(clean[0])[NAME_POS]!r} vs "
       f"{model.to_str_tokens(corrupt[0])[NAME_POS]!r})")
 

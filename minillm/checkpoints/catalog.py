@@ -543,7 +543,7 @@ def _convert_offline(entry: CatalogEntry, progress: bool, verify: bool = False) 
         try:
             if progress:
                 print(f"converting {gguf_path} into {folder}", flush=True)
-            gguf.convert_gguf_to_hf(gguf_path, staging)
+            gguf.convert_gguf_to_hf(gguf_path, staging, progress=progress)
             if not (staging / "config.json").is_file():
                 raise CheckpointError(f"the conversion of {gguf_path} wrote no config.json; nothing was kept")
             download.write_marker(staging, _converted_marker(staging, gguf_path))

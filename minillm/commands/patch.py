@@ -140,7 +140,7 @@ def run_prompt_set(args, model, comps: list[str], layers) -> int:
     summary = dict(model=args.model, prompts=args.prompts, n_prompts=len(pairs),
                    metric="logit(answer) - logit(wrong) at the last position", results={})
     directions = ["denoising", "noising"] if args.direction == "both" else [args.direction]
-    with executor_from_args(args.workers, args.scheduler) as ex:
+    with executor_from_args(args.workers, args.scheduler, out) as ex:
         for d in directions:
             for c in comps:
                 res = PS.patching_over_prompts(model, pairs, c, d, normalize=not args.raw, layers=layers,

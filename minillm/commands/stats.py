@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     check_common(args)
     corpus = Corpus.open(args.corpus, field=args.field, split=args.split)
     model = minillm.load(args.model, dtype=np.dtype(args.dtype))
-    with executor_from_args(args.workers, args.scheduler) as ex:
+    with executor_from_args(args.workers, args.scheduler, args.out) as ex:
         st = S.corpus_stats(
             model,
             corpus,

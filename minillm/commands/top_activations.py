@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     if args.hook:
         short = args.hook if args.hook.startswith("blocks.") else f"blocks.{args.layer}.{args.hook}"
         hook = short
-    with executor_from_args(args.workers, args.scheduler) as ex:
+    with executor_from_args(args.workers, args.scheduler, args.out) as ex:
         top = T.top_activations(
             model,
             corpus,

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Executor, wait
@@ -345,8 +346,21 @@ def _preload(spec: ModelSpec) -> None:
 
 
 @contextmanager
-def executor_from_args(workers: int | None, scheduler: str | None) -> Iterator[Executor | None]:
-    """The CLI's engine: None (this process), a local Dask cluster, or a remote scheduler."""
+def executor_from_args(workers: int | None, scheduler: str | None, out=None) -> Iterator[Executor | None]:
+    """The CLI's engine: None (this process), a local Dask cluster, or a remote scheduler.
+    Ctrl-C inside says where the finished shards are and how to continue, then re-raises."""
+    try:
+        with _executor(workers, scheduler) as ex:
+            yield ex
+    except KeyboardInterrupt:
+        if out is not None:
+            print(f"interrupted: the finished shards are in {out}; run the same command with --resume "
+                  "to continue", file=sys.stderr)
+        raise
+
+
+@contextmanager
+def _executor(workers: int | None, scheduler: str | None) -> Iterator[Executor | None]:
     if scheduler:
         with dask_executor(scheduler=scheduler) as ex:
             yield ex

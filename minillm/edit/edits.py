@@ -10,7 +10,8 @@ An edit is a description, not an action: building one touches nothing.
 `MinillmError` before anything is written), saves the bytes found there, and
 only then calls `op.write(model)`.
 
-What each op touches (TransformerLens names, see DESIGN.md):
+What each op touches (TransformerLens names; parameters and hooks with their shapes are
+listed in docs/hooks.md):
 
 | op | writes |
 | --- | --- |
@@ -150,6 +151,15 @@ class Edit:
         raise NotImplementedError
 
     def write(self, model) -> None:
+        """Write new_values(...) into every planned slice."""
+        for s in self.plan(model):
+            if isinstance(s, Slice):
+                view = s.view(model)
+                view[...] = self.new_values(model, view)
+
+    def new_values(self, model, old: np.ndarray) -> np.ndarray:
+        """What `write` puts into a slice that holds `old`, computed in the model's dtype
+        (ops that override `write` instead need not define it; they are not value-checked)."""
         raise NotImplementedError
 
     def inverse(self) -> Edit:
@@ -165,12 +175,10 @@ class Edit:
 class _Scale(Edit):
     """Multiply every planned slice by `self.factor`, rounded once to the model's dtype."""
 
-    def write(self, model) -> None:
-        f = model.dtype.type(self.factor)
-        for s in self.plan(model):
-            if isinstance(s, Slice):
-                view = s.view(model)
-                view[...] = view * f  # one rounding per weight
+    def new_values(self, model, old: np.ndarray) -> np.ndarray:
+        with np.errstate(over="ignore"):  # a factor beyond the dtype's range: check_result refuses
+            f = model.dtype.type(self.factor)
+        return old * f  # one rounding per weight
 
 
 def _fmt(f: float) -> str:
@@ -379,14 +387,13 @@ class scale_norm(_Scale):  # noqa: N801
                                f"{', '.join(have)})")
         return [Slice(f"blocks.{l}.{self.which}.w", (slice(None),), ":")]
 
-    def write(self, model) -> None:
+    def new_values(self, model, old: np.ndarray) -> np.ndarray:
         offset = model.ln_final.offset  # 1.0 for Gemma's (1 + w) norms, else 0.0
         if offset == 0 or self.factor == 1:  # factor 1: not a bit changes (no round trip)
-            return super().write(model)
-        f, o = model.dtype.type(self.factor), model.dtype.type(offset)
-        for s in self.plan(model):
-            view = s.view(model)
-            view[...] = (o + view) * f - o  # the gain (1 + w) scaled by f
+            return super().new_values(model, old)
+        with np.errstate(over="ignore"):
+            f, o = model.dtype.type(self.factor), model.dtype.type(offset)
+        return (o + old) * f - o  # the gain (1 + w) scaled by f
 
     def inverse(self) -> Edit:
         return _inverse_scale(self)
@@ -396,6 +403,43 @@ class scale_norm(_Scale):  # noqa: N801
         if model.ln_final.offset:
             return f"scale {where} gain (1 + w) {_fmt(self.factor)}"
         return f"scale {where}.w {_fmt(self.factor)}"
+
+
+def check_result(op: Edit, model, slices: list) -> None:
+    """Refuse, before anything is written, an edit that would make a finite weight NaN or
+    infinite in the model's own dtype, or whose inverse revert (`handle.revert(mode=
+    "inverse")`) would. float32 holds magnitudes up to 3.4e38: `scale_neuron(3, 7, 1e39)`
+    overflows, and so does the inverse of a factor of 1e-39 (×1e39)."""
+    if type(op).new_values is Edit.new_values:  # an op that writes by its own rules (fold_ln, masks)
+        return
+    try:
+        inverse = op.inverse()
+    except MinillmError:  # zeroing and set_weight have none
+        inverse = None
+    with np.errstate(over="ignore", invalid="ignore"):
+        for s in slices:
+            if not isinstance(s, Slice):
+                continue
+            old = s.view(model)
+            new = op.new_values(model, old)
+            finite = np.isfinite(old)
+            _refuse_nonfinite(op, model, s, old, new, finite, "")
+            if inverse is not None:
+                back = inverse.new_values(model, new)
+                _refuse_nonfinite(op, model, s, old, back, finite, "its inverse revert ")
+
+
+def _refuse_nonfinite(op, model, s, old, new, finite, what: str) -> None:
+    bad = finite & ~np.isfinite(new)
+    if not bad.any():
+        return
+    i = tuple(int(j) for j in np.argwhere(bad)[0])
+    dtype = np.dtype(model.dtype)
+    raise MinillmError(
+        f"{op.describe(model)}: {what}would make {s.describe()} non-finite in {dtype} "
+        f"(at index {i}: {float(old[i]):.6g} becomes {float(new[i])}; {dtype} holds magnitudes up "
+        f"to {float(np.finfo(dtype).max):.3g}); refused, nothing was changed"
+    )
 
 
 def _inverse_scale(op: _Scale) -> _Scale:
@@ -465,10 +509,9 @@ class add_to_weight(Edit):  # noqa: N801
     def plan(self, model) -> list[Slice]:
         return _broadcast_plan(model, "add_to_weight", self.name, self.index, self.delta, "delta")
 
-    def write(self, model) -> None:
-        (s,) = self.plan(model)
-        view = s.view(model)
-        view[...] = view + np.asarray(self.delta).astype(model.dtype)
+    def new_values(self, model, old: np.ndarray) -> np.ndarray:
+        with np.errstate(over="ignore"):
+            return old + np.asarray(self.delta).astype(model.dtype)
 
     def inverse(self) -> Edit:
         return add_to_weight(self.name, self.index, -np.asarray(self.delta))
@@ -490,11 +533,15 @@ class set_weight(Edit):  # noqa: N801
     def plan(self, model) -> list[Slice]:
         return _broadcast_plan(model, "set_weight", self.name, self.index, self.value, "value")
 
-    def write(self, model) -> None:
-        (s,) = self.plan(model)
-        s.view(model)[...] = np.asarray(self.value).astype(model.dtype)
+    def new_values(self, model, old: np.ndarray) -> np.ndarray:
+        with np.errstate(over="ignore"):
+            return np.broadcast_to(np.asarray(self.value).astype(model.dtype), old.shape)
 
     def describe(self, model) -> str:
         v = np.asarray(self.value)
         what = f"{float(v):g}" if v.ndim == 0 else f"an array of shape {v.shape}"
         return f"set {self.plan(model)[0].describe()} to {what}{_tied_note(model, self.name)}"
+
+
+# TransformerLens's weight processing is an Edit too (defined on top of this module):
+from minillm.edit.processing import process_weights  # noqa: E402, F401

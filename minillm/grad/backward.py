@@ -1,7 +1,8 @@
 """The backward pass through the whole model, written by hand, op by op.
 
     from minillm.grad import backward
-    res = backward.backward(model, tokens, backward.logit_diff(" Mary", " John", model))
+    from minillm.interp import metrics as M
+    res = backward.backward(model, tokens, M.logit_diff(model, " Mary", " John"))
     res.value                                  # the metric, a float
     res.grad("blocks.3.hook_resid_pre")        # ∂metric/∂activation, [b, p, d]
     res.grad("blocks.3.attn.W_Q")              # ∂metric/∂parameter, [h, d, e]
@@ -33,18 +34,23 @@ were active during the forward (fwd_hooks) change the recorded activations
 but the backward still differentiates the unhooked graph through them.
 
 Gradients of parameters are reported under minillm's documented names
-(DESIGN.md): `blocks.l.attn.W_Q` [h, d, e], `blocks.l.mlp.W_in` [d, m], ...
+(docs/hooks.md, "Parameters"): `blocks.l.attn.W_Q` [h, d, e], `blocks.l.mlp.W_in` [d, m], ...
 With tied embeddings, `embed.W_E`'s gradient is the sum of its two uses: the
 input lookup and the unembedding W_U = W_Eᵀ (and `unembed.W_U`'s gradient is
 that same array, transposed).
+
+Backward hooks: functions registered with `model.hooks(bwd_hooks=[(name, fn)])`
+(or `model.run_with_hooks(tokens, bwd_hooks=..., metric=...)`) are called as
+fn(grad, hook) with each of these activation gradients once the pass is done,
+last hook first, as TransformerLens calls its backward hooks.
 
 Works for both families and for float32 and float64 (the dtype of the model).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -53,94 +59,8 @@ from minillm.errors import MinillmError
 from minillm.grad import ops_backward as B
 from minillm.hooked_model import HookedModel
 
-# A metric maps logits [b, p, V] to (a scalar, its gradient d metric / d logits [b, p, V]).
-# One with the attribute `last_only = True` reads only the last position's logits.
-Metric = Callable[[np.ndarray], tuple[float, np.ndarray]]
-
-# --- metrics ---------------------------------------------------------------------------------
-
-
-def _token_id(model: HookedModel | None, token) -> int | np.ndarray:
-    if isinstance(token, str):
-        if model is None:
-            raise MinillmError(f"token {token!r} is text: pass the model so it can be tokenized")
-        return model.to_single_token(token)
-    return np.asarray(token)
-
-
-def logit_diff(correct, wrong, model: HookedModel | None = None, pos: int = -1) -> Metric:
-    """Metric: logit[correct] - logit[wrong] at position `pos`, averaged over the batch.
-
-    correct, wrong: a token id, single-token text (needs `model`), or ids [b]
-    (one per batch row). The logit difference equals log p(correct) - log
-    p(wrong): the softmax normaliser cancels.
-    """
-    c, w = _token_id(model, correct), _token_id(model, wrong)
-
-    def metric(logits: np.ndarray) -> tuple[float, np.ndarray]:
-        b = logits.shape[0]
-        rows = np.arange(b)
-        cb, wb = np.broadcast_to(c, (b,)), np.broadcast_to(w, (b,))
-        value = (logits[rows, pos, cb] - logits[rows, pos, wb]).mean()
-        dlogits = np.zeros_like(logits)
-        np.add.at(dlogits, (rows, pos, cb), 1.0 / b)
-        np.add.at(dlogits, (rows, pos, wb), -1.0 / b)
-        return float(value), dlogits
-
-    metric.last_only = pos == -1  # sweeps may compute the last position's logits only
-    return metric
-
-
-def log_prob(target, model: HookedModel | None = None, pos: int = -1) -> Metric:
-    """Metric: log p(target) at position `pos`, averaged over the batch.
-
-    d log_softmax(x)[t] / dx = onehot(t) - softmax(x).
-    """
-    t = _token_id(model, target)
-
-    def metric(logits: np.ndarray) -> tuple[float, np.ndarray]:
-        b = logits.shape[0]
-        rows = np.arange(b)
-        tb = np.broadcast_to(t, (b,))
-        logp = ops.log_softmax(logits[:, pos], axis=-1)  # [b, V]
-        dlogp = np.zeros_like(logp)
-        dlogp[rows, tb] = 1.0 / b
-        dlogits = np.zeros_like(logits)
-        dlogits[:, pos] = B.log_softmax_backward(dlogp, logp)
-        return float(logp[rows, tb].mean()), dlogits
-
-    metric.last_only = pos == -1
-    return metric
-
-
-def cross_entropy(tokens, attention_mask=None) -> Metric:
-    """Metric: mean next-token cross-entropy of a text, the Hugging Face way (a loss: lower is better).
-
-    tokens [b, p]: logits at position i predict tokens[:, i + 1]; the mean
-    runs over the b·(p-1) predictions (with `attention_mask`, over those whose
-    input and target are both real tokens). Gradient: (softmax - onehot) / N.
-    """
-    tokens = np.asarray(tokens).reshape(-1, np.shape(tokens)[-1])
-
-    def metric(logits: np.ndarray) -> tuple[float, np.ndarray]:
-        targets = tokens[:, 1:]  # [b, p-1]
-        keep = np.ones(targets.shape, bool)
-        if attention_mask is not None:
-            m = np.asarray(attention_mask) != 0
-            keep = m[:, 1:] & m[:, :-1]
-        n = keep.sum()
-        logp = ops.log_softmax(logits[:, :-1], axis=-1)  # [b, p-1, V]
-        picked = np.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]  # [b, p-1]
-        loss = -(picked * keep).sum() / n
-        dlogp = np.zeros_like(logp)
-        weights = -keep.astype(logp.dtype) / n  # d loss / d logp[target], [b, p-1]
-        np.put_along_axis(dlogp, targets[..., None], weights[..., None], axis=-1)
-        dlogits = np.zeros_like(logits)
-        dlogits[:, :-1] = B.log_softmax_backward(dlogp, logp)
-        return float(loss), dlogits
-
-    return metric
-
+if TYPE_CHECKING:
+    from minillm.interp.metrics import Metric
 
 # --- the result --------------------------------------------------------------------------------
 
@@ -217,27 +137,35 @@ def record_forward(model: HookedModel, tokens, attention_mask=None, fwd_hooks=()
 def backward(
     model: HookedModel,
     tokens,
-    metric: Metric,
+    metric: Metric,  # minillm.interp.metrics.Metric: .value(logits) and .grad(logits)
     attention_mask=None,
     params: bool = True,
     fwd_hooks=(),
 ) -> Gradients:
     """Forward, then gradients of `metric` w.r.t. every hook activation (and every parameter).
 
-    tokens: ids [b, p] or text. metric: e.g. `logit_diff(...)`, `log_prob(...)`,
-    `cross_entropy(tokens)`; any function logits -> (value, dlogits) works.
+    tokens: ids [b, p] or text. metric: a `minillm.interp.metrics.Metric`
+    (`logit_diff`, `log_prob`, `logit`, `kl_to`, `cross_entropy`, ...): its
+    `value(logits)` is reported and its `grad(logits)` seeds the backward pass.
     params=False skips the weight gradients (about half the work and all of
     their memory): enough for attribution patching and gradient importance.
     """
     tokens = model._as_tokens(tokens)
     tokens = tokens[None] if tokens.ndim == 1 else tokens
+    if attention_mask is None:  # a left-padded batch: the mask the forward pass infers
+        attention_mask = model.infer_attention_mask(tokens)
     logits, cache = record_forward(model, tokens, attention_mask, fwd_hooks)
-    value, dlogits = metric(logits)
+    if not (hasattr(metric, "value") and hasattr(metric, "grad")):
+        raise MinillmError(f"backward needs a metric from minillm.interp.metrics (with .value and "
+                           f".grad), got {type(metric).__name__}")
+    value, dlogits = metric.value(logits), np.asarray(metric.grad(logits))
     if dlogits.shape != logits.shape:
         raise MinillmError(f"the metric returned a gradient of shape {dlogits.shape}; it must "
                            f"match the logits {logits.shape}")
     run = _Backward(model, tokens, cache, attention_mask, params)
     run.all(dlogits.astype(model.dtype, copy=False))
+    if model.hooks.has_backward_hooks:
+        model.hooks.fire_backward(run.grads)  # bwd_hooks: fn(grad, hook), last hook first
     return Gradients(value, logits, cache, run.grads, run.pgrads)
 
 
@@ -376,6 +304,8 @@ class _Backward:
         # attn_out = z (flattened heads) @ W_O + b_O
         dz, dW_O, db_O = B.linear_backward(d_out, z.reshape(b, p, h * e), attn.W_O_flat,
                                            attn.b_O is not None, self.need_dW)
+        # attn_out = Σ_h result[:, :, h] + b_O: every head's result gets d attn_out
+        g[f"{name}.hook_result"] = np.broadcast_to(d_out[:, :, None, :], (b, p, h, d_out.shape[-1]))
         dz = g[f"{name}.hook_z"] = dz.reshape(b, p, h, e)
         # z = pattern @ v; pattern = softmax(scores); scores = q·k/√e (soft-capped, masked)
         rope = self.ropes[l]

@@ -35,18 +35,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from minillm.activation_cache import act_name
 from minillm.errors import MinillmError
 from minillm.interp import interventions as iv
+from minillm.interp.batch import prefix_cache, run_batch
 from minillm.interp.metrics import log_prob
 from minillm.interp.metrics import logit as logit_metric
-from minillm.interp.patching import _layers, _pos_labels, prefix_cache, run_batched
+from minillm.interp.patching import _layers, _measure, _pos_labels
 from minillm.interp.results import LabelledArray
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+    from minillm.hooked_model import HookedModel, TokensLike
 
 ABLATION_COMPONENTS = {"heads": ("z", "head"), "neurons": ("post", "neuron"),
                        "resid_pre": ("resid_pre", "pos"), "resid_post": ("resid_post", "pos")}
@@ -64,8 +66,9 @@ def _is_stats(x) -> bool:
     return hasattr(x, "mean") and hasattr(x, "median") and not isinstance(x, (np.ndarray, list, tuple, str))
 
 
-def ablation_interventions(model, component: str, method: str, layers: Sequence[int], n_pos: int,
-                           reference=None, over: Sequence[str] = ("batch", "pos")):
+def ablation_interventions(model: HookedModel, component: str, method: str, layers: Sequence[int], n_pos: int,
+                           reference: TokensLike | None = None, over: Sequence[str] = ("batch", "pos")
+                           ) -> tuple[list, tuple[str, str], list, list]:
     """The sweep's cells: [(row, col, intervention)], plus axis names and labels.
 
     reference: texts or ids [b, p] for mean/median (statistics over `over`),
@@ -121,12 +124,12 @@ def ablation_interventions(model, component: str, method: str, layers: Sequence[
 
 
 def ablation_sweep(
-    model,
-    tokens,
+    model: HookedModel,
+    tokens: TokensLike,
     metric: Callable,
     component: str = "heads",
     method: str = "mean",
-    reference=None,
+    reference: TokensLike | None = None,
     over: Sequence[str] = ("batch", "pos"),
     layers: Sequence[int] | None = None,
     batch_size: int = 32,
@@ -148,12 +151,9 @@ def ablation_sweep(
     last_only = getattr(metric, "last_only", False)
     base = float(np.mean(metric(model(toks, attention_mask=mask, last_only=last_only))))
     values = np.full((len(layers), n), np.nan)
-    if toks.shape[0] == 1:
-        measured, interrupted = run_batched(model, toks, [[c[2]] for c in cells], metric, batch_size,
-                                            progress, desc=f"{method} ablation {component}")
-    else:
-        measured, interrupted = _run_on_prompt_set(model, toks, mask, [c[2] for c in cells], metric,
-                                                   batch_size, progress, f"{method} ablation {component}")
+    res = run_batch(model, toks, [[c[2]] for c in cells], metric, batch_size=batch_size,
+                    attention_mask=mask, progress=progress, desc=f"{method} ablation {component}")
+    measured, interrupted = res.values.reshape(len(cells), -1).mean(axis=1), res.interrupted
     for (r, c, _), v in zip(cells, measured):
         values[r, c] = v - base
     cols = _pos_labels(model, toks) if axes[1] == "pos" else [str(i) for i in range(n)]
@@ -162,35 +162,6 @@ def ablation_sweep(
                          meta=dict(component=component, method=method, over=list(over), base=base,
                                    prompts=int(toks.shape[0]), seconds=round(time.perf_counter() - t0, 3),
                                    interrupted=interrupted))
-
-
-def _run_on_prompt_set(model, toks, mask, interventions, metric, batch_size, progress, desc):
-    """Mean metric over the prompt set [b, p] with each intervention in turn.   -> ([n], interrupted)
-
-    max(1, batch_size // b) interventions share a forward pass: intervention j
-    acts on its own copy of the b prompts (rows j·b .. j·b + b - 1).
-    """
-    b = toks.shape[0]
-    per_pass = max(1, batch_size // b)
-    last_only = getattr(metric, "last_only", False)
-    values = np.full(len(interventions), np.nan)
-    bar = tqdm(total=len(interventions), desc=desc, disable=not progress, leave=False)
-    try:
-        for start in range(0, len(interventions), per_pass):
-            chunk = interventions[start : start + per_pass]
-            hooks = [pair for j, i in enumerate(chunk)
-                     for pair in iv.to_hooks(model, [i.at(batch=list(range(j * b, (j + 1) * b)))])]
-            rows_mask = None if mask is None else np.tile(mask, (len(chunk), 1))
-            logits = model.run_with_hooks(np.tile(toks, (len(chunk), 1)), hooks, last_only=last_only,
-                                          attention_mask=rows_mask)
-            for j in range(len(chunk)):
-                values[start + j] = np.mean(metric(logits[j * b : (j + 1) * b]))
-            bar.update(len(chunk))
-    except KeyboardInterrupt:
-        return values, True
-    finally:
-        bar.close()
-    return values, False
 
 
 # --- successive median replacement of MLP neurons ----------------------------------------------
@@ -271,9 +242,9 @@ def _mean(x: np.ndarray) -> float | None:
 
 
 def median_replacement(
-    model,
+    model: HookedModel,
     prompt: str,
-    target,
+    target: int | str,
     rates: Sequence[float] = FINE_RATES + COARSE_RATES,
     layers: Sequence[int] | None = None,
     batch_size: int = 64,
@@ -314,7 +285,7 @@ def median_replacement(
     counts = [n_replaced(r, m) for r in rates]
     prefix = tokens.shape[1] - 1 if cache_prefix and tokens.shape[1] > 1 else 0
     shared = prefix_cache(model, tokens, prefix) or 0
-    base, interrupted = run_batched(model, tokens, [[]], metric, progress=False, prefix=shared)
+    base, interrupted = _measure(model, tokens, [[]], metric, prefix=shared)
     delta = np.zeros((len(layers), len(rates)))  # rate 0: nothing replaced, the base run itself
     cells, variants = [], []
     for i, l in enumerate(layers):
@@ -326,8 +297,8 @@ def median_replacement(
                                             values=fill)])
     measured = np.full(len(variants), np.nan)
     if not interrupted:
-        measured, interrupted = run_batched(model, tokens, variants, metric, batch_size, progress,
-                                            desc="median replacement", prefix=shared)
+        measured, interrupted = _measure(model, tokens, variants, metric, batch_size, progress,
+                                         desc="median replacement", prefix=shared)
     for (i, j), v in zip(cells, measured):
         delta[i, j] = v - base[0]
     labels = ([str(l) for l in layers], [f"{r:g}%" for r in rates])

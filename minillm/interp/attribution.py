@@ -12,9 +12,8 @@ so two forward passes and one backward give every component at once
 depends on linearly, and degrades where the metric is curved along the patch:
 attention patterns (softmax saturation), norms, and large activation changes.
 
-    from minillm.grad.backward import logit_diff
-    from minillm.interp import attribution as ap
-    metric = logit_diff(" Mary", " John", model)
+    from minillm.interp import attribution as ap, metrics as M
+    metric = M.logit_diff(model, " Mary", " John")
     attr = ap.attribution_patching(model, clean, corrupted, metric)   # {component: LabelledArray}
     act = ap.activation_patching(model, clean, corrupted, metric, "resid_pre")
     cmp = ap.compare(attr["resid_pre"], act)                         # correlation, scatter plot
@@ -34,15 +33,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from minillm.errors import MinillmError
-from minillm.grad.backward import Metric, backward
+from minillm.grad.backward import backward
 from minillm.hooked_model import HookedModel
+from minillm.interp import interventions as iv
+from minillm.interp.batch import run_batch
+from minillm.interp.metrics import Metric
 from minillm.interp.results import LabelledArray
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+    from minillm.hooked_model import TokensLike
 
 # component -> (hook name in block l, index axis of the activation after [b])
 COMPONENTS = {
@@ -91,8 +94,8 @@ def _per_component(component: str, x: np.ndarray) -> np.ndarray:
 
 def attribution_patching(
     model: HookedModel,
-    clean,
-    corrupted,
+    clean: TokensLike,
+    corrupted: TokensLike,
     metric: Metric,
     components: Iterable[str] = ("resid_pre", "attn_out", "mlp_out", "heads", "neurons"),
 ) -> dict[str, LabelledArray]:
@@ -128,8 +131,8 @@ def attribution_patching(
 
 def activation_patching(
     model: HookedModel,
-    clean,
-    corrupted,
+    clean: TokensLike,
+    corrupted: TokensLike,
     metric: Metric,
     component: str = "resid_pre",
     layers: Iterable[int] | None = None,
@@ -166,17 +169,11 @@ def activation_patching(
                 values[l, i] = 0.0
             else:
                 jobs.append((l, i))
-    for start in tqdm(range(0, len(jobs), batch_size), desc=f"activation patching {component}",
-                      disable=not progress):
-        chunk = jobs[start : start + batch_size]
-        hooks = []
-        for l in sorted({l for l, _ in chunk}):
-            rows = [(r, i) for r, (ll, i) in enumerate(chunk) if ll == l]
-            hooks.append((_hook(component, l), _patcher(component, rows, corrupt_cache)))
-        logits = model.run_with_hooks(np.repeat(clean, len(chunk), axis=0), hooks,
-                                      last_only=last_only)
-        for r, (l, i) in enumerate(chunk):
-            values[l, i] = metric(logits[r : r + 1])[0] - base
+    variants = [[iv.patch(_hook(component, l), corrupt_cache, **_where(component, i))] for l, i in jobs]
+    res = run_batch(model, clean, variants, metric, batch_size=batch_size, progress=progress,
+                    desc=f"activation patching {component}")
+    for (l, i), v in zip(jobs, res.values[:, 0]):
+        values[l, i] = v - base
     return LabelledArray(values, ("layer", axis), (layer_labels, labels),
                          title=f"activation patching: {component}")
 
@@ -186,18 +183,10 @@ def _select(component: str, i: int) -> tuple:
     return (0, i) if COMPONENTS[component][1] == "pos" else (0, slice(None), i)
 
 
-def _patcher(component, rows, corrupt_cache):
-    """A hook writing the corrupted value of entry i into batch row r, for each (r, i)."""
-
-    def hook(act, point):
-        act = act.copy()
-        corrupt = corrupt_cache[point.name]
-        for r, i in rows:
-            src = _select(component, i)
-            act[(r,) + src[1:]] = corrupt[src]
-        return act
-
-    return hook
+def _where(component: str, i: int) -> dict:
+    """The intervention selection of component entry i (a position, a head or a neuron)."""
+    axis = COMPONENTS[component][1]
+    return {"pos": i} if axis == "pos" else {axis: i}
 
 
 # --- comparison --------------------------------------------------------------------------------
@@ -273,7 +262,7 @@ def plot_comparison(cmp: Comparison, path: str | Path | None = None) -> Figure:
 # --- gradient importance ---------------------------------------------------------------------
 
 
-def gradient_importance(model: HookedModel, tokens, metric: Metric) -> dict[str, LabelledArray]:
+def gradient_importance(model: HookedModel, tokens: TokensLike, metric: Metric) -> dict[str, LabelledArray]:
     """|activation · gradient| per head and per MLP neuron (first-order importance for pruning).
 
     For head (l, h): |Σ_{p,e} z · ∂metric/∂z| over hook_z; for neuron (l, i):

@@ -41,6 +41,8 @@ from minillm.interp.results import LabelledArray
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from minillm.hooked_model import HookedModel, TokensLike, TokenSpec
+
 
 @dataclass
 class DLAResult:
@@ -78,7 +80,8 @@ class DLAResult:
         return fig
 
 
-def logit_diff_direction(model, correct, incorrect=None) -> np.ndarray:
+def logit_diff_direction(model: HookedModel, correct: TokenSpec, incorrect: TokenSpec | None = None
+                         ) -> np.ndarray:
     """W_U[:, correct] - W_U[:, incorrect] (or just W_U[:, correct]).   -> [d] or [b, d]
 
     correct / incorrect: a token (id or single-token text) or one per prompt.
@@ -95,7 +98,8 @@ def logit_diff_direction(model, correct, incorrect=None) -> np.ndarray:
     return direction  # [n, d]
 
 
-def direct_logit_attribution(model, tokens, correct, incorrect=None, pos: int = -1,
+def direct_logit_attribution(model: HookedModel, tokens: TokensLike, correct: TokenSpec,
+                             incorrect: TokenSpec | None = None, pos: int = -1,
                              neurons: bool = False, attention_mask: np.ndarray | None = None
                              ) -> DLAResult:
     """Each component's direct contribution to logit[correct] - logit[incorrect] at `pos`.

@@ -37,15 +37,19 @@ patching a run with its own cache changes nothing, bit for bit.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from minillm.activation_cache import act_name
 from minillm.errors import MinillmError
 from minillm.hooks import HookFn, HookPoint
+
+if TYPE_CHECKING:
+    from minillm.hooked_model import HookedModel, TokensLike
 
 Index = int | Sequence[int] | None
 
@@ -331,8 +335,8 @@ class Resample(Intervention):
 # --- the functions users call --------------------------------------------------------------
 
 
-def patch(hook: str, source, layer: Index = None, pos: Index = None, head: Index = None,
-          neuron: Index = None, batch: Index = None) -> Patch:
+def patch(hook: str, source: Mapping[str, np.ndarray], layer: Index = None, pos: Index = None,
+          head: Index = None, neuron: Index = None, batch: Index = None) -> Patch:
     """Values from another run's cache (activation patching)."""
     return Patch(hook, layer, pos, head, neuron, batch, source=source)
 
@@ -343,13 +347,13 @@ def zero(hook: str, layer: Index = None, pos: Index = None, head: Index = None,
     return Zero(hook, layer, pos, head, neuron, batch)
 
 
-def scale(hook: str, factor, layer: Index = None, pos: Index = None, head: Index = None,
+def scale(hook: str, factor: float, layer: Index = None, pos: Index = None, head: Index = None,
           neuron: Index = None, batch: Index = None) -> Scale:
     """Multiply by `factor`."""
     return Scale(hook, layer, pos, head, neuron, batch, factor=factor)
 
 
-def add(hook: str, vector, layer: Index = None, pos: Index = None, head: Index = None,
+def add(hook: str, vector: np.ndarray, layer: Index = None, pos: Index = None, head: Index = None,
         neuron: Index = None, batch: Index = None) -> Add:
     """Add a vector (steering)."""
     return Add(hook, layer, pos, head, neuron, batch, vector=vector)
@@ -379,7 +383,7 @@ def _statistic(stats, which: str):
     return getattr(stats, which)
 
 
-def resample(hook: str, source, layer: Index = None, pos: Index = None, head: Index = None,
+def resample(hook: str, source: TokensLike, layer: Index = None, pos: Index = None, head: Index = None,
              neuron: Index = None, batch: Index = None) -> Resample:
     """Resample ablation: values from a run on another prompt `source` (str or ids)."""
     return Resample(hook, layer, pos, head, neuron, batch, source=source)
@@ -391,7 +395,7 @@ def apply(hook: str, fn: Callable[[np.ndarray], np.ndarray], layer: Index = None
     return Apply(hook, layer, pos, head, neuron, batch, fn=fn)
 
 
-def to_hooks(model, interventions: Sequence[Intervention]) -> list[tuple[str, HookFn]]:
+def to_hooks(model: HookedModel, interventions: Sequence[Intervention]) -> list[tuple[str, HookFn]]:
     """Interventions -> (hook name, fn) pairs, validated, in the order given."""
     pairs = []
     for i in interventions:
@@ -418,7 +422,7 @@ class ActivationStats:
     per_position: bool
     n_samples: int
 
-    def save(self, path) -> None:
+    def save(self, path: str | os.PathLike) -> None:
         """Write to a safetensors file (keys "mean/<hook>", "median/<hook>")."""
         from safetensors.numpy import save_file
 
@@ -428,7 +432,7 @@ class ActivationStats:
                                              "n_samples": str(self.n_samples)})
 
     @classmethod
-    def load(cls, path) -> ActivationStats:
+    def load(cls, path: str | os.PathLike) -> ActivationStats:
         from safetensors import safe_open
 
         with safe_open(str(path), "numpy") as f:
@@ -438,7 +442,8 @@ class ActivationStats:
         return cls(pick("mean"), pick("median"), meta["per_position"] == "True", int(meta["n_samples"]))
 
 
-def activation_stats(model, tokens, names: str | Sequence[str], per_position: bool = False,
+def activation_stats(model: HookedModel, tokens: TokensLike, names: str | Sequence[str],
+                     per_position: bool = False,
                      attention_mask: np.ndarray | None = None) -> ActivationStats:
     """Mean and median of the named activations over a reference set.
 

@@ -40,10 +40,12 @@ from minillm.interp.results import LabelledArray
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from minillm.hooked_model import HookedModel, TokensLike
+
 STREAMS = ("resid", "attn_out", "mlp_out")
 
 
-def final_norm(model, x: np.ndarray, scale: np.ndarray | None = None) -> np.ndarray:
+def final_norm(model: HookedModel, x: np.ndarray, scale: np.ndarray | None = None) -> np.ndarray:
     """ln_final as the model applies it (or with a given, frozen `scale`).   [..., d] -> [..., d]
 
     Same operations in the same order as `Transformer.norm`, without firing
@@ -55,7 +57,7 @@ def final_norm(model, x: np.ndarray, scale: np.ndarray | None = None) -> np.ndar
     return out if model.ln_final.b is None else out + model.ln_final.b
 
 
-def token_ids(model, tokens: int | str | Sequence[int | str]) -> list[int]:
+def token_ids(model: HookedModel, tokens: int | str | Sequence[int | str]) -> list[int]:
     """Targets given as ids or single-token texts (" Paris") -> ids (errors name the culprit)."""
     if isinstance(tokens, (int, np.integer, str)):
         tokens = [tokens]
@@ -190,7 +192,8 @@ def _top_k(logits: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(part, order, -1)
 
 
-def logit_lens(model, tokens, targets: int | str | Sequence[int | str] = (), k: int = 5,
+def logit_lens(model: HookedModel, tokens: TokensLike, targets: int | str | Sequence[int | str] = (),
+               k: int = 5,
                stream: str = "resid", attention_mask: np.ndarray | None = None,
                batch_row: int = 0) -> LensResult:
     """Decode every layer's residual stream (or attn/MLP writes) at every position.
@@ -227,7 +230,8 @@ def logit_lens(model, tokens, targets: int | str | Sequence[int | str] = (), k: 
                       t_probs, t_ranks, decode)
 
 
-def lens_logits(model, tokens, layer: int, attention_mask: np.ndarray | None = None) -> np.ndarray:
+def lens_logits(model: HookedModel, tokens: TokensLike, layer: int,
+                attention_mask: np.ndarray | None = None) -> np.ndarray:
     """Full logit-lens logits of one row of the lens (0 = embeddings, l + 1 = after block l).
 
     tokens [b, p] -> [b, p, V]. `logit_lens` keeps only top-k and targets; this keeps everything.

@@ -42,16 +42,20 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from minillm.activation_cache import act_name
 from minillm.errors import MinillmError
 from minillm.interp import interventions as iv
+from minillm.interp.batch import prefix_cache, run_batch
 from minillm.interp.metrics import Normalized
 from minillm.interp.results import LabelledArray
 from minillm.kv_cache import KVCache
+
+if TYPE_CHECKING:
+    from minillm.hooked_model import HookedModel, TokensLike
 
 # component -> (TransformerLens short hook name, what the second result axis indexes)
 COMPONENTS = {
@@ -71,74 +75,16 @@ DEFAULT_COMPONENTS = ("resid_pre", "attn_out", "mlp_out", "heads", "heads_by_pos
                       "pattern")
 
 
-# --- running many variants, interruptibly -----------------------------------------------------
+# --- running many variants, interruptibly (through the one engine, minillm.interp.batch) -------
 
 
-def run_batched(model, tokens, variants: list[list], metric: Callable, batch_size: int = 32,
-                progress: bool = True, desc: str = "patching",
-                prefix: int | KVCache = 0) -> tuple[np.ndarray, bool]:
-    """metric of each variant's run of one prompt [1, p].   -> (values [n], interrupted)
-
-    Variant j is a list of interventions acting on batch row j; `batch_size`
-    variants share one forward pass (as in minillm.interp.batch.run_variants).
-    prefix > 0: the first `prefix` positions, which no variant changes, are
-    computed once into a KV cache and each batch runs only the rest; this
-    needs a metric of the last position only (a KVCache from `prefix_cache`
-    may be passed instead, to share it between calls). On KeyboardInterrupt the values
-    measured so far are returned (NaN for the rest) with interrupted=True;
-    hooks are removed by then, and weights are never touched.
-    """
-    tokens = np.atleast_2d(model._as_tokens(tokens))
-    last_only = getattr(metric, "last_only", False)
-    if prefix and not last_only:
-        raise MinillmError("a shared prefix needs a metric that reads the last position only")
-    for v in variants:
-        for i in v:
-            i.check_positions(tokens.shape[1])
-    values = np.full(len(variants), np.nan)
-    bar = tqdm(total=len(variants), desc=desc, disable=not progress, leave=False)
-    try:
-        cache = prefix if isinstance(prefix, KVCache) else prefix_cache(model, tokens, prefix)
-        for start in range(0, len(variants), batch_size):
-            chunk = variants[start : start + batch_size]
-            hooks = [pair for row, v in enumerate(chunk)
-                     for pair in iv.to_hooks(model, [i.at(batch=row) for i in v])]
-            logits = forward_rows(model, tokens, len(chunk), hooks, last_only, cache)
-            values[start : start + len(chunk)] = metric(logits)
-            bar.update(len(chunk))
-    except KeyboardInterrupt:
-        return values, True
-    finally:
-        bar.close()
-    return values, False
-
-
-def prefix_cache(model, tokens: np.ndarray, prefix: int) -> KVCache | None:
-    """The KV cache of tokens[:, :prefix] (None for prefix 0)."""
-    if not prefix:
-        return None
-    if not 0 < prefix < tokens.shape[1]:
-        raise MinillmError(f"prefix {prefix} must leave at least one of {tokens.shape[1]} positions to run")
-    cache = KVCache.for_model(model, 1)
-    model(tokens[:, :prefix], cache=cache)
-    return cache
-
-
-def forward_rows(model, tokens: np.ndarray, n: int, hooks: list, last_only: bool,
-                 cache: KVCache | None = None) -> np.ndarray:
-    """n copies of one prompt [1, p] as a batch, with hooks.   -> logits [n, p or 1, V]
-
-    With a prefix cache only the positions after it are run (hooks see
-    absolute positions through `pos_offset`, as when decoding).
-    """
-    if cache is None:
-        return model.run_with_hooks(np.repeat(tokens, n, 0), hooks, last_only=last_only)
-    cache = cache.clone()
-    cache.batch = n  # the same prefix for every row
-    cache._k = [np.repeat(k, n, 0) for k in cache._k]
-    cache._v = [np.repeat(v, n, 0) for v in cache._v]
-    suffix = np.repeat(tokens[:, cache.length :], n, 0)
-    return model.run_with_hooks(suffix, hooks, cache=cache, last_only=last_only)
+def _measure(model, tokens, variants: list, metric: Callable, batch_size: int | None = None,
+             progress: bool = False, desc: str = "patching", prefix: int | KVCache = 0,
+             hooks_for=None) -> tuple[np.ndarray, bool]:
+    """metric of each variant's run of one prompt [1, p].   -> (values [n], interrupted)"""
+    res = run_batch(model, tokens, variants, metric, batch_size=batch_size, prefix=prefix,
+                    hooks_for=hooks_for, progress=progress, desc=desc)
+    return res.values[:, 0], res.interrupted
 
 
 def shared_prefix(a: np.ndarray, b: np.ndarray) -> int:
@@ -214,9 +160,9 @@ def _selection(name: str, sel: dict) -> tuple:
 
 
 def patching_sweep(
-    model,
-    clean,
-    corrupted,
+    model: HookedModel,
+    clean: TokensLike,
+    corrupted: TokensLike,
     metric: Callable,
     component: str = "resid_pre",
     direction: str = "denoising",
@@ -252,8 +198,8 @@ def patching_sweep(
     # batch of one row, up to float32 rounding in larger batches (a GEMM's bits depend on its
     # row count and the CPU's BLAS kernel). Cells skipped as identical are exact.
     shared = prefix_cache(model, clean, prefix) or 0  # the same tokens in both prompts
-    m_clean = float(run_batched(model, clean, [[]], metric, progress=False, prefix=shared)[0][0])
-    m_corrupt = float(run_batched(model, corrupted, [[]], metric, progress=False, prefix=shared)[0][0])
+    m_clean = float(_measure(model, clean, [[]], metric, prefix=shared)[0][0])
+    m_corrupt = float(_measure(model, corrupted, [[]], metric, prefix=shared)[0][0])
     base, source = (corrupted, clean_cache) if direction == "denoising" else (clean, corrupt_cache)
     base_cache = corrupt_cache if direction == "denoising" else clean_cache
     m_base = m_corrupt if direction == "denoising" else m_clean
@@ -271,8 +217,8 @@ def patching_sweep(
             continue
         jobs.append((r, c))
         variants.append([iv.patch(short, source, **sel)])
-    measured, interrupted = run_batched(model, base, variants, score, batch_size, progress,
-                                        desc=f"{direction} {component}", prefix=shared)
+    measured, interrupted = _measure(model, base, variants, score, batch_size, progress,
+                                     desc=f"{direction} {component}", prefix=shared)
     for (r, c), v in zip(jobs, measured):
         values[r, c] = v
     col_labels = (_pos_labels(model, clean) if axes[1] == "pos" else
@@ -287,9 +233,9 @@ def patching_sweep(
                                    interrupted=interrupted))
 
 
-def patch_all(model, clean, corrupted, metric: Callable,
+def patch_all(model: HookedModel, clean: TokensLike, corrupted: TokensLike, metric: Callable,
               components: Sequence[str] = DEFAULT_COMPONENTS, direction: str = "denoising",
-              **kwargs) -> dict[str, LabelledArray]:
+              **kwargs: Any) -> dict[str, LabelledArray]:
     """`patching_sweep` for each component: {component: LabelledArray}.
 
     Stops after the first interrupted sweep (its partial result is included).
@@ -364,21 +310,21 @@ def _downstream(sender: tuple, receiver: tuple) -> bool:
     return receiver[1] > sender[1] or (receiver[1] == sender[1] and sender[0] == "head")
 
 
-def all_senders(model) -> list[str]:
+def all_senders(model: HookedModel) -> list[str]:
     """Every head and MLP, in forward order: ["0.0", ..., "0.8", "mlp0", "1.0", ...]."""
     return [s for l in range(model.cfg.n_layers)
             for s in [f"{l}.{h}" for h in range(model.cfg.n_heads)] + [f"mlp{l}"]]
 
 
 def path_patching(
-    model,
-    clean,
-    corrupted,
+    model: HookedModel,
+    clean: TokensLike,
+    corrupted: TokensLike,
     metric: Callable,
     senders: Sequence[str] | None = None,
     receivers: Sequence[str | Sequence[str]] = ("logits",),
     receiver_pos: int | Sequence[int] | None = None,
-    freeze_mlps: bool = True,
+    freeze_mlps: bool = False,
     normalize: bool = True,
     batch_size: int = 32,
     progress: bool = True,
@@ -387,10 +333,9 @@ def path_patching(
 
     For sender s (a head "l.h" or an MLP "mlpL"):
       1. Run the clean prompt with s's output (hook_z of the head, or
-         hook_mlp_out) taken from the corrupted run and every other head
-         (and, with freeze_mlps, every other MLP) frozen to its clean value.
-         Only the direct paths from s change anything; record what the
-         receivers read in this run.
+         hook_mlp_out) taken from the corrupted run and every other
+         attention head frozen to its clean value. Only paths from s that
+         avoid other heads change anything; record what the receivers read.
       2. Receiver "logits": the metric of that run is the edge's value.
          Receivers "l.h.q" / ".k" / ".v" (or "l.h" = all three), "mlpL": run
          the clean prompt again, everything recomputed, with only the
@@ -399,6 +344,14 @@ def path_patching(
          by its group under grouped-query attention; an MLP's output, which
          is a function of its input). A receiver entry may be a list of
          specs patched together; an empty list patches nothing (value 0).
+    freeze_mlps: which definition of a path.
+      False (default): the definition of Wang et al. (2022) and of ARENA's
+        path-patching exercises: only the other heads are frozen; MLPs
+        recompute in step 1, so a path may pass through MLPs (s -> MLPs -> r).
+      True: every other MLP is frozen to its clean value as well, so only the
+        direct edge s -> r (through the residual stream alone) is measured.
+      The two can rank senders very differently (docs/performance.md has a
+      measurement on SmolLM2's IOI circuit).
     receiver_pos: positions at which the receivers are patched (None = all).
     Values: (m(patched) - m(clean)) / (m(clean) - m(corrupted)) when
     normalised, so -1 = this path alone turns the clean answer into the
@@ -427,28 +380,18 @@ def path_patching(
                        for hk, _ in _receiver_hooks(model, n)})
 
     # Step 1, batched over senders: each row patches its sender, freezes the rest, records.
-    step1_values = np.full(len(senders), np.nan)
-    step1_cache: dict[str, list[np.ndarray]] = {n: [] for n in recorded}
-    last_only = getattr(metric, "last_only", False)
-    interrupted = False
-    bar = tqdm(total=len(senders), desc="path patching: senders", disable=not progress, leave=False)
-    try:
-        for start in range(0, len(senders), batch_size):
-            chunk = s_nodes[start : start + batch_size]
-            store: dict[str, np.ndarray] = {}
-            hooks = [(n, _recorder(store)) for n in recorded]
-            hooks += _freezers(chunk, clean_cache, corrupt_cache, L, freeze_mlps)
-            logits = model.run_with_hooks(np.repeat(clean, len(chunk), 0), hooks, last_only=last_only)
-            step1_values[start : start + len(chunk)] = metric(logits)
-            for n in recorded:
-                step1_cache[n].append(store[n])
-            bar.update(len(chunk))
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        bar.close()
+    stores: list[dict[str, np.ndarray]] = []
+
+    def step1_hooks(chunk: list[tuple], b: int) -> list:
+        stores.append({})
+        return ([(n, _recorder(stores[-1])) for n in recorded]
+                + _freezers(chunk, clean_cache, corrupt_cache, L, freeze_mlps))
+
+    step1_values, interrupted = _measure(model, clean, s_nodes, metric, batch_size, progress,
+                                         desc="path patching: senders", hooks_for=step1_hooks)
     done = int(np.sum(~np.isnan(step1_values)))
-    cache1 = {n: np.concatenate(v) if v else None for n, v in step1_cache.items()}
+    full = [s for s in stores if len(s) == len(recorded)]
+    cache1 = {n: np.concatenate([s[n] for s in full])[:done] if full else None for n in recorded}
 
     # Step 2: one clean run per (sender, receiver) edge, with only the receiver's input patched.
     values = np.full((len(senders), len(groups)), np.nan)
@@ -475,8 +418,8 @@ def path_patching(
             variants.append(ivs)
     if not interrupted and variants:
         score = _Delta(metric, m_clean, scale)
-        measured, interrupted = run_batched(model, clean, variants, score, batch_size, progress,
-                                            desc="path patching: edges")
+        measured, interrupted = _measure(model, clean, variants, score, batch_size, progress,
+                                         desc="path patching: edges")
         for (i, j), v in zip(jobs, measured):
             values[i, j] = v
     labels = ["+".join(g) if g else "none" for g in groups]

@@ -44,6 +44,8 @@ from minillm.interp.results import LabelledArray
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from minillm.hooked_model import HookedModel, TokensLike
+
 IDENTITY_PROMPT = "cat -> cat; 1135 -> 1135; hello -> hello; ?"
 
 
@@ -56,14 +58,14 @@ def _stream_name(model, layer: int) -> str:
     return f"blocks.{layer}.hook_resid_pre" if layer < L else f"blocks.{L - 1}.hook_resid_post"
 
 
-def hidden_states(model, prompt, pos: int = -1) -> np.ndarray:
+def hidden_states(model: HookedModel, prompt: TokensLike, pos: int = -1) -> np.ndarray:
     """The residual stream at every layer (0..L) at one position.   -> [L + 1, d]"""
     names = [_stream_name(model, l) for l in range(model.cfg.n_layers + 1)]
     _, cache = model.run_with_cache(prompt, names_filter=names)
     return np.stack([cache[n][0, pos] for n in names])
 
 
-def hidden_state(model, prompt, layer: int, pos: int = -1) -> np.ndarray:
+def hidden_state(model: HookedModel, prompt: TokensLike, layer: int, pos: int = -1) -> np.ndarray:
     """The residual stream of `prompt` before block `layer` (L = final) at `pos`.   -> [d]"""
     name = _stream_name(model, layer)
     _, cache = model.run_with_cache(prompt, names_filter=[name])
@@ -73,7 +75,7 @@ def hidden_state(model, prompt, layer: int, pos: int = -1) -> np.ndarray:
     return cache[name][0, pos].copy()
 
 
-def placeholder_position(model, target_prompt: str, placeholder: str = "?") -> int:
+def placeholder_position(model: HookedModel, target_prompt: str, placeholder: str = "?") -> int:
     """The (last) position whose token is the placeholder (spaces ignored)."""
     pieces = model.to_str_tokens(target_prompt)
     hits = [i for i, t in enumerate(pieces) if t.strip() == placeholder]
@@ -93,14 +95,14 @@ def _absolute(model, target_prompt: str, placeholder: str, pos: int | None) -> i
     return pos % n
 
 
-def inject(model, vector: np.ndarray, layer: int, pos: int) -> iv.Replace:
+def inject(model: HookedModel, vector: np.ndarray, layer: int, pos: int) -> iv.Replace:
     """The intervention 'the stream before block `layer`, at absolute position `pos`, becomes vector'."""
     return iv.Replace(_stream_name(model, layer), pos=pos, values=np.asarray(vector))
 
 
-def patchscope(model, vector: np.ndarray, layer: int, target_prompt: str = IDENTITY_PROMPT,
+def patchscope(model: HookedModel, vector: np.ndarray, layer: int, target_prompt: str = IDENTITY_PROMPT,
                pos: int | None = None, placeholder: str = "?", max_new_tokens: int = 10,
-               return_logits: bool = False):
+               return_logits: bool = False) -> str | tuple[str, np.ndarray]:
     """Inject `vector` [d] into `target_prompt` before block `layer` at `pos` (default: the
     placeholder's position) and generate greedily; returns the continuation (and, with
     return_logits, the next-token logits [V] right after the prompt).
@@ -114,7 +116,7 @@ def patchscope(model, vector: np.ndarray, layer: int, target_prompt: str = IDENT
     return (text, logits[0]) if return_logits else text
 
 
-def multi_hop(model, source_prompt: str, question: str, layers: Sequence[int],
+def multi_hop(model: HookedModel, source_prompt: str, question: str, layers: Sequence[int],
               placeholder: str = "x", source_pos: int = -1, max_new_tokens: int = 6
               ) -> dict[int, str]:
     """Ask `question` (containing the placeholder word) about the source's hidden state, per layer.
@@ -147,7 +149,8 @@ class SweepResult:
         return fig
 
 
-def layer_sweep(model, source_prompt, target: int | str, target_prompt: str = IDENTITY_PROMPT,
+def layer_sweep(model: HookedModel, source_prompt: TokensLike, target: int | str,
+                target_prompt: str = IDENTITY_PROMPT,
                 source_layers: Sequence[int] | None = None, target_layers: Sequence[int] | None = None,
                 source_pos: int = -1, pos: int | None = None, placeholder: str = "?",
                 batch_size: int = 8, progress: bool = True) -> SweepResult:

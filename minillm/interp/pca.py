@@ -27,6 +27,8 @@ from minillm.errors import MinillmError
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from minillm.hooked_model import HookedModel
+
 
 @dataclass
 class PCAResult:
@@ -81,7 +83,7 @@ def pca(X: np.ndarray, k: int | None = None, hook: str = "") -> PCAResult:
     return PCAResult(mean, Vt[:k], S, ratio, U[:, :k] * S[:k], hook)
 
 
-def collect_activations(model, prompts: Sequence[str], hook: str, pos: int | None = -1,
+def collect_activations(model: HookedModel, prompts: Sequence[str], hook: str, pos: int | None = -1,
                         progress: bool = False) -> tuple[np.ndarray, list[str]]:
     """The activation at `hook` for each prompt, at position `pos` (None = every position).
 
@@ -104,7 +106,7 @@ def collect_activations(model, prompts: Sequence[str], hook: str, pos: int | Non
     return np.concatenate(rows).astype(np.float64), labels
 
 
-def activation_pca(model, prompts: Sequence[str], hook: str, pos: int | None = -1,
+def activation_pca(model: HookedModel, prompts: Sequence[str], hook: str, pos: int | None = -1,
                    k: int | None = 10) -> PCAResult:
     """PCA of the activations at `hook` over prompts (see `collect_activations` for `pos`)."""
     X, _ = collect_activations(model, prompts, hook, pos)

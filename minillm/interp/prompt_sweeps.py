@@ -39,6 +39,7 @@ from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -46,6 +47,11 @@ from minillm.data.prompts import PromptPair
 from minillm.data.shards import ModelSpec, run_shards, shard_ranges
 from minillm.errors import MinillmError
 from minillm.interp.results import LabelledArray
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from minillm.hooked_model import HookedModel, TokensLike
 
 PROMPTS_PER_SHARD = 8
 
@@ -139,7 +145,7 @@ class PromptSweep:
             )
         return out
 
-    def plot(self, top: int = 20):
+    def plot(self, top: int = 20) -> Figure:
         """A Figure: left, the mean per cell (a dot where the interval excludes 0); right, the `top`
         cells of largest |mean| with their confidence intervals."""
         from matplotlib.figure import Figure
@@ -307,7 +313,7 @@ class PromptShard:
         return cls(info["start"], values, info["rows"], info["cols"], info["meta"])
 
 
-def prompt_shard(task: PromptTask, model=None) -> PromptShard:
+def prompt_shard(task: PromptTask, model: HookedModel=None) -> PromptShard:
     """Run the task's prompts one after another (on a worker, or here with `model`)."""
     if model is None:
         with task.model.use() as model:
@@ -443,14 +449,14 @@ def _align(values: list[np.ndarray], cols: list[list[str]]) -> tuple[np.ndarray,
 
 
 def patching_over_prompts(
-    model,
+    model: HookedModel,
     pairs: Sequence[PromptPair],
     component: str = "resid_pre",
     direction: str = "denoising",
     normalize: bool = True,
     layers: Sequence[int] | None = None,
     batch_size: int = 32,
-    **engine,
+    **engine: Any,
 ) -> PromptSweep:
     """`patching_sweep` on every (clean, corrupted, answer, wrong) pair; mean and bootstrap CI per cell.
 
@@ -471,14 +477,14 @@ def patching_over_prompts(
 
 
 def ablation_over_prompts(
-    model,
+    model: HookedModel,
     pairs: Sequence[PromptPair],
     component: str = "heads",
     method: str = "mean",
-    reference=None,
+    reference: TokensLike | None = None,
     layers: Sequence[int] | None = None,
     batch_size: int = 32,
-    **engine,
+    **engine: Any,
 ) -> PromptSweep:
     """`ablation_sweep` on every prompt (metric: logit diff, or the answer's logit without `wrong`).
 
@@ -513,13 +519,13 @@ def ablation_over_prompts(
 
 
 def median_replacement_over_prompts(
-    model,
+    model: HookedModel,
     prompts: Sequence[PromptPair],
     rates: Sequence[float] | None = None,
     layers: Sequence[int] | None = None,
     measure: str = "logit",
     batch_size: int = 64,
-    **engine,
+    **engine: Any,
 ) -> PromptSweep:
     """`median_replacement` on every (prompt, target): Δ target [layer, rate] per prompt, mean and CI."""
     from minillm.interp.ablation import COARSE_RATES, FINE_RATES
@@ -541,7 +547,7 @@ def median_replacement_over_prompts(
     )
 
 
-def plot_ripple_intervals(res: PromptSweep, rates: Sequence[str] | None = None):
+def plot_ripple_intervals(res: PromptSweep, rates: Sequence[str] | None = None) -> Figure:
     """The ripple plot of a median-replacement prompt sweep: per rate, the mean Δ across layers with
     its confidence band. Returns a Figure."""
     from matplotlib.figure import Figure

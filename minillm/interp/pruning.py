@@ -31,15 +31,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from minillm.edit.edits import Edit, Slice, _check_int, _check_layer
 from minillm.errors import MinillmError
-from minillm.interp.metrics import as_backward
+from minillm.interp import interventions as iv
+from minillm.interp.batch import run_batch
 from minillm.interp.results import LabelledArray
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+    from minillm.hooked_model import HookedModel, TokensLike
 
 UNITS = ("heads", "neurons")
 IMPORTANCE = ("ablation", "magnitude", "gradient")
@@ -96,7 +98,7 @@ def _ranges(rows: list[int]) -> str:
 # --- importance ---------------------------------------------------------------------------------
 
 
-def magnitude_importance(model, unit: str = "heads") -> LabelledArray:
+def magnitude_importance(model: HookedModel, unit: str = "heads") -> LabelledArray:
     """Weight-only importance: the OV-map norm of each head, or in·out weight norms per neuron."""
     cfg, L = model.cfg, model.cfg.n_layers
     rows = []
@@ -116,7 +118,8 @@ def magnitude_importance(model, unit: str = "heads") -> LabelledArray:
     return _scores(model, np.stack(rows), unit, "magnitude")
 
 
-def importance(model, tokens, metric: Callable, unit: str = "heads", method: str = "ablation",
+def importance(model: HookedModel, tokens: TokensLike, metric: Callable, unit: str = "heads",
+               method: str = "ablation",
                layers: Sequence[int] | None = None, progress: bool = True) -> LabelledArray:
     """Importance of every head or neuron ([layer, head] / [layer, neuron]); see the module docstring.
 
@@ -133,7 +136,7 @@ def importance(model, tokens, metric: Callable, unit: str = "heads", method: str
         from minillm.interp.attribution import gradient_importance
 
         toks = _plain_tokens(model, tokens)
-        res = gradient_importance(model, toks, as_backward(metric))[unit]
+        res = gradient_importance(model, toks, metric)[unit]
         return _scores(model, res.values, unit, "gradient")
     from minillm.interp.ablation import ablation_sweep
 
@@ -178,30 +181,40 @@ def prune_lowest(scores: LabelledArray, fraction: float) -> mask_units:
     return mask_units(heads=tuple(units)) if scores.axes[1] == "head" else mask_units(neurons=tuple(units))
 
 
-def pruning_curve(model, tokens, metric: Callable, scores: LabelledArray,
-                  fractions: Sequence[float] = DEFAULT_FRACTIONS, progress: bool = True) -> LabelledArray:
+def pruning_interventions(scores: LabelledArray, fraction: float) -> list[iv.Intervention]:
+    """`prune_lowest(scores, fraction)` as activation interventions: the pruned heads' hook_z and
+    neurons' hook_post set to 0, one intervention per layer. A zero there removes exactly the
+    unit's contribution that zeroing its W_O[h] / W_out[i] row removes (each product is 0)."""
+    by_layer: dict[int, list[int]] = {}
+    for l, i in lowest(scores, fraction):
+        by_layer.setdefault(l, []).append(i)
+    hook, axis = ("z", "head") if scores.axes[1] == "head" else ("post", "neuron")
+    return [iv.zero(hook, layer=l, **{axis: sorted(units)}) for l, units in sorted(by_layer.items())]
+
+
+def pruning_curve(model: HookedModel, tokens: TokensLike, metric: Callable, scores: LabelledArray,
+                  fractions: Sequence[float] = DEFAULT_FRACTIONS, batch_size: int = 32,
+                  progress: bool = True) -> LabelledArray:
     """metric (mean over the prompt set) with the lowest `fraction` of units pruned, per fraction.
 
-    Each fraction is applied through the edit journal and reverted before
-    the next, also on errors and Ctrl-C (which returns the partial curve).
+    Each fraction is one variant of the batched-run engine (minillm.interp.batch):
+    the pruned units' outputs are zeroed by hooks (`pruning_interventions`), which
+    removes what `model.edited(prune_lowest(scores, f))` removes, up to float32
+    rounding of the batched forward; weights are never touched. Ctrl-C returns
+    the partial curve (meta["interrupted"]).
     """
     t0 = time.perf_counter()
     if isinstance(tokens, (list, tuple)) and tokens and isinstance(tokens[0], str):
         toks, mask = model.to_tokens_and_mask(list(tokens))
     else:
         toks, mask = np.atleast_2d(model._as_tokens(tokens)), None
-    last_only = getattr(metric, "last_only", False)
-    values = np.full(len(fractions), np.nan)
-    interrupted = False
-    try:
-        for j, f in enumerate(tqdm(fractions, desc="pruning", disable=not progress, leave=False)):
-            with model.edited(prune_lowest(scores, f)):
-                values[j] = np.mean(metric(model(toks, attention_mask=mask, last_only=last_only)))
-    except KeyboardInterrupt:
-        interrupted = True
+    variants = [pruning_interventions(scores, f) for f in fractions]
+    res = run_batch(model, toks, variants, metric, batch_size=batch_size, attention_mask=mask,
+                    progress=progress, desc="pruning")
+    values = res.values.reshape(len(fractions), -1).mean(axis=1)
     return LabelledArray(values, ("fraction pruned",), ([f"{f:g}" for f in fractions],),
                          title=f"pruning {scores.meta.get('unit', '')} by {scores.meta.get('method', '')}",
-                         meta=dict(fractions=list(map(float, fractions)), interrupted=interrupted,
+                         meta=dict(fractions=list(map(float, fractions)), interrupted=res.interrupted,
                                    seconds=round(time.perf_counter() - t0, 3), **scores.meta))
 
 

@@ -40,6 +40,8 @@ from minillm.errors import MinillmError
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from minillm.hooked_model import HookedModel
+
 
 def _check_layer(model, layer: int) -> None:
     L = model.cfg.n_layers
@@ -64,14 +66,15 @@ def _check_head(model, layer: int, head: int) -> int:
     return head // (h // kv)
 
 
-def top_tokens(model, scores: np.ndarray, k: int = 10, largest: bool = True) -> list[tuple[str, float]]:
+def top_tokens(model: HookedModel, scores: np.ndarray, k: int = 10,
+               largest: bool = True) -> list[tuple[str, float]]:
     """The k tokens with the largest (or smallest) score.   scores [V] -> [(text, score)]"""
     order = np.argsort(-scores if largest else scores, kind="stable")[:k]
     decode = (lambda i: model.to_string([i])) if model.tokenizer is not None else str
     return [(decode(int(i)), float(scores[i])) for i in order]
 
 
-def unembed_direction(model, direction: np.ndarray, ln_gain: bool = True) -> np.ndarray:
+def unembed_direction(model: HookedModel, direction: np.ndarray, ln_gain: bool = True) -> np.ndarray:
     """A residual-stream direction read through the unembedding.   [d] -> [V]
 
     direction (⊙ ln_final.w) @ W_U: the logits it adds per unit of normalized stream.
@@ -80,7 +83,7 @@ def unembed_direction(model, direction: np.ndarray, ln_gain: bool = True) -> np.
     return (direction * w) @ model.unembed.W_U  # [V]
 
 
-def embed_direction(model, direction: np.ndarray) -> np.ndarray:
+def embed_direction(model: HookedModel, direction: np.ndarray) -> np.ndarray:
     """A direction read in the input (embedding) space.   [d] -> [V]: W_E @ direction"""
     return model.embed.W_E @ direction  # [V]
 
@@ -115,7 +118,8 @@ class NeuronReadout:
         return "\n".join(lines)
 
 
-def neuron_readout(model, layer: int, neuron: int, k: int = 10, ln_gain: bool = True) -> NeuronReadout:
+def neuron_readout(model: HookedModel, layer: int, neuron: int, k: int = 10,
+                   ln_gain: bool = True) -> NeuronReadout:
     """Output, input (and gate) readouts of one MLP neuron; see the module docstring."""
     _check_neuron(model, layer, neuron)
     mlp, ln2 = model.blocks[layer].mlp, model.blocks[layer].ln2
@@ -146,7 +150,7 @@ class Context:
         return f"{self.activation:+8.3f}  [{self.text_index}:{self.pos}] ...{self.context}"
 
 
-def neuron_activations(model, texts: Sequence[str], layer: int, neuron: int, hook: str = "post",
+def neuron_activations(model: HookedModel, texts: Sequence[str], layer: int, neuron: int, hook: str = "post",
                        progress: bool = False) -> list[np.ndarray]:
     """The neuron's activation at every position of every text (one run per text). -> [p_j] each"""
     _check_neuron(model, layer, neuron)
@@ -159,7 +163,7 @@ def neuron_activations(model, texts: Sequence[str], layer: int, neuron: int, hoo
     return acts
 
 
-def top_activating_contexts(model, texts: Sequence[str], layer: int, neuron: int, k: int = 10,
+def top_activating_contexts(model: HookedModel, texts: Sequence[str], layer: int, neuron: int, k: int = 10,
                             window: int = 8, hook: str = "post", progress: bool = False) -> list[Context]:
     """The k (text, position) pairs where the neuron's activation is largest, with `window`
     tokens of context before each (the firing token last, marked with [[...]])."""
@@ -177,14 +181,14 @@ def top_activating_contexts(model, texts: Sequence[str], layer: int, neuron: int
 # --- attention heads: OV and QK circuits ---------------------------------------------------------
 
 
-def head_ov(model, layer: int, head: int) -> np.ndarray:
+def head_ov(model: HookedModel, layer: int, head: int) -> np.ndarray:
     """The OV circuit W_V[h] @ W_O[h].   -> [d, d]: source stream (after ln1) -> write."""
     kv = _check_head(model, layer, head)
     attn = model.blocks[layer].attn
     return attn._W_V[kv] @ attn.W_O[head]  # [d, e] @ [e, d]  (_W_V[kv] is W_V[head])
 
 
-def head_qk(model, layer: int, head: int) -> np.ndarray:
+def head_qk(model: HookedModel, layer: int, head: int) -> np.ndarray:
     """The QK circuit W_Q[h] @ W_K[h]^T.   -> [d, d]: x_dst^T QK x_src (no RoPE, no 1/sqrt(e))."""
     kv = _check_head(model, layer, head)
     attn = model.blocks[layer].attn
@@ -214,7 +218,7 @@ class SVDReadout:
         return "\n".join(lines)
 
 
-def svd_readout(model, M: np.ndarray, kind: str = "ov", layer: int | None = None, rank: int = 3,
+def svd_readout(model: HookedModel, M: np.ndarray, kind: str = "ov", layer: int | None = None, rank: int = 3,
                 k: int = 8) -> SVDReadout:
     """Low-rank readout of a [d, d] circuit: M = U S V^T, then each U[:, j] through W_E
     (times ln1.w of `layer`, when given: the head reads ln1(x)) and each V[j] through
@@ -234,7 +238,7 @@ def svd_readout(model, M: np.ndarray, kind: str = "ov", layer: int | None = None
     return SVDReadout(kind, S, inputs, outputs)
 
 
-def ov_token_table(model, layer: int, head: int, tokens: Sequence[int | str], k: int = 5
+def ov_token_table(model: HookedModel, layer: int, head: int, tokens: Sequence[int | str], k: int = 5
                    ) -> dict[str, list[tuple[str, float]]]:
     """For each source token t: the tokens head (layer, head) writes most when attending to t.
 

@@ -55,6 +55,7 @@ from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -62,6 +63,9 @@ from minillm.data.corpus import Batch, Corpus
 from minillm.data.shards import ModelSpec, merge_workers, run_shards, shard_ranges, worker_record
 from minillm.errors import MinillmError
 from minillm.interp.interventions import hook_axes
+
+if TYPE_CHECKING:
+    from minillm.hooked_model import HookedModel
 
 BY = ("neuron", "head", "hook")
 POSITIONS = ("all", "last")
@@ -350,7 +354,7 @@ class CorpusStats:
 # --- computing them -------------------------------------------------------------------------
 
 
-def resolve_hooks(model, hooks: str | Sequence[str]) -> list[str]:
+def resolve_hooks(model: HookedModel, hooks: str | Sequence[str]) -> list[str]:
     """Hook names or glob patterns ("blocks.*.mlp.hook_post", comma-separated) -> names in forward order."""
     pats = [p.strip() for p in (hooks.split(",") if isinstance(hooks, str) else hooks) if p.strip()]
     if not pats:
@@ -372,7 +376,7 @@ def resolve_hooks(model, hooks: str | Sequence[str]) -> list[str]:
     return chosen
 
 
-def unit_shape(model, name: str, by: str) -> tuple[int, ...]:
+def unit_shape(model: HookedModel, name: str, by: str) -> tuple[int, ...]:
     """The shape of the statistics of hook `name` at granularity `by`."""
     act = _probe_shapes(model)[name]  # without batch and position axes
     if by == "neuron":
@@ -397,7 +401,7 @@ class _Done(Exception):
     """Raised by the last wanted hook: the rest of the forward pass is not needed."""
 
 
-def collect(model, batch: Batch, names: Sequence[str]) -> dict[str, np.ndarray]:
+def collect(model: HookedModel, batch: Batch, names: Sequence[str]) -> dict[str, np.ndarray]:
     """The named activations of one batch, stopping the forward pass after the last of them."""
     store: dict[str, np.ndarray] = {}
     last = names[-1]
@@ -448,7 +452,7 @@ class StatsTask:
     progress: bool = False
 
 
-def stats_shard(task: StatsTask, model=None) -> CorpusStats:
+def stats_shard(task: StatsTask, model: HookedModel=None) -> CorpusStats:
     """Statistics of one shard (runs on a worker; `model` given when run in this process)."""
     t0, c0 = time.perf_counter(), time.process_time()
     if model is None:
@@ -480,7 +484,7 @@ def _merge(acc: CorpusStats | None, r: CorpusStats) -> CorpusStats:
 
 
 def corpus_stats(
-    model,
+    model: HookedModel,
     corpus: Corpus | Sequence[str],
     hooks: str | Sequence[str],
     window: int = 128,

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -38,6 +39,9 @@ from minillm import ops
 from minillm.errors import MinillmError
 from minillm.interp import interventions as iv
 from minillm.interp.lens import token_ids
+
+if TYPE_CHECKING:
+    from minillm.hooked_model import HookedModel
 
 # A small task for in-context function vectors: country -> capital (each capital one token
 # for SmolLM2's tokenizer with a leading space).
@@ -62,7 +66,7 @@ def _stream(layer: int, hook: str) -> str:
     return f"blocks.{layer}.hook_{hook}"
 
 
-def mean_activation(model, prompts: Sequence[str], layer: int, hook: str = "resid_pre",
+def mean_activation(model: HookedModel, prompts: Sequence[str], layer: int, hook: str = "resid_pre",
                     pos: int | None = -1) -> np.ndarray:
     """Mean of `blocks.{layer}.hook_{hook}` over prompts, at `pos` (None = over all positions). -> [d]
 
@@ -78,7 +82,7 @@ def mean_activation(model, prompts: Sequence[str], layer: int, hook: str = "resi
     return (act * mask[..., None]).sum((0, 1)) / mask.sum()  # real tokens only
 
 
-def steering_vector(model, positive: Sequence[str], negative: Sequence[str], layer: int,
+def steering_vector(model: HookedModel, positive: Sequence[str], negative: Sequence[str], layer: int,
                     hook: str = "resid_pre", pos: int | None = -1) -> np.ndarray:
     """mean activation over `positive` minus over `negative` at one layer.   -> [d]"""
     return mean_activation(model, positive, layer, hook, pos) - \
@@ -86,14 +90,14 @@ def steering_vector(model, positive: Sequence[str], negative: Sequence[str], lay
 
 
 def steer(vector: np.ndarray, layer: int, alpha: float = 1.0, hook: str = "resid_pre",
-          pos=None) -> iv.Add:
+          pos: int | Sequence[int] | None = None) -> iv.Add:
     """The intervention 'add α·vector to blocks.{layer}.hook_{hook}' (every position, or `pos`)."""
     return iv.add(_stream(layer, hook), alpha * np.asarray(vector), pos=pos)
 
 
-def generate_steered(model, prompt: str, vector: np.ndarray, layer: int,
+def generate_steered(model: HookedModel, prompt: str, vector: np.ndarray, layer: int,
                      alphas: Sequence[float] = (0.0, 4.0, 8.0), hook: str = "resid_pre",
-                     max_new_tokens: int = 20, **generate_kwargs) -> dict[float, str]:
+                     max_new_tokens: int = 20, **generate_kwargs: Any) -> dict[float, str]:
     """The greedy continuation of `prompt` with α·vector added at `layer`, for each α.
 
     The vector is added at every position, prompt and generated tokens alike
@@ -135,12 +139,12 @@ def fewshot_prompts(pairs: Sequence[tuple[str, str]], n_prompts: int, n_shots: i
     return prompts, answers
 
 
-def first_token_ids(model, answers: Sequence[str]) -> np.ndarray:
+def first_token_ids(model: HookedModel, answers: Sequence[str]) -> np.ndarray:
     """The first token of each answer (" Bangkok" -> " Bang").   -> [n]"""
     return np.array([model.to_tokens(a)[0, 0] for a in answers], np.int64)
 
 
-def mean_head_outputs(model, prompts: Sequence[str], pos: int = -1) -> np.ndarray:
+def mean_head_outputs(model: HookedModel, prompts: Sequence[str], pos: int = -1) -> np.ndarray:
     """Each head's output z[l, h] @ W_O[l, h] at `pos`, averaged over prompts.   -> [L, h, d]"""
     tokens, mask = model.to_tokens_and_mask(list(prompts))  # left-padded: -1 = last real token
     _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("attn.hook_z"),
@@ -149,7 +153,7 @@ def mean_head_outputs(model, prompts: Sequence[str], pos: int = -1) -> np.ndarra
                      for l, block in enumerate(model.blocks)])  # [L, h, d]
 
 
-def head_indirect_effects(model, mean_out: np.ndarray, shuffled_prompts: Sequence[str],
+def head_indirect_effects(model: HookedModel, mean_out: np.ndarray, shuffled_prompts: Sequence[str],
                           answers: Sequence[str]) -> np.ndarray:
     """Attribution-patching estimate of each head's causal indirect effect.   -> [L, h]
 
@@ -158,9 +162,10 @@ def head_indirect_effects(model, mean_out: np.ndarray, shuffled_prompts: Sequenc
     attn_out, so that gradient is the gradient w.r.t. the head's output).
     """
     from minillm.grad import backward as B
+    from minillm.interp import metrics as M
 
     tokens, mask = model.to_tokens_and_mask(list(shuffled_prompts))
-    grads = B.backward(model, tokens, B.log_prob(first_token_ids(model, answers)),
+    grads = B.backward(model, tokens, M.log_prob(model, [[int(t)] for t in first_token_ids(model, answers)]),
                        attention_mask=mask, params=False)
     effects = np.zeros(mean_out.shape[:2])
     for l, block in enumerate(model.blocks):
@@ -181,7 +186,8 @@ class FunctionVector:
     mean_out: np.ndarray
 
 
-def function_vector(model, pairs: Sequence[tuple[str, str]], n_prompts: int = 12, n_shots: int = 5,
+def function_vector(model: HookedModel, pairs: Sequence[tuple[str, str]], n_prompts: int = 12,
+                    n_shots: int = 5,
                     n_heads: int = 10, template: str = "{x}:", seed: int = 0) -> FunctionVector:
     """The function vector of a task given as (input, output) pairs; see the module docstring."""
     prompts, answers = fewshot_prompts(pairs, n_prompts, n_shots, template, seed)
@@ -194,7 +200,7 @@ def function_vector(model, pairs: Sequence[tuple[str, str]], n_prompts: int = 12
     return FunctionVector(vector, heads, effects, mean_out)
 
 
-def answer_probs(model, prompts: Sequence[str], answers: Sequence[str],
+def answer_probs(model: HookedModel, prompts: Sequence[str], answers: Sequence[str],
                  interventions: Sequence = ()) -> np.ndarray:
     """p(first token of answer) after each prompt, with interventions in place.   -> [n]"""
     tokens, mask = model.to_tokens_and_mask(list(prompts))
@@ -215,7 +221,7 @@ def _cosine_top(vectors: np.ndarray, query: np.ndarray, k: int, exclude: Sequenc
     return list(np.argsort(-sims, kind="stable")[:k]), sims
 
 
-def embedding_analogy(model, a: str, b: str, c: str, k: int = 10) -> list[tuple[str, float]]:
+def embedding_analogy(model: HookedModel, a: str, b: str, c: str, k: int = 10) -> list[tuple[str, float]]:
     """b - a + c in the input embedding W_E, nearest tokens by cosine (a, b, c excluded).
 
     embedding_analogy(model, " man", " king", " woman") asks 'man is to king as woman is to ?'.
@@ -227,7 +233,7 @@ def embedding_analogy(model, a: str, b: str, c: str, k: int = 10) -> list[tuple[
     return [(model.to_string([int(i)]), float(sims[i])) for i in top]
 
 
-def residual_analogy(model, a: str, b: str, c: str, candidates: Sequence[str], layer: int,
+def residual_analogy(model: HookedModel, a: str, b: str, c: str, candidates: Sequence[str], layer: int,
                      template: str = "{w}", hook: str = "resid_pre") -> list[tuple[str, float]]:
     """b - a + c in the residual stream at `layer` (last position of `template` filled with
     each word), ranked against the candidates' own residual vectors by cosine.

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -36,6 +37,9 @@ from minillm.data.corpus import Batch, Corpus
 from minillm.data.shards import ModelSpec, merge_workers, run_shards, shard_ranges, worker_record
 from minillm.errors import MinillmError
 from minillm.interp.stats import DOCS_PER_SHARD, collect
+
+if TYPE_CHECKING:
+    from minillm.hooked_model import HookedModel
 
 
 @dataclass
@@ -201,7 +205,7 @@ class TopActivations:
             "width:7em}.t{border-radius:2px}.c{outline:2px solid #000}table{border-collapse:collapse}"
             "h2{font-size:1.05em;margin-top:1.2em}</style></head><body>",
             f"<h1>Max-activating examples: {_html.escape(self.hook)}</h1>",
-            f"<p>{_html.escape(json.dumps({k: v for k, v in self.meta.items() if k != 'workers'}))}</p>",
+            f"<p>{_html.escape(self._caption())}</p>",
         ]
         for nr in neurons:
             exs = self.examples(nr)[:n]
@@ -222,6 +226,15 @@ class TopActivations:
                 )
         parts.append("</body></html>")
         return "".join(parts)
+
+    def _caption(self) -> str:
+        m = self.meta
+        corpus = m.get("corpus", {})
+        where = ", ".join(corpus.get("paths", [])) or f"{corpus.get('n_texts', '?')} texts"
+        return (
+            f"model {m.get('model', '?')} · corpus {where} ({m.get('n_tokens', '?')} tokens) · top {self.k} "
+            f"per neuron · context {self.before} before, {self.after} after · ties: earliest document first"
+        )
 
     # --- files ----------------------------------------------------------------------------
 
@@ -328,7 +341,7 @@ class TopTask:
     progress: bool = False
 
 
-def top_shard(task: TopTask, model=None) -> TopActivations:
+def top_shard(task: TopTask, model: HookedModel=None) -> TopActivations:
     """The top-k buffer of one shard (runs on a worker; `model` given when run in this process)."""
     t0, c0 = time.perf_counter(), time.process_time()
     if model is None:
@@ -354,7 +367,7 @@ def top_shard(task: TopTask, model=None) -> TopActivations:
 
 
 def top_activations(
-    model,
+    model: HookedModel,
     corpus: Corpus | Sequence[str],
     layer: int | None = None,
     neurons: Sequence[int] | None = None,

@@ -154,6 +154,10 @@ def select_hooks(names: Sequence[str], pattern: str | Sequence[str] | Callable |
         for glob in globs:
             hits = fnmatch.filter(pool, glob)
             if not hits:
+                if glob.endswith("hook_result"):
+                    raise MinillmError(f"hook pattern {glob!r}: attn.hook_result is recorded only "
+                                       "with the model setting use_attn_result "
+                                       "(model.set_use_attn_result(True))")
                 raise MinillmError(
                     f"hook pattern {glob!r} matches no hook of this model; hook names look like "
                     f"'blocks.0.hook_resid_post' or 'blocks.*.attn.hook_pattern' "
@@ -237,7 +241,8 @@ def run_dump(model, prompt, hooks=None, fwd_hooks=(), allow_large: bool = False,
     import minillm
 
     ids = _tokens(model, prompt)
-    names = select_hooks(model.hook_names(), hooks)
+    names = select_hooks([n for n in model.hook_names()  # attn.hook_result: only with the setting
+                          if model.use_attn_result or not n.endswith("attn.hook_result")], hooks)
     sizes = estimate_bytes(model, names, *ids.shape)
     total = sum(sizes.values())
     if total > max_bytes:

@@ -70,7 +70,7 @@ HOOKS: dict[str, tuple[tuple[str, ...], str]] = {
     "attn.hook_pattern": (SCORES, "softmax of the scores over key_pos"),
     "attn.hook_z": (Q_HEADS, "pattern · v: each head's output before W_O"),
     "attn.hook_result": (("batch", "pos", "n_heads", "d_model"),
-                         "each head's write z·W_O (only when asked for: it is large); "
+                         "each head's write z·W_O (only with the setting use_attn_result: it is large); "
                          "sums to hook_attn_out - b_O"),
     "ln1_post.hook_scale": (SCALE, _SCALE + "; of the attention output (Gemma, OLMo-2)"),
     "ln1_post.hook_normalized": (RESID, _NORMED),

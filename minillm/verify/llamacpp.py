@@ -130,6 +130,10 @@ def _z_merged(a, cfg, p):  # {e, h, p} -> [1, p, h, e]
     return a[0][None]
 
 
+def _z_cont(a, cfg, p):  # {h·e, p} -> [1, p, h, e]
+    return a[0, 0].reshape(a.shape[2], cfg.n_heads, cfg.d_head)[None]
+
+
 def node_map(name: str, op: str = "", sources: Iterable[str] = ()) -> NodeMap | None:
     """The minillm hook of a llama.cpp graph node (`l_out-3` -> `blocks.3.hook_resid_post`).
 
@@ -174,6 +178,8 @@ def node_map(name: str, op: str = "", sources: Iterable[str] = ()) -> NodeMap | 
         return NodeMap(name, f"{b}.attn.hook_z", _z_from_kqv)
     if base == "kqv_merged":
         return NodeMap(name, f"{b}.attn.hook_z", _z_merged)
+    if base == "kqv_merged_cont":
+        return NodeMap(name, f"{b}.attn.hook_z", _z_cont)
     return None
 
 

@@ -1,0 +1,306 @@
+"""Fault campaign: real interrupts, hostile values, oversized inputs and bad arguments.
+
+Every test here was written against a failure found by trying (issue 15) and fails on
+the code before its fix. Sections:
+
+1. Ctrl-C (a real SIGINT at a random moment, sent by another process so that it can
+   arrive in the middle of a NumPy call) during edit(), revert(), revert_all() and while
+   entering, inside or leaving `with model.edited(...)`: afterwards every
+   parameter (hashed) is in the state before or the state after the operation, and the
+   journal and the handles say which.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from minillm.edit import edits
+from minillm.errors import MinillmError
+from tests.conftest import random_model
+
+# --- 1. interrupts ----------------------------------------------------------------------------
+
+# A model big enough that an edit takes ~1 ms (so random delays land inside it), small
+# enough that hashing every parameter is quick.
+CAMPAIGN_MODEL = dict(n_embd=128, n_layer=2, n_head=4, n_positions=32, vocab_size=2048)
+
+
+def param_hashes(model) -> dict[str, str]:
+    """SHA-256 of every parameter's bytes (W_U too: it may be untied)."""
+    out = {n: hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest()
+           for n, v in model.named_parameters()}
+    out["unembed.W_U"] = hashlib.sha256(np.ascontiguousarray(model.unembed.W_U).tobytes()).hexdigest()
+    out["tied"] = str(model.unembed.tied)
+    return out
+
+
+def campaign_ops(model):
+    """Three overlapping edits that take a while: a whole-matrix add, an untying embedding
+    edit (copies W_E.T) and a neuron scale overlapping the add."""
+    delta = np.random.default_rng(0).normal(0, 0.01, model.embed.W_E.shape)
+    return [edits.add_to_weight("embed.W_E", None, delta),
+            edits.reduce_embedding(7, 0.5, untie=True),
+            edits.scale_neuron(1, 3, 0.5, which="both")]
+
+
+# A separate process sends the signals: a thread of this process would need the GIL to
+# send one, and so could only send it between NumPy calls. The process reads a delay,
+# sleeps, and sends SIGINT to the test process.
+KILLER = """
+import os, signal, sys, time
+target = int(sys.argv[1])
+for line in sys.stdin:
+    time.sleep(float(line))
+    os.kill(target, signal.SIGINT)
+"""
+
+
+class Interrupter:
+    def __init__(self):
+        self.proc = subprocess.Popen([sys.executable, "-c", KILLER, str(os.getpid())],
+                                     stdin=subprocess.PIPE, bufsize=0)
+
+    def during(self, action, delay: float):
+        """Run `action()` while SIGINT arrives `delay` s after it starts.
+
+        Returns (result or None, where): "inside" when the KeyboardInterrupt came out of
+        `action`, "after" when it arrived once `action` had returned (it is then caught here),
+        so every trial gets exactly one real signal.
+        """
+        result, where = None, "inside"
+        try:
+            os.write(self.proc.stdin.fileno(), f"{delay!r}\n".encode())
+            result = action()
+            where = "after"
+            while True:  # wait for this trial's signal: no trial ends without its own
+                time.sleep(0.001)
+        except KeyboardInterrupt:
+            pass
+        return result, where
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def interrupter():
+    it = Interrupter()
+    yield it
+    it.close()
+
+
+def timed(action) -> float:
+    t0 = time.perf_counter()
+    action()
+    return time.perf_counter() - t0
+
+
+@pytest.fixture(scope="module")
+def campaign():
+    """The model, its ops, and the hashes of every state the campaign may end in."""
+    model = random_model("gpt2", seed=0, **CAMPAIGN_MODEL)
+    ops = campaign_ops(model)
+    states = {"pristine": param_hashes(model)}
+    for k in range(1, len(ops) + 1):
+        with model.edited(*ops[:k]):
+            states[f"first {k}"] = param_hashes(model)
+    with model.edited(*ops[1:]):
+        states["without the first"] = param_hashes(model)
+    assert param_hashes(model) == states["pristine"]
+    return model, ops, states
+
+
+def state_of(model, states) -> str:
+    h = param_hashes(model)
+    for name, hashes in states.items():
+        if h == hashes:
+            return name
+    changed = [n for n in h if h[n] != states["pristine"][n]]
+    return f"a mixed state (differs from pristine in {changed})"
+
+
+def check_journal(model, handles) -> None:
+    """Handles and journal agree: a handle is active iff the journal holds its record."""
+    held = {id(r.handle) for r in model.journal.records}
+    for h in handles:
+        assert (h.state != "reverted") == (id(h) in held), f"{h!r} vs journal {model.journal.describe()}"
+
+
+MIN_TRIALS, MAX_TRIALS, MIN_INSIDE = 100, 400, 25
+
+
+def run_campaign(what, interrupter, model, setup, action, check, seed: int) -> Counter:
+    """Trials of: ctx = setup(); SIGINT at a random moment of action(ctx); check(ctx, result)
+    names the state reached (asserting it is a consistent one); model.revert_all() resets.
+
+    The delay is uniform over 1.2× the action's median duration. At least MIN_TRIALS trials,
+    more (up to MAX_TRIALS) until MIN_INSIDE interrupts have landed inside the action.
+    """
+    durations = []
+    for _ in range(5):
+        ctx = setup()
+        durations.append(timed(lambda ctx=ctx: action(ctx)))
+        model.revert_all()
+    duration = sorted(durations)[2]
+    rng = random.Random(seed)
+    outcomes: Counter = Counter()
+    n = inside = 0
+    while n < MIN_TRIALS or (inside < MIN_INSIDE and n < MAX_TRIALS):
+        ctx = setup()
+        result, where = interrupter.during(lambda ctx=ctx: action(ctx), rng.uniform(0, 1.2 * duration))
+        outcomes[(where, check(ctx, result))] += 1
+        model.revert_all()
+        assert model.journal.pristine and not model.edits
+        n, inside = n + 1, inside + (where == "inside")
+    print(f"{what}: {n} trials, action {duration * 1e3:.1f} ms: {dict(outcomes)}")
+    assert inside >= MIN_INSIDE, f"only {inside} of {n} interrupts landed inside {what}"
+    return outcomes
+
+
+def test_ctrl_c_during_edit_applies_all_or_nothing(campaign, interrupter):
+    """An interrupted model.edit(op): the edit is applied and recorded, or not applied."""
+    model, ops, states = campaign
+
+    def check(_, handle) -> str:
+        state = state_of(model, states)
+        assert state in ("pristine", "first 1"), state
+        assert model.journal.pristine == (state == "pristine")
+        assert len(model.edits) == (state == "first 1"), model.journal.describe()
+        if handle is not None:
+            check_journal(model, [handle])
+        return state
+
+    run_campaign("edit", interrupter, model, lambda: None, lambda _: model.edit(ops[0]), check, 1)
+
+
+def test_ctrl_c_during_revert_leaves_handles_and_journal_in_agreement(campaign, interrupter):
+    """Reverting the oldest of three edits rewinds and re-applies the other two: an interrupt
+    anywhere in that leaves the weights, the journal and every handle in agreement, and the
+    other handles still revert (before: a mixed state, handles marked active that the journal
+    no longer held, and then `ValueError: min() arg is an empty sequence`)."""
+    model, ops, states = campaign
+
+    def check(handles, _) -> str:
+        state = state_of(model, states)
+        assert state in ("first 3", "without the first"), state
+        assert (handles[0].state == "reverted") == (state == "without the first")
+        check_journal(model, handles)
+        for h in handles[1:]:  # the others revert normally
+            h.revert()
+        if handles[0].state != "reverted":
+            handles[0].revert()
+        assert state_of(model, states) == "pristine" and model.journal.pristine
+        return state
+
+    run_campaign("revert", interrupter, model, lambda: [model.edit(op) for op in ops],
+                 lambda handles: handles[0].revert(), check, 2)
+
+
+def test_ctrl_c_during_revert_all_restores_everything_or_nothing(campaign, interrupter):
+    model, ops, states = campaign
+
+    def check(handles, _) -> str:
+        state = state_of(model, states)
+        assert state in ("pristine", "first 3"), state
+        assert model.journal.pristine == (state == "pristine")
+        check_journal(model, handles)
+        return state
+
+    run_campaign("revert_all", interrupter, model, lambda: [model.edit(op) for op in ops],
+                 lambda _: model.revert_all(), check, 3)
+
+
+def test_ctrl_c_anywhere_in_an_edited_block_leaves_the_weights_pristine(campaign, interrupter):
+    """Entering (three edits), the block itself (a sleep), and leaving (three reverts):
+    wherever the interrupt lands, the weights are pristine afterwards and the journal is
+    empty (before: about half of the interrupted exits left the weights edited)."""
+    model, ops, states = campaign
+    body = timed(lambda: model.edited(*ops).__enter__()) / 2
+    model.revert_all()
+
+    def block(_):
+        with model.edited(*ops):
+            time.sleep(body)
+
+    def check(_, __) -> str:
+        state = state_of(model, states)
+        assert state == "pristine" and model.journal.pristine, (state, model.journal.describe())
+        return state
+
+    run_campaign("edited", interrupter, model, lambda: None, block, check, 4)
+
+
+# --- 2. edits validated in the weight's own dtype ------------------------------------------------
+
+
+def weight_bytes(model) -> dict[str, bytes]:
+    return {n: v.tobytes() for n, v in model.named_parameters()}
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: edits.scale_neuron(1, 7, 1e39), r"would make blocks.1.mlp.W_out\[7\] non-finite in float32"),
+    (lambda: edits.scale_neuron(1, 7, 1e39, which="in"), r"non-finite in float32"),
+    (lambda: edits.scale_head(0, 1, -1e39), r"would make blocks.0.attn.W_O\[1\] non-finite"),
+    (lambda: edits.scale_norm(None, "final", 1e39), r"ln_final.w\[:\] non-finite"),
+    (lambda: edits.boost_embedding(5, 1e39), r"embed.W_E\[5\] non-finite"),
+    (lambda: edits.set_weight("blocks.0.mlp.b_in", 3, 1e39), r"b_in\[3\] non-finite"),
+    (lambda: edits.add_to_weight("blocks.0.ln1.w", None, 3e38), r"ln1.w\[...\] non-finite"),
+    # finite now, but the inverse revert (×1e39, or ×inf for a factor that rounds to 0) is not
+    (lambda: edits.scale_neuron(1, 7, 1e-39), r"its inverse revert would make .* non-finite"),
+    (lambda: edits.scale_neuron(1, 7, 1e-50), r"its inverse revert would make"),
+])
+def test_edits_that_overflow_the_dtype_are_refused_before_writing(make, message):
+    """Today `scale_neuron(3, 7, 1e39)` on float32 wrote inf (every logit NaN, one RuntimeWarning)."""
+    model = random_model("gpt2", seed=0)
+    model.blocks[0].ln1.w[...] = 1e38  # so that adding 3e38 overflows
+    before = weight_bytes(model)
+    with pytest.raises(MinillmError, match=message):
+        model.edit(make())
+    assert weight_bytes(model) == before and model.journal.pristine
+    with pytest.raises(MinillmError, match="nothing was changed"):
+        with model.edited(edits.zero_neuron(0, 1), make()):
+            pass
+    assert weight_bytes(model) == before and model.journal.pristine
+
+
+def test_the_same_factor_is_fine_in_float64_and_reverts():
+    model = random_model("gpt2", seed=0, dtype=np.float64)
+    before = weight_bytes(model)
+    h = model.edit(edits.scale_neuron(1, 7, 1e39))
+    assert np.isfinite(model.blocks[1].mlp.W_out[7]).all()
+    h.revert()
+    assert weight_bytes(model) == before
+
+
+def test_smollm2_scale_neuron_1e39_is_refused(smollm2):
+    before = smollm2.blocks[3].mlp.W_out[7].copy()
+    with pytest.raises(MinillmError, match=r"scale neuron 3:7 ×1e\+39 .*non-finite in float32"):
+        smollm2.edit(edits.scale_neuron(3, 7, 1e39))
+    assert smollm2.journal.pristine and (smollm2.blocks[3].mlp.W_out[7] == before).all()
+
+
+def test_a_revert_whose_re_applied_edits_would_overflow_changes_nothing():
+    """Reverting A re-applies the newer B on the weights without A; if B's result is then not
+    finite the revert is refused and weights, journal and handles stay as they were."""
+    model = random_model("gpt2", seed=0)
+    model.blocks[0].mlp.W_out[3] = 10.0  # pristine: B (×1e38) on these overflows
+    a = model.edit(edits.set_weight("blocks.0.mlp.W_out", 3, 1.0))
+    b = model.edit(edits.scale_neuron(0, 3, 1e38))  # on 1.0: 1e38, finite
+    before = weight_bytes(model)
+    with pytest.raises(MinillmError, match="non-finite"):
+        a.revert()
+    assert weight_bytes(model) == before
+    assert a.active and b.active and model.edits == [a, b]
+    b.revert()
+    a.revert()
+    assert model.journal.pristine and (model.blocks[0].mlp.W_out[3] == 10.0).all()
