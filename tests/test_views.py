@@ -199,9 +199,7 @@ def test_result_reprs_are_short_and_show_token_strings(smollm2):
     assert "[active]" in handle._repr_html_()
     handle.revert()
     assert "[reverted]" in handle._repr_html_()
-    from minillm.grad.backward import logit_diff
-
-    attr = ap.attribution_patching(model, ids, ids[:, ::-1].copy(), logit_diff(7, 11), ["resid_pre"])
+    attr = ap.attribution_patching(model, ids, ids[:, ::-1].copy(), M.logit_diff(None, 7, 11), ["resid_pre"])
     attr = attr["resid_pre"]
     cmp = ap.compare(attr, attr)
     assert repr(cmp).startswith("Comparison(") and len(repr(cmp)) < 200 and "<table" in cmp._repr_html_()
