@@ -284,10 +284,26 @@ class ActivationCache(dict):
             else:
                 z = _pos(self["z", l], pos_slice, axis=-3)  # [b, p, h, e]
                 result = np.einsum("...he,hed->...hd", z, self.model.blocks[l].attn.W_O)
+            factor = self._post_norm_factor(l, "ln1_post", pos_slice)  # [b, p, d] or None
+            if factor is not None:
+                result = result * factor[..., None, :]
             parts.append(np.moveaxis(result, -2, 0))  # [h, b, p, d]
             labels += [f"L{l}H{h}" for h in range(result.shape[-2])]
         return self._finish_stack(parts, labels, layer, pos_slice, return_labels, incl_remainder,
                                   apply_ln)
+
+    def _post_norm_factor(self, l: int, which: str, pos_slice) -> np.ndarray | None:
+        """gain / frozen scale of block l's ln1_post or ln2_post (Gemma, OLMo-2), or None.
+
+        A sublayer's output there goes through its own RMSNorm before it is added; with
+        that norm's cached scale frozen (as for ln_final in direct logit attribution),
+        each head's or neuron's write is raw · gain / scale, and the writes still sum
+        to hook_attn_out / hook_mlp_out.   -> [b, p, d]
+        """
+        norm = getattr(self.model.blocks[l], which)
+        if norm is None:
+            return None
+        return norm.gain / _pos(self[f"blocks.{l}.{which}.hook_scale"], pos_slice)
 
     def stack_neuron_results(self, layer: int | None = None, pos_slice=None, neuron_slice=None,
                              return_labels: bool = False, incl_remainder: bool = False,
@@ -309,7 +325,9 @@ class ActivationCache(dict):
             post = _pos(self["post", l], pos_slice)  # [b, p, m]
             post = post[..., keep]  # [b, p, m']
             W_out = self.model.blocks[l].mlp.W_out[keep]  # [m', d]
-            parts.append(np.einsum("...m,md->m...d", post, W_out))  # [m', b, p, d]
+            write = np.einsum("...m,md->m...d", post, W_out)  # [m', b, p, d]
+            factor = self._post_norm_factor(l, "ln2_post", pos_slice)  # [b, p, d] or None
+            parts.append(write if factor is None else write * factor)
             labels += [f"L{l}N{i}" for i in keep]
         return self._finish_stack(parts, labels, layer, pos_slice, return_labels, incl_remainder,
                                   apply_ln)

@@ -110,6 +110,7 @@ class ModelConfig:
     attn_softcap: float | None = None  # gemma 2: scores -> c·tanh(scores / c)
     final_softcap: float | None = None  # gemma 2: logits -> c·tanh(logits / c)
     embed_scale: bool = False  # gemma: embeddings multiplied by √d_model
+    attn_only: bool = False  # toy models (lesson 13): blocks are x + attn(ln1(x)), no ln2 or MLP
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -128,6 +129,48 @@ class ModelConfig:
     def attn_scale(self) -> float:
         """What q·k is multiplied by: 1/√d_head, or 1/√query_pre_attn_scalar (Gemma)."""
         return 1.0 / math.sqrt(self.query_pre_attn_scalar or self.d_head)
+
+    def differences(self) -> list[str]:
+        """What this model does beyond a plain Llama block, one phrase each (for `minillm info`)."""
+        out = []
+        if self.layer_norm:
+            out.append("LayerNorm with bias")
+        if not self.rotary:
+            out.append("learned positions")
+        elif self.rotary_dim < self.d_head:
+            out.append(f"rotary on {self.rotary_dim} of {self.d_head} head dims")
+        if self.rope_scaling is not None:
+            out.append(f"{self.rope_scaling.kind} rope scaling")
+        if self.parallel_residual:
+            out.append("parallel attention and MLP")
+        if not self.pre_norms:
+            out.append("no norms before the sublayers")
+        if self.post_norms:
+            out.append("norms after each sublayer (ln1_post, ln2_post)")
+        if self.norm_offset:
+            out.append(f"norm gain ({self.norm_offset:g} + w)")
+        if self.qk_norm:
+            out.append("q/k norms " + ("per head" if self.qk_norm == "head" else
+                                        "over the whole projection"))
+        if self.embed_scale:
+            out.append("embeddings × √d_model")
+        if self.query_pre_attn_scalar is not None:
+            out.append(f"scores / √{self.query_pre_attn_scalar:g} (query_pre_attn_scalar)")
+        if self.attn_softcap is not None:
+            out.append(f"attention soft-cap {self.attn_softcap:g}")
+        if self.final_softcap is not None:
+            out.append(f"final soft-cap {self.final_softcap:g}")
+        if self.sliding_window is not None:
+            where = (f"{sum(self.local_layers)} of {self.n_layers} layers"
+                     if self.local_layers else "every layer")
+            out.append(f"sliding window {self.sliding_window} on {where}")
+        if self.local_rope_theta is not None:
+            out.append(f"local layers' rope base {self.local_rope_theta:g}")
+        if self.gated_mlp and self.act_fn != "silu":
+            out.append("GeGLU MLP" if self.act_fn.startswith("gelu") else f"{self.act_fn} gate")
+        if not self.gated_mlp and self.act_fn == "gelu_erf":
+            out.append("exact (erf) GELU")
+        return out
 
     def window(self, layer: int) -> int | None:
         """The sliding window of one layer, or None where it attends to all earlier keys."""
@@ -279,6 +322,7 @@ def _gpt2(r: _Reader, model_type: str = "gpt2") -> ModelConfig:
         layer_norm=True,
         gated_mlp=False,
         rotary_dim=0,
+        attn_only=r.bool("attn_only", False),  # minillm's own key (TransformerLens: attn_only)
         bos_token_id=r.token_id("bos_token_id"),
         eos_token_ids=_eos_ids(r),
         extra=r.raw,
@@ -306,6 +350,9 @@ def _llama(r: _Reader, model_type: str) -> ModelConfig:
     sliding = None
     if model_type in ("mistral", "phi3", *GEMMA) or r.bool("use_sliding_window", False):
         sliding = r.raw.get("sliding_window", 4096 if gemma else None)
+    if r.bool("use_bidirectional_attention", False):
+        raise ConfigError(f"{r.source}: use_bidirectional_attention=true (an encoder such as "
+                          "EmbeddingGemma) is not supported: minillm runs causal language models")
     if model_type in ("qwen2", "qwen3") and r.bool("use_sliding_window", False):
         raise ConfigError(f"{r.source}: use_sliding_window=true is not supported for {model_type} "
                           "(its max_window_layers rule is not implemented)")
@@ -555,5 +602,5 @@ def _n_params_lower_bound(cfg: ModelConfig) -> int:
     """
     d, e = cfg.d_model, cfg.d_head
     attn = d * (cfg.n_heads + 2 * cfg.n_kv_heads) * e + cfg.n_heads * e * d
-    mlp = (3 if cfg.gated_mlp else 2) * d * cfg.d_mlp
+    mlp = 0 if cfg.attn_only else (3 if cfg.gated_mlp else 2) * d * cfg.d_mlp
     return cfg.d_vocab * d + cfg.n_layers * (attn + mlp)

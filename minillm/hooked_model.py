@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -32,6 +32,13 @@ TokensLike = str | np.ndarray | Sequence[int] | Sequence[Sequence[int]]
 FwdHooks = Sequence[tuple[str | Callable[[str], bool], Callable]]
 # A token given as an id or as single-token text, or one per prompt (a list or an array).
 TokenSpec = int | str | Sequence[int | str] | np.ndarray
+
+
+class Output(NamedTuple):
+    """What `model(tokens, return_type="both")` returns: unpack it, or read .logits / .loss."""
+
+    logits: np.ndarray  # [b, p, V]
+    loss: np.floating | np.ndarray  # the mean (float64), or [b, p-1] with loss_per_token
 
 
 class HookedModel(Transformer):
@@ -227,7 +234,7 @@ class HookedModel(Transformer):
             tokens, mask = self.to_tokens_and_mask(tokens, padding_side or self.padding_side,
                                                    prepend_bos)
             attention_mask = mask if attention_mask is None else attention_mask
-        elif attention_mask is None and cache is None:
+        elif attention_mask is None and cache is None and start_at_layer is None:
             attention_mask = self.infer_attention_mask(tokens)
         out = super().forward(tokens, attention_mask, cache, last_only, start_at_layer,
                               stop_at_layer)
@@ -239,7 +246,7 @@ class HookedModel(Transformer):
             raise MinillmError("return_type 'loss' with start_at_layer needs the token ids: "
                                "compute model.loss_fn(logits, tokens) yourself")
         loss = self.loss_fn(out, tokens, attention_mask, per_token=loss_per_token)
-        return loss if return_type == "loss" else (out, loss)
+        return loss if return_type == "loss" else Output(out, loss)
 
     __call__ = forward
 

@@ -145,7 +145,8 @@ class HookRegistry:
     def point(self, name: str) -> HookPoint:
         """The HookPoint of a name (made on first use, then kept: its ctx persists)."""
         if name not in self._points:
-            self.check_name(name)
+            if name not in self._valid:  # (a HookPoint of attn.hook_result may exist unused)
+                self.check_name(name)
             self._points[name] = HookPoint(name, registry=self)
         return self._points[name]
 

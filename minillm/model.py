@@ -57,6 +57,10 @@ def hook_names(cfg: ModelConfig) -> list[str]:
     def norm(name: str, present: bool) -> tuple[str, ...]:
         return (f"{name}.hook_scale", f"{name}.hook_normalized") if present else ()
 
+    mlp_part = () if cfg.attn_only else (  # an attention-only block: resid_post = resid_pre + attn_out
+        "hook_resid_mid", *norm("ln2", cfg.pre_norms), *(f"mlp.{n}" for n in mlp),
+        *norm("ln2_post", cfg.post_norms), "hook_mlp_out")
+
     for l in range(cfg.n_layers):
         names += [
             f"blocks.{l}.{n}"
@@ -75,11 +79,7 @@ def hook_names(cfg: ModelConfig) -> list[str]:
                 "attn.hook_result",
                 *norm("ln1_post", cfg.post_norms),
                 "hook_attn_out",
-                "hook_resid_mid",
-                *norm("ln2", cfg.pre_norms),
-                *(f"mlp.{n}" for n in mlp),
-                *norm("ln2_post", cfg.post_norms),
-                "hook_mlp_out",
+                *mlp_part,
                 "hook_resid_post",
             )
         ]
@@ -224,8 +224,10 @@ class Transformer:
         x = hook(f"{name}.hook_resid_pre", x)
         attn_out = self.attention(l, block.attn, self.norm(x, block.ln1, f"{name}.ln1"),
                                   rope, allowed, cache)
-        attn_out = self.norm(attn_out, block.ln1_post, f"{name}.ln1_post")
-        resid_mid = hook(f"{name}.hook_resid_mid", x + hook(f"{name}.hook_attn_out", attn_out))
+        attn_out = hook(f"{name}.hook_attn_out", self.norm(attn_out, block.ln1_post, f"{name}.ln1_post"))
+        if block.mlp is None:  # attention-only (cfg.attn_only, toy models): no second sublayer
+            return hook(f"{name}.hook_resid_post", x + attn_out)
+        resid_mid = hook(f"{name}.hook_resid_mid", x + attn_out)
         mlp_in = x if self.cfg.parallel_residual else resid_mid
         mlp_out = self.mlp(l, block.mlp, self.norm(mlp_in, block.ln2, f"{name}.ln2"))
         mlp_out = self.norm(mlp_out, block.ln2_post, f"{name}.ln2_post")

@@ -220,8 +220,8 @@ class Block:
         self.ln1 = Norm(cfg, dtype) if cfg.pre_norms else None
         self.attn = Attention(cfg, dtype)
         self.ln1_post = Norm(cfg, dtype) if cfg.post_norms else None
-        self.ln2 = Norm(cfg, dtype) if cfg.pre_norms else None
-        self.mlp = MLP(cfg, dtype)
+        self.ln2 = Norm(cfg, dtype) if cfg.pre_norms and not cfg.attn_only else None
+        self.mlp = None if cfg.attn_only else MLP(cfg, dtype)  # attention-only toy models: no MLP
         self.ln2_post = Norm(cfg, dtype) if cfg.post_norms else None
 
     def named_parameters(self):

@@ -167,7 +167,7 @@ def test_median_replacement_smollm2(smollm2):
     """The offline model on the classic prompt: " night" is its first prediction; rate 0 is exact."""
     res = A.median_replacement(smollm2, "It was a dark and stormy", " night", [0, 1, 10, 90],
                                layers=[0, 28], progress=False)
-    assert res.counts == [0, 15, 154, 1382]
+    assert res.counts == [0, 15, 153, 1382]  # floor(p·1536/100): the study's count
     assert res.base_logit > 15
     assert np.all(res.delta.values[:, 0] == 0)
     # Measured full sweep (30 layers): the most active 10% and 90% agree within 0.3 logit at most
@@ -278,3 +278,40 @@ def test_cli_patch_and_ablate(smollm2, tmp_path, monkeypatch):
     assert summary["counts"] == [0, 15, 768] and summary["target"] == " night"
     assert cli.main(["ablate", "--out", str(out), "--rates", "x"]) == 1
     assert cli.main(["patch", "--out", str(out), "--components", "nope"]) == 1
+
+
+def test_n_replaced_follows_the_study_floor_with_a_minimum_of_one():
+    # The study: top p% is floor(p·d_mlp/100) neurons, at least one. On SmolLM2's 1536
+    # neurons 7 of the 19 standard rates differ by one neuron from rounding.
+    rates = A.FINE_RATES + A.COARSE_RATES
+    floor = [A.n_replaced(r, 1536) for r in rates]
+    rounded = [A.n_replaced(r, 1536, count="round") for r in rates]
+    assert floor == [max(1, (r * 1536) // 100) if isinstance(r, int) else max(1, int(r * 1536 / 100 + 1e-9))
+                     for r in rates]
+    assert sum(f != g for f, g in zip(floor, rounded)) == 7
+    assert A.n_replaced(0.01, 1536) == 1 and A.n_replaced(0.01, 1536, count="round") == 0
+    assert A.n_replaced(0, 1536) == 0
+    assert A.n_replaced(10, 1530) == 153  # 10 % of 1530 is exactly 153: no float off-by-one
+    with pytest.raises(MinillmError, match="count must be"):
+        A.n_replaced(10, 1536, count="ceil")
+
+
+def test_rank_neurons_value_abs_magnitude():
+    a = np.array([1.0, -5.0, 3.0, 3.0, 0.5, 2.0])  # median 1.5
+    assert A.rank_neurons(a, "value").tolist() == [2, 3, 5, 0, 4, 1]
+    assert A.rank_neurons(a, "abs").tolist() == [1, 2, 3, 5, 0, 4]
+    # |a - median| = |a - 1.5| = 0.5, 6.5, 1.5, 1.5, 1.0, 0.5
+    assert A.rank_neurons(a, "magnitude").tolist() == [1, 2, 3, 4, 0, 5]
+    with pytest.raises(MinillmError, match="by must be"):
+        A.rank_neurons(a, "signed")
+
+
+def test_median_replacement_count_and_by_options():
+    model = random_model("llama", seed=3)
+    m = model.cfg.d_mlp
+    res = A.median_replacement(model, PROMPT, 7, [1, 10, 50], progress=False, count="round", by="abs")
+    assert res.counts == [A.n_replaced(r, m, "round") for r in (1, 10, 50)]
+    assert res.delta.meta["count"] == "round" and res.delta.meta["by"] == "abs"
+    _, cache = model.run_with_cache(PROMPT, names_filter=lambda n: n.endswith("mlp.hook_post"))
+    post0 = cache["blocks.0.mlp.hook_post"][0, -1]
+    assert res.order[0].tolist() == A.rank_neurons(post0, "abs").tolist()

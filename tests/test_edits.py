@@ -280,7 +280,7 @@ def test_inverse_revert_stays_within_the_ulp_bound(data, name, factor):
         assert not model.journal.pristine
         worst = max(int(ulp_distance(gain + s.save(model), gain + c).max())
                     for s, c in zip(slices, clean))
-        assert worst <= edits.INVERSE_ULP_BOUND
+        assert worst <= edits.inverse_ulp_bound(op, model)
     finally:
         h.revert()
     assert all(s.save(model).tobytes() == c.tobytes() for s, c in zip(slices, clean))

@@ -258,6 +258,8 @@ def test_unsupported_variants_are_clear_errors(raw, match):
      "rope scaling on Gemma 3's sliding layers"),
     ({"model_type": "gpt_neox", "rope_scaling": {"type": "linear", "factor": 2.0}},
      "rope scaling is not implemented for gpt_neox"),
+    ({"model_type": "gemma3_text", "use_bidirectional_attention": True},
+     "use_bidirectional_attention=true"),
 ])
 def test_unsupported_options_per_family(raw, match):
     base = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -346,3 +348,95 @@ def test_config_junk_is_a_config_error_or_a_working_model(model_type, junk):
     for _, p in model.named_parameters():
         p[...] = np.random.default_rng(0).normal(0, 0.1, p.shape)
     assert np.isfinite(model(np.arange(10)[None] % 64)).all()
+
+
+def test_info_names_what_each_family_adds(capsys):
+    from minillm.commands.info import describe_folder
+
+    text = describe_folder(golden_folder("gemma2"), "gemma2")
+    assert "family gemma: norms after each sublayer" in text and "attention soft-cap 5" in text
+    assert "parallel attention and MLP" in describe_folder(golden_folder("pythia"), "pythia")
+
+
+@pytest.mark.parametrize("name", ["gemma2", "gemma3", "olmo2", "pythia", "phi3"])
+def test_head_and_neuron_writes_sum_to_the_sublayer_outputs(name):
+    """With a post-norm (Gemma, OLMo-2) its scale is frozen, so each head's and neuron's write
+    goes through it linearly: the heads of a layer sum to hook_attn_out (+ b_O's share), the
+    neurons to hook_mlp_out (+ b_out's). Float64, so 1e-12."""
+    model = minillm.load(golden_folder(name), dtype=np.float64)
+    ids = load_file(str(golden_folder(name) / "reference.safetensors"))["input_ids"]
+    _, c = model.run_with_cache(ids)
+    H, L = model.cfg.n_heads, model.cfg.n_layers
+    heads = c.stack_head_results(layer=L)  # [L·h, b, p, d]
+    neurons = c.stack_neuron_results(layer=L)  # [L·m, b, p, d]
+    for l, block in enumerate(model.blocks):
+        f1, f2 = (1.0 if getattr(block, n) is None else
+                  getattr(block, n).gain / c[f"blocks.{l}.{n}.hook_scale"]
+                  for n in ("ln1_post", "ln2_post"))
+        bias = 0 if block.attn.b_O is None else block.attn.b_O * f1
+        attn = heads[l * H:(l + 1) * H].sum(0) + bias
+        assert max_diff(attn, c[f"blocks.{l}.hook_attn_out"]) <= 1e-12
+        m = model.cfg.d_mlp
+        bias = 0 if block.mlp.b_out is None else block.mlp.b_out * f2
+        assert max_diff(neurons[l * m:(l + 1) * m].sum(0) + bias, c[f"blocks.{l}.hook_mlp_out"]) <= 1e-12
+
+
+@pytest.mark.parametrize("name", ["gemma2", "gemma3", "olmo2", "pythia", "qwen3", "phi3"])
+def test_direct_logit_attribution_parts_sum_to_the_logit_difference(name):
+    """Including through post-norms and (Gemma 2) the final soft-cap, whose parts sum to the
+    logit difference before the cap."""
+    from minillm.interp.dla import direct_logit_attribution
+
+    model = minillm.load(golden_folder(name), dtype=np.float64)
+    ids = load_file(str(golden_folder(name) / "reference.safetensors"))["input_ids"][:1]
+    for neurons in (False, True):
+        dla = direct_logit_attribution(model, ids, correct=5, incorrect=7, neurons=neurons)
+        assert abs(float(dla.parts.values.sum()) - float(np.mean(dla.total))) <= 1e-10
+
+
+@pytest.mark.parametrize("name", NEW_FAMILIES)
+def test_transformerlens_weight_processing_keeps_the_logits(name):
+    """fold_ln (the gain actually applied, 1 + w for Gemma; nothing to fold before OLMo-2's
+    sublayers), centring and value-bias folding leave the logits as they were (float64,
+    1e-10) and revert bit for bit."""
+    model = minillm.load(golden_folder(name), dtype=np.float64)
+    ids = load_file(str(golden_folder(name) / "reference.safetensors"))["input_ids"]
+    clean = model(ids)
+    before = {n: v.copy() for n, v in model.named_parameters()}
+    with model.edited(minillm.edits.process_weights(fold_ln=True, center_writing_weights=True,
+                                                    center_unembed=False, fold_value_biases=True)):
+        assert max_diff(model(ids), clean) <= 1e-10
+        if model.blocks[0].ln1 is not None:
+            assert (model.blocks[0].ln1.gain == 1).all()
+    assert all((v == before[n]).all() for n, v in model.named_parameters())
+
+
+def test_center_unembed_is_refused_under_a_final_soft_cap():
+    model = minillm.load(golden_folder("gemma2"))
+    with pytest.raises(minillm.MinillmError, match="final soft-cap"):
+        model.edit(minillm.edits.process_weights(center_unembed=True))
+    assert model.journal.pristine
+
+
+@pytest.mark.parametrize("name", NEW_FAMILIES)
+def test_activation_patching_of_the_whole_stream_restores_the_clean_run(name):
+    """The batched patching engine on every family: patching resid_pre of any layer at every
+    position (clean into corrupted) gives back the clean metric, normalized 1 (float64)."""
+    from minillm.interp import metrics, patching
+
+    model = minillm.load(golden_folder(name), dtype=np.float64)
+    ids = load_file(str(golden_folder(name) / "reference.safetensors"))["input_ids"]
+    res = patching.patching_sweep(model, ids[:1, :8], ids[1:, :8], metrics.logit_diff(model, 5, 7),
+                                  component="resid_pre", per_position=False, progress=False)
+    assert np.abs(np.asarray(res.values) - 1).max() <= 1e-9
+
+
+@pytest.mark.parametrize("name", ["gemma2", "olmo2", "pythia"])
+def test_logit_lens_last_row_is_the_models_logits(name):
+    """The lens decodes through ln_final, W_U and (Gemma 2) the final soft-cap, as the model does:
+    its last row is the model's logits, bit for bit."""
+    from minillm.interp.lens import lens_logits
+
+    model = minillm.load(golden_folder(name))
+    ids = load_file(str(golden_folder(name) / "reference.safetensors"))["input_ids"]
+    assert (lens_logits(model, ids, model.cfg.n_layers) == model(ids)).all()

@@ -97,14 +97,14 @@ def test_country_capital_function_vector_helps_zero_shot(smollm2, tmp_path):
 
 
 def test_king_minus_man_plus_woman(smollm2):
-    emb = st.embedding_analogy(smollm2, " man", " king", " woman", k=5)
+    emb = st.embedding_analogy(smollm2, " king", " man", " woman", k=5)
     assert emb[0][0] == " queen"
     candidates = [" queen", " prince", " princess", " girl", " boy", " castle", " car"]
-    res = st.residual_analogy(smollm2, " man", " king", " woman", candidates, layer=10,
+    res = st.residual_analogy(smollm2, " king", " man", " woman", candidates, layer=10,
                               template="The word{w}")
     assert res[0][0] == " queen" and len(res) == len(candidates)
     with pytest.raises(MinillmError, match="not a single token"):
-        st.embedding_analogy(smollm2, " man", " kingdoms of old", " woman")
+        st.embedding_analogy(smollm2, " kingdoms of old", " man", " woman")
 
 
 # --- patchscopes -------------------------------------------------------------------------------------

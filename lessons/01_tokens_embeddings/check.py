@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import numpy as np
 
-from minillm.course import import_file, shared_model
-
-# by path, under a name of its own: a bare `import solutions` would get another lesson's module
-ref = import_file(Path(__file__).with_name("solutions.py"))
+from minillm.course import shared_model
 
 TEXT = "<|im_start|>user\nThe year 2024 was unbelievably good<|im_end|>\n"
 
@@ -72,7 +68,7 @@ def _compare_ranking(model, got, want, v, exclude, what, extra_hint=""):
         f"{_names(model, got)} (cosines {_r(got_cos)}).{hint}{extra_hint}")
 
 
-def check_decode_ids(student) -> None:
+def check_decode_ids(student, ref) -> None:
     model = shared_model()
     ids = model.to_tokens(TEXT)[0]
     got = student.decode_ids(model, ids.tolist())
@@ -91,7 +87,7 @@ def check_decode_ids(student) -> None:
                              f"got {got[diff]!r}. Full expected: {want}.{hint}")
 
 
-def check_cosine_neighbours(student) -> None:
+def check_cosine_neighbours(student, ref) -> None:
     model = shared_model()
     for text in (" king", " Monday"):
         t = model.to_single_token(text)
@@ -100,7 +96,7 @@ def check_cosine_neighbours(student) -> None:
         _compare_ranking(model, got, want, model.embed.W_E[t], {t}, f"cosine_neighbours({text!r})")
 
 
-def check_analogy(student) -> None:
+def check_analogy(student, ref) -> None:
     model = shared_model()
     W_E = model.embed.W_E
     for a, b, c in ((" king", " man", " woman"), (" walked", " walk", " swim")):
@@ -115,7 +111,7 @@ def check_analogy(student) -> None:
         _compare_ranking(model, got, want, v, {ia, ib, ic}, f"analogy({a!r} - {b!r} + {c!r})", hint)
 
 
-def check_tying(student) -> None:
+def check_tying(student, ref) -> None:
     model = shared_model()
     W_E = model.embed.W_E
     rng = np.random.default_rng(0)

@@ -11,7 +11,7 @@ import numpy as np
 
 
 def decode_ids(model, ids) -> list[str]:
-    """The text of each token id, one string per id (special tokens included, as written).
+    """Exercise 1 (easy, 5 min). The text of each token id, one string per id (special tokens included, as written).
 
     ids: a sequence of ints (or a 1-D int array).   -> list of len(ids) strings
     Example (SmolLM2): [504, 713, 216, 34] -> ['The', ' year', ' ', '2']
@@ -20,7 +20,7 @@ def decode_ids(model, ids) -> list[str]:
 
 
 def cosine_neighbours(W_E: np.ndarray, token_id: int, k: int = 10) -> list[int]:
-    """The k token ids whose embedding rows have the highest cosine similarity with
+    """Exercise 2 (easy, 10 min). The k token ids whose embedding rows have the highest cosine similarity with
     W_E[token_id], best first, NOT including token_id itself.
 
     W_E [V, d].   -> list of k ints
@@ -30,7 +30,7 @@ def cosine_neighbours(W_E: np.ndarray, token_id: int, k: int = 10) -> list[int]:
 
 
 def analogy(W_E: np.ndarray, a: int, b: int, c: int, k: int = 5) -> list[int]:
-    """Answers to 'a is to b as ? is to c': the k ids most cosine-similar to
+    """Exercise 3 (easy, 10 min). Answers to a − b + c (king − man + woman): the k ids most cosine-similar to
     W_E[a] - W_E[b] + W_E[c], best first, excluding a, b and c.
 
     Example: analogy(W_E, king, man, woman) -> [queen, ...]
@@ -40,7 +40,7 @@ def analogy(W_E: np.ndarray, a: int, b: int, c: int, k: int = 5) -> list[int]:
 
 
 def tying(W_E: np.ndarray, W_U: np.ndarray) -> str:
-    """How the unembedding W_U [d, V] relates to the embedding W_E [V, d]:
+    """Exercise 4 (easy, 5 min). How the unembedding W_U [d, V] relates to the embedding W_E [V, d]:
 
     "shared"  W_U is W_E transposed in the same memory (a tied model: one write changes both)
     "equal"   separate memory, but W_U == W_E.T exactly (e.g. after minillm.edits.untie)

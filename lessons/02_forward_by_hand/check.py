@@ -159,13 +159,17 @@ def _pattern_variants(q, k):
         "axis), not j % kv (np.tile).": causal(np.einsum("bqhe,bkhe->bhqk", q, tile) / np.sqrt(e)),
         "Your softmax runs over the queries; it must run over the KEYS (the last axis), so that each "
         "query's row sums to 1.": _softmax(np.where(future, -np.inf, raw / np.sqrt(e)), axis=-2),
+        "You masked AFTER the softmax (future weights set to 0) without renormalising: each row now sums "
+        "to less than 1, and the weights on the visible keys are too small. Mask the SCORES (-inf for "
+        "future keys) before the softmax, so that it normalises over the visible keys only.":
+            np.where(future, 0.0, _softmax(raw / np.sqrt(e))),
     }
 
 
 # --- the checks --------------------------------------------------------------------------------------
 
 
-def check_rms_norm(student) -> None:
+def check_rms_norm(student, ref) -> None:
     model = shared_model()
     w, eps = model.blocks[LAYER].ln1.w, model.cfg.eps
     x = _act("hook_resid_pre")  # [1, p, d]
@@ -180,7 +184,7 @@ def check_rms_norm(student) -> None:
              "Is your epsilon inside the sqrt?")
 
 
-def check_layer_norm(student) -> None:
+def check_layer_norm(student, ref) -> None:
     rng = np.random.default_rng(2)
     d = 96
     w, b = rng.normal(1, 0.2, d), rng.normal(0, 0.2, d)
@@ -192,7 +196,7 @@ def check_layer_norm(student) -> None:
                  "LayerNorm is (x - mean) / sqrt(mean((x - mean)²) + eps) * w + b over the last axis.")
 
 
-def check_rope(student) -> None:
+def check_rope(student, ref) -> None:
     model = shared_model()
     theta = model.cfg.rope_theta
     for name in ("q", "k"):
@@ -205,7 +209,7 @@ def check_rope(student) -> None:
                  "is left unchanged.")
 
 
-def check_attention_pattern(student) -> None:
+def check_attention_pattern(student, ref) -> None:
     q, k = _act("attn.hook_rot_q"), _act("attn.hook_rot_k")
     got = student.attention_pattern(q, k)
     _verdict(f"attention_pattern(blocks.{LAYER} rotated q, k)", got, _act("attn.hook_pattern"),
@@ -214,7 +218,7 @@ def check_attention_pattern(student) -> None:
              "kv-head j // (h // kv).")
 
 
-def check_attention(student) -> None:
+def check_attention(student, ref) -> None:
     model = shared_model()
     a = model.blocks[LAYER].attn
     x = _act("ln1.hook_normalized") * model.blocks[LAYER].ln1.w  # what the attention reads
@@ -238,7 +242,7 @@ def check_attention(student) -> None:
              f"Compare your intermediates with cache['blocks.{LAYER}.attn.hook_z'] and hook_pattern.")
 
 
-def check_swiglu_mlp(student) -> None:
+def check_swiglu_mlp(student, ref) -> None:
     model = shared_model()
     m = model.blocks[LAYER].mlp
     x = _act("ln2.hook_normalized") * model.blocks[LAYER].ln2.w  # [1, p, d]
@@ -265,7 +269,7 @@ def check_swiglu_mlp(student) -> None:
              "(silu(pre) * pre_linear).")
 
 
-def check_block(student) -> None:
+def check_block(student, ref) -> None:
     model = shared_model()
     blk = model.blocks[LAYER]
     x = _act("hook_resid_pre")
@@ -281,9 +285,23 @@ def check_block(student) -> None:
         "You added the MLP output to resid_pre instead of resid_mid (the attention's write got lost).":
             x + _act("hook_mlp_out"),
     }
-    _verdict(f"block(blocks.{LAYER}.hook_resid_pre)", got, want, mistakes,
-             "Does the MLP read rms_norm(resid_mid, ln2.w) (not ln1, not resid_pre)? Do your rms_norm, "
-             "attention and swiglu_mlp pass their own checks?")
+    # The block is built from the earlier exercises: if one of them is still wrong, say which,
+    # before suspecting the wiring of the block itself.
+    first_failing = None
+    for name, check in (("rms_norm", check_rms_norm), ("rope", check_rope),
+                        ("attention_pattern", check_attention_pattern), ("attention", check_attention),
+                        ("swiglu_mlp", check_swiglu_mlp)):
+        try:
+            check(student, ref)
+        except Exception:  # a failed assertion, a stub, or a crash: that part is not done
+            first_failing = name
+            break
+    fallback = (f"Your {first_failing} does not pass its own check yet; fix it first (the block is built "
+                "from it)." if first_failing else
+                "Your parts pass their checks, so look at the wiring: attention reads rms_norm(x, ln1.w); "
+                "resid_mid = x + attn_out; the MLP reads rms_norm(resid_mid, ln2.w); resid_post = resid_mid "
+                "+ mlp_out.")
+    _verdict(f"block(blocks.{LAYER}.hook_resid_pre)", got, want, mistakes, fallback)
 
 
 CHECKS = [

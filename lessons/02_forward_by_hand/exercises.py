@@ -17,13 +17,13 @@ import numpy as np
 
 
 def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
-    """RMSNorm over the last axis: x / sqrt(mean(x²) + eps) * w.   [..., d] -> [..., d]"""
+    """Exercise 1 (easy, 10 min). RMSNorm over the last axis: x / sqrt(mean(x²) + eps) * w.   [..., d] -> [..., d]"""
     raise NotImplementedError("hint: rms = np.sqrt((x * x).mean(axis=-1, keepdims=True) + eps); "
                               "no centring, and multiply by the gain w")
 
 
 def layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
-    """LayerNorm over the last axis (GPT-2): (x - mean) / sqrt(var + eps) * w + b.
+    """Exercise 2 (easy, 10 min). LayerNorm over the last axis (GPT-2): (x - mean) / sqrt(var + eps) * w + b.
 
     var is the biased variance (divide by d, not d - 1).   [..., d] -> [..., d]
     """
@@ -32,7 +32,7 @@ def layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.nd
 
 
 def rope(x: np.ndarray, positions: np.ndarray, theta: float) -> np.ndarray:
-    """Rotary position embedding in Hugging Face's rotate-half layout.
+    """Exercise 3 (medium, 15 min). Rotary position embedding in Hugging Face's rotate-half layout.
 
     x [b, p, heads, e], positions [p] (ints) -> [b, p, heads, e].
     Pair i (0 <= i < e/2) is (x[..., i], x[..., i + e/2]); at position t it is rotated by
@@ -44,7 +44,7 @@ def rope(x: np.ndarray, positions: np.ndarray, theta: float) -> np.ndarray:
 
 
 def attention_pattern(q: np.ndarray, k: np.ndarray) -> np.ndarray:
-    """Causal attention pattern with grouped-query attention.
+    """Exercise 4 (medium, 15 min). Causal attention pattern with grouped-query attention.
 
     q [b, p, h, e] and k [b, p, kv, e], both after RoPE -> pattern [b, h, p_query, p_key]:
     softmax over keys of q·k / sqrt(e), where query j may only see keys <= j.
@@ -56,7 +56,7 @@ def attention_pattern(q: np.ndarray, k: np.ndarray) -> np.ndarray:
 
 def attention(x: np.ndarray, W_Q: np.ndarray, W_K: np.ndarray, W_V: np.ndarray, W_O: np.ndarray,
               theta: float) -> np.ndarray:
-    """A whole attention sublayer on the normalised stream.   x [b, p, d] -> [b, p, d]
+    """Exercise 5 (hard, 20 min). A whole attention sublayer on the normalised stream.   x [b, p, d] -> [b, p, d]
 
     W_Q [h, d, e], W_K and W_V [kv, d, e] (the stored key/value heads: attn._W_K, attn._W_V),
     W_O [h, e, d]; positions are 0 .. p-1.
@@ -68,7 +68,7 @@ def attention(x: np.ndarray, W_Q: np.ndarray, W_K: np.ndarray, W_V: np.ndarray, 
 
 
 def swiglu_mlp(x: np.ndarray, W_gate: np.ndarray, W_in: np.ndarray, W_out: np.ndarray) -> np.ndarray:
-    """SmolLM2's gated MLP: (silu(x·W_gate) ⊙ (x·W_in))·W_out, with silu(z) = z·sigmoid(z).
+    """Exercise 6 (easy, 10 min). SmolLM2's gated MLP: (silu(x·W_gate) ⊙ (x·W_in))·W_out, with silu(z) = z·sigmoid(z).
 
     x [b, p, d]; W_gate, W_in [d, m]; W_out [m, d] -> [b, p, d]
     """
@@ -77,7 +77,7 @@ def swiglu_mlp(x: np.ndarray, W_gate: np.ndarray, W_in: np.ndarray, W_out: np.nd
 
 
 def block(x: np.ndarray, blk, eps: float, theta: float) -> np.ndarray:
-    """One pre-norm Llama block.   resid_pre [b, p, d] -> resid_post [b, p, d]
+    """Exercise 7 (medium, 10 min). One pre-norm Llama block.   resid_pre [b, p, d] -> resid_post [b, p, d]
 
     resid_mid = x + attention(rms_norm(x, ln1.w)),  resid_post = resid_mid + mlp(rms_norm(resid_mid, ln2.w)).
     blk is model.blocks[l]: blk.ln1.w, blk.attn.W_Q / _W_K / _W_V / W_O, blk.ln2.w,

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import numpy as np
 
-from minillm.course import import_file, shared_model
-
-# by path, under a name of its own: a bare `import solutions` would get another lesson's module
-ref = import_file(Path(__file__).with_name("solutions.py"))
+from minillm.course import shared_model
 
 LAYER, HEADS = 18, (0, 4, 6)
 PROMPT = "Mr and Mrs Dursley were proud to say that they were perfectly normal. Mr and Mrs Dursley"
@@ -36,7 +32,7 @@ def _same(got, want, atol=1e-5) -> bool:
     return got.shape == want.shape and bool(np.allclose(got, want, atol=atol))
 
 
-def check_pattern_from_qk(student) -> None:
+def check_pattern_from_qk(student, ref) -> None:
     model = shared_model()
     act = _run()
     g = model.cfg.n_heads // model.cfg.n_kv_heads
@@ -75,7 +71,7 @@ def check_pattern_from_qk(student) -> None:
                                 "masked to -inf; check each step."))
 
 
-def check_kv_head_of(student) -> None:
+def check_kv_head_of(student, ref) -> None:
     for n_heads, n_kv in ((9, 3), (32, 4), (12, 12), (8, 1)):
         want = [ref.kv_head_of(j, n_heads, n_kv) for j in range(n_heads)]
         got = [student.kv_head_of(j, n_heads, n_kv) for j in range(n_heads)]
@@ -87,7 +83,7 @@ def check_kv_head_of(student) -> None:
                                  f"for heads 0..{n_heads - 1}, got {got}.{hint}")
 
 
-def check_prev_token_score(student) -> None:
+def check_prev_token_score(student, ref) -> None:
     pattern = _random_patterns(2, 5, 12, seed=3)
     pattern[:, 1] = np.eye(12, k=-1) + np.eye(12) * (np.arange(12) == 0)  # a perfect previous-token head
     got = np.asarray(student.prev_token_score(pattern), dtype=np.float64)
@@ -108,7 +104,7 @@ def check_prev_token_score(student) -> None:
                          f"{hint}")
 
 
-def check_induction_score(student) -> None:
+def check_induction_score(student, ref) -> None:
     T, offset = 6, 1
     P = offset + 2 * T
     pattern = _random_patterns(2, 4, P, seed=4)

@@ -11,7 +11,7 @@ import numpy as np
 
 
 def pattern_from_qk(q: np.ndarray, k: np.ndarray) -> np.ndarray:
-    """One head's causal attention pattern from its (rotated) queries and keys.
+    """Exercise 1 (easy, 15 min). One head's causal attention pattern from its (rotated) queries and keys.
 
     q [p, e], k [p, e] -> pattern [p_query, p_key]: row q is softmax over keys of
     q·k / sqrt(e), with keys after the query masked out. Each row sums to 1.
@@ -21,7 +21,7 @@ def pattern_from_qk(q: np.ndarray, k: np.ndarray) -> np.ndarray:
 
 
 def kv_head_of(head: int, n_heads: int, n_kv_heads: int) -> int:
-    """Which kv-head query head `head` reads its keys and values from.
+    """Exercise 2 (easy, 5 min). Which kv-head query head `head` reads its keys and values from.
 
     SmolLM2: 9 query heads, 3 kv-heads; consecutive query heads share a kv-head.
     """
@@ -30,7 +30,7 @@ def kv_head_of(head: int, n_heads: int, n_kv_heads: int) -> int:
 
 
 def prev_token_score(pattern: np.ndarray) -> np.ndarray:
-    """How much each head attends to the previous token.
+    """Exercise 3 (medium, 15 min). How much each head attends to the previous token.
 
     pattern [b, h, p, p] -> [h]: the mean over batch and queries q = 1 .. p-1 of pattern[.., q, q-1].
     """
@@ -39,7 +39,7 @@ def prev_token_score(pattern: np.ndarray) -> np.ndarray:
 
 
 def induction_score(pattern: np.ndarray, seq_len: int, offset: int = 0) -> np.ndarray:
-    """How much each head attends along the induction stripe of a repeated sequence.
+    """Exercise 4 (medium, 25 min). How much each head attends along the induction stripe of a repeated sequence.
 
     Tokens: [offset prefix tokens (e.g. a BOS), r_0 .. r_{T-1}, r_0 .. r_{T-1}], T = seq_len.
     For each query q in the SECOND copy (positions offset+T .. offset+2T-1) the induction

@@ -14,7 +14,7 @@ import numpy as np
 
 import minillm
 from minillm import ops
-from minillm.course import show
+from minillm.course import show, student_version
 from minillm.interp.results import LabelledArray
 
 MODEL = os.environ.get("MINILLM_LESSON_MODEL", "smollm2-135m")
@@ -94,16 +94,49 @@ seq = np.concatenate([np.full((B, 1), bos), rand, rand], axis=1)  # [B, 1 + 2T]
 logits, rcache = model.run_with_cache(seq, names_filter=lambda n: n.endswith("hook_pattern"))
 patterns = np.stack([rcache[f"blocks.{layer}.attn.hook_pattern"] for layer in range(L)])  # [L, B, h, P, P]
 
-q_prev = np.arange(1, seq.shape[1])
-prev = patterns[:, :, :, q_prev, q_prev - 1].mean(axis=(1, 3))  # [L, h]
-q_ind = np.arange(1 + T, 1 + 2 * T)
-induction = patterns[:, :, :, q_ind, q_ind - T + 1].mean(axis=(1, 3))  # [L, h]
+def _reference_prev(pattern):  # [b, h, P, P] -> [h]
+    q = np.arange(1, pattern.shape[-1])
+    return pattern[:, :, q, q - 1].mean(axis=(0, 2))
+
+
+def _reference_induction(pattern, seq_len, offset=0):  # [b, h, P, P] -> [h]
+    q = np.arange(offset + seq_len, offset + 2 * seq_len)
+    return pattern[:, :, q, q - seq_len + 1].mean(axis=(0, 2))
+
+
+# Your exercises 3 and 4 once implemented (until then, the references above).
+prev_token_score = student_version(3, "prev_token_score", _reference_prev)
+induction_score = student_version(3, "induction_score", _reference_induction)
+prev = np.stack([prev_token_score(patterns[layer]) for layer in range(L)])  # [L, h]
+induction = np.stack([induction_score(patterns[layer], T, offset=1) for layer in range(L)])  # [L, h]
 
 logp = ops.log_softmax(logits.astype(np.float64))[:, :-1]  # [B, P-1, V]: predicts the next token
 nll = -np.take_along_axis(logp, seq[:, 1:, None], axis=-1)[..., 0]  # [B, P-1]
 print(f"loss on the first copy {nll[:, :T].mean():.2f} nats, on the second copy {nll[:, T + 1:].mean():.2f} "
       f"(chance: ln V = {np.log(cfg.d_vocab):.2f})")
 
+# %% [markdown]
+# The start token is an experimental condition. The same random sequences (batch 4) with no
+# start token, with the configured BOS, and with the pretraining document separator:
+
+# %%
+rand4 = np.random.default_rng(0).integers(1000, min(cfg.d_vocab, 40000), size=(4, T))
+starts = {"no start token": None, f"configured BOS {model.to_string([cfg.bos_token_id])!r}": cfg.bos_token_id,
+          "<|endoftext|>": model.tokenizer.token_to_id("<|endoftext|>")}
+for what, start in starts.items():
+    if what != "no start token" and start is None:
+        continue
+    toks = np.concatenate(([np.full((4, 1), start)] if start is not None else []) + [rand4, rand4], axis=1)
+    off = 0 if start is None else 1
+    lg, c = model.run_with_cache(toks, names_filter=lambda n: n.endswith("hook_pattern"))
+    lp = ops.log_softmax(lg.astype(np.float64))[:, :-1]
+    second = -np.take_along_axis(lp, toks[:, 1:, None], axis=-1)[..., 0][:, off + T:].mean()
+    qi = np.arange(off + T, off + 2 * T)
+    best = max(c[f"blocks.{layer}.attn.hook_pattern"][:, :, qi, qi - T + 1].mean(axis=(0, 2)).max()
+               for layer in range(L))
+    print(f"{what:>32}: second-copy loss {second:.2f} nats, top induction score {best:.2f}")
+
+# %%
 layer_labels, head_labels = [str(i) for i in range(L)], [str(j) for j in range(H)]
 for name, score in (("previous-token", prev), ("induction", induction)):
     res = LabelledArray(score, ("layer", "head"), (layer_labels, head_labels), title=f"{name} score")

@@ -11,7 +11,7 @@ import numpy as np
 
 
 def edit_embedding_row(W_E: np.ndarray, token: int, op: str, alpha: float = 0.3) -> np.ndarray:
-    """A COPY of W_E [V, d] with row `token` edited; W_E itself must not change.
+    """Exercise 1 (easy, 10 min). A COPY of W_E [V, d] with row `token` edited; W_E itself must not change.
 
     op "reduce": E·(1−α);  "boost": E·(1+α);  "zero": 0. Every other row is untouched.
     Keep the dtype of W_E (multiply by W_E.dtype.type(factor), as minillm.edits does).
@@ -21,7 +21,7 @@ def edit_embedding_row(W_E: np.ndarray, token: int, op: str, alpha: float = 0.3)
 
 
 def rms_norm_change(x: np.ndarray, c: float, eps: float) -> float:
-    """How much RMSNorm's output moves when its input is rescaled by c.
+    """Exercise 2 (medium, 10 min). How much RMSNorm's output moves when its input is rescaled by c.
 
     n(x) = x / sqrt(mean(x²) + eps)  (no gain: the gain w multiplies both sides equally).
     Return ‖n(c·x) − n(x)‖ / ‖n(x)‖ as a Python float, computed in float64.
@@ -32,7 +32,7 @@ def rms_norm_change(x: np.ndarray, c: float, eps: float) -> float:
 
 
 def relative_change_per_layer(clean: np.ndarray, edited: np.ndarray, pos: int) -> np.ndarray:
-    """The decay curve: relative change of the residual stream at one position, per layer row.
+    """Exercise 3 (medium, 10 min). The decay curve: relative change of the residual stream at one position, per layer row.
 
     clean, edited [L+1, p, d] (row 0 = embeddings, row l = after block l-1).
     -> [L+1]: ‖edited[l, pos] − clean[l, pos]‖ / ‖clean[l, pos]‖ (L2 norms over d, float64).
@@ -42,7 +42,7 @@ def relative_change_per_layer(clean: np.ndarray, edited: np.ndarray, pos: int) -
 
 
 def fit_exponential(y: np.ndarray) -> tuple[float, float]:
-    """Is the curve y (positive, one value per step x = 0, 1, 2, ...) exponential?
+    """Exercise 4 (medium, 10 min). Is the curve y (positive, one value per step x = 0, 1, 2, ...) exponential?
 
     Fit log y = a + b·x by least squares. Return (exp(b), R²): exp(b) is the factor per
     step (0.5: halves every step), R² = 1 − SS_res / SS_tot of the fit in log space

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-import solutions as ref
 
-from minillm.hooks import HookPoint
 from minillm.course import shared_model
+from minillm.hooks import HookPoint
 
 
-def check_neuron_label_correlation(student) -> None:
+def check_neuron_label_correlation(student, ref) -> None:
     rng = np.random.default_rng(5)
     n, m = 60, 9
     labels = (rng.random(n) < 0.3).astype(np.float64)
@@ -39,7 +38,7 @@ def check_neuron_label_correlation(student) -> None:
                          f"{np.round(got, 3)}.{hint}")
 
 
-def check_mean_ablation_hook(student) -> None:
+def check_mean_ablation_hook(student, ref) -> None:
     rng = np.random.default_rng(6)
     act = rng.normal(size=(2, 5, 16)).astype(np.float32)
     hook = HookPoint("blocks.22.mlp.hook_post", layer=22)
@@ -66,7 +65,7 @@ def check_mean_ablation_hook(student) -> None:
             "multiplies).")
 
 
-def check_output_readout(student) -> None:
+def check_output_readout(student, ref) -> None:
     model = shared_model()
     W_U, w_final = model.unembed.W_U, model.ln_final.w
     for layer, neuron in ((22, 1293), (15, 685)):
@@ -94,7 +93,7 @@ def check_output_readout(student) -> None:
                                  f"{names(g)}.{hint}")
 
 
-def check_token_set_mass(student) -> None:
+def check_token_set_mass(student, ref) -> None:
     rng = np.random.default_rng(7)
     V = 300
     logits = rng.normal(0, 3, size=(2, 4, V)).astype(np.float32)

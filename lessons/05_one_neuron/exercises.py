@@ -11,7 +11,7 @@ import numpy as np
 
 
 def neuron_label_correlation(acts: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Pearson correlation of every neuron's activation with a (0/1) label.
+    """Exercise 1 (medium, 15 min). Pearson correlation of every neuron's activation with a (0/1) label.
 
     acts [n, m] (hook_post at n positions), labels [n].   -> [m] float64 in [-1, 1]
     r_i = Σ_j (a_ji − ā_i)(y_j − ȳ) / sqrt(Σ_j (a_ji − ā_i)² · Σ_j (y_j − ȳ)²)
@@ -22,7 +22,7 @@ def neuron_label_correlation(acts: np.ndarray, labels: np.ndarray) -> np.ndarray
 
 
 def mean_ablation_hook(neuron: int, value: float):
-    """Return a hook function fn(act, hook) for `blocks.l.mlp.hook_post` that replaces neuron
+    """Exercise 2 (easy, 10 min). Return a hook function fn(act, hook) for `blocks.l.mlp.hook_post` that replaces neuron
     `neuron`'s activation by `value` (its mean over a reference set) at every position and
     leaves every other neuron alone. act is [b, p, m]; return the new array (do not modify
     `act` in place).
@@ -35,7 +35,7 @@ def mean_ablation_hook(neuron: int, value: float):
 
 def output_readout(w_out: np.ndarray, w_final: np.ndarray, W_U: np.ndarray, k: int = 10
                    ) -> tuple[list[int], list[int]]:
-    """Read a neuron's output weights through the unembedding.
+    """Exercise 3 (easy, 10 min). Read a neuron's output weights through the unembedding.
 
     w_out [d] = W_out[i] (what the neuron adds per unit of activation), w_final [d] = the
     final norm's gain, W_U [d, V]. scores = (w_out ⊙ w_final) @ W_U.
@@ -47,7 +47,7 @@ def output_readout(w_out: np.ndarray, w_final: np.ndarray, W_U: np.ndarray, k: i
 
 
 def token_set_mass(logits: np.ndarray, ids) -> np.ndarray:
-    """The probability the model gives to a SET of next tokens (e.g. the ten digits).
+    """Exercise 4 (easy, 5 min). The probability the model gives to a SET of next tokens (e.g. the ten digits).
 
     logits [..., V] -> [...]: softmax over the last axis, summed over `ids`. Real logits
     can be large: compute in float64 and subtract the max before exp.

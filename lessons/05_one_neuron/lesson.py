@@ -183,8 +183,10 @@ show(fig, "neuron_sweep.png")
 # %% [markdown]
 # ## What to take away
 #
-# * A neuron that correlates strongly with a label can be found in seconds; its output
-#   weights, read through `W_U`, tell a consistent story (it promotes digit tokens).
+# * A neuron that correlates strongly with a label can be found in seconds, but correlation
+#   is not function: the best correlate's output weights, read through `W_U`, do not promote
+#   digits (their median rank is printed above, in the thousands). A weaker correlate is the
+#   one that writes digits: detecting and writing are different jobs.
 # * Removing it changes the prediction only a little: the model is redundant — other
 #   neurons and heads carry the same information. Zero and mean ablation differ when the
 #   neuron's mean is far from 0.

@@ -11,7 +11,7 @@ import numpy as np
 
 
 def ulp_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """How many representable floats lie between a and b, elementwise, as int64.
+    """Exercise 1 (medium, 10 min). How many representable floats lie between a and b, elementwise, as int64.
 
     0 means identical bits (and +0.0 vs -0.0 also counts as 0); np.nextafter(x, inf) is 1
     away from x. Works for float32 and float64 and across zero (the smallest positive
@@ -24,7 +24,7 @@ def ulp_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def scale_with_undo(W: np.ndarray, index, factor: float) -> np.ndarray:
-    """A by-hand journal, step 1: scale W[index] by `factor` IN PLACE (round the factor once
+    """Exercise 2 (easy, 5 min). A by-hand journal, step 1: scale W[index] by `factor` IN PLACE (round the factor once
     to W's dtype: W.dtype.type(factor)) and return a COPY of what W[index] held before.
 
     index is any numpy index (an int for a row, a tuple, a slice).
@@ -34,13 +34,13 @@ def scale_with_undo(W: np.ndarray, index, factor: float) -> np.ndarray:
 
 
 def undo(W: np.ndarray, index, saved: np.ndarray) -> None:
-    """A by-hand journal, step 2: write `saved` back into W[index] in place (bit-exact undo)."""
+    """Exercise 3 (easy, 5 min). A by-hand journal, step 2: write `saved` back into W[index] in place (bit-exact undo)."""
     raise NotImplementedError("hint: assign into the slice: W[index] = saved (not W = ..., which only "
                               "rebinds your local name)")
 
 
 def per_layer_relative_drift(clean: np.ndarray, run: np.ndarray) -> np.ndarray:
-    """The drift curve: per layer row, the largest relative residual difference over positions.
+    """Exercise 4 (medium, 10 min). The drift curve: per layer row, the largest relative residual difference over positions.
 
     clean, run [L+1, p, d] (row 0 = embeddings, row l = after block l-1).
     -> [L+1] float64: max over p of ‖run[l, p] − clean[l, p]‖ / ‖clean[l, p]‖.

@@ -18,7 +18,7 @@ import numpy as np
 
 import minillm
 from minillm import edits
-from minillm.course import show
+from minillm.course import show, student_version
 from minillm.edit import drift
 
 MODEL = os.environ.get("MINILLM_LESSON_MODEL", "smollm2-135m")
@@ -58,23 +58,24 @@ op = edits.scale_neuron(LAYER, NEURON, 0.04)  # which="out": row NEURON of W_out
 # %%
 W_row = model.blocks[LAYER].mlp.W_out[NEURON]
 clean_row = W_row.copy()
+ulp_distance = student_version(6, "ulp_distance", drift.ulp_distance)  # your exercise 1, once implemented
 
 handle = model.edit(op)
 print(model.journal.describe())
 handle.revert()  # journal revert
-print("journal revert:  max ulps from clean =", int(drift.ulp_distance(W_row, clean_row).max()),
+print("journal revert:  max ulps from clean =", int(ulp_distance(W_row, clean_row).max()),
       "| pristine:", model.journal.pristine)
 
 handle = model.edit(op)
 handle.revert(mode="inverse")  # ×25 as a new record
-ulps = drift.ulp_distance(W_row, clean_row)
+ulps = ulp_distance(W_row, clean_row)
 print(f"inverse revert:  {np.count_nonzero(ulps)} of {ulps.size} weights moved, max {ulps.max()} ulp "
       f"(bound {edits.INVERSE_ULP_BOUND}); pristine: {model.journal.pristine}")
 f32 = model.dtype.type
 print(f"why: fl(0.04) = {float(f32(0.04))!r}, fl(25) = {float(f32(25))!r}; their exact product is "
       f"{float(f32(0.04)) * float(f32(25))!r}, not 1 — and each of the two multiplications rounds again")
 model.revert_all()  # back to the saved bytes
-print("after revert_all: max ulps =", int(drift.ulp_distance(W_row, clean_row).max()),
+print("after revert_all: max ulps =", int(ulp_distance(W_row, clean_row).max()),
       "| pristine:", model.journal.pristine)
 
 # %% [markdown]

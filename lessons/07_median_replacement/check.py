@@ -7,15 +7,11 @@ The real-model parts use SmolLM2's MLP activations at the last position of
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import numpy as np
 
+from minillm.course import shared_model
 from minillm.hooks import HookPoint
-from minillm.course import import_file, shared_model
-
-# by path, under a name of its own: a bare `import solutions` would get another lesson's module
-ref = import_file(Path(__file__).with_name("solutions.py"))
 
 PROMPT = "It was a dark and stormy"
 TARGET = " night"
@@ -40,7 +36,7 @@ def _log_p_target(logits: np.ndarray) -> float:
 # --- exercise 1 ----------------------------------------------------------------------------------
 
 
-def _top_p_verdict(student, acts, rate, by, what) -> None:
+def _top_p_verdict(student, ref, acts, rate, by, what) -> None:
     got = student.top_p_neurons(acts.copy(), rate, by)
     want = ref.top_p_neurons(acts, rate, by)
     if got is None:
@@ -49,12 +45,15 @@ def _top_p_verdict(student, acts, rate, by, what) -> None:
     m = acts.shape[0]
     if len(got) != len(want):
         hint = ""
-        if len(got) == int(rate / 100 * m) and int(rate / 100 * m) != len(want):
-            hint = " You truncated (int(x) rounds down); round to the nearest integer: int(round(x))."
-        elif len(got) == min(m, int(round(rate * m))):
+        if len(got) == int(round(rate / 100 * m)) and int(round(rate / 100 * m)) != len(want):
+            hint = (" You rounded to the nearest integer; the study takes the floor (and at least one "
+                    "neuron): max(1, floor(rate / 100 · m)).")
+        elif len(got) == 0:
+            hint = " No neurons: the study replaces at least one neuron at any rate above 0."
+        elif len(got) == min(m, int(rate * m)):
             hint = " rate is a percentage: 10 means 10 %, so k = rate / 100 · m."
         raise AssertionError(f"top_p_neurons({what}, rate={rate}%, by={by!r}): expected "
-                             f"k = round({rate}/100 · {m}) = {len(want)} indices, got {len(got)}.{hint}")
+                             f"k = max(1, floor({rate}/100 · {m})) = {len(want)} indices, got {len(got)}.{hint}")
     if np.array_equal(got, want):
         return
     hint = ""
@@ -64,6 +63,13 @@ def _top_p_verdict(student, acts, rate, by, what) -> None:
                 "lower index first (np.argsort(-score, kind='stable')).")
     elif np.array_equal(got, np.argsort(score, kind="stable")[: len(want)]):
         hint = " These are the LEAST active neurons: sort by -score (or reverse a descending sort)."
+    elif by == "value" and np.array_equal(got, np.argsort(-np.abs(acts), kind="stable")[: len(want)]):
+        hint = (" You ranked by |a|, but by='value' asks for the SIGNED activation: the study replaces the "
+                "most positive neurons and leaves large negative ones alone. That difference is the point "
+                "of this lesson (section 5 compares the two rankings).")
+    elif by == "value" and np.array_equal(got, np.argsort(-np.abs(acts - np.median(acts)),
+                                                          kind="stable")[: len(want)]):
+        hint = " That is by='magnitude' (|a − median|); by='value' ranks by the signed activation itself."
     elif by == "magnitude" and np.array_equal(got, np.argsort(-np.abs(acts), kind="stable")[: len(want)]):
         hint = (" You ranked by |a|; rank by |a − median(a)|: the neurons that replacement moves the most "
                 "are the ones farthest from the value they get.")
@@ -75,7 +81,7 @@ def _top_p_verdict(student, acts, rate, by, what) -> None:
                          f"{got[:10].tolist()}{' ...' if len(got) > 10 else ''}.{hint}")
 
 
-def check_top_p_neurons(student) -> None:
+def check_top_p_neurons(student, ref) -> None:
     rng = np.random.default_rng(7)
     ties = np.array([1, 3, 3, 0, 3, -5, 2, 2, 0.5, -1, 4, 3, 0, 0, -2, 1, 1, 2, -6, 0.25], np.float32)
     shifted = (rng.normal(size=40) + 5).astype(np.float32)  # median far from 0
@@ -90,17 +96,17 @@ def check_top_p_neurons(student) -> None:
         (around2, 10, "magnitude", "40 values around 2"),
         (ties, 35, "magnitude", "20 values with ties"),
     ):
-        _top_p_verdict(student, acts, rate, by, what)
+        _top_p_verdict(student, ref, acts, rate, by, what)
     _, post = _acts()
     for layer, rate, by in ((0, 0.2, "value"), (0, 10, "value"), (21, 3.5, "value"), (0, 0.5, "magnitude"),
                             (28, 90, "magnitude")):
-        _top_p_verdict(student, post[layer], rate, by, f"SmolLM2 layer {layer}")
+        _top_p_verdict(student, ref, post[layer], rate, by, f"SmolLM2 layer {layer}")
 
 
 # --- exercise 2 ----------------------------------------------------------------------------------
 
 
-def check_median_replacement_hook(student) -> None:
+def check_median_replacement_hook(student, ref) -> None:
     rng = np.random.default_rng(8)
     act = rng.normal(size=(2, 5, 16)).astype(np.float32)
     point = HookPoint("blocks.3.mlp.hook_post", layer=3)
@@ -147,13 +153,13 @@ def check_median_replacement_hook(student) -> None:
     assert abs(got - want) < 1e-4, (
         f"with your hook on {name} (top 10 % replaced at the last position) SmolLM2 gives log p({TARGET!r}) "
         f"= {got:.4f}, expected {want:.4f}. The synthetic cases passed, so look at how the neuron indices "
-        "arrive: an int array of 154 indices.")
+        "arrive: an int array of 153 indices.")
 
 
 # --- exercise 3 ----------------------------------------------------------------------------------
 
 
-def _deviation_verdict(student, edited, base, target, measure, what, extra="") -> None:
+def _deviation_verdict(student, ref, edited, base, target, measure, what, extra="") -> None:
     got = student.deviation(edited.copy(), base.copy(), target, measure)
     want = ref.deviation(edited, base, target, measure)
     assert got is not None, "deviation returned None: return one number per batch row"
@@ -181,19 +187,19 @@ def _deviation_verdict(student, edited, base, target, measure, what, extra="") -
                          f"got {np.round(got, 5).tolist()}.{hint}")
 
 
-def check_deviation(student) -> None:
+def check_deviation(student, ref) -> None:
     rng = np.random.default_rng(9)
     b, p, V, t = 3, 4, 50, 17
     base = rng.normal(size=(b, p, V)).astype(np.float32) * 3
     edited = base + rng.normal(size=(b, p, V)).astype(np.float32)
     for measure in ("logit", "log_prob"):
-        _deviation_verdict(student, edited, base, t, measure, "random logits")
+        _deviation_verdict(student, ref, edited, base, t, measure, "random logits")
     shifted = base + np.float32(7.0)  # every logit up by 7: the distribution does not change
-    _deviation_verdict(student, shifted, base, t, "logit", "every logit + 7")
-    _deviation_verdict(student, shifted, base, t, "log_prob", "every logit + 7",
+    _deviation_verdict(student, ref, shifted, base, t, "logit", "every logit + 7")
+    _deviation_verdict(student, ref, shifted, base, t, "log_prob", "every logit + 7",
                        " Adding 7 to every logit leaves the softmax unchanged, so log p moves by exactly 0.")
     big = base * 60 + 400  # logits in the hundreds: exp() overflows in float32 and float64
-    _deviation_verdict(student, big + edited - base, big, t, "log_prob", "logits in the hundreds")
+    _deviation_verdict(student, ref, big + edited - base, big, t, "log_prob", "logits in the hundreds")
 
     # the real model: layer 28, top 90 % replaced — its raw logit rises, its probability falls
     model = shared_model()
@@ -203,7 +209,7 @@ def check_deviation(student) -> None:
     base_logits = model(toks)
     edited_logits = model.run_with_hooks(toks, [("blocks.28.mlp.hook_post", hook)])
     for measure in ("logit", "log_prob"):
-        _deviation_verdict(student, edited_logits, base_logits, target, measure,
+        _deviation_verdict(student, ref, edited_logits, base_logits, target, measure,
                            "SmolLM2, layer 28, 90 % replaced")
 
 

@@ -11,7 +11,9 @@ import numpy as np
 
 
 def top_p_neurons(acts: np.ndarray, rate: float, by: str = "value") -> np.ndarray:
-    """Indices of the round(rate% · m) most active neurons of one layer, most active first.
+    """Exercise 1 (easy, 10 min). Indices of the k most active neurons of one layer, most active first.
+
+    k = floor(rate% · m), at least one: the study's definition (0.5 % of 1536 = 7.68 -> 7 neurons).
 
     acts [m]: the layer's hook_post activations at one position. rate is a PERCENTAGE
     (0.2 means 0.2 %, i.e. 3 of SmolLM2's 1536 neurons).
@@ -20,12 +22,12 @@ def top_p_neurons(acts: np.ndarray, rate: float, by: str = "value") -> np.ndarra
                     they will be replaced by (large negative activations count too).
     Ties keep the lower index first. Returns an int array [k].
     """
-    raise NotImplementedError("hint: k = int(round(rate / 100 * len(acts))); score = acts or "
+    raise NotImplementedError("hint: k = max(1, int(np.floor(rate / 100 * len(acts) + 1e-9))); score = acts or "
                               "np.abs(acts - np.median(acts)); np.argsort(-score, kind='stable')[:k]")
 
 
 def median_replacement_hook(neurons, median: float, pos: int = -1):
-    """Return a hook function fn(act, hook) for blocks.L.mlp.hook_post (act [b, p, m]).
+    """Exercise 2 (easy, 10 min). Return a hook function fn(act, hook) for blocks.L.mlp.hook_post (act [b, p, m]).
 
     It returns a COPY of act in which the given neurons, at position `pos` only (every
     batch row), are set to `median`. Everything else is unchanged.
@@ -36,7 +38,7 @@ def median_replacement_hook(neurons, median: float, pos: int = -1):
 
 def deviation(edited_logits: np.ndarray, base_logits: np.ndarray, target: int,
               measure: str = "log_prob") -> np.ndarray:
-    """How much the intervention moved the target token at the LAST position: edited − base.
+    """Exercise 3 (medium, 10 min). How much the intervention moved the target token at the LAST position: edited − base.
 
     edited_logits, base_logits [b, p, V]; target: a token id; -> [b] float64.
     measure="logit":    the raw logit z[target].

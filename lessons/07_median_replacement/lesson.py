@@ -20,11 +20,8 @@ import os
 import numpy as np
 
 import minillm
-from minillm.course import show
+from minillm.course import show, student_version
 from minillm.interp import ablation as A
-from minillm.interp import interventions as iv
-from minillm.interp.batch import prefix_cache, run_batch
-from minillm.interp.metrics import log_prob
 
 MODEL = os.environ.get("MINILLM_LESSON_MODEL", "smollm2-135m")
 model = minillm.load(MODEL)
@@ -94,15 +91,45 @@ p0 = np.exp(mr.base_logit + d[0])
 print("layer 0, p(target) by rate:", ", ".join(f"{r:g}%: {p:.2f}" for r, p in zip(rates, p0)))
 
 # %% [markdown]
-# Is layer 0 "catastrophic"? Check the rank of the target with the 90 % replacement, using
-# your own hook from exercise 2 (here the reference one from the package's intervention).
+# Is layer 0 "catastrophic"? Check the rank of the target with the 90 % replacement, with
+# your exercises 1-3 once they are implemented (until then, the package's equivalents):
+# your `top_p_neurons` picks the set, your hook replaces it, your `deviation` measures it.
 
 # %%
-v = [iv.Replace("post", layer=0, pos=-1, neuron=mr.replaced(0, 90).tolist(),
-                values=np.full(m, mr.medians[0], model.dtype))]
-z = model.run_with_interventions(toks, v)[0, -1]
-print(f"layer 0, 90 % replaced: {TARGET!r} has rank {int((z > z[target]).sum()) + 1}, top-3 "
-      f"{[model.to_string([int(i)]) for i in np.argsort(-z)[:3]]}")
+def _reference_top_p(acts, rate, by="value"):
+    return A.rank_neurons(np.asarray(acts), by)[: A.n_replaced(rate, len(acts))]
+
+
+def _reference_hook(neurons, median, pos=-1):
+    def fn(act, hook):
+        out = act.copy()
+        out[:, pos, neurons] = median
+        return out
+    return fn
+
+
+def _reference_deviation(edited_logits, base_logits, target, measure="log_prob"):
+    def value(z):
+        z = np.asarray(z, np.float64)[:, -1]
+        if measure == "logit":
+            return z[:, target]
+        zmax = z.max(axis=-1, keepdims=True)
+        return z[:, target] - (zmax[:, 0] + np.log(np.exp(z - zmax).sum(axis=-1)))
+    return value(edited_logits) - value(base_logits)
+
+
+top_p_neurons = student_version(7, "top_p_neurons", _reference_top_p)
+median_replacement_hook = student_version(7, "median_replacement_hook", _reference_hook)
+deviation = student_version(7, "deviation", _reference_deviation)
+neurons = np.asarray(top_p_neurons(post[0], 90)).astype(np.int64)
+hook = median_replacement_hook(neurons.tolist(), float(np.median(post[0])))
+base_all = model(toks)
+edited = model.run_with_hooks(toks, fwd_hooks=[("blocks.0.mlp.hook_post", hook)])
+z = edited[0, -1]
+rank = int((z > z[target]).sum()) + 1
+print(f"layer 0, 90 % replaced ({len(neurons)} neurons): {TARGET!r} has rank {rank}, "
+      f"top-3 {[model.to_string([int(i)]) for i in np.argsort(-z)[:3]]}; "
+      f"Δ log p {float(np.ravel(deviation(edited, base_all, target, 'log_prob'))[0]):+.3f}")
 
 # %% [markdown]
 # ## 3. Where does the effect appear: fine vs coarse rates
@@ -157,11 +184,11 @@ show(fig, "logit_vs_log_prob.png")
 # Ranking by distance from the median, |a − median|, replaces the neurons the
 # replacement actually moves. First the share of the total |a − median| that each
 # ranking moves, then the same study with the magnitude ranking (your exercise 1,
-# `by="magnitude"`), batched through `run_batch`, the engine every sweep uses.
+# `by="magnitude"`), which `median_replacement(..., by="magnitude")` runs for you.
 
 # %%
 dev = np.abs(post - medians[:, None])  # [L, m]
-order_abs = np.argsort(-dev, axis=1, kind="stable")
+order_abs = A.rank_neurons(post, by="magnitude")  # [L, m]
 for r in (1, 10, 50, 90):
     k = A.n_replaced(r, m)
     by_value = np.take_along_axis(dev, mr.order[:, :k], 1).sum(1) / dev.sum(1)
@@ -170,12 +197,9 @@ for r in (1, 10, 50, 90):
           f"{by_mag.mean():.0%} ranked by magnitude")
 
 MAG_RATES = [0.5, 1, 2, 4.5, 10, 30, 50, 90]
-metric = log_prob(model, TARGET)
-variants = [[iv.Replace("post", layer=l, pos=-1, neuron=order_abs[l, : A.n_replaced(r, m)].tolist(),
-                        values=np.full(m, mr.medians[l], model.dtype))] for l in range(L) for r in MAG_RATES]
-shared = prefix_cache(model, toks, toks.shape[1] - 1)
-vals = run_batch(model, toks, variants, metric, batch_size=64, prefix=shared).values[:, 0]
-dm = vals.reshape(L, len(MAG_RATES)) - mr.base_logit
+mm = A.median_replacement(model, PROMPT, TARGET, rates=MAG_RATES, measure="log_prob", by="magnitude",
+                          progress=False)
+dm = mm.delta.values  # [L, rates]
 pm0 = np.exp(mr.base_logit + dm[0])
 print("layer 0 by magnitude, p(target):", ", ".join(f"{r:g}%: {p:.3f}" for r, p in zip(MAG_RATES, pm0)))
 rest = np.abs(dm[1:, MAG_RATES.index(90)]).max()

@@ -6,13 +6,13 @@ import numpy as np
 
 
 def top_p_neurons(acts: np.ndarray, rate: float, by: str = "value") -> np.ndarray:
-    """Indices of the round(rate% · m) most active neurons, most active first.   [m] -> int [k]
+    """Indices of the k = floor(rate% · m) (at least 1) most active neurons, most active first.   [m] -> int [k]
 
     by="value": highest activation first; by="magnitude": largest |a − median(a)| first.
     Ties keep the lower index first (a stable sort).
     """
     acts = np.asarray(acts, dtype=np.float64)
-    k = int(round(rate / 100.0 * acts.shape[0]))
+    k = max(1, int(np.floor(rate / 100.0 * acts.shape[0] + 1e-9)))  # the study: floor, at least one
     if by == "value":
         score = acts
     elif by == "magnitude":

@@ -9,16 +9,12 @@ names the one you made.
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import numpy as np
 
-import minillm.course
 from minillm.course import relative_error as _rel
 from minillm.course import shared_model
 from minillm.course import verdict as _verdict
-
-REF = minillm.course.import_file(Path(__file__).with_name("solutions.py"))
 
 EIFFEL = "The Eiffel Tower is located in the city of"
 CLEAN = "When Mary and John went to the store, John gave a drink to"
@@ -47,7 +43,7 @@ def _ids(*texts):
 # --- the checks ----------------------------------------------------------------------------------
 
 
-def check_lens_logits(student) -> None:
+def check_lens_logits(student, ref) -> None:
     model = shared_model()
     logits, cache = _eiffel()
     w, eps, W_U = _weights()
@@ -56,7 +52,7 @@ def check_lens_logits(student) -> None:
             cache[f"blocks.{L - 1}.hook_resid_post"][0]]  # embeddings, a middle layer, the final stream
     x = np.stack(rows + [rows[1] * 1e-3])  # [4, p, d]; the last row is tiny, where eps matters
     got = student.lens_logits(x, w, eps, W_U)
-    want = REF.lens_logits(x, w, eps, W_U)
+    want = ref.lens_logits(x, w, eps, W_U)
     ms = (x * x).mean(-1, keepdims=True)
     mistakes = lambda: {  # noqa: E731
         "You unembedded the raw stream (x @ W_U): the model never does that. The final norm comes "
@@ -77,7 +73,7 @@ def check_lens_logits(student) -> None:
         raise AssertionError("the lens of the final stream must be the model's own logits")
 
 
-def check_component_dla(student) -> None:
+def check_component_dla(student, ref) -> None:
     model = shared_model()
     logits, cache = _ioi()
     w, _, W_U = _weights()
@@ -88,7 +84,7 @@ def check_component_dla(student) -> None:
                        cache["blocks.26.hook_mlp_out"][0, -1]])  # [4, d]: embed, L23H3, MLP28, MLP26
     s = float(cache["ln_final.hook_scale"][0, -1, 0])
     got = student.component_dla(writes, s, w, W_U, mary, john)
-    want = REF.component_dla(writes, s, w, W_U, mary, john)
+    want = ref.component_dla(writes, s, w, W_U, mary, john)
     diff = W_U[:, mary] - W_U[:, john]
     own = np.sqrt((writes * writes).mean(-1, keepdims=True) + model.cfg.eps)  # each write's own rms
     mistakes = {
@@ -109,7 +105,7 @@ def check_component_dla(student) -> None:
              mistakes, "DLA(c) = (c / final_scale) · (ln_w ⊙ (W_U[:, correct] − W_U[:, incorrect])), one "
              "number per write: a stack [c, d] gives [c] (do not sum over the components).")
     total = float(logits[0, -1, mary] - logits[0, -1, john])
-    comps = REF.residual_components(cache, L, -1)
+    comps = ref.residual_components(cache, L, -1)
     parts = np.asarray(student.component_dla(comps, s, w, W_U, mary, john))
     if parts.shape != (comps.shape[0],) or abs(parts.sum() - total) > 1e-3 * max(1.0, abs(total)):
         raise AssertionError(f"component_dla on all {comps.shape[0]} components [{comps.shape[0]}, d] must "
@@ -119,12 +115,12 @@ def check_component_dla(student) -> None:
                              "function work on a stack of writes (any leading axes)?")
 
 
-def check_residual_components(student) -> None:
+def check_residual_components(student, ref) -> None:
     model = shared_model()
     _, cache = _ioi()
     L = model.cfg.n_layers
     got = student.residual_components(cache, L, -1)
-    want = REF.residual_components(cache, L, -1)
+    want = ref.residual_components(cache, L, -1)
     final = cache[f"blocks.{L - 1}.hook_resid_post"][0, -1]
     got_arr = np.asarray(got)
     if got_arr.shape == (L + 1, want.shape[1]):
@@ -141,7 +137,7 @@ def check_residual_components(student) -> None:
             [cache["hook_embed"][0, -1]] + [cache[f"blocks.{l}.{h}"][0, -1] for l in range(L)
                                             for h in ("hook_resid_mid", "hook_resid_post")]),
         "You took position 0 instead of pos (-1, the last token, where the prediction is made).":
-            REF.residual_components(cache, L, 0),
+            ref.residual_components(cache, L, 0),
     }
     _verdict("residual_components(IOI cache, pos=-1)", got, want, mistakes,
              f"Row 0 is cache['hook_embed'][0, pos]; rows 2l+1 and 2l+2 are blocks.l.hook_attn_out and "
@@ -151,7 +147,7 @@ def check_residual_components(student) -> None:
         raise AssertionError(f"your components sum to the final stream only up to {gap:.1e}; please report.")
 
 
-def check_target_rank(student) -> None:
+def check_target_rank(student, ref) -> None:
     model = shared_model()
     _, cache = _eiffel()
     w, eps, W_U = _weights()
@@ -159,8 +155,8 @@ def check_target_rank(student) -> None:
     (paris,) = _ids(" Paris")
     x = np.stack([cache[f"blocks.{l}.hook_resid_pre"][0, -1] for l in range(L)]
                  + [cache[f"blocks.{L - 1}.hook_resid_post"][0, -1]])  # [L + 1, d]
-    logits = REF.lens_logits(x, w, eps, W_U)  # [L + 1, V]
-    want = REF.target_rank(logits, paris)
+    logits = ref.lens_logits(x, w, eps, W_U)  # [L + 1, V]
+    want = ref.target_rank(logits, paris)
     got = np.asarray(student.target_rank(logits, paris))
     if got.shape != want.shape:
         raise AssertionError(f"target_rank(lens logits [{L + 1}, V], ' Paris'): expected one rank per row, "
@@ -184,7 +180,7 @@ def check_target_rank(student) -> None:
                              "entries; count (logits > logits[target]) instead.")
 
 
-def check_first_top1_layer(student) -> None:
+def check_first_top1_layer(student, ref) -> None:
     cases = [
         ([9, 5, 1, 1, 1], 2, "top-1 from row 2 on"),
         ([4, 1, 3, 2, 1, 1], 4, "top-1 at row 1, lost at row 2, top-1 for good from row 4"),
@@ -213,8 +209,8 @@ def check_first_top1_layer(student) -> None:
     L = model.cfg.n_layers
     x = np.stack([cache[f"blocks.{l}.hook_resid_pre"][0, -1] for l in range(L)]
                  + [cache[f"blocks.{L - 1}.hook_resid_post"][0, -1]])
-    ranks = REF.target_rank(REF.lens_logits(x, w, eps, W_U), model.to_single_token(" Paris"))
-    want = REF.first_top1_layer(ranks)
+    ranks = ref.target_rank(ref.lens_logits(x, w, eps, W_U), model.to_single_token(" Paris"))
+    want = ref.first_top1_layer(ranks)
     got = student.first_top1_layer(ranks)
     if got != want:
         raise AssertionError(f"first_top1_layer(the ' Paris' ranks of the Eiffel lens, {ranks.tolist()}) "

@@ -16,7 +16,7 @@ import numpy as np
 
 
 def lens_logits(resid: np.ndarray, ln_w: np.ndarray, eps: float, W_U: np.ndarray) -> np.ndarray:
-    """The logit lens: decode residual-stream vectors as if they were the final stream.
+    """Exercise 1 (easy, 10 min). The logit lens: decode residual-stream vectors as if they were the final stream.
 
     resid [..., d], ln_w [d], W_U [d, V] -> logits [..., V]. Normalise each vector with its own
     1 / sqrt(mean(x²) + eps), multiply by the gain, unembed. On the final stream this must give
@@ -28,7 +28,7 @@ def lens_logits(resid: np.ndarray, ln_w: np.ndarray, eps: float, W_U: np.ndarray
 
 def component_dla(write: np.ndarray, final_scale, ln_w: np.ndarray, W_U: np.ndarray,
                   correct: int, incorrect: int) -> np.ndarray:
-    """Direct logit attribution of residual writes, final-norm scale frozen.   [..., d] -> [...]
+    """Exercise 2 (medium, 10 min). Direct logit attribution of residual writes, final-norm scale frozen.   [..., d] -> [...]
 
     write: what one component (a head, an MLP, the embedding) added to the stream at the
     predicting position; final_scale: the rms that ln_final divided the WHOLE final stream by
@@ -40,7 +40,7 @@ def component_dla(write: np.ndarray, final_scale, ln_w: np.ndarray, W_U: np.ndar
 
 
 def residual_components(cache, n_layers: int, pos: int) -> np.ndarray:
-    """The final residual stream at position `pos` split into what wrote it.   -> [2L + 1, d]
+    """Exercise 3 (medium, 10 min). The final residual stream at position `pos` split into what wrote it.   -> [2L + 1, d]
 
     Rows: the token embedding (cache["hook_embed"]), then for each block l its attention output
     and its MLP output (cache[f"blocks.{l}.hook_attn_out"], ...hook_mlp_out), in the model's order.
@@ -51,7 +51,7 @@ def residual_components(cache, n_layers: int, pos: int) -> np.ndarray:
 
 
 def target_rank(logits: np.ndarray, target: int) -> np.ndarray:
-    """The rank of token `target` in each row of logits (1 = the most likely).   [..., V] -> [...]
+    """Exercise 4 (easy, 5 min). The rank of token `target` in each row of logits (1 = the most likely).   [..., V] -> [...]
 
     Ties do not push a token down: rank = 1 + the number of STRICTLY larger logits.
     """
@@ -59,7 +59,7 @@ def target_rank(logits: np.ndarray, target: int) -> np.ndarray:
 
 
 def first_top1_layer(ranks: np.ndarray) -> int | None:
-    """The first row (index) from which the target is ranked 1 in every later row.
+    """Exercise 5 (easy, 5 min). The first row (index) from which the target is ranked 1 in every later row.
 
     ranks [rows] (ints) -> an int, or None if the target is not ranked 1 at the last row.
     Top-1 at row 1, lost at row 2, top-1 again from row 4 to the end -> 4, not 1.

@@ -19,7 +19,7 @@ import os
 import numpy as np
 
 import minillm
-from minillm.course import show
+from minillm.course import show, student_version
 from minillm.interp import readout
 from minillm.interp.dla import direct_logit_attribution
 from minillm.interp.lens import final_norm, logit_lens
@@ -58,8 +58,9 @@ targets = [" Paris", " London", " France"]
 lens = logit_lens(model, EIFFEL, targets=targets, k=3)
 print(lens.table())
 decided = lens.first_layer_top1(" Paris")
-print(f"\n' Paris' is the top-1 prediction from row {decided} on "
-      f"(rows: 'embed', then 'L{{l}}' = after block l; the model has {L} blocks)")
+print(f"\n' Paris' is the top-1 prediction from row {decided} on = row index "
+      f"{lens.row_labels.index(decided) if decided else None} (rows: index 0 = 'embed', then index l + 1 = "
+      f"'L{{l}}' = after block l; the model has {L} blocks)")
 show(lens.plot(), "lens_grid.png")  # layer × position, top-1 token and its probability
 show(lens.plot_targets(), "lens_targets.png")  # probability and rank of each target per layer
 
@@ -107,15 +108,27 @@ tokens, mask = model.to_tokens_and_mask([p for p, _ in facts])
 _, fcache = model.run_with_cache(tokens, attention_mask=mask,
                                  names_filter=lambda n: n.endswith(("resid_pre", "resid_post")))
 fstack = fcache.accumulated_resid(pos_slice=-1)  # [L + 1, n, d]: the last (real) token of each prompt
+def _reference_rank(logits, target):  # [..., V] -> [...]: 1 + the number of strictly larger logits
+    return (logits > logits[..., target:target + 1]).sum(-1) + 1
+
+
+def _reference_first_top1(ranks):  # the first row from which the target stays top-1, or None
+    return next((r for r in range(len(ranks)) if (ranks[r:] == 1).all()), None)
+
+
+# Your exercises 4 and 5 once implemented (until then, the references above).
+target_rank = student_version(8, "target_rank", _reference_rank)
+first_top1_layer = student_version(8, "first_top1_layer", _reference_first_top1)
 ranks = {}
 for j, (_, target) in enumerate(facts):
     row_logits = np.stack([final_norm(model, x) for x in fstack[:, j]]) @ W_U  # [L + 1, V]
     t = model.to_single_token(target)
-    ranks[target] = (row_logits > row_logits[:, [t]]).sum(-1) + 1  # exercise 4
-    first = next((r for r in range(L + 1) if (ranks[target][r:] == 1).all()), None)  # exercise 5
+    ranks[target] = np.asarray(target_rank(row_logits, t))  # exercise 4
+    first = first_top1_layer(ranks[target])  # exercise 5
     top = model.to_string([int(np.argmax(row_logits[-1]))])
-    print(f"{target!r:10} rank per row: {ranks[target].tolist()}\n{'':11}-> top-1 from row {first} "
-          f"(the model's own top-1: {top!r})")
+    label = None if first is None else ("embed" if first == 0 else f"L{first - 1}")
+    print(f"{target!r:10} rank per row: {ranks[target].tolist()}\n{'':11}-> top-1 from row index {first} "
+          f"(= row {label}) on (the model's own top-1: {top!r})")
 
 from minillm.views.figures import subplots  # noqa: E402
 

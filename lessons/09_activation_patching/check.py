@@ -6,17 +6,13 @@ The real-model parts use SmolLM2 on the lesson's IOI pair.
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import numpy as np
 
+from minillm.course import shared_model
 from minillm.hooks import HookPoint
 from minillm.interp import patching as P
 from minillm.interp.results import LabelledArray
-from minillm.course import import_file, shared_model
-
-# by path, under a name of its own: a bare `import solutions` would get another lesson's module
-ref = import_file(Path(__file__).with_name("solutions.py"))
 
 CLEAN = "When Mary and John went to the store, John gave a drink to"
 CORRUPTED = "When Mary and John went to the store, Mary gave a drink to"
@@ -36,7 +32,7 @@ def _ioi() -> dict:
 # --- exercise 1 ----------------------------------------------------------------------------------
 
 
-def check_logit_difference(student) -> None:
+def check_logit_difference(student, ref) -> None:
     rng = np.random.default_rng(9)
     logits = (rng.normal(size=(3, 5, 40)) * 4).astype(np.float32)
     correct, wrong = 7, 11
@@ -74,7 +70,7 @@ def check_logit_difference(student) -> None:
 # --- exercise 2 ----------------------------------------------------------------------------------
 
 
-def check_normalised(student) -> None:
+def check_normalised(student, ref) -> None:
     cases = [(6.12, 6.12, -5.49, "the clean value"), (-5.49, 6.12, -5.49, "the corrupted value"),
              (0.315, 6.12, -5.49, "halfway"), (2.0, -2.0, 3.0, "clean below corrupted")]
     for value, clean, corrupted, what in cases:
@@ -118,7 +114,7 @@ def check_normalised(student) -> None:
 # --- exercise 3 ----------------------------------------------------------------------------------
 
 
-def check_patch_resid_pre_hook(student) -> None:
+def check_patch_resid_pre_hook(student, ref) -> None:
     rng = np.random.default_rng(10)
     act = rng.normal(size=(3, 6, 8)).astype(np.float32)
     source = rng.normal(size=(1, 6, 8)).astype(np.float32)
@@ -145,6 +141,25 @@ def check_patch_resid_pre_hook(student) -> None:
             hint = " Only batch row 0 was patched: write out[:, pos] so every row gets it."
         elif np.array_equal(out, act):
             hint = " Nothing changed: assign into the copy, out[:, pos] = source[0, pos]."
+        else:
+            p = act.shape[1]
+            for shift in (-1, 1):  # the right slot, filled from the neighbouring source position
+                src_pos = (pos % p) + shift
+                if 0 <= src_pos < p:
+                    shifted = act.copy()
+                    shifted[:, pos] = source[0, src_pos]
+                    if np.array_equal(out, shifted):
+                        hint = (f" Off by one in the SOURCE position: you copied source[0, {src_pos}] into "
+                                f"position {pos % p}. Take the other run's activation at the same position, "
+                                "source[0, pos].")
+            for shift in (-1, 1):  # the right source, written into the neighbouring slot
+                dst = (pos % p) + shift
+                if 0 <= dst < p:
+                    moved = act.copy()
+                    moved[:, dst] = source[0, pos]
+                    if np.array_equal(out, moved):
+                        hint = (f" Off by one in the patched position: you wrote position {dst}; patch position "
+                                f"{pos % p} itself, out[:, pos].")
         raise AssertionError(f"patch_resid_pre_hook(pos={pos}): the patched activation differs from the "
                              f"expected one at {np.argwhere(out != want)[:3].tolist()} (first 3).{hint}")
 
@@ -167,7 +182,7 @@ def check_patch_resid_pre_hook(student) -> None:
 # --- exercise 4 ----------------------------------------------------------------------------------
 
 
-def check_effect_shares(student) -> None:
+def check_effect_shares(student, ref) -> None:
     rng = np.random.default_rng(11)
     values = rng.normal(size=(5, 6)) * 0.3
     values[1, 3] = np.nan  # an unmeasured cell

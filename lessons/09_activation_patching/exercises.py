@@ -11,7 +11,7 @@ import numpy as np
 
 
 def logit_difference(logits: np.ndarray, correct: int, wrong: int) -> np.ndarray:
-    """The IOI metric: logit[correct] − logit[wrong] at the LAST position, per batch row.
+    """Exercise 1 (easy, 5 min). The IOI metric: logit[correct] − logit[wrong] at the LAST position, per batch row.
 
     logits [b, p, V]; correct, wrong: token ids. -> [b] float64.
     (It equals log p(correct) − log p(wrong): the softmax normaliser cancels.)
@@ -20,7 +20,7 @@ def logit_difference(logits: np.ndarray, correct: int, wrong: int) -> np.ndarray
 
 
 def normalised(value, clean: float, corrupted: float):
-    """The normalised patching metric: 0 = the corrupted run's value, 1 = the clean run's.
+    """Exercise 2 (easy, 10 min). The normalised patching metric: 0 = the corrupted run's value, 1 = the clean run's.
 
     value: a number or an array (one per patched run). Raise ValueError when
     clean == corrupted: then the corruption changed nothing and there is no scale.
@@ -30,7 +30,7 @@ def normalised(value, clean: float, corrupted: float):
 
 
 def patch_resid_pre_hook(source: np.ndarray, pos: int):
-    """Return a hook function fn(act, hook) for blocks.L.hook_resid_pre (act [b, p, d]).
+    """Exercise 3 (medium, 20 min). Return a hook function fn(act, hook) for blocks.L.hook_resid_pre (act [b, p, d]).
 
     It returns a COPY of act whose position `pos` (in every batch row) holds the other
     run's activation source[0, pos] (source [1, p, d] from run_with_cache). This is one
@@ -41,7 +41,7 @@ def patch_resid_pre_hook(source: np.ndarray, pos: int):
 
 
 def effect_shares(values: np.ndarray, groups: dict, base: float = 0.0) -> dict:
-    """Where does the effect sit? For each row (layer) of a [rows, pos] patching result:
+    """Exercise 4 (medium, 15 min). Where does the effect sit? For each row (layer) of a [rows, pos] patching result:
 
         effect[r, q] = |values[r, q] − base|     (base: the value of an unpatched run —
                                                   0 for normalised denoising, 1 for noising)

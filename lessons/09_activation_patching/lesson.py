@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 import minillm
-from minillm.course import show
+from minillm.course import show, student_version
 from minillm.interp import interventions as iv
 from minillm.interp import metrics as M
 from minillm.interp import patching as P
@@ -68,7 +68,15 @@ print(f"swapping the first two names instead: {m_swap:+.2f}, still predicts {mod
 resid = P.patching_sweep(model, CLEAN, CORRUPTED, ld, "resid_pre", "denoising", progress=False)
 show(resid.plot(), "resid_pre_denoising.png")
 print(f"resid_pre: {resid.meta['runs']} runs in {resid.meta['seconds']:.1f} s")
-shares = P.effect_shares(resid, {"S2": [S2], "END": [END]})
+def _reference_shares(values, groups, base=0.0):  # {name: [rows]}: share of |value - base| per group
+    effect = np.abs(np.nan_to_num(np.asarray(values, np.float64) - base))  # [rows, pos]
+    total = np.where(effect.sum(1) == 0, 1.0, effect.sum(1))
+    return {name: effect[:, list(pos)].sum(1) / total for name, pos in groups.items()}
+
+
+# Your exercise 4 once implemented (until then, the reference above).
+effect_shares = student_version(9, "effect_shares", _reference_shares)
+shares = effect_shares(resid.values, {"S2": [S2], "END": [END]}, 0.0)  # denoising: unpatched = 0
 for l in range(0, L, 3):
     print(f"layer {l:2d}: value at S2 {resid.values[l, S2]:+.2f}, at END {resid.values[l, END]:+.2f}; "
           f"share of the effect at S2 {shares['S2'][l]:.2f}, at END {shares['END'][l]:.2f}")

@@ -9,18 +9,14 @@ answer is wrong, the check also tries the usual mistakes and names the one you m
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import numpy as np
 
-import minillm.course
 from minillm.course import relative_error as _rel
 from minillm.course import shared_model
 from minillm.course import verdict as _verdict
 from minillm.grad.backward import backward
 from minillm.interp.metrics import logit_diff
-
-REF = minillm.course.import_file(Path(__file__).with_name("solutions.py"))
 
 CLEAN = "When Mary and John went to the store, John gave a drink to"
 CORRUPT = "When Mary and John went to the store, Mary gave a drink to"
@@ -56,14 +52,14 @@ def _pair(result, what: str, names: tuple[str, str]):
 # --- the checks ----------------------------------------------------------------------------------
 
 
-def check_rms_norm_backward(student) -> None:
+def check_rms_norm_backward(student, ref) -> None:
     model = shared_model()
     x = _grads().cache[f"blocks.{NORM_LAYER}.hook_resid_mid"].astype(np.float64)  # ln2's input [1, p, d]
     w = model.blocks[NORM_LAYER].ln2.w.astype(np.float64)
     eps = model.cfg.eps
     dout = _rng(1).standard_normal(x.shape)
     dx, dw = _pair(student.rms_norm_backward(dout, x, w, eps), "rms_norm_backward", ("dx", "dw"))
-    want_dx, want_dw = REF.rms_norm_backward(dout, x, w, eps)
+    want_dx, want_dw = ref.rms_norm_backward(dout, x, w, eps)
 
     s = 1.0 / np.sqrt((x * x).mean(-1, keepdims=True) + eps)
     y = x * s
@@ -74,7 +70,7 @@ def check_rms_norm_backward(student) -> None:
         def loss(xx):
             return float((dout * xx / np.sqrt((xx * xx).mean(-1, keepdims=True) + eps) * w).sum())
 
-        fd = REF.central_difference(loss, x, v, 1e-4)
+        fd = ref.central_difference(loss, x, v, 1e-4)
         return (f" A central finite difference of Σ dout·rms_norm(x) along a random direction v gives "
                 f"{fd:.6g}; Σ dx·v with your dx gives {float((np.asarray(dx) * v).sum()):.6g}.")
 
@@ -106,12 +102,12 @@ def check_rms_norm_backward(student) -> None:
              "dw has shape [d]: sum dout·y over every leading axis (batch and position).", tol=1e-8)
 
 
-def check_softmax_backward(student) -> None:
+def check_softmax_backward(student, ref) -> None:
     res = _grads()
     pattern = res.cache[f"blocks.{NORM_LAYER}.attn.hook_pattern"].astype(np.float64)  # [1, h, p, p]
     dpattern = res.grad(f"blocks.{NORM_LAYER}.attn.hook_pattern").astype(np.float64)
     got = student.softmax_backward(dpattern, pattern)
-    want = REF.softmax_backward(dpattern, pattern)
+    want = ref.softmax_backward(dpattern, pattern)
     mistakes = lambda: {  # noqa: E731
         "You kept only the diagonal of the Jacobian (dx = dout·y·(1 − y)). Each y_i depends on every x_j "
         "through the normaliser: dx_j = y_j·(dout_j − Σ_i dout_i·y_i).": dpattern * pattern * (1 - pattern),
@@ -133,11 +129,11 @@ def check_softmax_backward(student) -> None:
                              f"{_rel(got, mine):.1e}); please report this.")
 
 
-def check_linear_backward(student) -> None:
+def check_linear_backward(student, ref) -> None:
     rng = _rng(3)
     x, W, dout = rng.standard_normal((2, 5, 7)), rng.standard_normal((7, 4)), rng.standard_normal((2, 5, 4))
     dx, dW = _pair(student.linear_backward(dout, x, W), "linear_backward", ("dx", "dW"))
-    want_dx, want_dW = REF.linear_backward(dout, x, W)
+    want_dx, want_dW = ref.linear_backward(dout, x, W)
     if np.shape(dx) != x.shape:
         raise AssertionError(f"linear_backward: dx must have x's shape {x.shape}, got {np.shape(dx)}. "
                              "Did you multiply dout by W instead of W.T?")
@@ -158,7 +154,7 @@ def check_linear_backward(student) -> None:
              "dW[i, k] = Σ_rows x[row, i] · dout[row, k].", tol=1e-10)
 
 
-def check_central_difference(student) -> None:
+def check_central_difference(student, ref) -> None:
     rng = _rng(4)
     x, v = rng.standard_normal(6), rng.standard_normal(6)
 
@@ -170,7 +166,7 @@ def check_central_difference(student) -> None:
     if not np.isscalar(got) and np.shape(got) != ():
         raise AssertionError(f"central_difference must return a number, got an array of shape "
                              f"{np.shape(got)}")
-    want = REF.central_difference(f, x, v, h)
+    want = ref.central_difference(f, x, v, h)
     exact = float(((np.cos(x) * x**2 + 2 * x * np.sin(x)) * v).sum())
     mistakes = {
         f"You used the one-sided difference (f(x + h·v) − f(x)) / h; its error is of order h "
@@ -184,7 +180,7 @@ def check_central_difference(student) -> None:
              mistakes, f"The exact directional derivative here is {exact:.8g}.", tol=1e-9)
 
 
-def check_mlp_backward(student) -> None:
+def check_mlp_backward(student, ref) -> None:
     model, res = shared_model(), _grads()
     L, blk, eps = MLP_LAYER, model.blocks[MLP_LAYER], model.cfg.eps
     d_post = res.grad(f"blocks.{L}.hook_resid_post")
@@ -194,7 +190,7 @@ def check_mlp_backward(student) -> None:
 
     def mistakes():
         d64, m64 = d_post.astype(np.float64), mid.astype(np.float64)
-        branch = REF.mlp_backward(d64, m64, blk, eps) - d64
+        branch = ref.mlp_backward(d64, m64, blk, eps) - d64
         s = 1.0 / np.sqrt((m64 * m64).mean(-1, keepdims=True) + eps)
         # the MLP branch with the norm's scale treated as a constant
         u = m64 * s * blk.ln2.w
@@ -210,7 +206,7 @@ def check_mlp_backward(student) -> None:
             "You treated RMSNorm's scale as a constant (du·s·w): use your rms_norm_backward for the norm.":
                 d64 + du * s * blk.ln2.w,
             "The derivative of silu is not σ(z): silu'(z) = σ(z)·(1 + z·(1 − σ(z))).":
-                d64 + REF.rms_norm_backward(no_gate_in_deriv, m64, blk.ln2.w, eps)[0],
+                d64 + ref.rms_norm_backward(no_gate_in_deriv, m64, blk.ln2.w, eps)[0],
         }
 
     _verdict(f"mlp_backward(grad of blocks.{L}.hook_resid_post)", got, want, mistakes,
@@ -221,13 +217,13 @@ def check_mlp_backward(student) -> None:
              tol=2e-3)
 
 
-def check_head_attribution(student) -> None:
+def check_head_attribution(student, ref) -> None:
     res = _grads()
     name = f"blocks.{HEAD_LAYER}.attn.hook_z"
     z_clean, z_corrupt, grad = res.cache[name], _corrupt_z(), res.grad(name)
     got = student.head_attribution(z_clean, z_corrupt, grad)
     f64 = [a.astype(np.float64) for a in (z_clean, z_corrupt, grad)]
-    want = REF.head_attribution(*f64)
+    want = ref.head_attribution(*f64)
     delta = (z_corrupt - z_clean).astype(np.float64)
     mistakes = {
         "Your sign is flipped: the patch moves the activation from clean TO corrupted, so the change is "

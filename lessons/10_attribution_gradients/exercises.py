@@ -16,7 +16,7 @@ import numpy as np
 
 def rms_norm_backward(dout: np.ndarray, x: np.ndarray, w: np.ndarray, eps: float
                       ) -> tuple[np.ndarray, np.ndarray]:
-    """Backward of out = x · s · w with s = 1 / sqrt(mean(x²) + eps) over the last axis.
+    """Exercise 1 (hard, 25 min). Backward of out = x · s · w with s = 1 / sqrt(mean(x²) + eps) over the last axis.
 
     dout, x [..., d]; w [d] -> (dx [..., d], dw [d]).
     Remember that s depends on x too: every x_i moves every output through s.
@@ -26,7 +26,7 @@ def rms_norm_backward(dout: np.ndarray, x: np.ndarray, w: np.ndarray, eps: float
 
 
 def softmax_backward(dout: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Backward of y = softmax(x) over the last axis, given the OUTPUT y.   -> dx, same shape
+    """Exercise 2 (medium, 15 min). Backward of y = softmax(x) over the last axis, given the OUTPUT y.   -> dx, same shape
 
     dout is ∂metric/∂y. Masked entries (y = 0) must get gradient 0.
     """
@@ -35,7 +35,7 @@ def softmax_backward(dout: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def linear_backward(dout: np.ndarray, x: np.ndarray, W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Backward of y = x @ W.   dout [..., n_out], x [..., n_in], W [n_in, n_out] -> (dx, dW)
+    """Exercise 3 (easy, 10 min). Backward of y = x @ W.   dout [..., n_out], x [..., n_in], W [n_in, n_out] -> (dx, dW)
 
     dx has x's shape, dW has W's shape; x may have any number of leading axes (batch, position).
     """
@@ -44,7 +44,7 @@ def linear_backward(dout: np.ndarray, x: np.ndarray, W: np.ndarray) -> tuple[np.
 
 
 def central_difference(f, x: np.ndarray, v: np.ndarray, h: float) -> float:
-    """The directional derivative of f at x along v, by a CENTRAL finite difference.
+    """Exercise 4 (easy, 10 min). The directional derivative of f at x along v, by a CENTRAL finite difference.
 
     f: function array -> float; x, v: arrays of the same shape; h: the step.
     """
@@ -53,7 +53,7 @@ def central_difference(f, x: np.ndarray, v: np.ndarray, h: float) -> float:
 
 
 def mlp_backward(d_resid_post: np.ndarray, resid_mid: np.ndarray, blk, eps: float) -> np.ndarray:
-    """Backward of the second half of a Llama block.   -> d resid_mid [b, p, d]
+    """Exercise 5 (hard, 30 min). Backward of the second half of a Llama block.   -> d resid_mid [b, p, d]
 
     Forward: u = RMSNorm(resid_mid; blk.ln2.w), post = silu(u·W_gate) ⊙ (u·W_in),
     resid_post = resid_mid + post·W_out, with silu(z) = z·σ(z). Weights: blk.mlp.W_gate,
@@ -65,7 +65,7 @@ def mlp_backward(d_resid_post: np.ndarray, resid_mid: np.ndarray, blk, eps: floa
 
 
 def head_attribution(z_clean: np.ndarray, z_corrupt: np.ndarray, grad_z: np.ndarray) -> np.ndarray:
-    """Attribution patching for every head of one layer.   z's and grad [b, p, h, e] -> [h]
+    """Exercise 6 (medium, 20 min). Attribution patching for every head of one layer.   z's and grad [b, p, h, e] -> [h]
 
     The estimated change of the metric when head j's output (hook_z) is patched from the
     corrupted run into the clean run, from the clean run's gradient grad_z = ∂metric/∂z.

@@ -10,19 +10,15 @@ names the one you made.
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import numpy as np
 
-import minillm.course
-from minillm.hooks import HookPoint
-from minillm.interp import pca as pca_mod
-from minillm.interp import steering as st
 from minillm.course import relative_error as _rel
 from minillm.course import shared_model
 from minillm.course import verdict as _verdict
-
-REF = minillm.course.import_file(Path(__file__).with_name("solutions.py"))
+from minillm.hooks import HookPoint
+from minillm.interp import pca as pca_mod
+from minillm.interp import steering as st
 
 LAYER = 6
 POSITIVE = ["I love this", "What a wonderful day", "I am so happy", "This is great", "Best film ever"]
@@ -49,10 +45,10 @@ def _sets() -> tuple[np.ndarray, np.ndarray]:
 # --- the checks ----------------------------------------------------------------------------------
 
 
-def check_mean_difference(student) -> None:
+def check_mean_difference(student, ref) -> None:
     pos, neg = _sets()
     got = student.mean_difference(pos, neg)
-    want = REF.mean_difference(pos, neg)
+    want = ref.mean_difference(pos, neg)
     if np.shape(got) == (pos.shape[0],) or np.shape(got) == ():
         raise AssertionError(f"mean_difference: expected a vector of shape {want.shape}, got shape "
                              f"{np.shape(got)}. Average over the PROMPTS (axis 0), not over the features.")
@@ -79,10 +75,10 @@ def check_mean_difference(student) -> None:
                              "please report.")
 
 
-def check_steering_hook(student) -> None:
+def check_steering_hook(student, ref) -> None:
     model = shared_model()
     pos, neg = _sets()
-    v = REF.mean_difference(pos, neg).astype(np.float32)
+    v = ref.mean_difference(pos, neg).astype(np.float32)
     alpha, name = 3.0, f"blocks.{LAYER}.hook_resid_pre"
     hook = student.steering_hook(v, alpha)
     # 1. it must not edit its input in place
@@ -134,14 +130,14 @@ def check_steering_hook(student) -> None:
                              "token): it must add the vector there too, whatever the number of positions.")
 
 
-def check_pca_svd(student) -> None:
+def check_pca_svd(student, ref) -> None:
     X = _last_acts(PCA_PROMPTS, 10, "resid_post").astype(np.float64)  # [12, d]
     k = 3
     result = student.pca_svd(X, k)
     if not isinstance(result, tuple) or len(result) != 2:
         raise AssertionError(f"pca_svd must return a tuple (components, ratios), got {type(result).__name__}")
     comps, ratios = (np.asarray(a, np.float64) for a in result)
-    want_c, want_r = REF.pca_svd(X, k)
+    want_c, want_r = ref.pca_svd(X, k)
     lib = pca_mod.pca(X, k)
     if _rel(want_r, lib.explained_variance_ratio) > 1e-8:
         raise AssertionError("the reference and minillm.interp.pca disagree; please report.")
@@ -186,18 +182,18 @@ def _embeddings() -> tuple[np.ndarray, np.ndarray]:
     return W64, np.linalg.norm(W64, axis=1)
 
 
-def check_cosine_analogy(student) -> None:
+def check_cosine_analogy(student, ref) -> None:
     model = shared_model()
     W_E = model.embed.W_E
     W64, norms = _embeddings()
-    for words in ((" man", " king", " woman"), (" France", " Paris", " Japan")):
+    for words in ((" king", " man", " woman"), (" Paris", " France", " Japan")):
         a, b, c = (model.to_single_token(w) for w in words)
         k = 5
         got = [int(i) for i in student.cosine_analogy(W_E, a, b, c, k)]
-        want = REF.cosine_analogy(W_E, a, b, c, k)
-        query = W64[b] - W64[a] + W64[c]
+        want = ref.cosine_analogy(W_E, a, b, c, k)
+        query = W64[a] - W64[b] + W64[c]
         sims = W64 @ query / (norms * np.linalg.norm(query))
-        what = f"cosine_analogy({words[0]!r} : {words[1]!r} :: {words[2]!r} : ?, k={k})"
+        what = f"cosine_analogy({words[0]!r} − {words[1]!r} + {words[2]!r}, k={k})"
         show = lambda ids: [model.to_string([i]) for i in ids]  # noqa: E731
         if len(got) != k:
             raise AssertionError(f"{what}: expected {k} token ids, got {len(got)}.")
@@ -205,18 +201,18 @@ def check_cosine_analogy(student) -> None:
             continue
         if set(got) & {a, b, c}:
             raise AssertionError(f"{what}: your answer {show(got)} contains one of the three input words. "
-                                 f"b − a + c is nearest to b or c themselves; exclude a, b and c.")
+                                 f"a − b + c is nearest to a or c themselves; exclude a, b and c.")
         dot = W64 @ query
         dot[[a, b, c]] = -np.inf
         if got == [int(i) for i in np.argsort(-dot, kind="stable")[:k]]:
             raise AssertionError(f"{what}: you ranked by the dot product ({show(got)}); that favours tokens "
                                  f"with long embeddings. Divide by both norms: cosine similarity.")
-        flipped = W64[a] - W64[b] + W64[c]
+        flipped = W64[b] - W64[a] + W64[c]
         fs = W64 @ flipped / (norms * np.linalg.norm(flipped))
         fs[[a, b, c]] = -np.inf
         if got == [int(i) for i in np.argsort(-fs, kind="stable")[:k]]:
-            raise AssertionError(f"{what}: you used a − b + c. 'a is to b as c is to ?' moves c by (b − a): "
-                                 f"the query is b − a + c.")
+            raise AssertionError(f"{what}: you used b − a + c. The convention here, as in lesson 01, is "
+                                 f"a − b + c: king − man + woman ≈ queen.")
         raise AssertionError(f"{what}: expected {show(want)}, got {show(got)} (cosines "
                              f"{np.round(sims[got], 4).tolist()} vs {np.round(sims[want], 4).tolist()}).")
 

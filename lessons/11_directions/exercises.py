@@ -15,7 +15,7 @@ import numpy as np
 
 
 def mean_difference(pos_acts: np.ndarray, neg_acts: np.ndarray) -> np.ndarray:
-    """The steering vector: mean over the positive prompts minus mean over the negative ones.
+    """Exercise 1 (easy, 10 min). The steering vector: mean over the positive prompts minus mean over the negative ones.
 
     pos_acts [n_pos, d], neg_acts [n_neg, d] (one row per prompt; n_pos may differ from n_neg) -> [d].
     """
@@ -23,7 +23,7 @@ def mean_difference(pos_acts: np.ndarray, neg_acts: np.ndarray) -> np.ndarray:
 
 
 def steering_hook(vector: np.ndarray, alpha: float):
-    """Return a hook function fn(act, hook) -> new act that adds alpha·vector at EVERY position.
+    """Exercise 2 (easy, 10 min). Return a hook function fn(act, hook) -> new act that adds alpha·vector at EVERY position.
 
     act is [b, p, d] (p = 1 while generating with a KV cache: the new token only); `hook` is a
     HookPoint (name, layer, pos_offset) you will not need. Return a new array; do not edit act
@@ -34,7 +34,7 @@ def steering_hook(vector: np.ndarray, alpha: float):
 
 
 def pca_svd(X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """PCA of data X [n, D] (one sample per row) by the SVD.   -> (components [k, D], ratios [r])
+    """Exercise 3 (medium, 20 min). PCA of data X [n, D] (one sample per row) by the SVD.   -> (components [k, D], ratios [r])
 
     components: the top-k principal directions as unit ROW vectors, largest variance first.
     ratios: the explained-variance ratio of every component (r = min(n, D) of them), summing to 1.
@@ -45,8 +45,9 @@ def pca_svd(X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def cosine_analogy(W_E: np.ndarray, a: int, b: int, c: int, k: int) -> list[int]:
-    """'a is to b as c is to ?' in the embedding: the k token ids most cosine-similar to
-    W_E[b] - W_E[a] + W_E[c], best first, excluding a, b and c.   W_E [V, d] -> k ints
+    """Exercise 4 (medium, 20 min). a − b + c in the embedding, as in lesson 01 (king − man + woman ≈ queen): the k token
+    ids most cosine-similar to W_E[a] - W_E[b] + W_E[c], best first, excluding a, b and c.
+    W_E [V, d] -> k ints
     """
-    raise NotImplementedError("hint: query = W_E[b] - W_E[a] + W_E[c]; sims = W_E @ query / (row norms · "
+    raise NotImplementedError("hint: query = W_E[a] - W_E[b] + W_E[c]; sims = W_E @ query / (row norms · "
                               "|query|); set sims[[a, b, c]] = -inf; np.argsort(-sims)[:k]")

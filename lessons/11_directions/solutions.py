@@ -43,11 +43,11 @@ def pca_svd(X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def cosine_analogy(W_E: np.ndarray, a: int, b: int, c: int, k: int) -> list[int]:
-    """'a is to b as c is to ?': the k token ids whose embedding is most cosine-similar to
-    W_E[b] - W_E[a] + W_E[c], excluding a, b and c themselves.   W_E [V, d] -> [k] ids
+    """a − b + c (lesson 01's convention: king − man + woman): the k token ids whose embedding
+    is most cosine-similar to W_E[a] - W_E[b] + W_E[c], excluding a, b and c.   W_E [V, d] -> [k] ids
     """
     W = W_E.astype(np.float64)
-    query = W[b] - W[a] + W[c]  # [d]
+    query = W[a] - W[b] + W[c]  # [d]
     sims = W @ query / (np.linalg.norm(W, axis=1) * np.linalg.norm(query) + 1e-12)  # [V]
     sims[[a, b, c]] = -np.inf
     return [int(i) for i in np.argsort(-sims, kind="stable")[:k]]

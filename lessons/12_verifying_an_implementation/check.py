@@ -19,7 +19,6 @@ from minillm import verify
 from minillm.course import shared_model
 
 HERE = Path(__file__).parent
-REF = minillm.course.import_file(HERE / "solutions.py")
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 
 
@@ -55,7 +54,7 @@ def _num(x, what: str) -> float:
 # --- the checks ----------------------------------------------------------------------------------
 
 
-def check_max_errors(student) -> None:
+def check_max_errors(student, ref) -> None:
     name = "blocks.0.attn.hook_z"
     a, b = _ref()[name], _port()[name]
     for floor in (1e-3, 0.3):
@@ -95,15 +94,15 @@ def check_max_errors(student) -> None:
                              f"gave {got_rel:.6g}. rel = |a − b| / max(|a|, floor·sqrt(mean(a²))).")
 
 
-def check_first_failure(student) -> None:
-    ref, port = _ref(), _port()
+def check_first_failure(student, ref) -> None:
+    mine, port = _ref(), _port()
     # 1. the real case: minillm against the port, dicts in a random order
-    want = REF.first_failure(ref, port)
-    got = student.first_failure(_shuffled(ref, 0), _shuffled(port, 1))
+    want = ref.first_failure(mine, port)
+    got = student.first_failure(_shuffled(mine, 0), _shuffled(port, 1))
     if got != want:
-        common = [n for n in _shuffled(ref, 0) if n in port]
-        fails = [n for n in common if REF._fails(ref[n], port[n], 1e-3, 1e-3)]
-        worst = max(fails, key=lambda n: verify.compare_arrays(n, ref[n], port[n], 1e-3, 1e-3).max_abs)
+        common = [n for n in _shuffled(mine, 0) if n in port]
+        fails = [n for n in common if ref._fails(mine[n], port[n], 1e-3, 1e-3)]
+        worst = max(fails, key=lambda n: verify.compare_arrays(n, mine[n], port[n], 1e-3, 1e-3).max_abs)
         if got == fails[0]:
             hint = "That is the first failing hook in the DICT's order; sort the names into forward order."
         elif got == sorted(fails)[0]:
@@ -133,7 +132,7 @@ def check_first_failure(student) -> None:
             f"pass, but you returned {got!r}. A plain sort puts 'blocks.10' before 'blocks.2'; use "
             f"minillm.verify.forward_key. (blocks.2.attn.hook_q differs by 5e-4, within tolerance.)")
     # 3. nothing wrong, masked scores -inf on both sides: no failure
-    clean = {n: x for n, x in ref.items() if "hook_attn_scores" in n or n == "hook_embed"}
+    clean = {n: x for n, x in mine.items() if "hook_attn_scores" in n or n == "hook_embed"}
     got = student.first_failure(clean, {n: x.copy() for n, x in clean.items()})
     if got is not None:
         raise AssertionError(f"first_failure(x, copy of x) should be None, got {got!r}. Attention scores "
@@ -149,10 +148,10 @@ def check_first_failure(student) -> None:
                              f"got {got!r}. NaN > limit is False: turn NaN differences into inf first.")
 
 
-def check_worst_position_head(student) -> None:
+def check_worst_position_head(student, ref) -> None:
     name = "blocks.0.attn.hook_z"
     a, b = _ref()[name], _port()[name]
-    want = REF.worst_position_head(a, b)
+    want = ref.worst_position_head(a, b)
     got = student.worst_position_head(a, b)
     got = tuple(int(i) for i in got) if np.ndim(got) == 1 else got
     if got != want:
@@ -173,10 +172,10 @@ def check_worst_position_head(student) -> None:
                              "Search every batch row, not just row 0.")
 
 
-def check_error_per_head(student) -> None:
+def check_error_per_head(student, ref) -> None:
     name = "blocks.0.attn.hook_z"
     a, b = _ref()[name], _port()[name]
-    want = REF.error_per_head(a, b)
+    want = ref.error_per_head(a, b)
     got = np.asarray(student.error_per_head(a, b), np.float64)
     if got.shape != want.shape:
         raise AssertionError(f"error_per_head({name}): expected one number per head, shape {want.shape}, got "
@@ -198,7 +197,7 @@ def check_error_per_head(student) -> None:
                          f"{np.round(got, 4).tolist()}.")
 
 
-def check_port_fixes(student) -> None:
+def check_port_fixes(student, ref) -> None:
     fixes = student.port_fixes()
     port = _fresh_port()
     helpers = {n for n, f in vars(port).items() if inspect.isfunction(f) and f.__module__ == port.__name__}

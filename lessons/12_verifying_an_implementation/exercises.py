@@ -12,7 +12,7 @@ import numpy as np
 
 
 def max_errors(ref: np.ndarray, cand: np.ndarray, floor: float = 1e-3) -> tuple[float, float]:
-    """Return (max absolute error, max relative error) of candidate b against reference a.
+    """Exercise 1 (easy, 10 min). Return (max absolute error, max relative error) of candidate b against reference a.
 
     relative error = |a − b| / max(|a|, floor · RMS(a)), with RMS(a) = sqrt(mean(a²)) over the
     whole array: the floor stops entries near zero from making rounding look like a bug.
@@ -22,7 +22,7 @@ def max_errors(ref: np.ndarray, cand: np.ndarray, floor: float = 1e-3) -> tuple[
 
 
 def first_failure(ref: dict, cand: dict, atol: float = 1e-3, rtol: float = 1e-3) -> str | None:
-    """The first hook IN FORWARD ORDER where some element breaks |a − b| <= atol + rtol·|a|.
+    """Exercise 2 (medium, 15 min). The first hook IN FORWARD ORDER where some element breaks |a − b| <= atol + rtol·|a|.
 
     ref, cand: {hook name: array}; compare only the names both have; the dicts may be in any
     order. Masked attention scores are -inf on both sides: equal infinities count as equal, and
@@ -33,17 +33,17 @@ def first_failure(ref: dict, cand: dict, atol: float = 1e-3, rtol: float = 1e-3)
 
 
 def worst_position_head(ref: np.ndarray, cand: np.ndarray) -> tuple[int, int]:
-    """(position, head) of the largest |a − b| in a per-head activation [b, p, h, e] (e.g. hook_z)."""
+    """Exercise 3 (easy, 10 min). (position, head) of the largest |a − b| in a per-head activation [b, p, h, e] (e.g. hook_z)."""
     raise NotImplementedError("hint: np.unravel_index(np.argmax(diff), diff.shape) gives (b, p, h, e)")
 
 
 def error_per_head(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:
-    """The largest |a − b| of each head.   [b, p, h, e] -> [h]"""
+    """Exercise 4 (medium, 10 min). The largest |a − b| of each head.   [b, p, h, e] -> [h]"""
     raise NotImplementedError("hint: reduce the absolute difference with max over axes 0, 1 and 3")
 
 
 def port_fixes() -> dict:
-    """Fix port.py: return {name of the broken function in port.py: your corrected function}.
+    """Exercise 5 (hard, 20 min). Fix port.py: return {name of the broken function in port.py: your corrected function}.
 
     The check installs your replacement(s) in a fresh copy of port.py, runs its forward pass
     on SmolLM2 and compares every hook with minillm. Replace the faulty helper, not `forward`.

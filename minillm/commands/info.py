@@ -17,7 +17,7 @@ from pathlib import Path
 from minillm.checkpoints import catalog
 from minillm.checkpoints.download import format_bytes
 from minillm.checkpoints.hf import TensorSource
-from minillm.errors import CheckpointError
+from minillm.errors import CheckpointError, MinillmError
 
 HELP = "summarise a model's config, parameter counts and files (a catalog name or a folder)"
 
@@ -151,6 +151,14 @@ def describe_folder(folder: Path, title: str) -> str:
     if not isinstance(cfg, dict):
         raise CheckpointError(f"{cfg_path} is not a JSON object")
     lines += ["config (config.json)", *_rows(config_summary(cfg)), ""]
+    try:
+        from minillm.config import ModelConfig
+
+        parsed = ModelConfig.from_dict(cfg, source=str(cfg_path))
+        extras = parsed.differences()
+        lines += [f"family {parsed.family}" + (": " + "; ".join(extras) if extras else ""), ""]
+    except MinillmError as exc:
+        lines += [f"not loadable by minillm: {exc}", ""]
 
     if any((folder / n).is_file() for n in ("model.safetensors", "model.safetensors.index.json")):
         files = weight_files(folder)

@@ -11,6 +11,8 @@ from minillm.course.grader import (
     check_lesson,
     execute_notebook,
     get_lesson,
+    grading_target,
+    handout,
     import_file,
     in_notebook,
     lesson_notebook,
@@ -18,16 +20,19 @@ from minillm.course.grader import (
     list_lessons,
     notebooks_dir,
     output_dir,
+    reference,
     relative_error,
     run_lesson,
     shared_model,
     show,
+    student_version,
     verdict,
     write_notebook,
 )
 
 __all__ = [
-    "CheckResult", "Lesson", "check_lesson", "execute_notebook", "get_lesson", "import_file",
-    "in_notebook", "lesson_notebook", "lessons_dir", "list_lessons", "notebooks_dir", "output_dir",
-    "relative_error", "run_lesson", "shared_model", "show", "verdict", "write_notebook",
+    "CheckResult", "Lesson", "check_lesson", "execute_notebook", "get_lesson", "grading_target", "handout",
+    "import_file", "in_notebook", "lesson_notebook", "lessons_dir", "list_lessons", "notebooks_dir",
+    "output_dir", "reference", "relative_error", "run_lesson", "shared_model", "show", "student_version",
+    "verdict", "write_notebook",
 ]

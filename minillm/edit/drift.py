@@ -164,8 +164,14 @@ def _touched(model, ops) -> list[Slice]:
 
 
 def _weights_ulps(model, slices, clean) -> int:
-    return max((int(ulp_distance(s.save(model), c).max(initial=0)) for s, c in zip(slices, clean)),
-               default=0)
+    """Largest ulp distance of the touched weights from clean. A norm gain counts in what it
+    multiplies by: Gemma stores w and applies (1 + w), so its ulps are those of 1 + w."""
+    def applied(s, w):
+        offset = model.ln_final.offset if s.name.endswith(".w") else 0  # norm gains end in .w
+        return w if offset == 0 else model.dtype.type(offset) + w
+
+    return max((int(ulp_distance(applied(s, s.save(model)), applied(s, c)).max(initial=0))
+                for s, c in zip(slices, clean)), default=0)
 
 
 def measure_drift(model, prompt, ops, k: int = 5, n_new: int = 1, runs=RUNS) -> DriftReport:

@@ -45,6 +45,20 @@ from minillm.errors import MinillmError
 INVERSE_ULP_BOUND = 4
 
 
+def inverse_ulp_bound(op, model) -> int:
+    """The ulps an inverse revert of `op` may leave, counted in what the weights apply.
+
+    INVERSE_ULP_BOUND for a product of scalings. Gemma's norms store w and apply
+    g = 1 + w: scaling g by f < 1 stores w' = g·f - 1 ≈ -1, whose rounding (an ulp of 1)
+    is an ulp of g·f, which undoing (÷ f) amplifies by 1/f: up to about 1/f ulps of g.
+    That loss is real (it is in the stored w'), so the bound says it rather than hide it.
+    """
+    factor = getattr(op, "factor", 1.0)
+    if isinstance(op, scale_norm) and model.ln_final.offset and 0 < factor < 1:
+        return INVERSE_ULP_BOUND + math.ceil(1 / factor)
+    return INVERSE_ULP_BOUND
+
+
 # --- where an edit writes -----------------------------------------------------------------------
 
 

@@ -86,6 +86,9 @@ class process_weights(Edit):  # noqa: N801  (lower case: reads like a function c
     def _steps(self, model) -> dict[str, bool]:
         if self.refactor_factored_attn_matrices:
             raise MinillmError("refactor_factored_attn_matrices is not implemented in minillm")
+        if self.center_unembed and model.cfg.final_softcap is not None:
+            raise MinillmError("center_unembed would change this model's probabilities: a shift "
+                               "of the logits does not pass unchanged through its final soft-cap")
         layer_norm = model.ln_final.b is not None  # GPT-2; RMSNorm has no bias
         has_b_V = model.blocks[0].attn.b_QKV is not None
         return {"fold_ln": self.fold_ln, "center_writing_weights": self.center_writing_weights
@@ -97,7 +100,7 @@ class process_weights(Edit):  # noqa: N801  (lower case: reads like a function c
         names: list[str] = []
         for l, blk in enumerate(model.blocks):
             p = f"blocks.{l}"
-            if s["fold_ln"]:
+            if s["fold_ln"] and blk.ln1 is not None:  # OLMo-2 has no norm before a sublayer
                 names += [f"{p}.attn.W_Q", f"{p}.attn._W_K", f"{p}.attn._W_V", f"{p}.ln1.w", f"{p}.ln2.w",
                           f"{p}.mlp.W_in"]
                 names += [f"{p}.mlp.W_gate"] if blk.mlp.gated else []
@@ -156,9 +159,15 @@ class process_weights(Edit):  # noqa: N801  (lower case: reads like a function c
 
     @staticmethod
     def _fold_ln(model, layer_norm: bool) -> None:
+        # The gain folded is what the norm multiplies by: w, or 1 + w for Gemma, whose folded
+        # norms then store w = 0. Norms after a sublayer (Gemma, OLMo-2) and q/k norms are
+        # followed by no linear map of their own and stay as they are (as in TransformerLens).
+        one = 1 - model.ln_final.offset  # the stored w of a gain of 1
         for blk in model.blocks:
             a, mlp = blk.attn, blk.mlp
-            w = blk.ln1.w.copy()  # [d]
+            if blk.ln1 is None:  # OLMo-2: the sublayers read the raw stream
+                continue
+            w = blk.ln1.gain.copy()  # [d]
             reads = (a.W_Q, a._W_K, a._W_V)  # [heads, d, e] live views
             if layer_norm:  # b_X += Σ_d W_X[h, d, e] · b[d]
                 for W, bias in zip(reads, (a.b_Q, a._b_K, a._b_V)):
@@ -166,18 +175,18 @@ class process_weights(Edit):  # noqa: N801  (lower case: reads like a function c
                 blk.ln1.b[...] = 0
             for W in reads:
                 W[...] = W * w[None, :, None]
-            blk.ln1.w[...] = 1
+            blk.ln1.w[...] = one
             if layer_norm:
                 for W in reads:
                     W[...] = W - W.mean(1, keepdims=True)  # over d_model
-            w = blk.ln2.w.copy()
+            w = blk.ln2.gain.copy()
             if layer_norm:
                 mlp.b_in[...] = mlp.b_in + (mlp.W_in * blk.ln2.b[:, None]).sum(-2)  # [m]
                 blk.ln2.b[...] = 0
             mlp.W_in[...] = mlp.W_in * w[:, None]  # [d, m]
             if mlp.gated:
                 mlp.W_gate[...] = mlp.W_gate * w[:, None]
-            blk.ln2.w[...] = 1
+            blk.ln2.w[...] = one
             if layer_norm:
                 mlp.W_in[...] = mlp.W_in - mlp.W_in.mean(0, keepdims=True)
         _own_W_U(model)
@@ -186,8 +195,8 @@ class process_weights(Edit):  # noqa: N801  (lower case: reads like a function c
             b_U = np.zeros(model.cfg.d_vocab, model.dtype) if model.unembed.b_U is None else model.unembed.b_U
             model.unembed.b_U = (b_U + (W_U * fin.b[:, None]).sum(-2)).astype(model.dtype)
             fin.b[...] = 0
-        W_U[...] = W_U * fin.w.copy()[:, None]
-        fin.w[...] = 1
+        W_U[...] = W_U * fin.gain.copy()[:, None]
+        fin.w[...] = one
         if layer_norm:
             W_U[...] = W_U - W_U.mean(0, keepdims=True)
 

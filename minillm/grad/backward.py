@@ -245,13 +245,15 @@ class _Backward:
         pblk = self.pgrads.blocks[l] if self.need_dW else None
         parallel = self.cfg.parallel_residual
         g[f"{name}.hook_resid_post"] = d_resid
-        g[f"{name}.hook_mlp_out"] = d_resid
-        mlp_in = c[f"{name}.hook_resid_pre" if parallel else f"{name}.hook_resid_mid"]
-        d_ln2 = self.mlp(l, blk.mlp, pblk and pblk.mlp, d_resid, mlp_in)
-        d_mlp_in = self.norm(d_ln2, blk.ln2, f"{name}.ln2", pblk and pblk.ln2, mlp_in)
-        if not parallel:
-            d_resid = d_resid + d_mlp_in
-        g[f"{name}.hook_resid_mid"] = d_resid
+        d_mlp_in = 0.0
+        if blk.mlp is not None:  # (attention-only blocks: resid_post = resid_pre + attn_out)
+            g[f"{name}.hook_mlp_out"] = d_resid
+            mlp_in = c[f"{name}.hook_resid_pre" if parallel else f"{name}.hook_resid_mid"]
+            d_ln2 = self.mlp(l, blk.mlp, pblk and pblk.mlp, d_resid, mlp_in)
+            d_mlp_in = self.norm(d_ln2, blk.ln2, f"{name}.ln2", pblk and pblk.ln2, mlp_in)
+            if not parallel:
+                d_resid = d_resid + d_mlp_in
+            g[f"{name}.hook_resid_mid"] = d_resid
         g[f"{name}.hook_attn_out"] = d_resid
         x = c[f"{name}.hook_resid_pre"]
         d_ln1 = self.attention(l, blk.attn, pblk and pblk.attn, d_resid, x)

@@ -170,9 +170,37 @@ COARSE_RATES = (10, 20, 30, 40, 50, 60, 70, 80, 90)  # percent of the layer's ne
 FINE_RATES = (0.2, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5)
 
 
-def n_replaced(rate: float, d_mlp: int) -> int:
-    """Neurons replaced at `rate` percent: round(rate/100 · d_mlp) (GPT-2 Large: 0.2% = 10 of 5120)."""
-    return int(round(rate / 100.0 * d_mlp))
+COUNTS = ("floor", "round")
+RANKINGS = ("value", "abs", "magnitude")
+
+
+def n_replaced(rate: float, d_mlp: int, count: str = "floor") -> int:
+    """Neurons replaced at `rate` percent of d_mlp.
+
+    count="floor" (the study's definition): floor(rate/100 · d_mlp), at least one
+    for any rate above 0. count="round": round(rate/100 · d_mlp), which can be 0.
+    GPT-2 Large: 0.2 % of 5120 is 10 either way; SmolLM2: 0.2 % of 1536 is 3 (both).
+    """
+    if count not in COUNTS:
+        raise MinillmError(f"count must be one of {COUNTS}, got {count!r}")
+    exact = rate / 100.0 * d_mlp
+    if count == "round":
+        return int(round(exact))
+    return max(1, int(np.floor(exact + 1e-9))) if rate > 0 else 0  # 1e-9: 10% of 1530 is 153, not 152
+
+
+def rank_neurons(acts: np.ndarray, by: str = "value") -> np.ndarray:
+    """Neuron indices, "most active" first, ties by index.   acts [..., m] -> int [..., m]
+
+    by="value": highest signed activation first (the study's definition).
+    by="abs": largest |a| first. by="magnitude": largest |a − median(a)| first,
+    the neurons a median replacement moves the most.
+    """
+    if by not in RANKINGS:
+        raise MinillmError(f"by must be one of {RANKINGS}, got {by!r}")
+    score = {"value": lambda a: a, "abs": np.abs,
+             "magnitude": lambda a: np.abs(a - np.median(a, axis=-1, keepdims=True))}[by](acts)
+    return np.argsort(-score, axis=-1, kind="stable")
 
 
 @dataclass
@@ -182,8 +210,8 @@ class MedianReplacement:
     delta: [layer, rate] change of the target's logit (or log-prob, see
       `measure`) at the last position (NaN where an interrupted sweep did not get to).
     base_logit: the unedited value of that measure.
-    order: [layer, d_mlp] neuron indices by activation at the last position,
-      highest first; the replaced set at a rate is order[l, :counts[j]],
+    order: [layer, d_mlp] neuron indices at the last position, most active
+      first (`rank_neurons(by)`); the replaced set at a rate is order[l, :counts[j]],
       so it grows with the rate. medians: [layer] the value written.
     """
 
@@ -251,11 +279,14 @@ def median_replacement(
     progress: bool = True,
     cache_prefix: bool = True,
     measure: str = "logit",
+    count: str = "floor",
+    by: str = "value",
 ) -> MedianReplacement:
     """At each layer, replace the top rate% MLP neurons at the last position by their median.
 
     For layer l: a = hook_post[0, -1] [d_mlp] on the unedited run; the
-    round(rate% · d_mlp) neurons with the highest a are set to median(a),
+    n_replaced(rate, d_mlp, count) most active neurons (see `rank_neurons` for
+    `by`; default: highest signed value, the study's) are set to median(a),
     at the last position only, and the change of the target token's logit
     there is recorded. One run per (layer, rate), batched; with
     `cache_prefix` the positions before the last are computed once (they
@@ -279,10 +310,10 @@ def median_replacement(
     names = [act_name("post", l) for l in layers]
     _, cache = model.run_with_cache(tokens, names_filter=names)
     post = np.stack([cache[n][0, -1] for n in names])  # [L, m]
-    order = np.argsort(-post, axis=1, kind="stable")  # highest first; ties by index
+    order = rank_neurons(post, by)  # [L, m]: most active first; ties by index
     medians = np.median(post, axis=1).astype(model.dtype)  # [L]
     m = model.cfg.d_mlp
-    counts = [n_replaced(r, m) for r in rates]
+    counts = [n_replaced(r, m, count) for r in rates]
     prefix = tokens.shape[1] - 1 if cache_prefix and tokens.shape[1] > 1 else 0
     shared = prefix_cache(model, tokens, prefix) or 0
     base, interrupted = _measure(model, tokens, [[]], metric, prefix=shared)
@@ -305,7 +336,8 @@ def median_replacement(
     target_label = target if isinstance(target, str) else str(target)
     res = LabelledArray(delta, ("layer", "rate"), labels,
                         title=f"median replacement: Δ {measure}({target_label!r}) after {prompt!r}",
-                        meta=dict(base=float(base[0]), measure=measure, interrupted=interrupted))
+                        meta=dict(base=float(base[0]), measure=measure, count=count, by=by,
+                                  interrupted=interrupted))
     return MedianReplacement(prompt if isinstance(prompt, str) else str(tokens.tolist()), target_label,
                              float(base[0]), rates, counts, layers, res, order, medians, interrupted,
                              round(time.perf_counter() - t0, 3))

@@ -24,6 +24,12 @@ linear in x, so each write c gets
 
 and the parts (plus the constant b @ (W_U[:, c] - W_U[:, i]) for GPT-2's
 LayerNorm bias, labelled "ln_final.b") sum to the model's logit difference.
+
+Where a sublayer's output passes through its own norm before it is added
+(ln1_post / ln2_post: Gemma, OLMo-2), that norm's scale is frozen the same
+way, so each head's and neuron's write is its raw output · gain / scale and
+the parts still sum. With Gemma 2's final soft-cap, they sum to the logit
+difference before the cap (c · artanh(logit / c)).
 """
 
 from __future__ import annotations
@@ -114,7 +120,7 @@ def direct_logit_attribution(model: HookedModel, tokens: TokensLike, correct: To
     if direction.shape[0] not in (1, b):
         raise MinillmError(f"{direction.shape[0]} target tokens for {b} prompts: give 1 or {b}")
     want = ("hook_embed", "hook_pos_embed", "hook_z", "hook_post", "hook_mlp_out",
-            "ln_final.hook_scale")
+            "ln_final.hook_scale", "ln1_post.hook_scale", "ln2_post.hook_scale")
     logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith(want),
                                          attention_mask=attention_mask)
     scale = cache["ln_final.hook_scale"][:, pos]  # [b, 1]: frozen std or rms (the divisor)
@@ -125,8 +131,14 @@ def direct_logit_attribution(model: HookedModel, tokens: TokensLike, correct: To
 
     r = np.broadcast_to(u, (b, u.shape[1])) / scale  # [b, d]: per prompt, frozen scale folded in
 
-    def read(write):  # a write [b, ..., d] at pos -> its direct effect [b, ...]
-        return np.einsum("b...d,bd->b...", write, r)
+    def read(write, readout=r):  # a write [b, ..., d] at pos -> its direct effect [b, ...]
+        return np.einsum("b...d,bd->b...", write, readout)
+
+    def through(l, which):  # the readout of a sublayer's raw output through its post-norm
+        norm = getattr(model.blocks[l], which)  # ln1_post / ln2_post (Gemma, OLMo-2), or None
+        if norm is None:
+            return r
+        return r * norm.gain / cache[f"blocks.{l}.{which}.hook_scale"][:, pos]  # frozen scale
 
     parts, labels = [read(cache["hook_embed"][:, pos])[:, None]], ["embed"]
     if "hook_pos_embed" in cache:
@@ -135,24 +147,25 @@ def direct_logit_attribution(model: HookedModel, tokens: TokensLike, correct: To
     heads, layers = np.zeros((b, L, H)), np.zeros((b, L, 2))
     for l, block in enumerate(model.blocks):
         attn, mlp = block.attn, block.mlp
+        r_attn, r_mlp = through(l, "ln1_post"), through(l, "ln2_post")
         result = np.einsum("bhe,hed->bhd", cache["z", l][:, pos], attn.W_O)  # [b, h, d] per-head writes
-        heads[:, l] = read(result)
+        heads[:, l] = read(result, r_attn)
         parts.append(heads[:, l])
         labels += [f"L{l}H{h}" for h in range(H)]
         attn_total = heads[:, l].sum(-1)
         if attn.b_O is not None:
-            bias = read(np.broadcast_to(attn.b_O, (b, attn.b_O.shape[0])))[:, None]
+            bias = read(np.broadcast_to(attn.b_O, (b, attn.b_O.shape[0])), r_attn)[:, None]
             parts.append(bias)
             labels.append(f"L{l}.b_O")
             attn_total = attn_total + bias[:, 0]
         if neurons:
             post = cache["post", l][:, pos]  # [b, m]
-            per_neuron = post * (r @ mlp.W_out.T)  # [b, m]: post_i · (W_out[i] · r)
+            per_neuron = post * (r_mlp @ mlp.W_out.T)  # [b, m]: post_i · (W_out[i] · r)
             parts.append(per_neuron)
             labels += [f"L{l}N{i}" for i in range(per_neuron.shape[1])]
             mlp_total = per_neuron.sum(-1)
             if mlp.b_out is not None:
-                bias = read(np.broadcast_to(mlp.b_out, (b, mlp.b_out.shape[0])))[:, None]
+                bias = read(np.broadcast_to(mlp.b_out, (b, mlp.b_out.shape[0])), r_mlp)[:, None]
                 parts.append(bias)
                 labels.append(f"L{l}.b_out")
                 mlp_total = mlp_total + bias[:, 0]
@@ -166,6 +179,9 @@ def direct_logit_attribution(model: HookedModel, tokens: TokensLike, correct: To
         labels.append("ln_final.b")
     per_prompt = np.concatenate(parts, axis=1)  # [b, components]
     rows = np.arange(b)
+    if model.cfg.final_softcap is not None:  # Gemma 2: the parts add up to the logits before
+        c = model.cfg.final_softcap  # the soft-cap, c · artanh(capped / c)
+        logits = c * np.arctanh(logits.astype(np.float64) / c)
     total = logits[rows, pos, np.broadcast_to(token_ids(model, correct), (b,))]  # [b]
     if incorrect is not None:
         total = total - logits[rows, pos, np.broadcast_to(token_ids(model, incorrect), (b,))]

@@ -57,6 +57,15 @@ def final_norm(model: HookedModel, x: np.ndarray, scale: np.ndarray | None = Non
     return out if model.ln_final.b is None else out + model.ln_final.b
 
 
+def unembed(model: HookedModel, normed: np.ndarray) -> np.ndarray:
+    """Logits from ln_final's output, as the model computes them: @ W_U, then (Gemma 2)
+    the final soft-cap.   [..., d] -> [..., V]"""
+    logits = ops.linear(normed, model.unembed.W_U)
+    if model.cfg.final_softcap is not None:
+        logits = ops.softcap(logits, model.cfg.final_softcap)
+    return logits
+
+
 def token_ids(model: HookedModel, tokens: int | str | Sequence[int | str]) -> list[int]:
     """Targets given as ids or single-token texts (" Paris") -> ids (errors name the culprit)."""
     if isinstance(tokens, (int, np.integer, str)):
@@ -212,10 +221,9 @@ def logit_lens(model: HookedModel, tokens: TokensLike, targets: int | str | Sequ
     _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith(want),
                                     attention_mask=attention_mask)
     xs, labels, frozen = _streams(model, cache, stream)
-    W_U = model.unembed.W_U  # [d, V]
     rows = []
     for x in xs:  # one layer at a time: [b, p, V] logits would not fit for all layers at once
-        logits = ops.linear(final_norm(model, x, frozen), W_U)[batch_row]  # [p, V]
+        logits = unembed(model, final_norm(model, x, frozen))[batch_row]  # [p, V]
         logp = ops.log_softmax(logits.astype(np.float64))  # [p, V]
         top = _top_k(logits, k)  # [p, k]
         ranks = np.stack([(logits > logits[:, [t]]).sum(-1) + 1 for t in target_ids], -1) \
@@ -243,7 +251,7 @@ def lens_logits(model: HookedModel, tokens: TokensLike, layer: int,
     name = f"blocks.{layer}.hook_resid_pre" if layer < L else f"blocks.{L - 1}.hook_resid_post"
     tokens = model.to_tokens(tokens) if isinstance(tokens, str) else np.asarray(tokens)
     _, cache = model.run_with_cache(tokens, names_filter=[name], attention_mask=attention_mask)
-    return ops.linear(final_norm(model, cache[name]), model.unembed.W_U)  # [b, p, V]
+    return unembed(model, final_norm(model, cache[name]))  # [b, p, V]
 
 
 def _saved(fig: Figure, path: str | Path | None) -> Figure:

@@ -7,7 +7,7 @@
     fv = st.function_vector(model, st.COUNTRY_CAPITAL[:12], layer=9)      # few-shot -> a vector
     st.answer_probs(model, ["Poland:"], [" Warsaw"], [st.steer(fv.vector, 9, pos=-1)])
 
-    st.embedding_analogy(model, " man", " king", " woman")   # king - man + woman ≈ ?
+    st.embedding_analogy(model, " king", " man", " woman")   # king - man + woman ≈ ?
 
 Steering vector (activation addition): v = mean_{x ∈ A} h_l(x) - mean_{x ∈ B} h_l(x),
 the mean difference of `blocks.l.hook_resid_pre` (at the last position by
@@ -222,20 +222,21 @@ def _cosine_top(vectors: np.ndarray, query: np.ndarray, k: int, exclude: Sequenc
 
 
 def embedding_analogy(model: HookedModel, a: str, b: str, c: str, k: int = 10) -> list[tuple[str, float]]:
-    """b - a + c in the input embedding W_E, nearest tokens by cosine (a, b, c excluded).
+    """a - b + c in the input embedding W_E, nearest tokens by cosine (a, b, c excluded).
 
-    embedding_analogy(model, " man", " king", " woman") asks 'man is to king as woman is to ?'.
+    embedding_analogy(model, " king", " man", " woman"): king - man + woman ≈ ? (the order
+    of the formula, as in the lessons).
     """
     ia, ib, ic = token_ids(model, [a, b, c])
     W_E = model.embed.W_E.astype(np.float64)  # [V, d]
-    query = W_E[ib] - W_E[ia] + W_E[ic]  # [d]
+    query = W_E[ia] - W_E[ib] + W_E[ic]  # [d]
     top, sims = _cosine_top(W_E, query, k, (ia, ib, ic))
     return [(model.to_string([int(i)]), float(sims[i])) for i in top]
 
 
 def residual_analogy(model: HookedModel, a: str, b: str, c: str, candidates: Sequence[str], layer: int,
                      template: str = "{w}", hook: str = "resid_pre") -> list[tuple[str, float]]:
-    """b - a + c in the residual stream at `layer` (last position of `template` filled with
+    """a - b + c in the residual stream at `layer` (last position of `template` filled with
     each word), ranked against the candidates' own residual vectors by cosine.
 
     Every word (a, b, c and the candidates) runs through the same template, so
@@ -247,6 +248,6 @@ def residual_analogy(model: HookedModel, a: str, b: str, c: str, candidates: Seq
     tokens, mask = model.to_tokens_and_mask([template.format(w=w) for w in words])
     _, cache = model.run_with_cache(tokens, names_filter=[name], attention_mask=mask)
     h = cache[name][:, -1].astype(np.float64)  # [n, d]
-    query = h[1] - h[0] + h[2]
+    query = h[0] - h[1] + h[2]
     top, sims = _cosine_top(h, query, len(words), (0, 1, 2))
     return [(words[i], float(sims[i])) for i in top if i > 2]

@@ -9,7 +9,7 @@ subclass only adds what TransformerLens does differently *by default*:
   edits, so `model.revert_all()` gives back the checkpoint's weights bit for bit;
   `from_pretrained_no_processing` does not.
 - Text gets a BOS token in front (`default_prepend_bos=True`) and ragged
-  batches are padded on the right (`default_padding_side="right"`).
+  batches are padded on the right (`model.padding_side`, as minillm's own default).
 - `forward` takes TransformerLens's positional order (input, return_type,
   loss_per_token, prepend_bos, padding_side, start_at_layer, tokens, ...).
 - `generate` samples by default (do_sample=True) and returns prompt +
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from minillm.errors import MinillmError
-from minillm.hooked_model import HookedModel
+from minillm.hooked_model import HookedModel, Output
 
 PROCESSING = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases",
               "refactor_factored_attn_matrices")
@@ -58,15 +58,16 @@ class TLConfig:
 
     def __getattr__(self, name: str):
         model, cfg = self._model, self._cfg
-        gpt2 = cfg.family == "gpt2"
         tl_names = {
             "n_key_value_heads": lambda: cfg.n_kv_heads if cfg.n_kv_heads < cfg.n_heads else None,
             "device": lambda: "cpu",
             "default_prepend_bos": lambda: bool(model.default_prepend_bos),
             "tokenizer_prepends_bos": lambda: bool(model.tokenizer is not None and
                                                    model.tokenizer.encode("")),
-            "normalization_type": lambda: "LN" if gpt2 else "RMS",
-            "positional_embedding_type": lambda: "standard" if gpt2 else "rotary",
+            # TransformerLens renames the norms once their gains are folded away: "LNPre" / "RMSPre"
+            "normalization_type": lambda: ("LN" if cfg.layer_norm else "RMS")
+            + ("Pre" if any(getattr(h.op, "fold_ln", False) for h in model.edits) else ""),
+            "positional_embedding_type": lambda: "rotary" if cfg.rotary_dim else "standard",
             "d_vocab_out": lambda: cfg.d_vocab,
             "model_name": lambda: model.name,
             "use_attn_result": lambda: bool(getattr(model, "use_attn_result", False)),
@@ -128,7 +129,8 @@ class HookedTransformer(HookedModel):
         model = minillm.load(model_name, dtype=_dtype(dtype), **asked)
         model.__class__ = cls  # the same object, with TransformerLens's defaults on top
         model.default_prepend_bos = True if default_prepend_bos is None else default_prepend_bos
-        model.default_padding_side = default_padding_side or "right"
+        if default_padding_side is not None:
+            model.padding_side = default_padding_side
         return model
 
     @classmethod
@@ -146,20 +148,14 @@ class HookedTransformer(HookedModel):
 
     # --- TransformerLens's argument order and defaults ------------------------------------------
 
-    default_padding_side = "right"
-
     def to_tokens(self, input: str | Sequence[str], prepend_bos: bool | None = None,
                   padding_side: str | None = None, move_to_device: bool = True,
                   truncate: bool = True) -> np.ndarray:
         """Text -> ids [b, p]; BOS in front unless prepend_bos=False; ragged batches padded
-        on `padding_side` (default right). Texts longer than n_ctx are cut when `truncate`."""
-        ids = super().to_tokens(input, prepend_bos, padding_side or self.default_padding_side)
+        on `padding_side` (default `model.padding_side`, right). Texts longer than n_ctx are
+        cut when `truncate`."""
+        ids = super().to_tokens(input, prepend_bos, padding_side)
         return ids[:, : self.cfg.n_ctx] if truncate else ids
-
-    def to_tokens_and_mask(self, texts: Sequence[str], padding_side: str | None = None,
-                           prepend_bos: bool | None = None):
-        return super().to_tokens_and_mask(texts, padding_side or self.default_padding_side,
-                                          prepend_bos)
 
     def forward(self, input, return_type: str | None = "logits", loss_per_token: bool = False,
                 prepend_bos: bool | None = None, padding_side: str | None = None,
@@ -178,10 +174,10 @@ class HookedTransformer(HookedModel):
             logits = super().forward(input, attention_mask, start_at_layer=start_at_layer,
                                      stop_at_layer=stop_at_layer)
             loss = self.loss_fn(logits, tokens, attention_mask, per_token=loss_per_token)
-            return loss if return_type == "loss" else (logits, loss)
+            return loss if return_type == "loss" else Output(logits, loss)
         return super().forward(input, attention_mask, kv, last_only, return_type=return_type,
                                loss_per_token=loss_per_token, prepend_bos=prepend_bos,
-                               padding_side=padding_side or self.default_padding_side,
+                               padding_side=padding_side,
                                start_at_layer=start_at_layer, stop_at_layer=stop_at_layer)
 
     __call__ = forward
@@ -194,7 +190,8 @@ class HookedTransformer(HookedModel):
             if isinstance(input, str):
                 tokens = self.to_tokens(input, prepend_bos, padding_side)
             else:
-                tokens, mask = self.to_tokens_and_mask(input, padding_side, prepend_bos)
+                tokens, mask = self.to_tokens_and_mask(input, padding_side or self.padding_side,
+                                                       prepend_bos)
                 attention_mask = mask if attention_mask is None else attention_mask
         else:
             tokens = np.atleast_2d(np.asarray(input))
@@ -229,6 +226,30 @@ class HookedTransformer(HookedModel):
         if not as_text:
             return out
         return self._need_tokenizer().decode(out[0].tolist(), skip_special_tokens=True)
+
+    # --- torch.nn.Module habits that published code calls on the model ------------------------
+
+    def to(self, device_or_dtype, print_details: bool = True) -> HookedTransformer:
+        """`model.to(device)` is a no-op (NumPy runs on the CPU); a dtype is refused with the
+        way to get it (float64: load with dtype="float64")."""
+        if "float" in str(device_or_dtype) or "double" in str(device_or_dtype):
+            if _dtype(device_or_dtype) != self.dtype:
+                raise MinillmError(f"cannot convert a loaded model to {device_or_dtype}: load it "
+                                   f"with dtype={_dtype(device_or_dtype).name!r}")
+        return self
+
+    def cpu(self) -> HookedTransformer:
+        return self
+
+    def cuda(self, device=None) -> HookedTransformer:
+        raise MinillmError("minillm runs on the CPU with NumPy; there is no CUDA device")
+
+    def eval(self) -> HookedTransformer:
+        return self
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """{parameter name: live view}, under TransformerLens's names (see named_parameters)."""
+        return dict(self.named_parameters())
 
     def set_use_attn_result(self, use_attn_result: bool) -> None:
         """Cache `hook_result` (every head's output) by default in run_with_cache."""
