@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from minillm import ops
-from minillm.errors import MinillmError
+from minillm.errors import MinillmError, did_you_mean
 
 # TransformerLens's short names (utils.get_act_name) -> the name inside block l.
 _SHORT = {
@@ -120,10 +120,8 @@ class ActivationCache(dict):
             except MinillmError:
                 pass
         if not dict.__contains__(self, key):
-            import difflib
 
-            close = difflib.get_close_matches(key, list(self), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(key, self)
             raise MissingActivation(f"{key!r} is not in this cache{hint} (it holds {len(self)} hooks: "
                                "pass it in run_with_cache's names_filter)")
         return dict.__getitem__(self, key)

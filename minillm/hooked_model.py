@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from minillm.config import ModelConfig
-from minillm.errors import MinillmError
+from minillm.errors import MinillmError, did_you_mean
 from minillm.model import Transformer
 from minillm.tokenizer import Tokenizer
 
@@ -510,10 +510,8 @@ class HookedModel(Transformer):
         other = leaf[1:] if leaf.startswith("_") else f"_{leaf}"
         if leaf.lstrip("_") in ("W_K", "W_V", "b_K", "b_V") and f"{head}.{other}" in params:
             return getattr(self.blocks[int(head.split(".")[1])].attn, leaf)
-        import difflib
 
-        close = difflib.get_close_matches(name, list(params), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(name, params)
         raise MinillmError(f"no parameter named {name!r}{hint}")
 
     def n_params(self) -> int:

@@ -21,14 +21,13 @@ upstream), so returning an array is an error.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
-from minillm.errors import MinillmError
+from minillm.errors import MinillmError, did_you_mean
 
 ATTN_RESULT = "attn.hook_result"  # the hook that needs the setting use_attn_result
 
@@ -94,10 +93,17 @@ class HookPoint:
         return f"HookPoint({self.name!r})"
 
 
+def split_name(name: str) -> tuple[int | None, str]:
+    """blocks.3.attn.hook_q -> (3, "attn.hook_q"); hook_embed -> (None, "hook_embed")."""
+    parts = name.split(".", 2)
+    if len(parts) == 3 and parts[0] == "blocks" and parts[1].isdigit():
+        return int(parts[1]), parts[2]
+    return None, name
+
+
 def layer_of(name: str) -> int | None:
     """blocks.3.attn.hook_q -> 3; hook_embed -> None."""
-    parts = name.split(".")
-    return int(parts[1]) if len(parts) > 1 and parts[0] == "blocks" else None
+    return split_name(name)[0]
 
 
 class HookRegistry:
@@ -125,8 +131,7 @@ class HookRegistry:
 
     def check_name(self, name: str) -> None:
         if name not in self._valid:
-            close = difflib.get_close_matches(name, self.valid_names, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(name, self.valid_names)
             raise MinillmError(f"unknown hook name {name!r}{hint} (see model.hook_names())")
         if name.endswith(ATTN_RESULT) and not self.use_attn_result:
             raise MinillmError(

@@ -12,7 +12,7 @@ import functools
 import numpy as np
 
 from minillm import ops
-from minillm.course import shared_model
+from minillm.course import shared_model, verdict
 
 LAYER = 3
 PROMPT = "The quick brown fox jumps over the lazy dog, because the dog was asleep"
@@ -31,38 +31,10 @@ def _act(name: str) -> np.ndarray:
     return _run()[f"blocks.{LAYER}.{name}"]
 
 
-def _rel(got, want) -> float:
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    if got.shape != want.shape:
-        return np.inf
-    err = np.abs(got - want)
-    return float(np.nan_to_num(err, nan=np.inf).max() / max(np.abs(want).max(), 1e-30))
-
-
-def _close(got, want) -> bool:
-    return _rel(got, want) < TOL
-
-
-def _verdict(what: str, got, want, mistakes: dict[str, object], fallback: str) -> None:
-    """Raise a teaching AssertionError unless got ≈ want."""
-    got = np.asarray(got)
-    if got.shape != want.shape:
-        raise AssertionError(f"{what}: expected shape {want.shape}, got {got.shape}.")
-    if np.isnan(got).any():
-        where = tuple(int(i) for i in np.argwhere(np.isnan(got))[0])
-        raise AssertionError(f"{what}: your output has NaN (first at index {where}). A softmax row that is "
-                             "all -inf gives NaN: is some query masked from every key, even itself?")
-    if _close(got, want):
-        return
-    for hint, variant in mistakes().items() if callable(mistakes) else mistakes.items():
-        variant = variant() if callable(variant) else variant
-        if _close(got, variant):
-            raise AssertionError(f"{what}: your output matches a common mistake. {hint}")
-    err = np.abs(got.astype(np.float64) - want)
-    where = tuple(int(i) for i in np.unravel_index(np.argmax(err), err.shape))
-    raise AssertionError(
-        f"{what}: relative error {_rel(got, want):.2e} (tolerance {TOL:.0e}); the largest error is at "
-        f"index {where}: expected {float(want[where]):.6g}, got {float(got[where]):.6g}. {fallback}")
+def _verdict(what: str, got, want, mistakes, fallback: str) -> None:
+    verdict(what, got, want, mistakes, fallback, tol=TOL,
+            nan_hint="A softmax row that is all -inf gives NaN: is some query masked from every "
+                     "key, even itself?")
 
 
 # --- reference variants: the usual mistakes ------------------------------------------------------

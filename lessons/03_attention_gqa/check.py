@@ -6,7 +6,7 @@ import functools
 
 import numpy as np
 
-from minillm.course import shared_model
+from minillm.course import relative_error, shared_model
 
 LAYER, HEADS = 18, (0, 4, 6)
 PROMPT = "Mr and Mrs Dursley were proud to say that they were perfectly normal. Mr and Mrs Dursley"
@@ -27,11 +27,6 @@ def _random_patterns(b: int, h: int, P: int, seed: int) -> np.ndarray:
     return w / w.sum(-1, keepdims=True)
 
 
-def _same(got, want, atol=1e-5) -> bool:
-    got = np.asarray(got, dtype=np.float64)
-    return got.shape == want.shape and bool(np.allclose(got, want, atol=atol))
-
-
 def check_pattern_from_qk(student, ref) -> None:
     model = shared_model()
     act = _run()
@@ -45,7 +40,7 @@ def check_pattern_from_qk(student, ref) -> None:
         assert got.shape == want.shape, f"{what}: expected shape {want.shape} [query, key], got {got.shape}"
         assert not np.isnan(got).any(), (
             f"{what}: NaN in your pattern. Is the diagonal masked too? A query must see itself.")
-        if _same(got, want):
+        if relative_error(got, want) < 1e-5:
             continue
         p, e = q.shape
         raw = q.astype(np.float64) @ k.T
@@ -56,14 +51,14 @@ def check_pattern_from_qk(student, ref) -> None:
             return s / s.sum(axis, keepdims=True)
 
         hint = ""
-        if _same(got, softmax(np.where(future, -np.inf, raw))):
+        if relative_error(got, softmax(np.where(future, -np.inf, raw))) < 1e-5:
             hint = "Did you scale by 1/sqrt(d_head)? Without it the pattern is far too sharp."
-        elif _same(got, softmax(raw / np.sqrt(e))):
+        elif relative_error(got, softmax(raw / np.sqrt(e))) < 1e-5:
             hint = ("Is your mask letting queries see the future? Row q must be 0 for every key after q "
                     f"(your row 0 puts {1 - float(got[0, 0]):.2f} on future keys).")
-        elif _same(got, softmax(np.where(future, -np.inf, raw / np.sqrt(e)), axis=0)):
+        elif relative_error(got, softmax(np.where(future, -np.inf, raw / np.sqrt(e)), axis=0)) < 1e-5:
             hint = "Your softmax runs down the columns; each ROW (one query, over keys) must sum to 1."
-        elif _same(got, softmax(np.where(future, -np.inf, raw / np.sqrt(e))).T):
+        elif relative_error(got, softmax(np.where(future, -np.inf, raw / np.sqrt(e))).T) < 1e-5:
             hint = "Your pattern is transposed: rows are queries, columns are keys (q @ k.T)."
         err = float(np.abs(got - want).max())
         raise AssertionError(f"{what}: max |error| {err:.2e} against the model's hook_pattern. "
@@ -88,7 +83,7 @@ def check_prev_token_score(student, ref) -> None:
     pattern[:, 1] = np.eye(12, k=-1) + np.eye(12) * (np.arange(12) == 0)  # a perfect previous-token head
     got = np.asarray(student.prev_token_score(pattern), dtype=np.float64)
     want = ref.prev_token_score(pattern)
-    if _same(got, want):
+    if relative_error(got, want) < 1e-5:
         return
     p = pattern.shape[-1]
     hint = ""
@@ -115,7 +110,7 @@ def check_induction_score(student, ref) -> None:
     pattern[:, 2] = perfect
     got = np.asarray(student.induction_score(pattern, T, offset), dtype=np.float64)
     want = ref.induction_score(pattern, T, offset)
-    if _same(got, want):
+    if relative_error(got, want) < 1e-5:
         return
     hint = ""
     if got.shape == want.shape:

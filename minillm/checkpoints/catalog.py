@@ -18,7 +18,6 @@ place (see `download.py`); any other Hugging Face id works too.
 
 from __future__ import annotations
 
-import difflib
 import importlib.metadata
 import json
 import os
@@ -28,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from minillm.checkpoints import download
-from minillm.checkpoints.download import FetchLock, FileSpec, format_bytes, safe_filename
+from minillm.checkpoints.download import FetchLock, FileSpec, safe_filename
 from minillm.checkpoints.paths import weights_dir
-from minillm.errors import CheckpointError, MinillmError
+from minillm.errors import CheckpointError, MinillmError, format_bytes, suggest
 
 CATALOG_PATH = Path(__file__).with_name("catalog.json")
 FAMILIES = ("gpt2", "llama", "gpt_neox", "gemma", "qwen3", "phi3", "olmo2")  # as ModelConfig.family
@@ -182,7 +181,7 @@ def get(name: str) -> CatalogEntry:
 
 def _unknown_message(name: str) -> str:
     known = names()
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    close = suggest(name, known, n=3, cutoff=0.5)
     hint = f" Did you mean {' or '.join(close)}?" if close else ""
     return (
         f"unknown model {name!r}.{hint} The catalog has: {', '.join(known)} "

@@ -40,7 +40,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from minillm.errors import CheckpointError, MinillmError, NetworkError
+from minillm.errors import CheckpointError, MinillmError, NetworkError, suggest
 
 MARKER = ".complete"  # written last: the folder is complete
 CHUNK = 1 << 20
@@ -67,18 +67,6 @@ class FileSpec:
 
 # ---------------------------------------------------------------------------
 # Small helpers
-
-
-def format_bytes(n: int | None) -> str:
-    """A size for people: 548.1 MB, 2.2 GB; '?' when unknown."""
-    if n is None:
-        return "?"
-    size = float(n)
-    for unit in ("B", "kB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{int(size)} B" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    raise AssertionError("unreachable")
 
 
 def safe_filename(name: object, where: str) -> str:
@@ -391,14 +379,12 @@ def _hub_error(exc: BaseException, repo: str, name: str, revision: str, retry: s
 
 
 def _did_you_mean(repo: str) -> str:
-    import difflib
 
     from minillm.checkpoints import catalog
 
     known = {e.repo: n for n, e in catalog.load_catalog().items() if e.repo}
     lowered = {r.lower(): r for r in known}
-    close = [lowered[repo.lower()]] if repo.lower() in lowered else difflib.get_close_matches(
-        repo, list(known), n=2, cutoff=0.6)
+    close = [lowered[repo.lower()]] if repo.lower() in lowered else suggest(repo, known, n=2, cutoff=0.6)
     if not close:
         return ""
     return ". Did you mean " + " or ".join(f"{r} (catalog name {known[r]})" for r in close) + "?"

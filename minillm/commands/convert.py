@@ -23,10 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from minillm.checkpoints.download import format_bytes
     from minillm.checkpoints.gguf import convert_gguf_to_hf
     from minillm.checkpoints.paths import weights_dir
-    from minillm.errors import MinillmError
+    from minillm.errors import MinillmError, format_bytes
 
     if not args.gguf.is_file():
         raise MinillmError(f"{args.gguf} is not a file")

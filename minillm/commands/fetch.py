@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from minillm.checkpoints import catalog
-from minillm.checkpoints.download import format_bytes
+from minillm.errors import format_bytes
 
 HELP = "download a model into the Hugging Face cache (or convert the offline one)"
 

@@ -15,9 +15,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from minillm.checkpoints import catalog
-from minillm.checkpoints.download import format_bytes
 from minillm.checkpoints.hf import TensorSource
-from minillm.errors import CheckpointError, MinillmError
+from minillm.errors import CheckpointError, MinillmError, format_bytes
 
 HELP = "summarise a model's config, parameter counts and files (a catalog name or a folder)"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from minillm.checkpoints import catalog
-from minillm.checkpoints.download import format_bytes
 from minillm.checkpoints.paths import weights_dir
+from minillm.errors import format_bytes
 
 HELP = "list the catalogued models and which of them are present locally"
 

@@ -458,16 +458,27 @@ def relative_error(got, want) -> float:
     return float(err.max(initial=0.0) / max(np.abs(want).max(initial=0.0), 1e-30))
 
 
-def verdict(what: str, got, want, mistakes, fallback: str, tol: float = 1e-4) -> None:
-    """For checks: raise a teaching AssertionError unless got ≈ want (max |error| / max |want| < tol)."""
+def verdict(what: str, got, want, mistakes, fallback: str, tol: float = 1e-4,
+            nan_hint: str = "") -> None:
+    """For checks: raise a teaching AssertionError unless got ≈ want (max |error| / max |want| < tol).
+
+    mistakes: {hint: the output that mistake gives} (a dict, or a function returning one; a
+    value may itself be a function, computed only when needed). nan_hint: what a NaN in the
+    output usually means for this exercise.
+    """
     got, want = np.asarray(got), np.asarray(want)
     if got.shape != want.shape:
         raise AssertionError(f"{what}: expected shape {want.shape}, got {got.shape}. {fallback}")
-    if not np.issubdtype(got.dtype, np.number) or np.isnan(got.astype(np.float64)).any():
-        raise AssertionError(f"{what}: your output is not a finite numeric array. {fallback}")
+    if not np.issubdtype(got.dtype, np.number):
+        raise AssertionError(f"{what}: your output is not a numeric array. {fallback}")
+    if np.isnan(got.astype(np.float64)).any():
+        where = tuple(int(i) for i in np.argwhere(np.isnan(got))[0])
+        raise AssertionError(f"{what}: your output has NaN (first at index {where}). "
+                             f"{nan_hint or fallback}")
     if relative_error(got, want) < tol:
         return
     for hint, variant in (mistakes() if callable(mistakes) else mistakes).items():
+        variant = variant() if callable(variant) else variant
         if relative_error(got, variant) < tol:
             raise AssertionError(f"{what}: your output matches a common mistake. {hint}")
     err = np.abs(got.astype(np.float64) - want)

@@ -42,7 +42,10 @@ if TYPE_CHECKING:
 class Metric:
     """Per-row values, the batch value and its gradient seed, from logits [b, p, V]."""
 
-    last_only: bool = False
+    @property
+    def last_only(self) -> bool:
+        """Reads only the last position (a metric at `pos` = -1)."""
+        return getattr(self, "pos", None) == -1
 
     def __call__(self, logits: np.ndarray) -> np.ndarray:  # -> [b]
         raise NotImplementedError
@@ -54,6 +57,15 @@ class Metric:
     def grad(self, logits: np.ndarray) -> np.ndarray:
         """d value / d logits   [b, p, V]"""
         raise MinillmError(f"{type(self).__name__} has no gradient")
+
+
+def _set_weights(ids: np.ndarray, b: int, V: int) -> np.ndarray:
+    """d (batch mean of the mean over each row's token set) / d entry: 1/(b·k) at the set.   -> [b, V]"""
+    ids = np.broadcast_to(ids, (b, ids.shape[-1]))
+    d = np.zeros((b, V))
+    for r in range(b):
+        np.add.at(d[r], ids[r], 1.0 / (b * ids.shape[-1]))
+    return d
 
 
 def _seed(logits: np.ndarray, pos: int, rows_grad: np.ndarray) -> np.ndarray:
@@ -116,10 +128,6 @@ class LogitDiff(Metric):
     wrong: np.ndarray
     pos: int = -1
 
-    @property
-    def last_only(self) -> bool:
-        return self.pos == -1
-
     def __call__(self, logits: np.ndarray) -> np.ndarray:
         _check_vocab(self.correct, logits)
         _check_vocab(self.wrong, logits)
@@ -128,13 +136,8 @@ class LogitDiff(Metric):
 
     def grad(self, logits: np.ndarray) -> np.ndarray:
         """d (batch mean) / d logits   [b, p, V]"""
-        b = logits.shape[0]
-        d = np.zeros(logits.shape, np.float64)
-        for ids, sign in ((self.correct, 1.0), (self.wrong, -1.0)):
-            ids = np.broadcast_to(ids, (b, ids.shape[-1]))
-            for r in range(b):
-                np.add.at(d[r, self.pos], ids[r], sign / (b * ids.shape[-1]))
-        return d.astype(logits.dtype)
+        b, V = logits.shape[0], logits.shape[-1]
+        return _seed(logits, self.pos, _set_weights(self.correct, b, V) - _set_weights(self.wrong, b, V))
 
 
 @dataclass
@@ -144,22 +147,13 @@ class Logit(Metric):
     target: np.ndarray  # [k] or [b, k]
     pos: int = -1
 
-    @property
-    def last_only(self) -> bool:
-        return self.pos == -1
-
     def __call__(self, logits: np.ndarray) -> np.ndarray:
         _check_vocab(self.target, logits)
         return _set_mean(logits[:, self.pos].astype(np.float64), self.target)
 
     def grad(self, logits: np.ndarray) -> np.ndarray:
         """d (batch mean) / d logits: 1 / (b·k) at each target."""
-        b = logits.shape[0]
-        ids = np.broadcast_to(self.target, (b, self.target.shape[-1]))
-        d = np.zeros((b, logits.shape[-1]))
-        for r in range(b):
-            np.add.at(d[r], ids[r], 1.0 / (b * ids.shape[-1]))
-        return _seed(logits, self.pos, d)
+        return _seed(logits, self.pos, _set_weights(self.target, logits.shape[0], logits.shape[-1]))
 
 
 @dataclass
@@ -168,10 +162,6 @@ class LogProb(Metric):
 
     target: np.ndarray  # [k] or [b, k]
     pos: int = -1
-
-    @property
-    def last_only(self) -> bool:
-        return self.pos == -1
 
     def __call__(self, logits: np.ndarray) -> np.ndarray:
         _check_vocab(self.target, logits)
@@ -182,13 +172,7 @@ class LogProb(Metric):
         """d (batch mean) / d logits: (onehot - softmax) averaged over the set and batch."""
         b = logits.shape[0]
         p = np.exp(ops.log_softmax(logits[:, self.pos].astype(np.float64), axis=-1))  # [b, V]
-        ids = np.broadcast_to(self.target, (b, self.target.shape[-1]))
-        dat = -p / b
-        for r in range(b):
-            np.add.at(dat[r], ids[r], 1.0 / (b * ids.shape[-1]))
-        d = np.zeros(logits.shape, np.float64)
-        d[:, self.pos] = dat
-        return d.astype(logits.dtype)
+        return _seed(logits, self.pos, _set_weights(self.target, b, p.shape[-1]) - p / b)
 
 
 @dataclass
@@ -201,10 +185,6 @@ class KLToClean(Metric):
 
     clean_logits: np.ndarray
     pos: int = -1
-
-    @property
-    def last_only(self) -> bool:
-        return self.pos == -1
 
     def __call__(self, logits: np.ndarray) -> np.ndarray:
         ref = ops.log_softmax(np.asarray(self.clean_logits)[:, self.pos].astype(np.float64), axis=-1)

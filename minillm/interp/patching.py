@@ -350,8 +350,11 @@ def path_patching(
         recompute in step 1, so a path may pass through MLPs (s -> MLPs -> r).
       True: every other MLP is frozen to its clean value as well, so only the
         direct edge s -> r (through the residual stream alone) is measured.
-      The two can rank senders very differently (docs/performance.md has a
-      measurement on SmolLM2's IOI circuit).
+      The two can rank senders very differently. Measured once (SmolLM2-135M-Instruct
+      offline weights, float32, OpenBLAS on a 2-core x86 VM), IOI pair "When Mary and
+      John went to the store, John/Mary gave a drink to", receiver 23.3.q, logit
+      difference: over 230 senders r = 0.30 and 5 of the top-10 (by |effect|) shared;
+      over the 207 head senders alone r = 0.01 and 2 of the top-10 shared.
     receiver_pos: positions at which the receivers are patched (None = all).
     Values: (m(patched) - m(clean)) / (m(clean) - m(corrupted)) when
     normalised, so -1 = this path alone turns the clean answer into the

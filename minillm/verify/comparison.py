@@ -43,7 +43,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from minillm.errors import CheckpointError, MinillmError
+from minillm import model as model_hooks
+from minillm.errors import CheckpointError, MinillmError, format_bytes, suggest
+from minillm.hooks import split_name
+from minillm.verify import contract
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -54,21 +57,18 @@ FINAL_OUT = "ln_final.out"  # derived: ln_final.hook_normalized * w (+ b); HF hi
 RESERVED = ("input_ids",)  # non-activation keys of a dump
 DEFAULT_MAX_BYTES = 2**30  # dumps above 1 GiB need allow_large=True / --force
 
-# Forward order of the hook names, as model.hook_names() fires them.
-PRE_HOOKS = ("hook_embed", "hook_pos_embed")
-BLOCK_HOOKS = (
-    "hook_resid_pre", "ln1.hook_scale", "ln1.hook_normalized",
-    "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_rot_q", "attn.hook_rot_k",
-    "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_z", "attn.hook_result",
-    "hook_attn_out", "hook_resid_mid", "ln2.hook_scale", "ln2.hook_normalized",
-    "mlp.hook_pre", "mlp.hook_pre_linear", "mlp.hook_post", "hook_mlp_out", "hook_resid_post",
-)
-POST_HOOKS = ("ln_final.hook_scale", "ln_final.hook_normalized", FINAL_OUT, "hook_logits")
+# Forward order of the hook names: the model's own lists (minillm.model), plus the derived
+# ln_final.out right after the final norm's hooks.
+PRE_HOOKS = model_hooks.PRE_HOOKS
+BLOCK_HOOKS = model_hooks.BLOCK_HOOKS
+_i = model_hooks.POST_HOOKS.index("ln_final.hook_normalized") + 1
+POST_HOOKS = (*model_hooks.POST_HOOKS[:_i], FINAL_OUT, *model_hooks.POST_HOOKS[_i:])
 
 # Default tolerances for a float32 implementation checked against a float64 reference.
-# Set from minillm's own float32-vs-float64 profile on SmolLM2 (docs/verifying.md): there
-# every hook's worst error uses at most ~20% of its tolerance, while each bug injected by
-# minillm.verify.broken exceeds it at least 50-fold at the hook where it first shows.
+# Chosen from minillm's own float32-vs-float64 profile on SmolLM2, measured on one machine
+# (docs/verifying.md has the numbers): there every hook's worst error used at most ~20% of
+# its tolerance, while each bug injected by minillm.verify.broken exceeded it at least
+# 50-fold at the hook where it first showed. tests/test_compare.py keeps both true.
 DEFAULT_ATOL = 1e-3
 DEFAULT_RTOL = 1e-3
 DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
@@ -79,23 +79,15 @@ DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
 # --- names, order, shapes ----------------------------------------------------------------------
 
 
-def _split(name: str) -> tuple[int | None, str]:
-    """blocks.3.attn.hook_q -> (3, "attn.hook_q"); hook_embed -> (None, "hook_embed")."""
-    parts = name.split(".", 2)
-    if len(parts) == 3 and parts[0] == "blocks" and parts[1].isdigit():
-        return int(parts[1]), parts[2]
-    return None, name
-
-
 def is_known(name: str) -> bool:
     """Is this a minillm hook name (or the derived `ln_final.out`)?"""
-    layer, rest = _split(name)
+    layer, rest = split_name(name)
     return rest in BLOCK_HOOKS if layer is not None else rest in PRE_HOOKS + POST_HOOKS
 
 
 def forward_key(name: str) -> tuple:
     """Sort key putting hook names in the order the forward pass fires them (unknown last)."""
-    layer, rest = _split(name)
+    layer, rest = split_name(name)
     if layer is not None and rest in BLOCK_HOOKS:
         return (1, layer, BLOCK_HOOKS.index(rest), name)
     if rest in PRE_HOOKS:
@@ -116,24 +108,8 @@ def depth(name: str, n_layers: int) -> float:
 
 
 def hook_shape(cfg, name: str, b: int, p: int) -> tuple[int, ...]:
-    """The shape a hook's activation has for a batch of b sequences of p tokens."""
-    _, rest = _split(name)
-    h, kv, e, d = cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.d_model
-    if rest.endswith("hook_scale"):
-        return (b, p, 1)
-    if rest in ("attn.hook_q", "attn.hook_rot_q", "attn.hook_z"):
-        return (b, p, h, e)
-    if rest in ("attn.hook_k", "attn.hook_v", "attn.hook_rot_k"):
-        return (b, p, kv, e)
-    if rest in ("attn.hook_attn_scores", "attn.hook_pattern"):
-        return (b, h, p, p)
-    if rest == "attn.hook_result":
-        return (b, p, h, d)
-    if rest.startswith("mlp."):
-        return (b, p, cfg.d_mlp)
-    if rest == "hook_logits":
-        return (b, p, cfg.d_vocab)
-    return (b, p, d)
+    """The shape a hook's activation (or the derived ln_final.out) has for b sequences of p tokens."""
+    return (b, p, cfg.d_model) if name == FINAL_OUT else contract.hook_shape(cfg, name, b, p)
 
 
 def select_hooks(names: Sequence[str], pattern: str | Sequence[str] | Callable | None) -> list[str]:
@@ -191,14 +167,6 @@ class Dump:
         return toks if isinstance(toks, list) else None
 
 
-def _format_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return ""
-
-
 def estimate_bytes(model, names: Sequence[str], b: int, p: int, dtype=None) -> dict[str, int]:
     """Bytes each named activation will take in a dump of b x p tokens."""
     itemsize = np.dtype(dtype or model.dtype).itemsize
@@ -248,8 +216,8 @@ def run_dump(model, prompt, hooks=None, fwd_hooks=(), allow_large: bool = False,
     if total > max_bytes:
         biggest = max(sizes, key=sizes.get)
         message = (
-            f"this dump would hold about {_format_bytes(total)} of activations (more than "
-            f"{_format_bytes(max_bytes)}; {biggest} alone is {_format_bytes(sizes[biggest])})"
+            f"this dump would hold about {format_bytes(total)} of activations (more than "
+            f"{format_bytes(max_bytes)}; {biggest} alone is {format_bytes(sizes[biggest])})"
         )
         if not allow_large:
             raise MinillmError(
@@ -469,7 +437,7 @@ def from_transformer_lens(cache, input_ids=None, n_kv_heads: int | None = None,
         layernorm = "hook_pos_embed" in raw
     acts, dropped = {}, []
     for name, a in raw.items():
-        _, rest = _split(name)
+        _, rest = split_name(name)
         if not is_known(name) or (layernorm and rest.endswith("hook_normalized")):
             dropped.append(name)
             continue
@@ -612,13 +580,13 @@ class Report:
         lines.append(f"{'hook':<34} {'max abs':>10} {'max rel':>10}  {'status':<6} worst element")
         groups: dict[str, list[HookResult]] = {}
         for r in self.rows:
-            layer, _ = _split(r.name)
+            layer, _ = split_name(r.name)
             key = r.name if every_hook or layer is None else f"blocks.{layer}.*"
             groups.setdefault(key, []).append(r)
         for key, rs in groups.items():
             worst = max(rs, key=lambda r: (not r.passed, r.max_abs / (r.atol + r.rtol) if r.atol + r.rtol
                                            else r.max_abs))
-            label = key if len(rs) == 1 else f"{key} ({_split(worst.name)[1]})"
+            label = key if len(rs) == 1 else f"{key} ({split_name(worst.name)[1]})"
             status = "ok" if all(r.passed for r in rs) else "FAIL"
             lines.append(f"{label:<34} {worst.max_abs:>10.3g} {worst.max_rel:>10.3g}  {status:<6} "
                          f"{worst.where}")
@@ -635,7 +603,7 @@ class Report:
         """
         from minillm.views import figures
 
-        fig = figures.compare_profile(self, depth, _split, _plottable)
+        fig = figures.compare_profile(self, depth, split_name, _plottable)
         if path is not None:
             figures.save(fig, path, dpi=110)
         return fig
@@ -653,12 +621,11 @@ def _short_list(names: list[str], n: int = 8) -> str:
     for name in names[:n]:
         hint = ""
         if not is_known(name):
-            import difflib
 
-            layer, _ = _split(name)
+            layer, _ = split_name(name)
             pool = [f"blocks.{layer}.{s}" for s in BLOCK_HOOKS] if layer is not None else list(
                 PRE_HOOKS + POST_HOOKS)
-            close = difflib.get_close_matches(name, pool, n=1)
+            close = suggest(name, pool)
             hint = f" (not a minillm hook name; did you mean {close[0]}?)" if close else \
                 " (not a minillm hook name)"
         shown.append(name + hint)
@@ -670,7 +637,7 @@ def describe_index(name: str, shape: tuple[int, ...], index: tuple[int, ...],
                    token_text: Callable[[int], str] | None = None) -> str:
     """An activation index in words: 'position 3 (' dark'), head 5, dim 12'; a logit is named by
     its token's text when `token_text` (id -> text) is given: 'token id 3273 (' night')'."""
-    _, rest = _split(name)
+    _, rest = split_name(name)
 
     def pos(i: int, word: str = "position") -> str:
         tok = f" ({str_tokens[i]!r})" if str_tokens and i < len(str_tokens) else ""
@@ -784,7 +751,7 @@ def layout_hint(name: str, a, b, atol: float, rtol: float) -> str:
     if b.shape != a.shape and _close(a, b.reshape(a.shape), atol, rtol):
         return (f"the candidate holds the same elements in shape {list(b.shape)}: "
                 f"candidate.reshape({list(a.shape)}) matches the reference")
-    _, rest = _split(name)
+    _, rest = split_name(name)
     d = a.shape[-1]
     if b.shape == a.shape and d % 2 == 0 and d > 2 and any(k in rest for k in ("hook_q", "hook_k", "rot_q",
                                                                              "rot_k", "q_norm", "k_norm")):
@@ -842,7 +809,7 @@ def _align_shapes(names: Iterable[str], ref: Dump, cand: Dump) -> dict[str, np.n
             b = b[None]
         if b.shape != a.shape:
             hint = ""
-            _, rest = _split(n)
+            _, rest = split_name(n)
             if rest in ("attn.hook_k", "attn.hook_v", "attn.hook_rot_k") and b.ndim == 4 and a.ndim == 4 \
                     and b.shape[2] > a.shape[2] and b.shape[2] % a.shape[2] == 0:
                 hint = (f" (the candidate has {b.shape[2]} heads where the model has {a.shape[2]} "
@@ -922,7 +889,7 @@ def compare(reference, candidate, atol: float | None = None, rtol: float | None 
                        rel_floor=rel_floor, str_tokens=str_tokens, token_text=token_text)
         for n in sorted(common, key=forward_key)
     ]
-    layers = [_split(n)[0] for n in list(ref.acts) + list(cand.acts)]
+    layers = [split_name(n)[0] for n in list(ref.acts) + list(cand.acts)]
     n_layers = ref.meta.get("n_layers") or cand.meta.get("n_layers") or \
         1 + max((x for x in layers if x is not None), default=0)
     return Report(

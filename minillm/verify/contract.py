@@ -15,6 +15,7 @@ import math
 from typing import Any
 
 from minillm.config import ModelConfig
+from minillm.hooks import split_name
 
 CONTRACT_VERSION = 1
 
@@ -89,14 +90,6 @@ HOOKS: dict[str, tuple[tuple[str, ...], str]] = {
     "ln_final.hook_normalized": (RESID, _NORMED),
     "hook_logits": (("batch", "pos", "d_vocab"), "ln_final(x)·W_U (soft-capped if the model does)"),
 }
-
-
-def split_name(name: str) -> tuple[int | None, str]:
-    """blocks.3.attn.hook_q -> (3, "attn.hook_q"); hook_embed -> (None, "hook_embed")."""
-    parts = name.split(".", 2)
-    if len(parts) == 3 and parts[0] == "blocks" and parts[1].isdigit():
-        return int(parts[1]), parts[2]
-    return None, name
 
 
 def axis_sizes(cfg: ModelConfig) -> dict[str, int | None]:
