@@ -185,6 +185,9 @@ def measure_drift(model, prompt, ops, k: int = 5, n_new: int = 1, runs=RUNS) -> 
     """
     ids = model.to_tokens(prompt) if isinstance(prompt, str) else np.asarray(prompt).reshape(1, -1)
     p = ids.shape[1]
+    if p < 2:
+        raise MinillmError(f"the prompt is {p} token long: measuring drift needs at least 2 tokens "
+                           "(a prefix in the KV cache and a token on top of it)")
     if not 1 <= n_new < p:
         raise MinillmError(f"n_new must be between 1 and {p - 1} for a prompt of {p} tokens")
     unknown = set(runs) - set(RUNS)
