@@ -481,3 +481,19 @@ def test_refactor_factored_attn_matrices_like_transformer_lens():
     assert (m(ref["clean_ids"]) == model("gpt2", False)(ref["clean_ids"])).all()
     with pytest.raises(minillm.MinillmError, match="rotary"):
         minillm.load(FIXTURES / "llama_gqa_untied", refactor_factored_attn_matrices=True)
+
+
+def test_cache_short_names_and_batch_handling_as_in_transformer_lens():
+    """cache["embed"] / cache["scale"] and (name, layer[, sublayer]) keys resolve as
+    TransformerLens's get_act_name does; run_with_cache(remove_batch_dim=True) and
+    cache.remove_batch_dim() (in place) drop the batch axis."""
+    ref, info = reference("llama_gqa")
+    m = model("llama_gqa", False)
+    _, cache = m.run_with_cache(ref["clean_ids"])
+    assert cache["embed"] is cache["hook_embed"] and cache["scale"] is cache["ln_final.hook_scale"]
+    assert cache["scale", 1, "ln2"] is cache["blocks.1.ln2.hook_scale"]
+    assert cache["resid_pre", -1] is cache["blocks.1.hook_resid_pre"]
+    close(cache["scale"][0], ref["raw.act.ln_final.hook_scale"], "cache['scale'] is TL's divisor")
+    _, flat = m.run_with_cache(ref["clean_ids"], remove_batch_dim=True)
+    assert flat["blocks.0.attn.hook_pattern"].shape == cache["blocks.0.attn.hook_pattern"].shape[1:]
+    assert cache.remove_batch_dim() is cache and (cache["scale"] == flat["scale"]).all()
