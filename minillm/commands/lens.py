@@ -30,8 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stream", choices=["resid", "attn_out", "mlp_out"], default="resid",
                         help="decode the residual stream (default) or each block's attention/MLP write")
     parser.add_argument("--pos", type=int, default=-1, help="position of the table (default -1, the last)")
-    parser.add_argument("--out", default="lens.png", metavar="PNG",
-                        help="where to save the plot (default lens.png; targets go to *_targets.png)")
+    parser.add_argument("--out", default="out/lens.png", metavar="PNG",
+                        help="where to save the plot (default out/lens.png; targets go to *_targets.png)")
     parser.add_argument("--no-grid", action="store_true", help="skip the layer × position grid")
     parser.add_argument("--float64", action="store_true", help="run in float64 (reference mode)")
 
