@@ -79,3 +79,10 @@ def test_every_minillm_name_in_the_readme_resolves():
     assert len(names) > 15  # the README really names modules
     broken = sorted(n for n in names if not _resolves(n))
     assert not broken, f"README.md names {broken}, which do not exist"
+
+
+def test_minillm_edits_is_importable_every_way():
+    import minillm.edits
+    from minillm.edits import scale_neuron
+
+    assert minillm.edits is minillm.edit.edits and scale_neuron is minillm.edit.edits.scale_neuron
