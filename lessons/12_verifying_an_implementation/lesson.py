@@ -20,8 +20,8 @@ import numpy as np
 
 import minillm
 from minillm import verify
-from minillm.interp import broken
 from minillm.course import import_file, output_dir
+from minillm.verify import broken
 
 MODEL = os.environ.get("MINILLM_LESSON_MODEL", "smollm2-135m")
 model = minillm.load(MODEL)  # float32: what the port and most implementations run in
