@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minillm.checkpoints.hf import check_checkpoint_size, load_weights
+from minillm.checkpoints.hf import check_checkpoint_size, check_memory, load_weights
 from minillm.config import ModelConfig
 from minillm.errors import MinillmError
 from minillm.hooked_model import HookedModel
@@ -43,7 +43,15 @@ def load(name_or_path: str | Path, dtype: DTypeLike = np.float32, *, fold_ln: bo
     tok_path = folder / "tokenizer.json"
     tokenizer = Tokenizer(tok_path) if tok_path.is_file() else None
     check_checkpoint_size(cfg, folder)  # before allocating: a config cannot ask for more than the files hold
-    model = HookedModel(cfg, dtype, tokenizer, name=str(name_or_path), path=folder)
+    check_memory(folder, dtype)  # nor the files for more memory than the machine has
+    try:
+        model = HookedModel(cfg, dtype, tokenizer, name=str(name_or_path), path=folder)
+    except MemoryError:
+        from minillm.config import _n_params_lower_bound
+
+        n = _n_params_lower_bound(cfg)
+        raise MinillmError(f"{folder}: not enough memory for a model of {n:,} parameters "
+                           f"({n * dtype.itemsize / 2**30:.1f} GiB as {dtype})") from None
     load_weights(model, folder)
     flags = dict(fold_ln=fold_ln, center_writing_weights=center_writing_weights,
                  center_unembed=center_unembed, fold_value_biases=fold_value_biases,

@@ -92,6 +92,10 @@ def hook_names(cfg: ModelConfig) -> list[str]:
             + list(POST_HOOKS))
 
 
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
 class Transformer:
     """A model of any supported family: config, parameters, hooks and the forward pass.
 
@@ -163,6 +167,8 @@ class Transformer:
         positions = self._positions(mask, start, shape)  # [b, p]
         self.hooks.pos_offset = start
         hook = self.hooks.fire
+        layers = range(self.cfg.n_layers)[start_at_layer:stop_at_layer]
+        self._check_pattern_memory(shape, start, layers)  # before computing anything
 
         if start_at_layer is None:
             embedded = self.embed.W_E[tokens]  # [b, p, d]
@@ -172,11 +178,11 @@ class Transformer:
             if self.pos_embed is not None:
                 x = x + hook("hook_pos_embed", self.pos_embed.W_pos[positions])  # [b, p, d]
         ropes = self.rope_tables(positions)  # per layer: (cos, sin), 2× [b, p, 1, r], or None
-        masks = {}  # sliding window (or None) -> which keys each query sees, [b or 1, 1, p, P]
-        for l in range(self.cfg.n_layers)[start_at_layer:stop_at_layer]:
+        masks = {}  # sliding window (or None) -> which keys each query sees (ops.KeyMask)
+        for l in layers:
             window = self.cfg.window(l)
             if window not in masks:
-                masks[window] = ops.attention_mask(
+                masks[window] = ops.KeyMask(
                     q_slots=np.arange(start, start + shape[1]),
                     k_slots=np.arange(start + shape[1]),
                     key_padding=mask,
@@ -276,18 +282,73 @@ class Transformer:
         if cache is not None:
             k, v = cache.append(l, k, v)  # [b, kv, P, e]: earlier positions + these
 
-        scores = ops.attention_scores(q, k, self.cfg.query_pre_attn_scalar)  # [b, h, p, P]
-        if self.cfg.attn_softcap is not None:  # Gemma 2: c · tanh(scores / c)
-            scores = ops.softcap(scores, self.cfg.attn_softcap)
-        scores = hook(f"{name}.hook_attn_scores", np.where(allowed, scores, -np.inf))
-        pattern = hook(f"{name}.hook_pattern", ops.softmax(scores, axis=-1))  # [b, h, p, P]
-        z = hook(f"{name}.hook_z", ops.attention_mix(pattern, v))  # [b, p, h, e]
+        rows = self.query_block(b, k.shape[2])
+        if rows >= p or self.hooks.wants(f"{name}.hook_attn_scores") or \
+                self.hooks.wants(f"{name}.hook_pattern"):
+            # All queries at once: a short prompt, or a hook reads the whole pattern (its
+            # size was checked against pattern_memory_limit before the forward pass began).
+            z = self.attend(q, k, v, allowed.rows(), name)  # [b, p, h, e]
+        else:  # nobody looks: a block of queries at a time, memory linear in the prompt
+            z = np.empty(q.shape[:3] + v.shape[3:], q.dtype)  # [b, p, h, e]
+            for i in range(0, p, rows):
+                j = min(i + rows, p)
+                keys = k.shape[2] - p + j  # causal: queries before slot start + j see no later key
+                z[:, i:j] = self.attend(q[:, i:j], k[:, :, :keys], v[:, :, :keys],
+                                        allowed.rows(i, j, keys), name)
+        z = hook(f"{name}.hook_z", z)  # [b, p, h, e]
 
         if self.hooks.use_attn_result:  # per-head outputs: large, only with this setting
             result = np.einsum("bphe,hed->bphd", z, attn.W_O)  # [b, p, h, d]
             out = hook(f"{name}.hook_result", result).sum(axis=2)
             return out if attn.b_O is None else out + attn.b_O
         return ops.linear(z.reshape(b, p, h * e), attn.W_O_flat, attn.b_O)  # [b, p, d]
+
+    def attend(self, q, k, v, allowed, name: str) -> np.ndarray:
+        """softmax(q·k / √e, masked) · v for n queries.
+
+        q [b, n, h, e], k and v [b, kv, P, e], allowed [b or 1, 1, n, P] -> z [b, n, h, e]
+        """
+        hook = self.hooks.fire
+        scores = ops.attention_scores(q, k, self.cfg.query_pre_attn_scalar)  # [b, h, n, P]
+        if self.cfg.attn_softcap is not None:  # Gemma 2: c · tanh(scores / c)
+            scores = ops.softcap(scores, self.cfg.attn_softcap)
+        scores = hook(f"{name}.hook_attn_scores", np.where(allowed, scores, -np.inf))
+        pattern = hook(f"{name}.hook_pattern", ops.softmax(scores, axis=-1))  # [b, h, n, P]
+        return ops.attention_mix(pattern, v)  # [b, n, h, e]
+
+    # Attention without pattern hooks runs in blocks of queries whose scores take at most
+    # this many bytes ([b, h, rows, P]); a prompt that fits in one block (SmolLM2, batch 1:
+    # up to 1365 tokens) runs exactly the operations of the unblocked computation.
+    attention_block_bytes = 2**26
+
+    def query_block(self, b: int, n_keys: int) -> int:
+        """How many queries per block: [b, h, rows, n_keys] scores within attention_block_bytes."""
+        row = b * self.cfg.n_heads * n_keys * self.dtype.itemsize
+        return max(1, self.attention_block_bytes // row)
+
+    # The largest total size of full attention patterns a forward pass may hold when hooks
+    # (or a cache) read hook_attn_scores / hook_pattern; raise it to go past (in bytes).
+    pattern_memory_limit = 4 * 2**30
+
+    def _check_pattern_memory(self, shape, start: int, layers) -> None:
+        """Refuse, before computing, a run whose hooked attention patterns need more than
+        pattern_memory_limit: each hooked scores/pattern point holds [b, h, p, P]."""
+        points = [f"blocks.{l}.attn.hook_{n}" for l in layers for n in ("attn_scores", "pattern")]
+        hooked = [n for n in points if self.hooks.wants(n)]
+        if not hooked:
+            return
+        b, p = shape
+        each = b * self.cfg.n_heads * p * (start + p) * self.dtype.itemsize
+        need = each * (len(hooked) + 3)  # the hooked arrays, and softmax's working copies
+        if need > self.pattern_memory_limit:
+            raise MinillmError(
+                f"the hooks on {len(hooked)} attention score/pattern points ({hooked[0]}, ...) "
+                f"need the full pattern [b, h, p, P] = [{b}, {self.cfg.n_heads}, {p}, {start + p}] "
+                f"{self.dtype} at each: {_gib(each)} apiece, about {_gib(need)} in all, more than "
+                f"pattern_memory_limit ({_gib(self.pattern_memory_limit)}). Hook or cache fewer "
+                "layers (names_filter), use a shorter prompt, or raise the limit: "
+                f"model.pattern_memory_limit = {int(need * 1.1)}"
+            )
 
     def mlp(self, l, mlp, x) -> np.ndarray:
         """W_out·act(W_in·x) (GPT-2, Pythia), or gated: W_out·(act(W_gate·x) * (W_in·x)).
@@ -360,6 +421,11 @@ class Transformer:
                 raise MinillmError(
                     f"attention_mask has shape {attention_mask.shape}, tokens have {shape}"
                 )
+            bad = ~np.isin(attention_mask, (0, 1))
+            if bad.any():
+                i = tuple(int(j) for j in np.argwhere(bad)[0])
+                raise MinillmError(f"attention_mask must hold only 0 (padding) and 1 (token); "
+                                   f"it has {attention_mask[i].item()!r} at index {i}")
         old = cache.attention_mask if cache is not None else None
         if old is None and attention_mask is None:
             return None

@@ -213,6 +213,25 @@ def attention_mask(
     return allowed
 
 
+class KeyMask:
+    """Which keys each query may attend to, built for a block of queries when needed.
+
+    The full mask of a long prompt is [b, 1, p, P] booleans (64 MiB at 8192 tokens);
+    attention in query blocks asks only for the rows of its block.
+    """
+
+    def __init__(self, q_slots: np.ndarray, k_slots: np.ndarray,
+                 key_padding: np.ndarray | None = None, sliding_window: int | None = None):
+        self.q_slots, self.k_slots = q_slots, k_slots
+        self.key_padding, self.sliding_window = key_padding, sliding_window
+
+    def rows(self, start: int = 0, stop: int | None = None, keys: int | None = None) -> np.ndarray:
+        """attention_mask for queries start:stop and the first `keys` keys.   -> bool [b or 1, 1, q, k]"""
+        padding = None if self.key_padding is None else self.key_padding[:, :keys]
+        return attention_mask(self.q_slots[start:stop], self.k_slots[:keys], padding,
+                              self.sliding_window)
+
+
 def attention_scores(q: np.ndarray, k: np.ndarray, scalar: float | None = None) -> np.ndarray:
     """Scaled dot products q·k / √e, with grouped-query attention.
 

@@ -35,6 +35,17 @@ def resolve_token(model, token) -> int:
     return int(token)
 
 
+def check_text(text: str) -> None:
+    """Text must be valid Unicode: a lone surrogate (e.g. '\\ud800', from a bad decode) is not."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise MinillmError(
+            f"the text has a lone surrogate {text[e.start]!r} (U+{ord(text[e.start]):04X}) at index "
+            f"{e.start}: it is not valid Unicode (decode bytes with errors='replace' first)"
+        ) from None
+
+
 class Tokenizer:
     def __init__(self, path: str | Path):
         from tokenizers import Tokenizer as HFTokenizer
@@ -55,10 +66,17 @@ class Tokenizer:
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         if not isinstance(text, str):
             raise MinillmError(f"expected text (str), got {type(text).__name__}")
+        check_text(text)
         return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
-        return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+        ids = [int(i) for i in ids]
+        n = self.vocab_size
+        for j, i in enumerate(ids):
+            if not 0 <= i < n:
+                raise MinillmError(f"token id {i} at index {j} is outside the vocabulary of "
+                                   f"{self.path} (0 .. {n - 1})")
+        return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def batch_decode(self, rows, skip_special_tokens: bool = False) -> list[str]:
         return [self.decode(r, skip_special_tokens) for r in rows]

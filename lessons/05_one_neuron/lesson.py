@@ -16,7 +16,7 @@ import os
 import numpy as np
 
 import minillm
-from minillm.course import output_dir
+from minillm.course import show, student_version
 from minillm.interp import interventions as iv
 from minillm.interp import readout
 from minillm.interp.batch import run_variants
@@ -60,10 +60,15 @@ print(f"{len(tokens)} positions, {int(label.sum())} of them digits")
 # directly to the output, and list the five best.
 
 # %%
-a_c = acts - acts.mean(axis=1, keepdims=True)  # [L, n, m]
-y_c = label - label.mean()  # [n]
-corr = np.einsum("lnm,n->lm", a_c, y_c) / np.maximum(
-    np.sqrt((a_c**2).sum(1)) * np.sqrt((y_c**2).sum()), 1e-12)  # [L, m]
+def _reference_correlation(a, y):  # a [n, m], y [n] -> [m]: Pearson r, 0 for a constant neuron
+    a_c, y_c = a - a.mean(axis=0), y - y.mean()
+    return (a_c.T @ y_c) / np.maximum(np.sqrt((a_c**2).sum(0)) * np.sqrt((y_c**2).sum()), 1e-12)
+
+
+# Your exercise 1 once implemented (until then, the reference above).
+neuron_label_correlation = student_version(5, "neuron_label_correlation", _reference_correlation)
+corr = np.stack([np.asarray(neuron_label_correlation(acts[layer], label), np.float64)
+                 for layer in range(L)])  # [L, m]
 print("best r per layer:", np.round(corr.max(axis=1), 2).tolist())
 digit_ids = [model.to_single_token(str(d)) for d in range(10)]
 candidates = []
@@ -109,7 +114,7 @@ for l, i in (DETECTOR, WRITER):
 # %%
 for l, i in (DETECTOR, WRITER):
     print(readout.neuron_readout(model, l, i, k=8))
-readout.plot_neuron_readout(readout.neuron_readout(model, *WRITER, k=10), output_dir() / "neuron_readout.png")
+show(readout.plot_neuron_readout(readout.neuron_readout(model, *WRITER, k=10)), "neuron_readout.png")
 
 # %% [markdown]
 # ## 5. Remove it, and vary it
@@ -147,7 +152,10 @@ def log_softmax(x):
     return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
 
-mass = np.exp(log_softmax(logits)[..., digit_ids]).sum(-1)  # [N, p]
+# Your exercise 4 once implemented (until then, the same sum of softmax probabilities).
+token_set_mass = student_version(5, "token_set_mass",
+                                 lambda z, ids: np.exp(log_softmax(z)[..., list(ids)]).sum(-1))
+mass = np.asarray(token_set_mass(logits, digit_ids))  # [N, p]
 print(f"{'neuron':<10} {'variant':<8} {'digit mass (next=digit)':>24} {'(next=other)':>13}")
 for l, i in (DETECTOR, WRITER):
     for key in ["mean"] + FACTORS:
@@ -156,9 +164,9 @@ for l, i in (DETECTOR, WRITER):
         print(f"L{l}N{i:<6} {name:<8} {mass[j, next_is_digit].mean():>24.4f} "
               f"{mass[j, ~next_is_digit].mean():>13.4f}")
 
-import matplotlib.pyplot as plt  # noqa: E402
+from minillm.views.figures import subplots  # noqa: E402
 
-fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+fig, axes = subplots(1, 2, figsize=(12, 4))
 bins = np.linspace(a.min(), a.max(), 40)
 axes[0].hist(a[label == 0], bins=bins, alpha=0.6, label="other tokens")
 axes[0].hist(a[label == 1], bins=bins, alpha=0.6, label="digits")
@@ -178,9 +186,7 @@ axes[1].set_xlabel("activation multiplied by")
 axes[1].set_ylabel("p(next token is a digit)")
 axes[1].set_title("scale sweep: monotone for the writer, flat for the detector")
 axes[1].legend(fontsize=8)
-fig.tight_layout()
-fig.savefig(output_dir() / "neuron_sweep.png", dpi=100)
-plt.close(fig)
+show(fig, "neuron_sweep.png")
 
 # %% [markdown]
 # ## What to take away

@@ -254,6 +254,10 @@ class TensorSource:
     def get(self, name: str) -> np.ndarray:
         return self.files[name].get(name)
 
+    def release(self, name: str, part: np.ndarray) -> None:
+        """Drop the file pages of `part` (rows of tensor `name`) from memory: it was copied."""
+        self.files[name].release(part)
+
     def shape(self, name: str) -> tuple[int, ...]:
         return self.files[name].shape(name)
 
@@ -276,6 +280,40 @@ def check_checkpoint_size(cfg: ModelConfig, folder: Path) -> None:
         )
 
 
+def available_memory() -> int | None:
+    """Bytes of memory this machine can still give (Linux: MemAvailable), else its physical
+    memory, or None when neither can be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_memory(folder: Path, dtype) -> None:
+    """Refuse, before anything is allocated, weights that cannot fit in memory: a checkpoint
+    (sparse, or just huge) whose tensors in `dtype` need more bytes than the machine has
+    available. The error names the largest tensor."""
+    source = TensorSource(folder)
+    itemsize = np.dtype(dtype).itemsize
+    sizes = {name: math.prod(f.entries[name][1]) * itemsize for name, f in source.files.items()}
+    need, available = sum(sizes.values()), available_memory()
+    if available is None or need <= available:
+        return
+    largest = max(sizes, key=sizes.get)
+    raise CheckpointError(
+        f"{folder}: the weights need {need / 2**30:.1f} GiB as {np.dtype(dtype)} but this machine "
+        f"has {available / 2**30:.1f} GiB of memory available; the largest tensor, {largest} "
+        f"{list(source.shape(largest))}, alone needs {sizes[largest] / 2**30:.1f} GiB"
+    )
+
+
 def load_weights(model: Transformer, folder: Path) -> None:
     """Fill `model`'s parameters from the safetensors in `folder`, checking every tensor."""
     source = TensorSource(folder)
@@ -284,8 +322,11 @@ def load_weights(model: Transformer, folder: Path) -> None:
     _check_keys(entries, source, model.cfg, folder)
     nonfinite = []
     for key, _, dest, layout in entries:
-        src = source.get(key)
-        dest()[...] = to_ours(src, layout)
+        try:
+            _copy(source, key, dest(), layout)
+        except MemoryError:
+            raise CheckpointError(f"{folder}: out of memory while copying tensor {key} of shape "
+                                  f"{list(source.shape(key))}") from None
         if not np.isfinite(dest()).all():
             nonfinite.append(key)
     if nonfinite:
@@ -294,6 +335,27 @@ def load_weights(model: Transformer, folder: Path) -> None:
             + (f" and {len(nonfinite) - 10} more" if len(nonfinite) > 10 else ""),
             stacklevel=3,
         )
+
+
+COPY_CHUNK = 16 * 2**20  # bytes of a tensor copied (then released) at a time
+
+
+def _copy(source: TensorSource, key: str, target: np.ndarray, layout) -> None:
+    """target[...] = the tensor in minillm's layout, COPY_CHUNK bytes of rows at a time, each
+    chunk's file pages released once copied: loading holds about the model, not model + file."""
+    src = source.get(key)
+    if isinstance(layout, Regroup) or src.ndim != 2 or src.nbytes <= COPY_CHUNK:
+        target[...] = to_ours(src, layout)
+        source.release(key, src)
+        return
+    rows = max(1, COPY_CHUNK // max(1, src[0].nbytes))
+    for i in range(0, src.shape[0], rows):
+        part = src[i : i + rows]  # [rows, n] of the checkpoint's [out, in] or [in, out]
+        if layout:
+            target[:, i : i + rows] = part.T
+        else:
+            target[i : i + rows] = part
+        source.release(key, part)
 
 
 def _check_keys(entries: list[Entry], source: TensorSource, cfg: ModelConfig, folder) -> None:

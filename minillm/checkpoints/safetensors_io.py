@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 from pathlib import Path
 
@@ -129,7 +130,9 @@ class SafetensorsFile:
             return np.zeros(shape, np.float32 if dtype == "BF16" else DTYPES[dtype])
         if self._mmap is None:
             try:
-                self._mmap = np.memmap(self.path, dtype=np.uint8, mode="c")
+                with open(self.path, "rb") as f:  # copy-on-write: writes never reach the file
+                    self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+                self._mmap = np.frombuffer(self._map, dtype=np.uint8)
             except (OSError, ValueError) as e:
                 raise CheckpointError(f"{self.path}: cannot map the file ({e})") from None
         raw = self._mmap[self.data_start + begin : self.data_start + end]
@@ -139,3 +142,22 @@ class SafetensorsFile:
         if dtype == "BF16":  # bfloat16 is the top half of a float32
             return (arr.astype(np.uint32) << 16).view(np.float32)
         return arr
+
+    def release(self, part: np.ndarray) -> None:
+        """Let the OS drop the pages of `part` (a tensor from `get`, or rows of one) once it
+        has been copied elsewhere: its memory then no longer counts for this process, so
+        loading peaks at about the model's size instead of model + file. The data stays
+        readable (it is read from the file again if touched). Only whole pages inside
+        `part` are dropped; anything that is not a view of this file is ignored. Never
+        call it on a part that was written to (a written page would revert to the file).
+        """
+        if self._mmap is None or not hasattr(mmap, "MADV_DONTNEED") or part.size == 0:
+            return
+        base = self._mmap.__array_interface__["data"][0]
+        start = part.__array_interface__["data"][0] - base
+        if not (0 <= start and start + part.nbytes <= self._mmap.size) or not part.flags.c_contiguous:
+            return
+        page = mmap.PAGESIZE
+        first, last = -(-start // page) * page, (start + part.nbytes) // page * page
+        if last > first:
+            self._map.madvise(mmap.MADV_DONTNEED, first, last - first)

@@ -91,7 +91,8 @@ def run_corpus(args: argparse.Namespace) -> int:
     if not sizes or min(sizes) < 1 or args.corpus_workers < 2:
         raise MinillmError("--corpus-tokens needs positive sizes and --corpus-workers at least 2")
     report = run_corpus_bench(args.model, sizes, args.corpus_workers, args.corpus_hooks,
-                              progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+                              progress=lambda msg: print(msg, file=sys.stderr, flush=True),
+                              json_path=args.json)
     print(format_report(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))

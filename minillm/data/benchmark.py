@@ -130,8 +130,10 @@ def run_corpus_bench(
     batch_size: int = 8,
     docs_per_shard: int = 8,
     progress=print,
+    json_path: str | Path | None = None,
 ) -> dict:
-    """Measure every size serially and on `workers` Dask workers (see the module docstring)."""
+    """Measure every size serially and on `workers` Dask workers (see the module docstring).
+    json_path: the report so far is rewritten there after every measurement."""
     import minillm
 
     model = minillm.load(model_name)
@@ -166,6 +168,9 @@ def run_corpus_bench(
                 if proc.returncode != 0:
                     raise RuntimeError(f"corpus bench worker failed:\n{proc.stderr[-3000:]}")
                 row["serial" if w == 1 else "dask"] = json.loads(proc.stdout.strip().splitlines()[-1])
+                if json_path is not None:
+                    partial = dict(report, sizes=report["sizes"] + [row], load_now=os.getloadavg()[0])
+                    Path(json_path).write_text(json.dumps(partial, indent=2))
             row["speedup"] = row["serial"]["seconds"] / row["dask"]["seconds"]
             report["sizes"].append(row)
     report["load_end"] = os.getloadavg()[0]
