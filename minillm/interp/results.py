@@ -19,7 +19,7 @@ import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -120,7 +120,7 @@ class LabelledArray:
         return plot_heatmap(self, path, **kwargs)
 
 
-def plot_heatmap(res: LabelledArray, path: str | Path | None = None, **kwargs) -> Figure:
+def plot_heatmap(res: LabelledArray, path: str | Path | None = None, **kwargs: Any) -> Figure:
     """The Figure of a 1-D or 2-D LabelledArray (colour centred at 0); saved to `path` if given."""
     from minillm.views import figures
 
