@@ -1454,9 +1454,14 @@ def test_loading_options_minillm_cannot_honour_are_refused():
     folder = golden_folder("gpt2")
     model = HookedTransformer.from_pretrained(folder, device="cpu", n_devices=1)
     assert model.to("cpu") is model and model.eval() is model
-    for bad in (dict(checkpoint_index=3), dict(first_n_layers=1),
-                dict(refactor_factored_attn_matrices=True), dict(dtype="bfloat16")):
+    for bad in (dict(checkpoint_index=3), dict(first_n_layers=1), dict(dtype="bfloat16")):
         with pytest.raises(MinillmError):
             HookedTransformer.from_pretrained(folder, **bad)
+    # refactor_factored_attn_matrices: learned positions only, as in TransformerLens (its
+    # numbers are checked against TransformerLens in test_tl_reference.py)
+    assert HookedTransformer.from_pretrained(folder, refactor_factored_attn_matrices=True) is not None
+    with pytest.raises(MinillmError, match="rotary"):
+        HookedTransformer.from_pretrained(golden_folder("llama_gqa_untied"),
+                                          refactor_factored_attn_matrices=True)
     with pytest.raises(MinillmError, match="CUDA"):
         model.cuda()
