@@ -15,6 +15,26 @@ import numpy as np
 from minillm.errors import CheckpointError, MinillmError
 
 
+def resolve_token(model, token) -> int:
+    """One token written as text (which must be exactly one token) or as an id -> its id.
+
+    The one place a token given either way is resolved: edits, metrics, lens, DLA and
+    readouts all call it. `model` may be None for ids (then only their type is checked);
+    with a model, an id must be in its vocabulary.
+    """
+    if isinstance(token, str):
+        if model is None:
+            raise MinillmError(f"token {token!r} is text: pass the model so it can be tokenized")
+        return int(model.to_single_token(token))
+    if isinstance(token, bool) or not isinstance(token, (int, np.integer)):
+        raise MinillmError(f"a token must be single-token text or an int id, got {token!r}")
+    if model is not None and not 0 <= token < model.cfg.d_vocab:
+        V = model.cfg.d_vocab
+        raise MinillmError(f"token {int(token)} does not exist: it is outside the vocabulary of {V} "
+                           f"tokens (0–{V - 1})")
+    return int(token)
+
+
 def check_text(text: str) -> None:
     """Text must be valid Unicode: a lone surrogate (e.g. '\\ud800', from a bad decode) is not."""
     try:

@@ -20,7 +20,7 @@ import numpy as np
 import minillm
 from minillm import verify
 from minillm.course import get_lesson, import_file, show
-from minillm.interp import broken
+from minillm.verify import broken
 
 MODEL = os.environ.get("MINILLM_LESSON_MODEL", "smollm2-135m")
 model = minillm.load(MODEL)  # float32: what the port and most implementations run in

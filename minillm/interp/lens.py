@@ -36,6 +36,7 @@ import numpy as np
 from minillm import ops
 from minillm.errors import MinillmError
 from minillm.interp.results import LabelledArray
+from minillm.tokenizer import resolve_token
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -70,13 +71,7 @@ def token_ids(model: HookedModel, tokens: int | str | Sequence[int | str]) -> li
     """Targets given as ids or single-token texts (" Paris") -> ids (errors name the culprit)."""
     if isinstance(tokens, (int, np.integer, str)):
         tokens = [tokens]
-    out = []
-    for t in tokens:
-        i = model.to_single_token(t) if isinstance(t, str) else int(t)
-        if not 0 <= i < model.cfg.d_vocab:
-            raise MinillmError(f"token id {i} is outside the vocabulary (0..{model.cfg.d_vocab - 1})")
-        out.append(i)
-    return out
+    return [resolve_token(model, t) for t in tokens]
 
 
 @dataclass
