@@ -11,7 +11,11 @@ STAMP  := $(VENV)/.minillm-installed
 demo: weights
 	$(BIN)/minillm demo
 
+# The browser tests (tests/test_views.py) drive a headless Chromium; without one they are skipped.
+CHROMIUM := $(or $(MINILLM_CHROMIUM),$(shell command -v chromium || command -v chromium-browser || command -v google-chrome))
+
 test: weights
+	@$(if $(CHROMIUM),,echo "browser tests skipped: no Chromium found; install it (Debian/Ubuntu: apt-get install chromium) or set MINILLM_CHROMIUM=/path/to/chromium")
 	$(BIN)/python -m pytest -q
 
 setup: $(STAMP)

@@ -98,6 +98,16 @@ class ActivationCache(dict):
         self.model = model
         self.has_batch_dim = has_batch_dim
 
+    def __repr__(self) -> str:  # hook names, shapes and bytes grouped by layer (not the arrays)
+        from minillm.views.display import cache_repr
+
+        return cache_repr(self)
+
+    def _repr_html_(self) -> str:
+        from minillm.views.display import cache_html
+
+        return cache_html(self)
+
     def __getitem__(self, key) -> np.ndarray:
         if isinstance(key, tuple):
             name, layer, *sub = key

@@ -30,6 +30,7 @@ COMMANDS = {
     "convert": "convert",
     "stats": "stats",
     "top-activations": "top_activations",
+    "view": "view",
 }
 
 

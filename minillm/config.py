@@ -192,6 +192,9 @@ class ModelConfig:
     @classmethod
     def from_json(cls, path: str | Path) -> ModelConfig:
         path = Path(path)
+        if path.exists() and not path.is_file():  # a folder, or a FIFO that would block forever
+            kind = "a folder" if path.is_dir() else "not a regular file"
+            raise ConfigError(f"{path}: is {kind}; config.json must be a JSON file")
         try:
             raw = json.loads(path.read_text())
         except FileNotFoundError:

@@ -36,10 +36,41 @@ REPLACEMENT = "\ufffd"  # what a decoder prints for an incomplete UTF-8 sequence
 # --- choosing the next token --------------------------------------------------------------------
 
 
+# Below this, softmax(logits / temperature) of real logits (|logit| < 1e3) is greedy anyway,
+# and far below it the division overflows float64.
+MIN_TEMPERATURE = 1e-6
+
+
+def check_seed(seed) -> None:
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
+                             or seed < 0):
+        raise MinillmError(f"seed must be a non-negative integer (or None for a fresh draw), "
+                           f"got {seed!r}")
+
+
+def check_stop(stop) -> list[str]:
+    """stop: None, a string, or a list of strings -> the list."""
+    stops = [stop] if isinstance(stop, str) else stop
+    if stops is None:
+        return []
+    if not isinstance(stops, (list, tuple)) or not all(isinstance(s, str) and s for s in stops):
+        raise MinillmError(f"stop must be a non-empty string or a list of them, got {stop!r}")
+    return list(stops)
+
+
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
     """Raise a MinillmError naming the bad sampling setting, if any."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.integer, np.floating)):
+        raise MinillmError(f"temperature must be a number (0 = greedy), got {temperature!r}")
     if not np.isfinite(temperature) or temperature < 0:
         raise MinillmError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if 0 < temperature < MIN_TEMPERATURE:
+        raise MinillmError(
+            f"temperature {temperature:g} is too small: logits / temperature would overflow; use "
+            f"temperature=0 for greedy decoding (the same tokens), or at least {MIN_TEMPERATURE:g}")
+    if top_p is not None and (isinstance(top_p, bool) or
+                              not isinstance(top_p, (int, float, np.integer, np.floating))):
+        raise MinillmError(f"top_p must be a number in (0, 1] (or None for no limit), got {top_p!r}")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer))
                               or top_k < 1):
         raise MinillmError(f"top_k must be a positive integer (or None for no limit), got {top_k!r}")
@@ -260,7 +291,8 @@ def run_generation(
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) \
             or max_new_tokens < 0:
         raise MinillmError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
-    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    check_seed(seed)
+    stops = check_stop(stop)
     ids = prompt_ids(model, prompt, chat, system)  # [1, p]
     check_length(model, ids.shape[1], max_new_tokens)
     tokenizer = getattr(model, "tokenizer", None)

@@ -110,6 +110,9 @@ class HookedModel(Transformer):
         """A list of texts -> (ids [b, p], attention_mask [b, p]) for a ragged batch."""
         if padding_side not in ("left", "right"):
             raise MinillmError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        if isinstance(texts, str) or not list(texts):
+            raise MinillmError("to_tokens needs a text or a non-empty list of texts, got "
+                               f"{texts!r}")
         return self._need_tokenizer().batch_encode(list(texts), padding_side, self.pad_token_id,
                                                    encode=lambda t: self._encode(t, prepend_bos))
 
@@ -137,9 +140,11 @@ class HookedModel(Transformer):
         ids = np.asarray(ids)
         if ids.ndim == 0:
             ids = ids[None]
+        if ids.size and not np.issubdtype(ids.dtype, np.integer):
+            raise MinillmError(f"to_string takes integer token ids, got dtype {ids.dtype}")
         if ids.ndim == 2:
             return [self.to_string(row) for row in ids]
-        return self._need_tokenizer().decode(ids.tolist())
+        return self._need_tokenizer().decode(ids.tolist())  # checks every id is in the vocabulary
 
     def to_str_tokens(self, text_or_ids: TokensLike, prepend_bos: bool | None = None) -> list:
         """Each token as its own piece of text (for plot labels).

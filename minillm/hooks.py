@@ -142,8 +142,13 @@ class HookRegistry:
     def resolve(self, name_or_filter: str | Callable[[str], bool]) -> list[str]:
         """A hook name, or a predicate over names -> the matching names, in forward order."""
         if callable(name_or_filter):  # attn.hook_result only when use_attn_result is on
-            return [n for n in self.valid_names if name_or_filter(n)
-                    and (self.use_attn_result or not n.endswith(ATTN_RESULT))]
+            names = [n for n in self.valid_names if name_or_filter(n)
+                     and (self.use_attn_result or not n.endswith(ATTN_RESULT))]
+            if not names:
+                what = getattr(name_or_filter, "__name__", repr(name_or_filter))
+                raise MinillmError(f"the hook predicate {what} matches no hook name of this model "
+                                   "(see model.hook_names())")
+            return names
         self.check_name(name_or_filter)
         return [name_or_filter]
 

@@ -421,6 +421,11 @@ class Transformer:
                 raise MinillmError(
                     f"attention_mask has shape {attention_mask.shape}, tokens have {shape}"
                 )
+            bad = ~np.isin(attention_mask, (0, 1))
+            if bad.any():
+                i = tuple(int(j) for j in np.argwhere(bad)[0])
+                raise MinillmError(f"attention_mask must hold only 0 (padding) and 1 (token); "
+                                   f"it has {attention_mask[i].item()!r} at index {i}")
         old = cache.attention_mask if cache is not None else None
         if old is None and attention_mask is None:
             return None

@@ -15,6 +15,37 @@ import numpy as np
 from minillm.errors import CheckpointError, MinillmError
 
 
+def resolve_token(model, token) -> int:
+    """One token written as text (which must be exactly one token) or as an id -> its id.
+
+    The one place a token given either way is resolved: edits, metrics, lens, DLA and
+    readouts all call it. `model` may be None for ids (then only their type is checked);
+    with a model, an id must be in its vocabulary.
+    """
+    if isinstance(token, str):
+        if model is None:
+            raise MinillmError(f"token {token!r} is text: pass the model so it can be tokenized")
+        return int(model.to_single_token(token))
+    if isinstance(token, bool) or not isinstance(token, (int, np.integer)):
+        raise MinillmError(f"a token must be single-token text or an int id, got {token!r}")
+    if model is not None and not 0 <= token < model.cfg.d_vocab:
+        V = model.cfg.d_vocab
+        raise MinillmError(f"token {int(token)} does not exist: it is outside the vocabulary of {V} "
+                           f"tokens (0–{V - 1})")
+    return int(token)
+
+
+def check_text(text: str) -> None:
+    """Text must be valid Unicode: a lone surrogate (e.g. '\\ud800', from a bad decode) is not."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise MinillmError(
+            f"the text has a lone surrogate {text[e.start]!r} (U+{ord(text[e.start]):04X}) at index "
+            f"{e.start}: it is not valid Unicode (decode bytes with errors='replace' first)"
+        ) from None
+
+
 class Tokenizer:
     def __init__(self, path: str | Path):
         from tokenizers import Tokenizer as HFTokenizer
@@ -35,10 +66,17 @@ class Tokenizer:
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         if not isinstance(text, str):
             raise MinillmError(f"expected text (str), got {type(text).__name__}")
+        check_text(text)
         return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
-        return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+        ids = [int(i) for i in ids]
+        n = self.vocab_size
+        for j, i in enumerate(ids):
+            if not 0 <= i < n:
+                raise MinillmError(f"token id {i} at index {j} is outside the vocabulary of "
+                                   f"{self.path} (0 .. {n - 1})")
+        return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def batch_decode(self, rows, skip_special_tokens: bool = False) -> list[str]:
         return [self.decode(r, skip_special_tokens) for r in rows]

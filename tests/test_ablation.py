@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import numpy as np
 import pytest
+from matplotlib.figure import Figure
 
 import minillm
 from minillm import cli
@@ -149,8 +151,14 @@ def test_median_replacement_ctrl_c_leaves_model_pristine():
 def test_median_replacement_plots(tmp_path):
     model = random_model("gpt2", seed=6)
     res = A.median_replacement(model, PROMPT, 7, [0.5, 2, 10, 90], progress=False)
-    for path in (A.plot_ripple(res, tmp_path / "ripple.png"), res.delta.plot(tmp_path / "heat.png")):
+    for fig, path in ((A.plot_ripple(res, tmp_path / "ripple.png"), tmp_path / "ripple.png"),
+                      (res.delta.plot(tmp_path / "heat.png"), tmp_path / "heat.png")):
+        assert isinstance(fig, Figure)
         assert path.read_bytes()[:8] == PNG and path.stat().st_size > 2000
+    # coarse (>= 10 %) and fine rates get a panel each, every line labelled in a legend
+    ripple = A.plot_ripple(res)
+    assert [len(ax.get_lines()) - 1 for ax in ripple.axes] == [2, 2]  # minus the y = 0 line
+    assert [len(ax.get_legend().get_texts()) for ax in ripple.axes] == [2, 2]
     with pytest.raises(MinillmError, match="percentage"):
         A.median_replacement(model, PROMPT, 7, [150], progress=False)
 
@@ -236,8 +244,8 @@ def test_pruning_plot_and_errors(tmp_path):
     m = M.logit_diff(None, 7, 11)
     scores = Pr.importance(model, PROMPT, m, "heads", "magnitude")
     curves = {"magnitude": Pr.pruning_curve(model, PROMPT, m, scores, progress=False)}
-    path = Pr.plot_pruning_curves(curves, tmp_path / "pruning.png")
-    assert path.read_bytes()[:8] == PNG
+    assert isinstance(Pr.plot_pruning_curves(curves, tmp_path / "pruning.png"), Figure)
+    assert (tmp_path / "pruning.png").read_bytes()[:8] == PNG
     with pytest.raises(MinillmError, match="head 9 does not exist"):
         model.edit(Pr.mask_units(heads=((0, 9),)))
     assert model.journal.pristine
@@ -257,8 +265,9 @@ def test_cli_patch_and_ablate(smollm2, tmp_path, monkeypatch):
         assert (out / f"{stem}.png").read_bytes()[:8] == PNG
         data = json.loads((out / f"{stem}.json").read_text())
         assert np.asarray(data["values"], dtype=float).ndim == 2
-    rows = (out / "denoising_resid_pre.csv").read_text().splitlines()
-    assert rows[0].endswith('"13: to"') and len(rows) == 2
+    rows = list(csv.reader((out / "denoising_resid_pre.csv").open(newline="")))
+    assert rows[0] == ["layer", "pos", "value"] and len(rows) == 1 + 14  # layer 29 × 14 positions
+    assert rows[-1][:2] == ["29", "13: to"]
     assert json.loads((out / "summary.json").read_text())["results"]["denoising_resid_pre"]["clean"] > 4
 
     out = tmp_path / "ablate"

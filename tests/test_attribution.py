@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from matplotlib.figure import Figure
 
 from minillm.errors import MinillmError
 from minillm.grad.backward import backward
@@ -78,8 +79,9 @@ def test_compare_and_plots(tiny, tmp_path):
     act = ap.activation_patching(tiny, CLEAN, CORRUPTED, METRIC, "resid_pre", progress=False)
     cmp = ap.compare(attr["resid_pre"], act)
     assert cmp.n == act.values.size and -1 <= cmp.r <= 1
-    for path in (cmp.plot(tmp_path / "cmp.png"), attr["resid_pre"].plot(tmp_path / "heat.png")):
-        assert path.stat().st_size > 1000
+    for fig, path in ((cmp.plot(tmp_path / "cmp.png"), tmp_path / "cmp.png"),
+                      (attr["resid_pre"].plot(tmp_path / "heat.png"), tmp_path / "heat.png")):
+        assert isinstance(fig, Figure) and path.stat().st_size > 1000
     with pytest.raises(MinillmError, match="same component"):
         ap.compare(attr["resid_pre"], LabelledArray(np.zeros(3), ("x",), (list("abc"),)))
 
@@ -96,8 +98,10 @@ def test_labelled_array(tmp_path):
     res = LabelledArray(np.array([[1.0, -5.0], [2.0, 0.5]]), ("layer", "head"),
                         (["0", "1"], ["a", "b"]), title="t")
     assert res.top(2) == [(("0", "b"), -5.0), (("1", "a"), 2.0)]
-    assert plot_heatmap(res, tmp_path / "h.png").stat().st_size > 1000
-    assert LabelledArray(np.arange(3.0), ("x",), (["a", "b", "c"],)).plot(tmp_path / "b.png").exists()
+    assert isinstance(plot_heatmap(res, tmp_path / "h.png"), Figure)
+    assert (tmp_path / "h.png").stat().st_size > 1000
+    LabelledArray(np.arange(3.0), ("x",), (["a", "b", "c"],)).plot(tmp_path / "b.png")
+    assert (tmp_path / "b.png").exists()
     with pytest.raises(MinillmError, match="3 labels"):
         LabelledArray(np.zeros((2, 2)), ("layer", "head"), (["0", "1"], ["a", "b", "c"]))
 

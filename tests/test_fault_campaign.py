@@ -467,3 +467,113 @@ print(json.dumps(dict(file=size, after=status("VmRSS"), peak=status("VmHWM"))))
     print(f"load: file {r['file'] / 2**20:.0f} MiB, peak RSS {r['peak'] / r['file']:.2f}x, "
           f"after {r['after'] / r['file']:.2f}x")
     assert r["peak"] <= 1.3 * r["file"], f"peak RSS {r['peak'] / r['file']:.2f}x the file"
+
+
+# --- 4. bad input: one clear MinillmError, never a raw traceback -----------------------------------
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda m: m.to_tokens("hi \ud800"), r"lone surrogate '\\ud800' \(U\+D800\) at index 3"),
+    (lambda m: m.generate("hi \udcff", max_new_tokens=1), r"lone surrogate"),
+    (lambda m: m(m.to_tokens("hello there"), attention_mask=np.array([[1.0, np.nan]])),
+     r"attention_mask must hold only 0 \(padding\) and 1 \(token\); it has nan at index \(0, 1\)"),
+    (lambda m: m(m.to_tokens("hello there"), attention_mask=np.array([[2, 1]])),
+     r"it has 2 at index \(0, 0\)"),
+    (lambda m: m.to_tokens([]), r"non-empty list of texts"),
+    (lambda m: m.to_string([-1]),
+     r"token id -1 at index 0 is outside the vocabulary of .*tokenizer.json \(0 .. 49151\)"),
+    (lambda m: m.to_string([5, 10**6]), r"token id 1000000 at index 1 is outside the vocabulary"),
+    (lambda m: m.generate("hi", max_new_tokens=2, temperature=5e-324),
+     r"temperature 4.94066e-324 is too small"),
+    (lambda m: m.generate("hi", max_new_tokens=2, temperature="1"), r"temperature must be a number"),
+    (lambda m: m.generate("hi", max_new_tokens=2, temperature=1.0, seed=-1), r"seed must be a non-negative"),
+    (lambda m: m.generate("hi", max_new_tokens=2, temperature=1.0, seed="abc"), r"got 'abc'"),
+    (lambda m: m.generate("hi", max_new_tokens=2, stop=[1]), r"stop must be a non-empty string"),
+    (lambda m: m.run_with_hooks(m.to_tokens("hi"), [(lambda n: n.endswith("nothing"), lambda a, h: None)]),
+     r"the hook predicate <lambda> matches no hook name"),
+    (lambda m: m.run_with_cache(m.to_tokens("hi"), names_filter=lambda n: "hook_nothing" in n),
+     r"matches no hook name"),
+])
+def test_bad_api_input_is_one_clear_error(smollm2, call, message):
+    """Before: TypeError, ValueError, OverflowError, NumPy's 'Probabilities contain NaN', or
+    silently: '' for an unknown id, NaN masks used as weights, an empty cache."""
+    with pytest.raises(MinillmError, match=message):
+        call(smollm2)
+    assert not smollm2.hooks and smollm2.journal.pristine
+
+
+def test_config_json_that_is_a_folder_or_a_fifo_is_refused(tmp_path):
+    """A FIFO named config.json made loading hang forever; a folder gave a raw error."""
+    import shutil
+
+    from tests.conftest import golden_folder
+
+    for kind in ("folder", "fifo"):
+        folder = tmp_path / kind
+        shutil.copytree(golden_folder("llama_tied"), folder)
+        (folder / "config.json").unlink()
+        if kind == "folder":
+            (folder / "config.json").mkdir()
+        else:
+            if not hasattr(os, "mkfifo"):
+                continue
+            os.mkfifo(folder / "config.json")
+        with pytest.raises(MinillmError, match=r"config.json: is (a folder|not a regular file)"):
+            minillm.load(folder)
+
+
+def cli_error(argv, capsys, monkeypatch) -> str:
+    """Run the CLI; it must fail with one line 'minillm CMD: error: ...' without loading a model."""
+    from minillm import cli
+
+    def no_loading(*a, **k):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(minillm, "load", no_loading)
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"minillm {argv[0]}: error: ") and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "smollm2-135m", "hi", "--seed", "-1"], "seed must be a non-negative integer"),
+    (["generate", "smollm2-135m", "hi", "--max-new-tokens", "-5"], "--max-new-tokens must be >= 0"),
+    (["generate", "smollm2-135m", "hi \udcff"], "lone surrogate"),
+    (["generate", "smollm2-135m", "hi", "--stop", ""], "stop must be a non-empty string"),
+    (["lens", "smollm2-135m", "hi \ud800"], "lone surrogate"),
+    (["edit", "smollm2-135m", "\ud800", "--scale-neuron", "5:1:0.5"], "lone surrogate"),
+    (["lesson", "run", "abc"], "a lesson number is an integer"),
+])
+def test_bad_cli_arguments_fail_before_loading(argv, message, capsys, monkeypatch):
+    assert message in cli_error(argv, capsys, monkeypatch)
+
+
+def test_cli_outputs_that_cannot_be_written_fail_before_loading(tmp_path, capsys, monkeypatch):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    cases = [
+        (["dump", "smollm2-135m", "hi", "-o", str(tmp_path)], "it is a folder"),
+        (["dump", "smollm2-135m", "hi", "-o", str(a_file / "x.safetensors")], "is a file, not a folder"),
+        (["lens", "smollm2-135m", "hi", "--out", str(a_file / "l.png")], "is a file, not a folder"),
+        (["patch", "smollm2-135m", "--out", str(a_file)], "is a file, not a folder"),
+    ]
+    read_only = tmp_path / "read_only"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    if not os.access(read_only, os.W_OK):  # (root may write anyway: then it is not refused)
+        cases += [(["dump", "smollm2-135m", "hi", "-o", str(read_only / "d.safetensors")], "not writable"),
+                  (["lens", "smollm2-135m", "hi", "--out", str(read_only / "l.png")], "not writable"),
+                  (["patch", "smollm2-135m", "--out", str(read_only / "p")], "not writable")]
+    for argv, message in cases:
+        assert message in cli_error(argv, capsys, monkeypatch), argv
+    read_only.chmod(0o755)
+
+
+def test_edit_of_a_one_token_prompt_says_why(smollm2):
+    """Before: 'n_new must be between 1 and 0'."""
+    from minillm.edit.drift import measure_drift
+
+    with pytest.raises(MinillmError, match=r"the prompt is 1 token long: measuring drift needs at least 2"):
+        measure_drift(smollm2, "hi", [edits.scale_neuron(5, 1, 0.5)])
+    assert smollm2.journal.pristine

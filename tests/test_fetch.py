@@ -353,3 +353,12 @@ def test_fetch_command_takes_a_hub_id_with_revision(hub, tmp_path, capsys):
     assert fetch_command.run(SimpleNamespace(name=f"{REPO}@v1", revision=None, quiet=True, verify=True)) == 0
     out = capsys.readouterr().out
     assert f"ready in {cache_root(tmp_path) / 'snapshots' / COMMIT_V1}" in out and "SHA-256 checked" in out
+
+
+def test_hooks_command_on_a_hub_id_downloads_only_the_config(hub, capsys):
+    hub.add_repo(REPO, tiny_files())
+    from minillm.cli import main
+
+    assert main(["hooks", REPO, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["family"] == "gpt2"
+    assert hub.gets("model.safetensors") == []

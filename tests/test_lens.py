@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import matplotlib
 import numpy as np
 import pytest
+from matplotlib.figure import Figure
 
 from minillm.cli import main
 from minillm.errors import MinillmError
 from minillm.interp.dla import direct_logit_attribution
 from minillm.interp.lens import lens_logits, logit_lens
 from tests.conftest import random_model
-
-matplotlib.use("Agg")
 
 EIFFEL = "The Eiffel Tower is located in the city of"
 
@@ -52,10 +50,10 @@ def test_lens_on_smollm2_matches_logits_and_finds_paris(smollm2, eiffel_lens, tm
     assert eiffel_lens.target_ranks[0, -1, 0] > 100  # not readable from the embedding of ' of'
     assert eiffel_lens.row_labels[0] == "embed" and len(eiffel_lens.row_labels) == 31
     assert "' Paris'" in eiffel_lens.table()
-    for path in (eiffel_lens.plot(tmp_path / "lens.png"),
-                 eiffel_lens.plot_targets(tmp_path / "targets.png"),
-                 eiffel_lens.target_array().plot(tmp_path / "target_probs.png")):
-        assert path.stat().st_size > 1000
+    for fig, path in ((eiffel_lens.plot(tmp_path / "lens.png"), tmp_path / "lens.png"),
+                      (eiffel_lens.plot_targets(tmp_path / "targets.png"), tmp_path / "targets.png"),
+                      (eiffel_lens.target_array().plot(tmp_path / "tp.png"), tmp_path / "tp.png")):
+        assert isinstance(fig, Figure) and path.stat().st_size > 1000
 
 
 @pytest.mark.parametrize("stream", ["attn_out", "mlp_out"])
@@ -112,8 +110,9 @@ def test_dla_on_smollm2_paris_vs_london(smollm2, tmp_path):
     assert dla.total > 3  # the model prefers Paris
     late = dla.layers.values[20:].sum()
     assert late > 0.5 * dla.total  # most of the direct effect is written in the last third
-    assert dla.plot(tmp_path / "dla.png").stat().st_size > 1000
-    assert dla.heads.plot(tmp_path / "heads.png").stat().st_size > 1000
+    assert isinstance(dla.plot(tmp_path / "dla.png"), Figure)
+    assert isinstance(dla.heads.plot(tmp_path / "heads.png"), Figure)
+    assert (tmp_path / "dla.png").stat().st_size > 1000 and (tmp_path / "heads.png").stat().st_size > 1000
 
 
 # --- the command -------------------------------------------------------------------------------------

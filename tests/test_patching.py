@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import csv
+
 import numpy as np
 import pytest
+from matplotlib.figure import Figure
 
 from minillm.errors import MinillmError
 from minillm.interp import metrics as M
@@ -181,11 +184,15 @@ def test_path_patching_plot(tmp_path):
     assert res.shape == (2 * (model.cfg.n_heads + 1), 3)
     grid = P.senders_by_layer(res)
     assert grid.shape == (2, model.cfg.n_heads + 1)
-    for path in (res.plot(tmp_path / "edges.png"), grid.plot(tmp_path / "grid.png")):
+    for res_, path in ((res, tmp_path / "edges.png"), (grid, tmp_path / "grid.png")):
+        assert isinstance(res_.plot(path), Figure)
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 2000
     files = P.save(res, tmp_path / "out", "path")
     assert [f.suffix for f in files] == [".csv", ".json", ".png"]
-    assert files[0].read_text().splitlines()[1].startswith('"0.0"')
+    rows = list(csv.reader(files[0].open(newline="")))
+    assert rows[0] == [*res.axes, "value"] and len(rows) == 1 + res.values.size
+    assert rows[1][:2] == [res.labels[0][0], res.labels[1][0]]
+    assert float(rows[1][2] or "nan") == pytest.approx(res.values[0, 0], nan_ok=True)
     with pytest.raises(MinillmError, match="cannot read component"):
         P.path_patching(model, CLEAN, CORRUPT, tiny_metric(), ["head3"], progress=False)
 

@@ -79,3 +79,24 @@ def test_every_minillm_name_in_the_readme_resolves():
     assert len(names) > 15  # the README really names modules
     broken = sorted(n for n in names if not _resolves(n))
     assert not broken, f"README.md names {broken}, which do not exist"
+
+
+def test_minillm_edits_is_importable_every_way():
+    import minillm.edits
+    from minillm.edits import scale_neuron
+
+    assert minillm.edits is minillm.edit.edits and scale_neuron is minillm.edit.edits.scale_neuron
+
+
+def test_the_readme_layout_table_names_every_module_and_package():
+    """README.md's layout table matches the tree: each top-level module and subpackage of
+    minillm/ has a row (a module may share a row with others: `minillm/a.py`, `b.py`)."""
+    package = Path(minillm.__file__).parent
+    table = README[README.index("## Layout"):]
+    table = table[: table.index("\n## ", 1)] if "\n## " in table[1:] else table
+    rows = [line for line in table.splitlines() if line.startswith("| `minillm/")]
+    cells = " ".join(line.split(" | ")[0] for line in rows)
+    entries = [p.name for p in package.iterdir() if p.suffix == ".py" and p.name != "__init__.py"]
+    entries += [p.name + "/" for p in package.iterdir() if (p / "__init__.py").is_file()]
+    missing = sorted(e for e in entries if f"`{e}`" not in cells and f"`minillm/{e}`" not in cells)
+    assert not missing, f"README.md's layout table has no row for {missing}"

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import matplotlib
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from matplotlib.figure import Figure
 
 from minillm.errors import MinillmError
 from minillm.interp import readout
 from minillm.interp.pca import activation_pca, collect_activations, pca
 from tests.conftest import random_model
-
-matplotlib.use("Agg")
-
 
 # --- neurons -----------------------------------------------------------------------------------------
 
@@ -58,7 +55,8 @@ def test_neuron_readout_on_smollm2_and_plot(smollm2, tmp_path):
     r = readout.neuron_readout(smollm2, layer=20, neuron=123, k=5)
     assert len(r.promoted) == len(r.suppressed) == 5 and r.gate_tokens is not None
     assert r.promoted[0][1] > 0 > r.suppressed[0][1]
-    assert readout.plot_neuron_readout(r, tmp_path / "neuron.png").stat().st_size > 1000
+    assert isinstance(readout.plot_neuron_readout(r, tmp_path / "neuron.png"), Figure)
+    assert (tmp_path / "neuron.png").stat().st_size > 1000
 
 
 def test_readout_errors(tiny):
@@ -152,8 +150,9 @@ def test_activation_pca_on_smollm2_separates_two_groups(smollm2, tmp_path):
     proj = res.project(new)[:, j]
     assert np.sign(proj[0]) == sign and np.sign(proj[1]) == -sign
     groups = ["number"] * 5 + ["animal"] * 5
-    path = res.plot_scatter(tmp_path / "pca.png", labels=numbers + animals, groups=groups, pcs=(0, j or 1))
-    assert path.stat().st_size > 1000
-    assert res.plot_variance(tmp_path / "var.png").stat().st_size > 1000
+    fig = res.plot_scatter(tmp_path / "pca.png", labels=numbers + animals, groups=groups, pcs=(0, j or 1))
+    assert isinstance(fig, Figure) and (tmp_path / "pca.png").stat().st_size > 1000
+    assert isinstance(res.plot_variance(tmp_path / "var.png"), Figure)
+    assert (tmp_path / "var.png").stat().st_size > 1000
     X, labels = collect_activations(smollm2, ["a b c"], hook, pos=None)
     assert X.shape == (3, 576) and labels == ["a", " b", " c"]

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import matplotlib
 import numpy as np
 import pytest
+from matplotlib.figure import Figure
 
 from minillm import ops
 from minillm.errors import MinillmError
@@ -13,8 +13,6 @@ from minillm.interp import steering as st
 from minillm.interp.results import LabelledArray
 from tests.conftest import random_model
 from tests.numerics import assert_model_close
-
-matplotlib.use("Agg")
 
 EIFFEL = "The Eiffel Tower is located in the city of"
 
@@ -91,7 +89,8 @@ def test_country_capital_function_vector_helps_zero_shot(smollm2, tmp_path):
     labels = ([str(l) for l in range(L)], [str(h) for h in range(H)])
     res = LabelledArray(fv.effects, ("layer", "head"), labels,
                         title="function-vector heads: indirect effect (attribution estimate)")
-    assert res.plot(tmp_path / "fv_heads.png").stat().st_size > 1000
+    assert isinstance(res.plot(tmp_path / "fv_heads.png"), Figure)
+    assert (tmp_path / "fv_heads.png").stat().st_size > 1000
 
 
 # --- analogies ---------------------------------------------------------------------------------------
@@ -147,7 +146,8 @@ def test_patchscope_on_smollm2(smollm2, tmp_path):
                            return_logits=True)
     p = ops.softmax(one.astype(np.float64))[smollm2.to_single_token(" Paris")]
     assert sweep.probs.values[1, 0] == pytest.approx(p, rel=1e-4, abs=1e-7)
-    assert sweep.plot(tmp_path / "sweep.png").stat().st_size > 1000
+    assert isinstance(sweep.plot(tmp_path / "sweep.png"), Figure)
+    assert (tmp_path / "sweep.png").stat().st_size > 1000
     print("sweep p(' Paris'):", sweep.probs.values, sweep.top)
     with pytest.raises(MinillmError, match="placeholder 'x' is not a token"):
         ps.placeholder_position(smollm2, "no placeholder here", "x")

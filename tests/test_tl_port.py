@@ -6,6 +6,8 @@ path. What changed is marked:
   # NUMPY: torch tensor math written with NumPy (t.randn -> rng.normal, gather -> take_along_axis, ...)
   # INPUT: token ids instead of text (the tiny checkpoints have no tokenizer), or an index
            that the original model has but ours does not (SmolLM2 has 3 key/value heads)
+  # AUTOGRAD: `value.backward()` replaced by minillm's hand-written backward pass
+  # DIFFERENCE: one of the deliberate differences of docs/migrating_from_transformerlens.md
 Everything else is the published line. Each idiom then checks its numbers against
 TransformerLens itself: tests/fixtures/tl_port.safetensors holds what the same published
 code computes in TransformerLens 3.9 (tests/fixtures/make_fixtures.py --only tl_port, the
@@ -1442,3 +1444,24 @@ def test_forward_and_backward_caches_with_add_hook(tiny):
         np.testing.assert_allclose(got, want, atol=2e-5 * max(1.0, np.abs(want).max()), err_msg=name)
     assert np.allclose(cache["blocks.0.hook_resid_pre"][0, 0], tiny.W_E[tokens[0, 0]]
                        + tiny.W_pos[0])  # the forward cache holds the run's activations
+
+
+def test_loading_options_minillm_cannot_honour_are_refused():
+    # TL HookedTransformer.from_pretrained's signature: options that would change the model
+    # are refused by name, not silently ignored; device options are accepted (CPU only)
+    from minillm import MinillmError
+
+    folder = golden_folder("gpt2")
+    model = HookedTransformer.from_pretrained(folder, device="cpu", n_devices=1)
+    assert model.to("cpu") is model and model.eval() is model
+    for bad in (dict(checkpoint_index=3), dict(first_n_layers=1), dict(dtype="bfloat16")):
+        with pytest.raises(MinillmError):
+            HookedTransformer.from_pretrained(folder, **bad)
+    # refactor_factored_attn_matrices: learned positions only, as in TransformerLens (its
+    # numbers are checked against TransformerLens in test_tl_reference.py)
+    assert HookedTransformer.from_pretrained(folder, refactor_factored_attn_matrices=True) is not None
+    with pytest.raises(MinillmError, match="rotary"):
+        HookedTransformer.from_pretrained(golden_folder("llama_gqa_untied"),
+                                          refactor_factored_attn_matrices=True)
+    with pytest.raises(MinillmError, match="CUDA"):
+        model.cuda()

@@ -326,3 +326,174 @@ def test_gradients_match_transformer_lens_backward_hooks(name):
     with pytest.raises(minillm.MinillmError, match="cannot replace"):
         m.run_with_hooks(ref["clean_ids"], bwd_hooks=[("hook_embed", lambda g, hook: g * 2)],
                          metric=logit_diff(None, c, w))
+
+
+# --- SmolLM2-135M: the real model, on the IOI prompt ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def smollm2_processed():
+    return minillm.load("smollm2-135m", **TL_DEFAULTS)
+
+
+def _smollm2_pair(smollm2, smollm2_processed, tag):
+    return smollm2 if tag == "raw" else smollm2_processed
+
+
+@pytest.mark.parametrize("tag", ["raw", "proc"])
+def test_smollm2_hooks_logits_loss_and_eigenvalues(smollm2, smollm2_processed, tag):
+    """Blocks 0, 15, 29 (every hook) and the global hooks at the last two positions, stored in
+    float16 (2e-3 relative, see the module docstring); loss; OV/QK eigenvalues of head 29.1."""
+    ref, info = reference("smollm2")
+    m = _smollm2_pair(smollm2, smollm2_processed, tag)
+    logits, cache = m.run_with_cache(ref["clean_ids"])
+    keys = [k for k in ref if k.startswith(f"{tag}.act.")]
+    assert len(keys) >= (60 if tag == "raw" else 20)  # proc: block 29 and ln_final (README.md)
+    for key in keys:
+        hook = key[len(f"{tag}.act."):]
+        close(at_positions(cache[hook], hook, info["positions_kept"]), ref[key], key)
+    top = ref[f"{tag}.logits_last_ids"]  # SmolLM2: the 256 largest logits
+    close(logits[0, -1, top], ref[f"{tag}.logits_last"], f"{tag} logits")
+    assert abs(m.loss(ref["clean_ids"]) - float(ref[f"{tag}.loss"])) < 1e-4
+    per_token = ref[f"{tag}.loss_per_token"]
+    close(m.loss(ref["clean_ids"], per_token=True).reshape(per_token.shape), per_token, "loss per token")
+    l, h = info["eigen_head"]
+    a = m.blocks[l].attn
+    _match(_eigenvalues(a.W_O[h] @ a.W_V[h]), ref[f"{tag}.OV_eigenvalues_real"],
+           ref[f"{tag}.OV_eigenvalues_imag"], "OV")
+    _match(_eigenvalues(a.W_K[h].T @ a.W_Q[h]), ref[f"{tag}.QK_eigenvalues_real"],
+           ref[f"{tag}.QK_eigenvalues_imag"], "QK")
+
+
+def test_smollm2_ioi_logit_attribution_is_true_without_processing(smollm2, smollm2_processed):
+    """The issue's example: on IOI, Σ logit_attrs of decompose_resid must be the model's logit
+    difference (" Mary" − " John"). TransformerLens unprocessed gives a number without the final
+    norm's gain (recorded in the fixture); minillm gives the true one with or without processing,
+    equal to TransformerLens's processed attributions component by component."""
+    ref, info = reference("smollm2")
+    mary, john = (int(t) for t in ref["answer_ids"])
+    checks = info["checks"]
+    for m in (smollm2, smollm2_processed):
+        logits, cache = m.run_with_cache(ref["clean_ids"])
+        true = float(logits[0, -1, mary] - logits[0, -1, john])
+        dec = cache.decompose_resid(pos_slice=-1)
+        attrs = cache.logit_attrs(dec, " Mary", " John", pos_slice=-1)[:, 0]
+        assert abs(attrs.sum() - true) < 1e-3 * abs(true)
+        assert abs(true - checks["proc_logit_diff"]) < 1e-3
+        close(attrs, ref["proc.logit_attrs"], "logit_attrs vs TransformerLens processed", rel=1e-4)
+        close(cache.logit_attrs(cache.stack_head_results(pos_slice=-1), mary, john, pos_slice=-1)[:, 0],
+              ref["proc.head_logit_attrs"], "head logit_attrs", rel=1e-4)
+        # the ported one-liner: apply_ln_to_stack(...) @ (W_U[:, a] - W_U[:, b])
+        direction = m.unembed.W_U[:, mary] - m.unembed.W_U[:, john]
+        assert abs((cache.apply_ln_to_stack(dec, pos_slice=-1)[:, 0] @ direction).sum() - true) < 1e-3 * true
+        # logit lens: the final row's top-1 is the model's own prediction
+        acc = cache.accumulated_resid(apply_ln=True, pos_slice=-1)[:, 0]
+        lens = acc @ m.unembed.W_U + (0 if m.unembed.b_U is None else m.unembed.b_U)
+        assert lens[-1].argmax() == logits[0, -1].argmax() == ref["proc.lens_top1"][-1]
+    assert abs(checks["raw_logit_attrs_sum"] - checks["proc_logit_diff"]) > 1.0  # TL unprocessed is off
+    _, cache = smollm2.run_with_cache(ref["clean_ids"])
+    close(cache.accumulated_resid(apply_ln=True, pos_slice=-1)[:, 0], ref["raw.accumulated_resid_ln"],
+          "raw accumulated_resid(apply_ln=True)", rel=1e-4)
+    rows = [*range(smollm2.cfg.n_heads), *range(-smollm2.cfg.n_heads, 0)]
+    close(cache.stack_head_results(pos_slice=-1)[rows, 0], ref["raw.stack_head_results_L0_Llast"], "heads")
+
+
+def test_smollm2_activation_patching_entries(smollm2):
+    """Entries of TransformerLens's patching grids (the fixture's index lists): block 16's
+    resid_pre at every position and every head of block 29 at S2 and the last position."""
+    ref, _ = reference("smollm2")
+    clean, corrupted = ref["clean_ids"], ref["corrupted_ids"]
+    mary, john = (int(t) for t in ref["answer_ids"])
+    _, clean_cache = smollm2.run_with_cache(clean, names_filter=lambda n: n.endswith(("resid_pre",
+                                                                                     "hook_z")))
+
+    def metric(interventions):
+        logits = smollm2.run_with_interventions(corrupted, interventions)
+        return float(logits[0, -1, mary] - logits[0, -1, john])
+
+    for (l, q), want in zip(ref["patch.resid_pre_index"], ref["patch.resid_pre"]):
+        if l == 16:
+            assert abs(metric([iv.patch("resid_pre", clean_cache, layer=int(l), pos=int(q))]) - want) < 1e-3
+    for (l, q, h), want in zip(ref["patch.attn_head_out_by_pos_index"], ref["patch.attn_head_out_by_pos"]):
+        if l == 29:
+            got = metric([iv.patch("z", clean_cache, layer=int(l), pos=int(q), head=int(h))])
+            assert abs(got - want) < 1e-3
+
+
+def test_smollm2_backward_hooks(smollm2):
+    """d(logit difference)/d(activation) at blocks 0 and 29 (see the tiny-model test)."""
+    ref, info = reference("smollm2")
+    mary, john = (int(t) for t in ref["answer_ids"])
+    seen: dict = {}
+    smollm2.run_with_hooks(ref["clean_ids"], bwd_hooks=[(h, lambda g, hook: seen.update({hook.name: g}))
+                                                        for h in info["grad_hooks"]],
+                           metric=logit_diff(None, mary, john))
+    for hook in info["grad_hooks"]:
+        close(seen[hook][0], ref[f"grad.{hook}"], f"bwd hook {hook}", rel=1e-4)
+
+
+def test_smollm2_ragged_batches_like_transformer_lens(smollm2):
+    """to_tokens(list) pads right by default (TransformerLens's default); with
+    padding_side="left" the forward pass infers the mask from the leading pads. Either way each
+    row's last real token gets TransformerLens's logits, which are the row's own logits."""
+    ref, info = reference("smollm2")
+    texts = info["ragged_texts"]
+    alone = [smollm2(t)[0, -1] for t in texts]
+    ids = smollm2.to_tokens(texts)
+    assert (ids == ref["ragged_right.ids"]).all()
+    lengths = [smollm2.to_tokens(t).shape[1] for t in texts]
+    logits = smollm2(ids)
+    for i, n in enumerate(lengths):
+        top = ref[f"ragged_right.last_logits_row{i}_ids"]
+        close(logits[i, n - 1, top], ref[f"ragged_right.last_logits_row{i}"], "right-padded row", rel=1e-4)
+        close(logits[i, n - 1], alone[i], "right-padded row vs alone", rel=1e-4)
+    smollm2.padding_side = "left"
+    try:
+        ids = smollm2.to_tokens(texts)
+        assert (ids == ref["ragged_left.ids"]).all()
+        logits = smollm2(ids)  # no mask passed: inferred from the leading pad ids
+        for i in range(len(texts)):
+            top = ref[f"ragged_left.last_logits_row{i}_ids"]
+            close(logits[i, -1, top], ref[f"ragged_left.last_logits_row{i}"], "left-padded row", rel=1e-4)
+            close(logits[i, -1], alone[i], "left-padded row vs alone", rel=1e-4)
+    finally:
+        smollm2.padding_side = "right"
+
+
+def test_refactor_factored_attn_matrices_like_transformer_lens():
+    """GPT-2 (learned positions): each head's QK and OV circuits refactored by their SVD. The
+    factors' singular values (column norms: W_V's are S, W_Q's are √S) are TransformerLens's;
+    the model's function is unchanged; W_O becomes orthonormal rows (a rotation)."""
+    ref, _ = reference("gpt2")
+    flags = dict(TL_DEFAULTS, refactor_factored_attn_matrices=True)
+    m = minillm.load(FIXTURES / "gpt2", **flags)
+    logits = m(ref["clean_ids"])
+    close(logits[0, -1], ref["refac.logits_last"], "refactored logits")
+    close(logits[0, -1], model("gpt2", True)(ref["clean_ids"])[0, -1], "same function", rel=1e-5)
+    for l, blk in enumerate(m.blocks):
+        a = blk.attn
+        close(np.linalg.norm(a.W_V, axis=-2), ref["refac.W_V_colnorms"][l], f"layer {l} W_V column norms")
+        close(np.linalg.norm(a.W_Q, axis=-2), ref["refac.W_Q_colnorms"][l], f"layer {l} W_Q column norms")
+        close(a.b_O, ref["refac.b_O"][l], f"layer {l} b_O")
+        eye = np.einsum("hed,hfd->hef", a.W_O, a.W_O)
+        assert np.abs(eye - np.eye(eye.shape[-1])).max() < 1e-5  # float32 SVD factors
+    m.revert_all()
+    assert (m(ref["clean_ids"]) == model("gpt2", False)(ref["clean_ids"])).all()
+    with pytest.raises(minillm.MinillmError, match="rotary"):
+        minillm.load(FIXTURES / "llama_gqa_untied", refactor_factored_attn_matrices=True)
+
+
+def test_cache_short_names_and_batch_handling_as_in_transformer_lens():
+    """cache["embed"] / cache["scale"] and (name, layer[, sublayer]) keys resolve as
+    TransformerLens's get_act_name does; run_with_cache(remove_batch_dim=True) and
+    cache.remove_batch_dim() (in place) drop the batch axis."""
+    ref, info = reference("llama_gqa")
+    m = model("llama_gqa", False)
+    _, cache = m.run_with_cache(ref["clean_ids"])
+    assert cache["embed"] is cache["hook_embed"] and cache["scale"] is cache["ln_final.hook_scale"]
+    assert cache["scale", 1, "ln2"] is cache["blocks.1.ln2.hook_scale"]
+    assert cache["resid_pre", -1] is cache["blocks.1.hook_resid_pre"]
+    close(cache["scale"][0], ref["raw.act.ln_final.hook_scale"], "cache['scale'] is TL's divisor")
+    _, flat = m.run_with_cache(ref["clean_ids"], remove_batch_dim=True)
+    assert flat["blocks.0.attn.hook_pattern"].shape == cache["blocks.0.attn.hook_pattern"].shape[1:]
+    assert cache.remove_batch_dim() is cache and (cache["scale"] == flat["scale"]).all()

@@ -15,7 +15,7 @@ import os
 import numpy as np
 
 import minillm
-from minillm.course import output_dir
+from minillm.course import show
 from minillm.interp.lens import final_norm
 
 MODEL = os.environ.get("MINILLM_LESSON_MODEL", "smollm2-135m")
@@ -62,18 +62,16 @@ print(f"W_E {W_E.shape}: row norms from {norms.min():.2f} to {norms.max():.2f} (
 print("shortest rows:", shortest)
 print("longest rows: ", longest)
 
-import matplotlib.pyplot as plt  # noqa: E402
+from minillm.views.figures import subplots  # noqa: E402
 
-fig, ax = plt.subplots(figsize=(7, 3.5))
+fig, ax = subplots(figsize=(7, 3.5))
 ax.hist(norms, bins=100)
 ax.set_xlabel("‖W_E[t]‖")
 ax.set_ylabel("tokens")
 ax.set_title(f"{MODEL}: embedding row norms")
 ax.text(0.98, 0.95, "shortest: " + ", ".join(map(repr, shortest[:4])) + "\nlongest: "
         + ", ".join(map(repr, longest[:4])), transform=ax.transAxes, ha="right", va="top", fontsize=7)
-fig.tight_layout()
-fig.savefig(output_dir() / "embedding_norms.png", dpi=100)
-plt.close(fig)
+show(fig, "embedding_norms.png")
 
 # %% [markdown]
 # ## 3. Nearest neighbours by cosine
@@ -116,15 +114,13 @@ for words in groups.values():
         except minillm.MinillmError:  # not one token in this model's vocabulary
             pass
 sim = unit[ids] @ unit[ids].T  # [n, n]
-fig, ax = plt.subplots(figsize=(6.5, 5.5))
+fig, ax = subplots(figsize=(6.5, 5.5))
 im = ax.imshow(sim, cmap="RdBu_r", vmin=-1, vmax=1)
 ax.set_xticks(range(len(labels)), [repr(x) for x in labels], rotation=90, fontsize=7)
 ax.set_yticks(range(len(labels)), [repr(x) for x in labels], fontsize=7)
 fig.colorbar(im, ax=ax, label="cosine")
 ax.set_title(f"{MODEL}: cosine similarity of embeddings")
-fig.tight_layout()
-fig.savefig(output_dir() / "embedding_cosines.png", dpi=100)
-plt.close(fig)
+show(fig, "embedding_cosines.png")
 
 # %% [markdown]
 # ## 4. Analogies: a − b + c
@@ -168,13 +164,10 @@ print(f"a token's own embedding predicts itself: top-1 for {np.mean(self_rank ==
       f"{np.mean(self_rank < 10):.0%} of 300 random tokens; median rank of itself "
       f"{np.median(self_rank):.0f} of {W_E.shape[0]} (chance: about {W_E.shape[0] // 2})")
 
-fig, ax = plt.subplots(figsize=(6, 3.2))
+fig, ax = subplots(figsize=(6, 3.2))
 ax.hist(np.log10(1 + self_rank), bins=30)
 ax.set_xlabel("log10(1 + rank of the token itself)   (0 = top-1)")
 ax.set_ylabel("tokens")
 ax.set_title(f"{MODEL}: unembedding a token's own embedding "
              f"({'tied' if model.cfg.tie_embeddings else 'untied'})")
-fig.tight_layout()
-fig.savefig(output_dir() / "self_prediction.png", dpi=100)
-plt.close(fig)
-print("figures in", output_dir().resolve())
+show(fig, "self_prediction.png")

@@ -16,7 +16,7 @@ import numpy as np
 
 import minillm
 from minillm import ops
-from minillm.course import output_dir
+from minillm.course import show
 
 MODEL = os.environ.get("MINILLM_LESSON_MODEL", "smollm2-135m")
 model = minillm.load(MODEL)
@@ -79,17 +79,15 @@ post = compare("mlp.hook_post", ops.silu(xn2 @ blk.mlp.W_gate) * (xn2 @ blk.mlp.
 mlp_out = compare("hook_mlp_out", post @ blk.mlp.W_out)
 compare("hook_resid_post", mid + mlp_out)
 
-import matplotlib.pyplot as plt  # noqa: E402
+from minillm.views.figures import subplots  # noqa: E402
 
-fig, ax = plt.subplots(figsize=(8, 3.5))
+fig, ax = subplots(figsize=(8, 3.5))
 ax.bar(range(len(errors)), [max(e, 1e-12) for e in errors.values()])
 ax.set_yscale("log")
 ax.set_xticks(range(len(errors)), list(errors), rotation=60, ha="right", fontsize=7)
 ax.set_ylabel("max |ours − minillm| / max |minillm|")
 ax.set_title(f"{MODEL} block {L} by hand: every step agrees to float32 rounding")
-fig.tight_layout()
-fig.savefig(output_dir() / "block_by_hand_errors.png", dpi=100)
-plt.close(fig)
+show(fig, "block_by_hand_errors.png")
 
 # %% [markdown]
 # ## 2. What RoPE does to a score
@@ -106,14 +104,12 @@ inv_freq = ops.rope_inv_freq(cfg.d_head, cfg.rope_theta, cfg.rope_scaling)
 c, s = ops.rope_cos_sin(deltas[None], inv_freq, np.float64)  # [1, n, 1, e]
 rotated = ops.apply_rope(np.broadcast_to(q0, (1, len(deltas), 1, cfg.d_head)), c, s)[0, :, 0]  # [n, e]
 self_scores = rotated @ q0 / np.sqrt(cfg.d_head)  # key at position 0, query at position Δ
-fig, ax = plt.subplots(figsize=(7, 3.2))
+fig, ax = subplots(figsize=(7, 3.2))
 ax.plot(deltas, self_scores)
 ax.set_xlabel("relative distance Δ (query position − key position)")
 ax.set_ylabel("score of q with itself")
 ax.set_title(f"RoPE (θ = {cfg.rope_theta:g}): the same vectors, further apart")
-fig.tight_layout()
-fig.savefig(output_dir() / "rope_distance.png", dpi=100)
-plt.close(fig)
+show(fig, "rope_distance.png")
 print(f"wavelengths of the rotary pairs, in tokens: fastest {2 * np.pi / inv_freq[0]:.1f}, "
       f"slowest {2 * np.pi / inv_freq[-1]:.0f}")
 
@@ -155,7 +151,7 @@ print("resid norm per layer at the last position:",
       [round(float(np.linalg.norm(cache[f'blocks.{i}.hook_resid_post'][0, -1])), 1)
        for i in range(0, cfg.n_layers, 5)])
 
-fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+fig, axes = subplots(1, 2, figsize=(10, 3.5))
 axes[0].semilogy(resid_err, marker=".")
 axes[0].set_xlabel("layer")
 axes[0].set_ylabel("relative error of resid_post")
@@ -166,7 +162,4 @@ axes[1].set_xlabel("position")
 axes[1].set_ylabel("layer")
 axes[1].set_title("log10 rms of resid_pre (ln1's hook_scale)")
 fig.colorbar(im, ax=axes[1])
-fig.tight_layout()
-fig.savefig(output_dir() / "full_forward.png", dpi=100)
-plt.close(fig)
-print("figures in", output_dir().resolve())
+show(fig, "full_forward.png")

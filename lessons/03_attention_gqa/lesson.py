@@ -14,7 +14,7 @@ import numpy as np
 
 import minillm
 from minillm import ops
-from minillm.course import output_dir, student_version
+from minillm.course import show, student_version
 from minillm.interp.results import LabelledArray
 
 MODEL = os.environ.get("MINILLM_LESSON_MODEL", "smollm2-135m")
@@ -32,7 +32,8 @@ print(model)
 # look at the token after the first " Mrs".
 
 # %%
-import matplotlib.pyplot as plt  # noqa: E402
+from minillm.views import figures  # noqa: E402
+from minillm.views.figures import subplots  # noqa: E402
 
 text = "Mr and Mrs Dursley were proud to say that they were perfectly normal. Mr and Mrs Dursley"
 tokens = model.to_tokens(text)
@@ -44,18 +45,9 @@ print(f"hook_q {cache['blocks.0.attn.hook_q'].shape} (9 query heads), "
       f"hook_pattern {cache['blocks.0.attn.hook_pattern'].shape}")
 
 shown = [(0, 0), (16, 0), (18, 6)] if MODEL.startswith("smollm2") else [(0, 0), (L // 2, 0), (L - 1, 0)]
-fig, axes = plt.subplots(1, len(shown), figsize=(6 * len(shown), 6))
-for ax, (layer, head) in zip(axes, shown):
-    pat = cache[f"blocks.{layer}.attn.hook_pattern"][0, head]  # [p, p]
-    ax.imshow(pat, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(labels)), [repr(t)[1:-1] for t in labels], rotation=90, fontsize=6)
-    ax.set_yticks(range(len(labels)), [repr(t)[1:-1] for t in labels], fontsize=6)
-    ax.set_xlabel("key (attended to)")
-    ax.set_ylabel("query")
-    ax.set_title(f"head {layer}.{head} (kv-head {head // g})")
-fig.tight_layout()
-fig.savefig(output_dir() / "patterns_text.png", dpi=90)
-plt.close(fig)
+pats = [cache[f"blocks.{layer}.attn.hook_pattern"][0, head] for layer, head in shown]  # each [p, p]
+fig = figures.attention_patterns(pats, labels, shown, kv_group=g)
+show(fig, "patterns_text.png")
 
 # %% [markdown]
 # ## 2. Grouped-query attention: who shares keys with whom
@@ -150,9 +142,9 @@ for name, score in (("previous-token", prev), ("induction", induction)):
     res = LabelledArray(score, ("layer", "head"), (layer_labels, head_labels), title=f"{name} score")
     top = ", ".join(f"{lh[0]}.{lh[1]} ({v:.2f}, kv {int(lh[1]) // g})" for lh, v in res.top(6))
     print(f"top {name} heads (layer.head): {top}")
-    res.plot(output_dir() / f"{name.replace('-', '_')}_scores.png")
+    show(res.plot(), f"{name.replace('-', '_')}_scores.png")
 
-fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+fig, axes = subplots(1, 3, figsize=(16, 4.5))
 for ax, score, title in ((axes[0], prev, "previous-token score"), (axes[1], induction, "induction score")):
     im = ax.imshow(score, aspect="auto", cmap="viridis", vmin=0, vmax=1)
     ax.set_xlabel("head")
@@ -160,24 +152,20 @@ for ax, score, title in ((axes[0], prev, "previous-token score"), (axes[1], indu
     ax.set_title(title)
     for kv in range(1, KV):
         ax.axvline(kv * g - 0.5, color="white", lw=0.8)  # kv-group boundaries
-    fig.colorbar(im, ax=ax)
+    fig.colorbar(im, ax=ax, label="score (mean attention)")
 ax = axes[2]
 ax.plot(np.arange(1, seq.shape[1]), nll.mean(0))
 ax.axvline(T + 0.5, color="grey", ls="--")
 ax.set_xlabel("position of the predicted token")
 ax.set_ylabel("loss (nats)")
 ax.set_title("loss per position: the second copy is predicted")
-fig.tight_layout()
-fig.savefig(output_dir() / "induction_heatmaps.png", dpi=90)
-plt.close(fig)
+show(fig, "induction_heatmaps.png")
 
 best_l, best_h = np.unravel_index(np.argmax(induction), induction.shape)
-fig, ax = plt.subplots(figsize=(5.5, 5))
-ax.imshow(patterns[best_l, 0, best_h], cmap="Blues", vmin=0, vmax=1)
-ax.set_title(f"head {best_l}.{best_h} on a repeated random sequence: the induction stripe")
+fig, ax = subplots(figsize=(6, 5))
+im = ax.imshow(patterns[best_l, 0, best_h], cmap="Blues", vmin=0, vmax=1)
+fig.colorbar(im, ax=ax, label="attention weight")
+ax.set_title(f"head {best_l}.{best_h} on a repeated random sequence:\nthe induction stripe", fontsize=10)
 ax.set_xlabel("key")
 ax.set_ylabel("query")
-fig.tight_layout()
-fig.savefig(output_dir() / "induction_stripe.png", dpi=90)
-plt.close(fig)
-print("figures in", output_dir().resolve())
+show(fig, "induction_stripe.png")

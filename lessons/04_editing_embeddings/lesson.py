@@ -19,7 +19,7 @@ import numpy as np
 
 import minillm
 from minillm import edits
-from minillm.course import output_dir, student_version
+from minillm.course import show, student_version
 from minillm.interp import interventions as iv
 from minillm.interp.lens import final_norm
 
@@ -183,9 +183,9 @@ for row, (label, text, _) in enumerate(VARIANTS[1:], start=1):
           f"{d_abs[row, 0, p_]:>8.2f} {d_abs[row, L, p_]:>7.1f} {later[L]:>8.3f} "
           f"{fits[label][0]:>10.3f} {fits[label][1]:>6.2f}")
 
-import matplotlib.pyplot as plt  # noqa: E402
+from minillm.views.figures import subplots  # noqa: E402
 
-fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+fig, axes = subplots(1, 2, figsize=(12, 4.2))
 layers = np.arange(L + 1)
 for row, (label, text, _) in enumerate(VARIANTS[1:4], start=1):
     p_ = pos[text]
@@ -207,9 +207,7 @@ axes[1].set_xlabel("layer")
 axes[1].set_ylabel("‖Δh‖ at the edited position")
 axes[1].set_title("absolute change grows; the stream grows faster")
 axes[1].legend(fontsize=7)
-fig.tight_layout()
-fig.savefig(output_dir() / "embedding_edit_decay.png", dpi=100)
-plt.close(fig)
+show(fig, "embedding_edit_decay.png")
 
 # %% [markdown]
 # ## 5. Next-token probabilities, and what the tie adds
@@ -277,7 +275,7 @@ for row in (1, 2, 3):
     print(f"{VARIANTS[row][0]:<20} {depth_kl[row, k6, 0]:>10.4f} {depth_kl[row, -1, 0]:>11.4f} "
           f"{depth_kl[row, k6, 1]:>10.4f} {depth_kl[row, -1, 1]:>11.4f}")
 
-fig, ax = plt.subplots(figsize=(7, 4))
+fig, ax = subplots(figsize=(7, 4))
 for row in (1, 2, 3):
     line, = ax.plot(depths, depth_kl[row, :, 0], marker="o", ms=3, label=f"{VARIANTS[row][0]}, last position")
     ax.plot(depths, depth_kl[row, :, 1], ls="--", lw=1, color=line.get_color(),
@@ -287,9 +285,7 @@ ax.set_xlabel("depth k (blocks run before the logit lens)")
 ax.set_ylabel("KL(clean ‖ edited), nats")
 ax.set_title("effect of an embedding edit at the output of a k-block model")
 ax.legend(fontsize=7)
-fig.tight_layout()
-fig.savefig(output_dir() / "embedding_edit_depth.png", dpi=100)
-plt.close(fig)
+show(fig, "embedding_edit_depth.png")
 
 # %% [markdown]
 # ## What to take away

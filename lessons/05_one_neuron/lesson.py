@@ -16,7 +16,7 @@ import os
 import numpy as np
 
 import minillm
-from minillm.course import output_dir, student_version
+from minillm.course import show, student_version
 from minillm.interp import interventions as iv
 from minillm.interp import readout
 from minillm.interp.batch import run_variants
@@ -114,7 +114,7 @@ for l, i in (DETECTOR, WRITER):
 # %%
 for l, i in (DETECTOR, WRITER):
     print(readout.neuron_readout(model, l, i, k=8))
-readout.plot_neuron_readout(readout.neuron_readout(model, *WRITER, k=10), output_dir() / "neuron_readout.png")
+show(readout.plot_neuron_readout(readout.neuron_readout(model, *WRITER, k=10)), "neuron_readout.png")
 
 # %% [markdown]
 # ## 5. Remove it, and vary it
@@ -164,9 +164,9 @@ for l, i in (DETECTOR, WRITER):
         print(f"L{l}N{i:<6} {name:<8} {mass[j, next_is_digit].mean():>24.4f} "
               f"{mass[j, ~next_is_digit].mean():>13.4f}")
 
-import matplotlib.pyplot as plt  # noqa: E402
+from minillm.views.figures import subplots  # noqa: E402
 
-fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+fig, axes = subplots(1, 2, figsize=(12, 4))
 bins = np.linspace(a.min(), a.max(), 40)
 axes[0].hist(a[label == 0], bins=bins, alpha=0.6, label="other tokens")
 axes[0].hist(a[label == 1], bins=bins, alpha=0.6, label="digits")
@@ -186,9 +186,7 @@ axes[1].set_xlabel("activation multiplied by")
 axes[1].set_ylabel("p(next token is a digit)")
 axes[1].set_title("scale sweep: monotone for the writer, flat for the detector")
 axes[1].legend(fontsize=8)
-fig.tight_layout()
-fig.savefig(output_dir() / "neuron_sweep.png", dpi=100)
-plt.close(fig)
+show(fig, "neuron_sweep.png")
 
 # %% [markdown]
 # ## What to take away

@@ -18,7 +18,7 @@ import numpy as np
 
 import minillm
 from minillm import edits
-from minillm.course import output_dir, student_version
+from minillm.course import show, student_version
 from minillm.edit import drift
 
 MODEL = os.environ.get("MINILLM_LESSON_MODEL", "smollm2-135m")
@@ -95,7 +95,7 @@ for name in ("edited", "inverse-reverted", "stale-kv-cache"):
     first = int(np.flatnonzero(prof)[0]) if prof.any() else None
     print(f"{name:<17} first layer row that differs: {first}; drift there {prof[first] if first else 0:.3g}, "
           f"after the last block {prof[-1]:.3g}")
-report.plot(output_dir() / "drift_per_layer.png")
+show(report.plot(), "drift_per_layer.png")
 
 # %% [markdown]
 # Rounding (b) enters at the edited layer as a relative change of ~1e-8 and leaves the
@@ -123,7 +123,7 @@ print("stale cache: max |ΔK|,|ΔV| per layer (0 up to the edited layer):",
 # %%
 imap = drift.interference_map(model, ids, LAYER, NEURON, factor=0.04)
 print(imap.table(8))
-imap.plot(output_dir() / "interference_map.png")
+show(imap.plot(), "interference_map.png")
 p_edit = ids.shape[1] - 3
 imap_pos = drift.interference_map(model, ids, LAYER, NEURON, factor=0.04, position=p_edit)
 print(f"activation edit at position {p_edit}: upstream {imap_pos.upstream_max:.3g}, same layer "

@@ -20,7 +20,7 @@ import os
 import numpy as np
 
 import minillm
-from minillm.course import output_dir, student_version
+from minillm.course import show, student_version
 from minillm.interp import ablation as A
 
 MODEL = os.environ.get("MINILLM_LESSON_MODEL", "smollm2-135m")
@@ -51,9 +51,9 @@ print(f"median per layer: between {medians.min():+.4f} and {medians.max():+.4f}"
 print(f"share of negative activations: {np.mean(post < 0):.2f}; largest activation "
       f"{post.max():.1f}, most negative {post.min():.1f}")
 
-import matplotlib.pyplot as plt  # noqa: E402
+from minillm.views.figures import subplots  # noqa: E402
 
-fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
+fig, axes = subplots(1, 2, figsize=(11, 3.5))
 for ax, l in zip(axes, (0, L - 2)):
     a = post[l]
     cut = np.sort(a)[::-1][A.n_replaced(10, m) - 1]
@@ -63,9 +63,7 @@ for ax, l in zip(axes, (0, L - 2)):
     ax.set_yscale("log")
     ax.set_title(f"layer {l}: hook_post at the last position")
     ax.legend(fontsize=7)
-fig.tight_layout()
-fig.savefig(output_dir() / "activation_histograms.png", dpi=100)
-plt.close(fig)
+show(fig, "activation_histograms.png")
 
 # %% [markdown]
 # ## 2. The study, measured with log p(" night")
@@ -79,8 +77,8 @@ plt.close(fig)
 mr = A.median_replacement(model, PROMPT, TARGET, measure="log_prob", progress=False)
 d = mr.delta.values  # [L, rates]
 rates = mr.rates
-A.plot_ripple(mr, output_dir() / "ripple_log_prob.png")
-mr.delta.plot(output_dir() / "median_heatmap_log_prob.png")
+show(A.plot_ripple(mr), "ripple_log_prob.png")
+show(mr.delta.plot(), "median_heatmap_log_prob.png")
 print(f"{len(rates)} rates x {L} layers in {mr.seconds:.1f} s; base log p = {mr.base_logit:.4f} "
       f"(p = {np.exp(mr.base_logit):.3f})")
 worst = {r: int(np.argmin(d[:, j])) for j, r in enumerate(rates)}
@@ -161,7 +159,7 @@ print(f"Δ(2%)/Δ(90%) over layers with |Δ(90%)| > 0.02: median {np.nanmedian(s
 ml = A.median_replacement(model, PROMPT, TARGET, measure="logit", progress=False)
 dl = ml.delta.values
 dz = dl - d  # Δ logsumexp
-A.plot_ripple(ml, output_dir() / "ripple_logit.png")
+show(A.plot_ripple(ml), "ripple_logit.png")
 l28 = int(np.argmax(dl[:, j90]))
 print(f"largest logit rise at 90 %: layer {l28}, Δ logit {dl[l28, j90]:+.2f} but Δ log p {d[l28, j90]:+.3f} "
       f"(Δ logsumexp {dz[l28, j90]:+.2f})")
@@ -169,16 +167,14 @@ same_sign = np.mean(np.sign(dl) == np.sign(d))
 print(f"Δ logit and Δ log p have the same sign in {same_sign:.0%} of the cells; corr "
       f"{np.corrcoef(dl.ravel(), d.ravel())[0, 1]:+.2f}; worst layer at 90 %: by logit "
       f"{int(np.argmin(dl[:, j90]))}, by log p {int(np.argmin(d[:, j90]))}")
-fig, ax = plt.subplots(figsize=(5, 4))
+fig, ax = subplots(figsize=(5, 4))
 ax.scatter(dl.ravel(), d.ravel(), s=6, c=np.repeat(np.arange(L), len(rates)), cmap="viridis")
 ax.axhline(0, color="k", lw=0.5)
 ax.axvline(0, color="k", lw=0.5)
 ax.set_xlabel(f"Δ logit({TARGET!r})")
 ax.set_ylabel(f"Δ log p({TARGET!r})")
 ax.set_title("every (layer, rate) cell; colour = layer", fontsize=9)
-fig.tight_layout()
-fig.savefig(output_dir() / "logit_vs_log_prob.png", dpi=100)
-plt.close(fig)
+show(fig, "logit_vs_log_prob.png")
 
 # %% [markdown]
 # ## 5. What does "most active" mean for a gated MLP?
@@ -212,7 +208,7 @@ print(f"layers 1..{L - 1} by magnitude at 90 %: largest |Δ log p| {rest:.3f} "
 gap_m = np.abs(dm[:, MAG_RATES.index(10)] - dm[:, MAG_RATES.index(90)])
 print(f"by magnitude, 10% vs 90%: {int((gap_m < 0.05).sum())}/{L} layers within 0.05 nats")
 
-fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+fig, axes = subplots(1, 2, figsize=(11, 3.8))
 axes[0].plot(rates, d[0], "o-", label="by value (the study)")
 axes[0].plot(MAG_RATES, dm[0], "s-", label="by |a − median|")
 axes[0].set_xscale("log")
@@ -225,9 +221,7 @@ axes[1].plot(range(L), dm[:, MAG_RATES.index(90)], "s-", label="by |a − median
 axes[1].set_xlabel("layer")
 axes[1].set_title("every layer, 90 %")
 axes[1].legend(fontsize=8)
-fig.tight_layout()
-fig.savefig(output_dir() / "value_vs_magnitude.png", dpi=100)
-plt.close(fig)
+show(fig, "value_vs_magnitude.png")
 
 # %% [markdown]
 # ## What to take away

@@ -19,7 +19,7 @@ import os
 import numpy as np
 
 import minillm
-from minillm.course import output_dir, student_version
+from minillm.course import show, student_version
 from minillm.interp import readout
 from minillm.interp.dla import direct_logit_attribution
 from minillm.interp.lens import final_norm, logit_lens
@@ -61,8 +61,8 @@ decided = lens.first_layer_top1(" Paris")
 print(f"\n' Paris' is the top-1 prediction from row {decided} on = row index "
       f"{lens.row_labels.index(decided) if decided else None} (rows: index 0 = 'embed', then index l + 1 = "
       f"'L{{l}}' = after block l; the model has {L} blocks)")
-lens.plot(output_dir() / "lens_grid.png")  # layer × position, top-1 token and its probability
-lens.plot_targets(output_dir() / "lens_targets.png")  # probability and rank of each target per layer
+show(lens.plot(), "lens_grid.png")  # layer × position, top-1 token and its probability
+show(lens.plot_targets(), "lens_targets.png")  # probability and rank of each target per layer
 
 # %% [markdown]
 # By hand, for one row: `final_norm` + `W_U` (exercise 1). The last row equals the model's
@@ -130,9 +130,9 @@ for j, (_, target) in enumerate(facts):
     print(f"{target!r:10} rank per row: {ranks[target].tolist()}\n{'':11}-> top-1 from row index {first} "
           f"(= row {label}) on (the model's own top-1: {top!r})")
 
-import matplotlib.pyplot as plt  # noqa: E402
+from minillm.views.figures import subplots  # noqa: E402
 
-fig, ax = plt.subplots(figsize=(8, 4))
+fig, ax = subplots(figsize=(8, 4))
 for target, r in ranks.items():
     ax.plot(range(L + 1), r, marker=".", label=repr(target))
 ax.set_yscale("log")
@@ -141,9 +141,7 @@ ax.set_xticks(range(0, L + 1, 2), (["embed"] + [f"L{l}" for l in range(L)])[::2]
 ax.set_ylabel("rank of the answer (1 = top)")
 ax.set_title("logit lens: rank of the answer at the last position, per layer", fontsize=10)
 ax.legend(fontsize=8)
-fig.tight_layout()
-fig.savefig(output_dir() / "fact_ranks.png", dpi=100)
-plt.close(fig)
+show(fig, "fact_ranks.png")
 
 # %% [markdown]
 # ## 4. Direct logit attribution of the IOI logit difference
@@ -164,7 +162,7 @@ dla = direct_logit_attribution(model, CLEAN, " Mary", " John")
 print(f"logit difference {dla.total:+.4f}; sum of the {dla.parts.shape[0]} parts "
       f"{dla.parts.values.sum():+.4f}")
 print("largest parts:", ", ".join(f"{lab[0]} {v:+.2f}" for lab, v in dla.parts.top(10)))
-dla.plot(output_dir() / "dla_ioi.png")
+show(dla.plot(), "dla_ioi.png")
 
 # %% [markdown]
 # By hand with the cache helpers: `decompose_resid` gives embed + every attention and MLP
@@ -236,7 +234,7 @@ for lab, v in neurons:
     act = float(icache[f"blocks.{l}.mlp.hook_post"][0, -1, i])
     print(f"{lab}: DLA {v:+.2f}, activation {act:+.2f}; W_out promotes {[t for t, _ in r.promoted]}")
 
-fig, ax = plt.subplots(figsize=(8, 3.8))
+fig, ax = subplots(figsize=(8, 3.8))
 x = np.arange(len(rows))
 ax.bar(x - 0.2, [r[1] for r in rows], 0.4, label="Δ logit(' Mary')")
 ax.bar(x + 0.2, [r[2] for r in rows], 0.4, label="Δ logit(' John')")
@@ -245,7 +243,4 @@ ax.set_xticks(x, [r[0] for r in rows])
 ax.set_ylabel("direct effect (frozen final scale)")
 ax.set_title("what the top heads and the last MLPs write into the two names' logits", fontsize=10)
 ax.legend(fontsize=8)
-fig.tight_layout()
-fig.savefig(output_dir() / "head_writes.png", dpi=100)
-plt.close(fig)
-print("figures in", output_dir().resolve())
+show(fig, "head_writes.png")

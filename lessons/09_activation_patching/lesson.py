@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 import minillm
-from minillm.course import output_dir, student_version
+from minillm.course import show, student_version
 from minillm.interp import interventions as iv
 from minillm.interp import metrics as M
 from minillm.interp import patching as P
@@ -66,7 +66,7 @@ print(f"swapping the first two names instead: {m_swap:+.2f}, still predicts {mod
 
 # %%
 resid = P.patching_sweep(model, CLEAN, CORRUPTED, ld, "resid_pre", "denoising", progress=False)
-resid.plot(output_dir() / "resid_pre_denoising.png")
+show(resid.plot(), "resid_pre_denoising.png")
 print(f"resid_pre: {resid.meta['runs']} runs in {resid.meta['seconds']:.1f} s")
 def _reference_shares(values, groups, base=0.0):  # {name: [rows]}: share of |value - base| per group
     effect = np.abs(np.nan_to_num(np.asarray(values, np.float64) - base))  # [rows, pos]
@@ -84,18 +84,16 @@ moved = int(np.argmax(shares["END"] > 0.5))
 print(f"the information moves from S2 to END between layers {moved - 4} and {moved}: "
       f"first layer with more than half the effect at END = {moved}")
 
-import matplotlib.pyplot as plt  # noqa: E402
+from minillm.views.figures import subplots  # noqa: E402
 
-fig, ax = plt.subplots(figsize=(6, 3.5))
+fig, ax = subplots(figsize=(6, 3.5))
 ax.plot(shares["S2"], "o-", label=f"S2 (pos {S2}, {toks[S2]!r})")
 ax.plot(shares["END"], "s-", label=f"END (pos {END}, {toks[END]!r})")
 ax.set_xlabel("layer")
 ax.set_ylabel("share of the patching effect")
 ax.legend(fontsize=8)
 ax.set_title("where the answer-deciding information sits", fontsize=9)
-fig.tight_layout()
-fig.savefig(output_dir() / "effect_shares.png", dpi=100)
-plt.close(fig)
+show(fig, "effect_shares.png")
 
 # %% [markdown]
 # ## 3. Which sublayers write it: attention and MLP outputs, both directions
@@ -115,7 +113,7 @@ for (comp, direction), v in sub.items():
     idx = np.argsort(-np.abs(v - base))[:4]
     print(f"{comp:8s} {direction:9s}: " + ", ".join(f"L{i} {v[i]:+.2f}" for i in idx))
 
-fig, axes = plt.subplots(1, 2, figsize=(11, 3.5), sharey=True)
+fig, axes = subplots(1, 2, figsize=(11, 3.5), sharey=True)
 for ax, direction in zip(axes, ("denoising", "noising")):
     for comp in ("attn_out", "mlp_out"):
         ax.plot(sub[comp, direction], "o-", label=comp, ms=3)
@@ -123,9 +121,7 @@ for ax, direction in zip(axes, ("denoising", "noising")):
     ax.set_title(f"{direction}: normalised metric (unpatched = {0 if direction == 'denoising' else 1})")
     ax.set_xlabel("layer")
     ax.legend(fontsize=8)
-fig.tight_layout()
-fig.savefig(output_dir() / "attn_mlp_by_layer.png", dpi=100)
-plt.close(fig)
+show(fig, "attn_mlp_by_layer.png")
 
 # %% [markdown]
 # ## 4. Heads
@@ -138,7 +134,7 @@ plt.close(fig)
 FIRST = L // 2 + 1  # SmolLM2: layers 16..29; in layers 0..16 no head moves the metric by more than 0.025
 heads = P.patching_sweep(model, CLEAN, CORRUPTED, ld, "heads", "denoising", layers=range(FIRST, L),
                          progress=False)
-heads.plot(output_dir() / "heads_denoising.png")
+show(heads.plot(), "heads_denoising.png")
 print(f"heads (layers {FIRST}..{L - 1}): {heads.meta['runs']} runs in {heads.meta['seconds']:.1f} s")
 strongest = [(int(a), int(b)) for (a, b), _ in heads.top(6)]
 _, corrupt_cache = model.run_with_cache(corrupted, names_filter=lambda n: n.endswith("attn.hook_z"))
@@ -183,7 +179,7 @@ paths = P.path_patching(model, CLEAN, CORRUPTED, ld, senders=senders, receivers=
 # our own heatmap: the cells where a receiver comes before its sender are NaN, and
 # LabelledArray.plot's colour limits do not skip NaN
 lim = float(np.nanmax(np.abs(paths.values)))
-fig, ax = plt.subplots(figsize=(5, 4))
+fig, ax = subplots(figsize=(5, 4))
 im = ax.imshow(paths.values, cmap="RdBu", vmin=-lim, vmax=lim)
 for (i, j), v in np.ndenumerate(paths.values):
     ax.text(j, i, "—" if np.isnan(v) else f"{v:+.2f}", ha="center", va="center", fontsize=8)
@@ -193,9 +189,7 @@ ax.set_xlabel("receiver")
 ax.set_ylabel("sender")
 ax.set_title("path patching (−1 = this path alone corrupts)", fontsize=9)
 fig.colorbar(im, ax=ax)
-fig.tight_layout()
-fig.savefig(output_dir() / "path_patching.png", dpi=100)
-plt.close(fig)
+show(fig, "path_patching.png")
 print(f"path patching: {paths.meta['runs']} runs in {paths.meta['seconds']:.1f} s")
 for i, s in enumerate(senders):
     print(f"  {s:>5} → " + ", ".join(f"{r}: {paths.values[i, j]:+.3f}" for j, r in enumerate(receivers)))

@@ -20,7 +20,7 @@ import os
 import numpy as np
 
 import minillm
-from minillm.course import output_dir
+from minillm.course import show
 from minillm.grad import ops_backward as B
 from minillm.grad.backward import backward
 from minillm.interp import attribution as ap
@@ -111,9 +111,9 @@ fd_err = np.abs(fd - predicted) / abs(predicted)
 for h, f_, e in zip(hs, fd, fd_err):
     print(f"h = {h:8.3g}: finite difference {f_:+.5f}, gradient {predicted:+.5f}, relative gap {e:.1e}")
 
-import matplotlib.pyplot as plt  # noqa: E402
+from minillm.views.figures import subplots  # noqa: E402
 
-fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+fig, axes = subplots(1, 2, figsize=(11, 3.6))
 axes[0].bar(range(len(errors)), [max(e, 1e-12) for e in errors.values()])
 axes[0].set_yscale("log")
 axes[0].set_xticks(range(len(errors)), list(errors), rotation=40, ha="right", fontsize=7)
@@ -123,9 +123,7 @@ axes[1].loglog(hs, fd_err, marker="o")
 axes[1].set_xlabel("finite-difference step h (|v| = 1)")
 axes[1].set_ylabel("|FD − ∇·v| / |∇·v|")
 axes[1].set_title(f"central difference at blocks.{L}.hook_resid_mid", fontsize=9)
-fig.tight_layout()
-fig.savefig(output_dir() / "backward_by_hand.png", dpi=100)
-plt.close(fig)
+show(fig, "backward_by_hand.png")
 
 # %% [markdown]
 # Where does the gradient of the logit difference live? The norm of ∂metric/∂resid_pre at
@@ -136,15 +134,13 @@ plt.close(fig)
 # %%
 grad_norm = np.stack([np.linalg.norm(res.grad(f"blocks.{l}.hook_resid_pre")[0], axis=-1)
                       for l in range(cfg.n_layers)])  # [L, p]
-fig, ax = plt.subplots(figsize=(8, 4.5))
+fig, ax = subplots(figsize=(8, 4.5))
 im = ax.imshow(np.log10(grad_norm + 1e-12), aspect="auto", cmap="viridis")
 ax.set_xticks(range(clean.shape[1]), model.to_str_tokens(clean[0]), rotation=60, fontsize=7)
 ax.set_ylabel("layer")
 ax.set_title("log10 |∂ logit diff / ∂ resid_pre|", fontsize=9)
 fig.colorbar(im, ax=ax)
-fig.tight_layout()
-fig.savefig(output_dir() / "gradient_norms.png", dpi=100)
-plt.close(fig)
+show(fig, "gradient_norms.png")
 
 # %% [markdown]
 # ## 2. Attribution patching vs activation patching
@@ -198,7 +194,7 @@ print("resid_pre at the name, layer: activation vs attribution")
 for l in resid_layers:
     print(f"  {l:2d}: {act_resid.values[l, NAME_POS]:+7.2f}  {attr['resid_pre'].values[l, NAME_POS]:+7.2f}")
 
-fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+fig, axes = subplots(1, 3, figsize=(15, 4.2))
 a_sub, m_sub = head_attr[top_layers], act_heads.values[top_layers]
 lim = float(np.abs(np.concatenate([a_sub, m_sub])).max())
 for ax, vals, title in ((axes[0], a_sub, "attribution (linear estimate)"),
@@ -217,9 +213,7 @@ axes[2].set_xlabel("attribution")
 axes[2].set_ylabel("activation patching")
 axes[2].set_title(f"heads r = {cmp_heads.r:.2f}; resid at the name r = {cmp_resid.r:.2f}", fontsize=9)
 axes[2].legend(fontsize=8)
-fig.tight_layout()
-fig.savefig(output_dir() / "attribution_vs_activation.png", dpi=100)
-plt.close(fig)
+show(fig, "attribution_vs_activation.png")
 
 # %% [markdown]
 # ## 3. Where the linear approximation fails
@@ -264,7 +258,7 @@ alphas = np.concatenate([[0.0], alphas])
 tangents = [float(((corrupt_cache[name][(0, *idx)] - res.cache[name][(0, *idx)])
                    * res.grad(name)[(0, *idx)]).sum()) for _, name, idx in patches]
 
-fig, axes = plt.subplots(1, len(patches), figsize=(13, 3.6))
+fig, axes = subplots(1, len(patches), figsize=(13, 3.6))
 for ax, (label, _, _), curve, slope in zip(axes, patches, curves, tangents):
     ax.plot(alphas, curve - base, marker="o", label="measured")
     ax.plot(alphas, alphas * slope, "--", label="attribution (tangent)")
@@ -272,10 +266,7 @@ for ax, (label, _, _), curve, slope in zip(axes, patches, curves, tangents):
     ax.set_xlabel("α (fraction of the patch)")
     ax.legend(fontsize=7)
 axes[0].set_ylabel("change of the logit difference")
-fig.tight_layout()
-fig.savefig(output_dir() / "linearity.png", dpi=100)
-plt.close(fig)
+show(fig, "linearity.png")
 for (label, _, _), curve, slope in zip(patches, curves, tangents):
     print(f"{label:32}: measured {curve[-1] - base:+7.2f}, attribution {slope:+7.2f}, "
           f"curve {np.round(curve - base, 2).tolist()}")
-print("figures in", output_dir().resolve())

@@ -15,13 +15,13 @@ import os
 import numpy as np
 
 import minillm
-from minillm.interp import interventions as iv
 from minillm import ops
+from minillm.course import show
+from minillm.interp import interventions as iv
 from minillm.interp import patchscopes as ps
 from minillm.interp import steering as st
-from minillm.interp.pca import pca
-from minillm.course import output_dir
 from minillm.interp.batch import run_variants
+from minillm.interp.pca import pca
 
 MODEL = os.environ.get("MINILLM_LESSON_MODEL", "smollm2-135m")
 model = minillm.load(MODEL)
@@ -91,9 +91,9 @@ print("steering:      ", " ".join(f"{s:+6.2f}" for s in curve))
 print("random (min):  ", " ".join(f"{s:+6.2f}" for s in control_curves.min(0)))
 print("random (max):  ", " ".join(f"{s:+6.2f}" for s in control_curves.max(0)))
 
-import matplotlib.pyplot as plt  # noqa: E402
+from minillm.views.figures import subplots  # noqa: E402
 
-fig, ax = plt.subplots(figsize=(6.5, 3.8))
+fig, ax = subplots(figsize=(6.5, 3.8))
 ax.plot(alphas, curve, marker="o", label="steering vector (love − hate)")
 ax.fill_between(alphas, control_curves.min(0), control_curves.max(0), color="tab:gray", alpha=0.3,
                 label="3 random directions, same norm (range)")
@@ -102,9 +102,7 @@ ax.set_xlabel(f"α (added at blocks.{LAYER}.hook_resid_pre, every position)")
 ax.set_ylabel("log-odds: good words vs bad words")
 ax.set_title(f"{PROMPT!r} → next word", fontsize=10)
 ax.legend(fontsize=8)
-fig.tight_layout()
-fig.savefig(output_dir() / "steering_dose.png", dpi=100)
-plt.close(fig)
+show(fig, "steering_dose.png")
 
 # %% [markdown]
 # ## 2. A function vector: country → capital
@@ -155,7 +153,7 @@ for name, (p, rank, top) in conditions.items():
     print(f"{name:22} mean p(capital) {p.mean():.2e}, median rank {int(np.median(rank)):6d}, "
           f"top-1 correct {int((rank == 1).sum())}/{len(rank)}; top-1 tokens {top}")
 
-fig, axes = plt.subplots(1, 2, figsize=(13, 3.8))
+fig, axes = subplots(1, 2, figsize=(13, 3.8))
 x = np.arange(len(HELD_OUT))
 names = ["zero-shot", "zero-shot + 2·fv", "zero-shot + 2·random", "5-shot (in context)"]
 for j, name in enumerate(names):
@@ -170,9 +168,7 @@ axes[1].set_xlabel("head")
 axes[1].set_ylabel("layer")
 axes[1].set_title("estimated causal effect of each head's mean output", fontsize=9)
 fig.colorbar(im, ax=axes[1])
-fig.tight_layout()
-fig.savefig(output_dir() / "function_vector.png", dpi=100)
-plt.close(fig)
+show(fig, "function_vector.png")
 
 # %% [markdown]
 # ## 3. PCA of residual activations
@@ -204,7 +200,7 @@ new2 = res.project(last_token_acts([f"The word is {w}" for w in NEW], hook))[:, 
 guess = [min(centroids, key=lambda g: np.linalg.norm(p - centroids[g])) for p in new2]
 print("new words, nearest centroid:", {w: g for w, g in zip(NEW, guess)},
       f"({sum(g == NEW[w] for w, g in zip(NEW, guess))}/{len(NEW)} right)")
-res.plot_scatter(output_dir() / "pca_scatter.png", labels=words, groups=list(labels))
+show(res.plot_scatter(labels=words, groups=list(labels)), "pca_scatter.png")
 
 # %% [markdown]
 # ## 4. A patchscope: let the model read its own hidden state
@@ -247,7 +243,7 @@ described = ps.patchscope(model, ps.hidden_state(model, SOURCES[0], 4), TARGET_L
                           pos=slot, max_new_tokens=3)
 print(f"{SOURCES[0]!r}, layer 4 → injected at layer 2, generated: {described!r}")
 
-fig, ax = plt.subplots(figsize=(11, 3.8))
+fig, ax = subplots(figsize=(11, 3.8))
 ax.imshow(hits, cmap="Greens", vmin=0, vmax=1.5, aspect="auto")
 for r, (_, top) in enumerate(grid):
     for c, t in enumerate(top):
@@ -257,8 +253,5 @@ ax.set_yticks(range(len(grid)), [g[0] for g in grid], fontsize=7)
 ax.set_xlabel("source layer (the stream before this block, at the source's last token)")
 ax.set_title("patchscope with the identity prompt: the model's next token (green = the source's own token)",
              fontsize=9)
-fig.tight_layout()
-fig.savefig(output_dir() / "patchscope.png", dpi=100)
-plt.close(fig)
+show(fig, "patchscope.png")
 
-print("figures in", output_dir().resolve())

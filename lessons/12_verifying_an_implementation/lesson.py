@@ -14,19 +14,18 @@
 
 # %%
 import os
-from pathlib import Path
 
 import numpy as np
 
 import minillm
 from minillm import verify
-from minillm.interp import broken
-from minillm.course import import_file, output_dir
+from minillm.course import get_lesson, import_file, show
+from minillm.verify import broken
 
 MODEL = os.environ.get("MINILLM_LESSON_MODEL", "smollm2-135m")
 model = minillm.load(MODEL)  # float32: what the port and most implementations run in
 model64 = minillm.load(MODEL, dtype=np.float64)  # the reference mode
-port = import_file(Path(__file__).with_name("port.py"))
+port = import_file(get_lesson(12).path / "port.py")  # the folder of this lesson
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 tokens = model.to_tokens(PROMPT)
 str_tokens = model.to_str_tokens(tokens[0])
@@ -46,7 +45,7 @@ f32 = verify.run_dump(model, PROMPT)
 rep32 = verify.compare(ref, f32)
 print(rep32.summary())
 print(f"largest use of the tolerance: {max(r.usage for r in rep32.rows):.2f} (1 = failing)")
-rep32.plot(output_dir() / "float32_vs_float64.png")
+show(rep32.plot(), "float32_vs_float64.png")
 
 L = model.cfg.n_layers
 resid = [rep32[f"blocks.{l}.hook_resid_post"] for l in range(L)]
@@ -57,9 +56,9 @@ for l in (0, 1, 2, 10, 11, 20, 28, 29):
           f"max rel {resid[l].max_rel:.1e}; max |resid| {stream[l]:.0f}")
 print(f"logits: max abs {rep32['hook_logits'].max_abs:.1e}")
 
-import matplotlib.pyplot as plt  # noqa: E402
+from minillm.views.figures import subplots  # noqa: E402
 
-fig, ax = plt.subplots(figsize=(8, 4))
+fig, ax = subplots(figsize=(8, 4))
 ax.semilogy([r.max_abs for r in resid], marker=".", label="resid_post: max |a − b|")
 ax.semilogy([r.max_rel for r in resid], marker=".", label="resid_post: max rel (floor 1e-3·RMS)")
 ax.semilogy([r.max_rel for r in scale], marker=".", label="ln1.hook_scale: max rel")
@@ -68,9 +67,7 @@ ax.set_xlabel("layer")
 ax.set_ylabel("error, float32 vs float64")
 ax.set_title(f"{MODEL}: float32 rounding error grows with depth (and with the stream)", fontsize=9)
 ax.legend(fontsize=7)
-fig.tight_layout()
-fig.savefig(output_dir() / "error_growth.png", dpi=100)
-plt.close(fig)
+show(fig, "error_growth.png")
 
 # %% [markdown]
 # ## 2. The port against the reference
@@ -85,7 +82,7 @@ for name, lg in (("port", logits[0, -1]), ("minillm", ref.acts["hook_logits"][0,
 candidate = verify.Dump(acts, input_ids=tokens, meta={"source": "port.py"})  # names the candidate
 report = verify.compare(ref, candidate)  # also checks that both ran on the same token ids
 print(report.table())  # one row per layer with its worst hook, then the first divergence
-report.plot(output_dir() / "port_vs_minillm.png")
+show(report.plot(), "port_vs_minillm.png")
 
 # %% [markdown]
 # ## 3. Localise: which step, which position, which head?
@@ -112,7 +109,7 @@ for h in range(model.cfg.n_heads):
 print("kv-heads:", model.cfg.n_kv_heads, "query heads:", model.cfg.n_heads,
       "— which kv-head should each query head read?")
 
-fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
+fig, axes = subplots(1, 2, figsize=(12, 3.8))
 im = axes[0].imshow(np.log10(err + 1e-9), aspect="auto", cmap="magma")
 axes[0].set_xticks(range(len(str_tokens)), str_tokens, rotation=60, fontsize=7)
 axes[0].set_ylabel("head")
@@ -123,9 +120,7 @@ axes[1].set_yscale("log")
 axes[1].set_xlabel("head")
 axes[1].set_ylabel("max |error| of hook_z")
 axes[1].set_title("per head: some agree to rounding, some are wrong", fontsize=9)
-fig.tight_layout()
-fig.savefig(output_dir() / "port_heads.png", dpi=100)
-plt.close(fig)
+show(fig, "port_heads.png")
 
 # %% [markdown]
 # ## 4. Bugs below the noise floor
@@ -145,4 +140,3 @@ uniform = verify.compare(ref, subtle, atol=1e-3, rtol=1e-3)
 print("uniform 1e-3 for all: ", uniform.summary())
 print("its effect on the logits: max abs", f"{uniform['hook_logits'].max_abs:.1e}",
       "vs float32 rounding", f"{rep32['hook_logits'].max_abs:.1e}")
-print("figures in", output_dir().resolve())

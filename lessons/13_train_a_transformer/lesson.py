@@ -12,15 +12,15 @@
 # %%
 import os
 
-import matplotlib.pyplot as plt
 import numpy as np
 
 import minillm
 from minillm.checkpoints.hf import save_pretrained
-from minillm.course import output_dir, student_version
+from minillm.course import output_dir, show, student_version
 from minillm.course import training as T
 from minillm.grad import backward as grad
 from minillm.interp.metrics import cross_entropy
+from minillm.views.figures import subplots
 
 STEPS = int(os.environ.get("MINILLM_LESSON_STEPS", "600"))
 SEED = int(os.environ.get("MINILLM_LESSON_SEED", "0"))
@@ -61,7 +61,7 @@ print("second-copy loss every 50 steps:",
       " ".join(f"{s}:{l:.2f}" for s, l in zip(history.steps, history.second_half) if s % 50 == 0))
 
 # %%
-fig, ax = plt.subplots(figsize=(8, 4.5), layout="constrained")
+fig, ax = subplots(figsize=(8, 4.5))
 ax.plot(history.steps, history.first_half, label="first copy (random: chance)")
 ax.plot(history.steps, history.second_half, label="second copy (in-context)")
 ax.axhline(np.log(VOCAB), color="grey", ls=":", label=f"ln {VOCAB}")
@@ -71,8 +71,7 @@ ax.set_xlabel("training step")
 ax.set_ylabel("loss (nats per prediction)")
 ax.set_title("Training an attention-only transformer on repeated random tokens")
 ax.legend()
-fig.savefig(output_dir() / "loss_curve.png", dpi=120)
-fig
+show(fig, "loss_curve.png")
 
 # %% [markdown]
 # ## 2. Loss at each position
@@ -88,14 +87,13 @@ per_pos = np.asarray(per_position_loss(model(tokens), tokens)).mean(axis=0)  # [
 print(f"mean loss: predictions 0..{SEQ_LEN - 1} (first copy): {per_pos[:SEQ_LEN].mean():.3f}; prediction "
       f"{SEQ_LEN} (first token of the repeat): {per_pos[SEQ_LEN]:.3f}; predictions {SEQ_LEN + 1}.."
       f"{2 * SEQ_LEN - 1}: {per_pos[SEQ_LEN + 1:].mean():.4f}")
-fig, ax = plt.subplots(figsize=(8, 4), layout="constrained")
+fig, ax = subplots(figsize=(8, 4))
 ax.bar(np.arange(len(per_pos)), per_pos)
 ax.axvline(SEQ_LEN - 0.5, color="red", ls="--", lw=1)
 ax.set_xlabel("prediction index i (predicts token i + 1)")
 ax.set_ylabel("loss (nats)")
 ax.set_title("Loss per position after training")
-fig.savefig(output_dir() / "loss_per_position.png", dpi=120)
-fig
+show(fig, "loss_per_position.png")
 
 # %% [markdown]
 # ## 3. Are the gradients right? A check against finite differences

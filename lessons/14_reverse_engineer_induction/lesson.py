@@ -11,13 +11,12 @@
 # %%
 import os
 
-import matplotlib.pyplot as plt
 import numpy as np
 
 import minillm
-from minillm.course import get_lesson, output_dir, student_version
-from minillm.course import circuits
+from minillm.course import circuits, get_lesson, output_dir, show, student_version
 from minillm.course import training as T
+from minillm.views.figures import subplots
 
 SEED = int(os.environ.get("MINILLM_LESSON_SEED", "0"))
 SEQ_LEN = 24
@@ -56,7 +55,7 @@ print(f"loss on the induction predictions (T+1 .. 2T-1) of this model: {base:.4f
 # induction head? Why can't an induction head be in layer 0 of an attention-only model?
 
 # %%
-fig, axes = plt.subplots(cfg.n_layers, H, figsize=(3 * H, 3.2 * cfg.n_layers), layout="constrained")
+fig, axes = subplots(cfg.n_layers, H, figsize=(3 * H, 3.2 * cfg.n_layers))
 for l in range(cfg.n_layers):
     for h in range(H):
         im = axes[l, h].imshow(patterns[l][0, h], cmap="Blues", vmin=0, vmax=1)
@@ -65,8 +64,7 @@ for l in range(cfg.n_layers):
         axes[l, h].set_ylabel("query position")
 fig.colorbar(im, ax=axes, shrink=0.6, label="attention weight")
 fig.suptitle("Attention patterns on one repeated sequence")
-fig.savefig(output_dir() / "patterns.png", dpi=100)
-fig
+show(fig, "patterns.png")
 
 # %% [markdown]
 # ## 2. Scores
@@ -99,7 +97,7 @@ print("K-composition [layer-0 head, layer-1 head]:")
 print(np.round(kc, 3))
 print(f"L0H{prev_head} -> L1H{ind_head}: {kc[prev_head, ind_head]:.3f}; random matrices: {baseline:.3f} "
       f"± {np.std(rand):.3f}")
-fig, ax = plt.subplots(figsize=(5, 4), layout="constrained")
+fig, ax = subplots(figsize=(5, 4))
 im = ax.imshow(kc, cmap="viridis")
 ax.set_xlabel("layer-1 head (reads keys)")
 ax.set_ylabel("layer-0 head (writes)")
@@ -107,8 +105,7 @@ ax.set_xticks(range(H))
 ax.set_yticks(range(H))
 fig.colorbar(im, ax=ax, label="K-composition score")
 ax.set_title("K-composition")
-fig.savefig(output_dir() / "k_composition.png", dpi=120)
-fig
+show(fig, "k_composition.png")
 
 # %% [markdown]
 # ## 4. Causal tests

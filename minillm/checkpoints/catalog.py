@@ -317,7 +317,11 @@ def _model_folder(path: Path) -> Path:
             f"{path} is not a folder; give a catalog name (see `minillm list`) or the path "
             "of a Hugging Face model folder"
         )
-    if not (path / "config.json").is_file():
+    config = path / "config.json"
+    if config.exists() and not config.is_file():  # a folder, or a FIFO that would block reads
+        kind = "a folder" if config.is_dir() else "not a regular file"
+        raise CheckpointError(f"{config}: is {kind}; config.json must be a JSON file")
+    if not config.is_file():
         absent = [
             n
             for n in ("config.json", "model.safetensors", "tokenizer.json")

@@ -1,9 +1,12 @@
 """Getting model files: the Hugging Face hub through `huggingface_hub`, and our completion rules.
 
 Transport is `huggingface_hub`'s: its shared cache (`$HF_HUB_CACHE`, else
-`$HF_HOME/hub`, else ~/.cache/huggingface/hub), its resume of interrupted
-downloads, its locks, the user's token (`$HF_TOKEN` or `hf auth login`), and
-`$HF_ENDPOINT`. A model read from the hub is loaded from its snapshot folder in
+`$HF_HOME/hub`, else ~/.cache/huggingface/hub), its retries and resume (a dropped
+connection is retried within the download; whether a killed process's partial file
+is resumed depends on the huggingface_hub version: 2.x writes each download to a
+file of its own and never reuses it, so `remove_stale_incomplete` deletes those
+leftovers at the next fetch), its locks, the user's token (`$HF_TOKEN` or
+`hf auth login`), and `$HF_ENDPOINT`. A model read from the hub is loaded from its snapshot folder in
 the cache, in place: nothing is copied, and a model the user already has in
 the cache is not downloaded again. `$HF_HUB_OFFLINE=1` reads the cache only.
 

@@ -14,6 +14,9 @@ def prompt_or_ids(prompt: str | None, ids: str | None) -> str | np.ndarray:
     if (prompt is None) == (ids is None):
         raise MinillmError("give either a prompt or --ids (not both)")
     if ids is None:
+        from minillm.tokenizer import check_text
+
+        check_text(prompt)
         return prompt
     try:
         values = [int(t) for t in ids.replace(" ", ",").split(",") if t]

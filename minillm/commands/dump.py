@@ -37,8 +37,10 @@ def _bug_names() -> list[str]:
 def run(args: argparse.Namespace) -> int:
     import minillm
     from minillm.commands._ids import prompt_or_ids
+    from minillm.commands._outputs import check_output_file, writing
 
     prompt = prompt_or_ids(args.prompt, args.ids)
+    check_output_file(args.output, "the dump")  # before loading the model
     model = minillm.load(args.model, dtype=np.dtype(args.dtype))
     fwd_hooks, note = [], ""
     if args.inject_bug:
@@ -46,8 +48,9 @@ def run(args: argparse.Namespace) -> int:
 
         bug = BUGS[args.inject_bug]
         fwd_hooks, note = bug.hooks(model), f"deliberately broken: {bug.name} ({bug.description})"
-    path = verify.dump(model, prompt, args.output, hooks=args.hooks, fwd_hooks=fwd_hooks,
-                        allow_large=args.force, note=note)
+    with writing("the dump", args.output):
+        path = verify.dump(model, prompt, args.output, hooks=args.hooks, fwd_hooks=fwd_hooks,
+                           allow_large=args.force, note=note)
     d = verify.load_dump(path)
     size = sum(a.nbytes for a in d.acts.values())
     print(f"wrote {len(d.acts)} activations ({size / 1e6:.1f} MB, {args.dtype}) of "

@@ -84,6 +84,9 @@ def run(args: argparse.Namespace) -> int:
             ops.append(op)
     if not ops:
         raise MinillmError("no edit given: use e.g. --scale-neuron 5:123:0.04 (see --help)")
+    from minillm.tokenizer import check_text
+
+    check_text(args.prompt)  # before loading the model
     model = minillm.load(args.model, dtype=np.float64 if args.float64 else np.float32)
     for op in ops:
         op.plan(model)  # validate every op before running anything

@@ -42,9 +42,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import minillm
-    from minillm.generate import check_length, check_sampling, prompt_ids, run_generation
+    from minillm.generate import (
+        check_length,
+        check_sampling,
+        check_seed,
+        check_stop,
+        prompt_ids,
+        run_generation,
+    )
+    from minillm.tokenizer import check_text
 
-    check_sampling(args.temperature, args.top_k, args.top_p)  # fail before loading the weights
+    # every argument is checked before the weights are loaded
+    check_sampling(args.temperature, args.top_k, args.top_p)
+    check_seed(args.seed)
+    check_stop(args.stop or None)
+    check_text(args.prompt)
+    if args.system is not None:
+        check_text(args.system)
+    if args.max_new_tokens < 0:
+        raise minillm.MinillmError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
     if args.system is not None and not args.chat:
         raise minillm.MinillmError("--system only applies with --chat")
     model = minillm.load(args.model, dtype=np.float64 if args.float64 else np.float32)

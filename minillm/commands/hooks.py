@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 HELP = "list every hook of a model with its shape and the conventions (--json: machine-readable)"
 
@@ -24,13 +25,24 @@ def _dims(shape: list[str], sizes: list) -> str:
     return "[" + ", ".join(short.get(a, str(s)) for a, s in zip(shape, sizes, strict=True)) + "]"
 
 
+def config_path(model: str) -> Path:
+    """The config.json of a model: a folder's, a catalog model's, or a hub id's (only that
+    file is downloaded, never the weights)."""
+    from minillm.checkpoints import catalog, download
+
+    hub_id = download.parse_hub_id(model)
+    if hub_id is not None and model not in catalog.load_catalog() and not Path(model).expanduser().exists():
+        snap = download.hub_snapshot(*hub_id, files=[download.FileSpec("config.json")], progress=False,
+                                     retry=f"`minillm hooks {model}`")
+        return snap.files["config.json"]
+    return catalog.resolve(model) / "config.json"
+
+
 def run(args: argparse.Namespace) -> int:
-    from minillm.checkpoints import catalog
     from minillm.config import ModelConfig
     from minillm.verify.contract import contract
 
-    folder = catalog.resolve(args.model)
-    data = contract(ModelConfig.from_json(folder / "config.json"), model=args.model)
+    data = contract(ModelConfig.from_json(config_path(args.model)), model=args.model)
     if args.json:
         print(json.dumps(data, indent=1))
         return 0

@@ -30,8 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stream", choices=["resid", "attn_out", "mlp_out"], default="resid",
                         help="decode the residual stream (default) or each block's attention/MLP write")
     parser.add_argument("--pos", type=int, default=-1, help="position of the table (default -1, the last)")
-    parser.add_argument("--out", default="lens.png", metavar="PNG",
-                        help="where to save the plot (default lens.png; targets go to *_targets.png)")
+    parser.add_argument("--out", default="out/lens.png", metavar="PNG",
+                        help="where to save the plot (default out/lens.png; targets go to *_targets.png)")
     parser.add_argument("--no-grid", action="store_true", help="skip the layer × position grid")
     parser.add_argument("--float64", action="store_true", help="run in float64 (reference mode)")
 
@@ -42,7 +42,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.k < 1:
         raise minillm.MinillmError(f"-k must be at least 1, got {args.k}")
+    from minillm.commands._outputs import check_output_file, writing
+
     prompt = prompt_or_ids(args.prompt, args.ids)  # checked before loading
+    check_output_file(args.out, "the plot")
     model = minillm.load(args.model, dtype=np.float64 if args.float64 else np.float32)
     n = (model.to_tokens(prompt) if isinstance(prompt, str) else prompt).shape[1]
     if not -n <= args.pos < n:
@@ -59,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
         layer = lens.first_layer_top1(t, pos=args.pos)
         print(f"\n{t!r} is ranked first " + (f"from {layer} on" if layer else "at no final layer"))
     out = Path(args.out)
-    lens.plot(out)
+    with writing("the plot", out):
+        lens.plot(out)
     print(f"\nplot: {out}")
     if targets:
         targets_png = out.with_name(out.stem + "_targets.png")

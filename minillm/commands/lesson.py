@@ -1,9 +1,15 @@
-"""`minillm lesson`: list the course, grade exercises, run a lesson, make a student handout."""
+"""`minillm lesson`: list the course, grade exercises, run a lesson, make a handout, open it in Jupyter."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 from minillm import course
 from minillm.errors import MinillmError
 
-HELP = "the classroom course: list, check exercises, run a lesson headless, make a handout"
+HELP = "the classroom course: list, check exercises, run a lesson, make a handout, open it in Jupyter"
 
 
 def _number(text: str) -> int:
@@ -27,6 +33,11 @@ def add_arguments(parser) -> None:
                                           "answers)")
     hand.add_argument("numbers", nargs="+", metavar="NN", help="lesson numbers, or 'all'")
     hand.add_argument("folder", help="where to write the copy (becomes a lessons folder)")
+    nb = sub.add_parser("notebook", help="write the lesson as a Jupyter notebook and open it")
+    nb.add_argument("number")
+    nb.add_argument("--dir", help="folder for the .ipynb (default out/notebooks/ of the checkout)")
+    nb.add_argument("--fresh", action="store_true", help="overwrite an existing notebook (your edits!)")
+    nb.add_argument("--no-open", action="store_true", help="only write the notebook, do not start Jupyter")
 
 
 def run(args) -> int:
@@ -44,6 +55,8 @@ def run(args) -> int:
             print(f"lesson {n:02d}: wrote {dest} (no solutions.py; graded from expected.json)")
         return 0
     number = _number(args.number)
+    if args.action == "notebook":
+        return _notebook(args, number)
     if args.action == "run":
         lesson = course.get_lesson(number)
         print(f"running {lesson.path / 'lesson.py'}", flush=True)
@@ -62,3 +75,24 @@ def run(args) -> int:
     score = sum(r.passed for r in results)
     print(f"score: {score}/{len(results)}")
     return 0 if score == len(results) else 1
+
+
+def _notebook(args, number: int) -> int:
+    folder = Path(args.dir) if args.dir else course.notebooks_dir()
+    existed = (folder / f"{course.get_lesson(number).path.name}.ipynb").exists()
+    path = course.write_notebook(number, folder, overwrite=args.fresh)
+    print(f"{path} " + ("(already there: your edits are kept; --fresh starts over)"
+                        if existed and not args.fresh else "(written from lesson.py)"))
+    if args.no_open:
+        return 0
+    search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    for app in ("lab", "notebook"):  # JupyterLab, else the classic notebook
+        exe = shutil.which(f"jupyter-{app}", path=search)
+        if exe is not None:
+            print(f"starting: jupyter {app} {path} (Ctrl-C to stop)")
+            try:
+                return subprocess.call([exe, str(path)])
+            except KeyboardInterrupt:
+                return 0
+    print(f"open it in Jupyter: pip install jupyterlab && jupyter lab {path}")
+    return 0

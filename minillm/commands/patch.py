@@ -82,6 +82,13 @@ def run(args: argparse.Namespace) -> int:
         layers = [int(x) for x in args.layers.split(",")] if args.layers else None
     except ValueError:
         raise MinillmError(f"--layers must be comma-separated integers, got {args.layers!r}") from None
+    from minillm.commands._outputs import check_output_folder
+    from minillm.tokenizer import check_text
+
+    check_output_folder(args.out)  # before loading the model
+    for text in (args.clean, args.corrupted, args.answer, args.wrong):
+        if isinstance(text, str):
+            check_text(text)
     model = minillm.load(args.model, dtype=np.dtype(args.dtype))
     if args.prompts:
         return run_prompt_set(args, model, comps, layers)

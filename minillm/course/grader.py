@@ -1,14 +1,21 @@
-"""The classroom course: list lessons, grade exercises, run lesson scripts headless.
+"""The classroom course: list lessons, grade exercises, run lessons headless, open them as notebooks.
 
 A lesson is a folder `lessons/NN_slug/` with:
     README.md      the lecture (first line: "# Lesson NN: Title")
-    lesson.py      percent-format script (`# %%` cells): runs as a script or a notebook
+    lesson.py      percent-format script (`# %%` cells), the one source of the lesson: runs as a
+                   script (figures saved), or, converted by jupytext, as a notebook (figures inline):
+                   `minillm lesson notebook NN` writes out/notebooks/NN_slug.ipynb and opens it
     exercises.py   stubs that raise NotImplementedError with a hint (students fill them in)
     solutions.py   the reference answers
     check.py       CHECKS = [(name, fn), ...]; fn(student, ref) runs the student's function and
                    the reference on the same inputs and raises AssertionError with a message
                    that teaches (what was expected, what came, the likely mistake). The grader
                    passes both; a check imports neither.
+
+A lesson draws with matplotlib's object API (`minillm.views.figures.subplots`, or any
+function returning a Figure) and hands each figure to `show(fig, "name.png")`: inline in
+a notebook, saved under `output_dir()` in a script. The tests run every lesson as a
+notebook and expect at least one inline image per `show(` line.
 """
 
 from __future__ import annotations
@@ -303,22 +310,134 @@ def run_lesson(number: int | str, out_dir: str | Path | None = None, timeout: fl
     return out, seconds
 
 
-def output_dir(lesson: int | Lesson | None = None) -> Path:
-    """Where a lesson script saves its figures and files (created if missing).
+def _running_lesson() -> str | None:
+    """The folder name (NN_slug) of the lesson running here: a script's lesson.py folder, else
+    $MINILLM_LESSON (set for notebooks run by execute_notebook), else the notebook's own name
+    when Jupyter tells it (out/notebooks/NN_slug.ipynb)."""
+    main = getattr(sys.modules.get("__main__"), "__file__", None)
+    if main and Path(main).name == "lesson.py" and Path(main).resolve().parent.name[:2].isdigit():
+        return Path(main).resolve().parent.name
+    if os.environ.get("MINILLM_LESSON"):
+        return os.environ["MINILLM_LESSON"]
+    session = Path(os.environ.get("JPY_SESSION_NAME", ""))
+    return session.stem if session.suffix == ".ipynb" and session.stem[:2].isdigit() else None
 
-    `$MINILLM_LESSON_OUT` (set by `minillm lesson run`), else out/lessons/NN_slug
-    under the current folder, for the lesson whose script is running. With
+
+def output_dir(lesson: int | Lesson | None = None) -> Path:
+    """Where a lesson saves its figures and files (created if missing).
+
+    `$MINILLM_LESSON_OUT` (set by `minillm lesson run`), else the git-ignored
+    `out/lessons/NN_slug/` of the checkout the lesson comes from (next to
+    `lessons/`: never the working directory or the source tree). With
     `lesson`, that lesson's folder beside it (lesson 14 reads lesson 13's model).
     """
     env = os.environ.get("MINILLM_LESSON_OUT")
-    main = Path(getattr(sys.modules.get("__main__"), "__file__", "") or ".").resolve().parent
-    name = main.name if main.name[:2].isdigit() else "lesson"
-    current = Path(env) if env else Path("out") / "lessons" / name
+    if env:
+        current = Path(env)
+    else:
+        main = getattr(sys.modules.get("__main__"), "__file__", None)
+        if main and Path(main).name == "lesson.py" and Path(main).resolve().parent.name[:2].isdigit():
+            root = Path(main).resolve().parents[2]  # <root>/lessons/NN_slug/lesson.py
+        else:
+            try:
+                root = lessons_dir().parent
+            except MinillmError:
+                root = Path.cwd()
+        current = root / "out" / "lessons" / (_running_lesson() or "lesson")
     if lesson is not None:
         lesson = lesson if isinstance(lesson, Lesson) else get_lesson(lesson)
         current = current.parent / lesson.path.name
     current.mkdir(parents=True, exist_ok=True)
     return current
+
+
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel (where figures display inline instead of being saved)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    return getattr(shell, "kernel", None) is not None
+
+
+def show(fig, name: str) -> None:
+    """Show a lesson's figure: inline in a notebook; in a script, saved as output_dir() / name.
+
+    In a notebook it is also saved when `$MINILLM_LESSON_OUT` is set.
+    """
+    from minillm.views import figures
+
+    if in_notebook():
+        from IPython.display import display
+
+        figures._enable_notebook_display()
+        display(fig)
+        if not os.environ.get("MINILLM_LESSON_OUT"):
+            return
+    path = figures.save(fig, output_dir() / name)
+    if not in_notebook():
+        print(f"figure: {path}")
+
+
+def notebooks_dir() -> Path:
+    """Default folder of the students' notebooks: the checkout's git-ignored out/notebooks/."""
+    return lessons_dir().parent / "out" / "notebooks"
+
+
+def _jupytext():
+    try:
+        import jupytext
+    except ImportError as e:
+        raise MinillmError("lessons open as notebooks through jupytext, which is not installed: "
+                           "pip install 'minillm[notebook]' (or jupytext nbclient ipykernel)") from e
+    return jupytext
+
+
+def lesson_notebook(number: int | str):
+    """The lesson's lesson.py (percent format) as an nbformat notebook, for a Python 3 kernel."""
+    lesson = get_lesson(number)
+    nb = _jupytext().read(lesson.path / "lesson.py", fmt="py:percent")
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    # Paired with a percent-format .py beside the notebook (jupytext's pairing): a student's edits
+    # can be diffed as text. The lesson's own lesson.py in lessons/ stays the source.
+    nb.metadata.setdefault("jupytext", {})["formats"] = "ipynb,py:percent"
+    return nb
+
+
+def write_notebook(number: int | str, folder: str | Path | None = None, overwrite: bool = False) -> Path:
+    """Write lesson NN as `NN_slug.ipynb` into `folder` (default out/notebooks/); returns its path.
+
+    An existing notebook (a student's work) is kept unless overwrite=True.
+    """
+    import nbformat
+
+    lesson = get_lesson(number)
+    path = Path(folder or notebooks_dir()) / f"{lesson.path.name}.ipynb"
+    if path.exists() and not overwrite:
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".ipynb.part")
+    nbformat.write(lesson_notebook(number), tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def execute_notebook(number: int | str, workdir: str | Path, timeout: float = 900,
+                     env: dict[str, str] | None = None):
+    """Run lesson NN as a notebook headless (nbclient, an ipykernel) in `workdir`; returns it executed.
+
+    Raises MinillmError naming the failing cell if a cell raises.
+    """
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    nb = lesson_notebook(number)
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(workdir)}})
+    try:
+        # the kernel's environment; it names the lesson (for output_dir)
+        client.execute(env={**os.environ, "MINILLM_LESSON": get_lesson(number).path.name, **(env or {})})
+    except CellExecutionError as e:
+        raise MinillmError(f"lesson {int(number):02d} failed as a notebook:\n{str(e)[-3000:]}") from e
+    return nb
 
 
 @functools.lru_cache(maxsize=4)

@@ -21,12 +21,18 @@ move when one neuron's output is scaled: only downstream ones.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from minillm.edit.edits import Slice, scale_neuron
 from minillm.errors import MinillmError
 from minillm.kv_cache import KVCache
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 RUNS = ("edited", "journal-reverted", "inverse-reverted", "stale-kv-cache", "recomputed-cache")
 
@@ -85,6 +91,15 @@ class DriftReport:
     decode: object = None  # token id -> text, for the table (None: show ids)
     k: int = 5
 
+    def __repr__(self) -> str:
+        worst = ", ".join(f"{n} {r.resid_rel.max(initial=0.0):.3g}" for n, r in self.runs.items())
+        return f"DriftReport(max relative residual drift per run: {worst})"
+
+    def _repr_html_(self) -> str:
+        from minillm.views.display import report_html
+
+        return report_html("drift against the clean run", self.table())
+
     def table(self) -> str:
         """One line per run: weights, residual drift, logit change, KL, top-1, top-k overlap."""
         head = (f"{'run':<18} {'weights':>14} {'max rel resid':>14} {'max |dlogit|':>13} "
@@ -115,30 +130,17 @@ class DriftReport:
         """Max over positions of the relative residual drift, per layer row.   -> [L+1]"""
         return self.runs[name].resid_rel.max(axis=1)
 
-    def plot(self, path=None, ax=None):
-        """Relative residual drift against layer, one line per run (symlog scale: exact zeros show)."""
-        import matplotlib.pyplot as plt
+    def plot(self, path: str | Path | None = None, ax: Axes | None = None) -> Figure:
+        """Relative residual drift against layer, one line per run (symlog scale: exact zeros show).
 
-        own = ax is None
-        if own:
-            fig, ax = plt.subplots(figsize=(7, 4))
-        styles = {"journal-reverted": (6, "--"), "recomputed-cache": (3, ":")}  # both exactly 0: keep visible
-        for name, r in self.runs.items():
-            if r.resid_abs.size:
-                prof = r.resid_rel.max(axis=1)
-                ms, ls = styles.get(name, (3, "-"))
-                ax.plot(np.arange(len(prof)), prof, marker="o", ms=ms, ls=ls, label=name)
-        ax.set_yscale("symlog", linthresh=1e-9)
-        ax.set_xlabel("layer (0 = embeddings, l = after block l-1)")
-        ax.set_ylabel("max over positions of |Δresid| / |clean|")
-        ax.set_title("drift of the residual stream against the clean run")
-        ax.legend(fontsize=8)
-        if own:
-            fig.tight_layout()
-            if path is not None:
-                fig.savefig(path, dpi=100)
-                plt.close(fig)
-        return ax
+        Returns the Figure (the one `ax` belongs to, if given); saved to `path` if given.
+        """
+        from minillm.views import figures
+
+        fig = figures.drift_profile(self, ax)
+        if path is not None:
+            figures.save(fig, path)
+        return fig
 
 
 def _run(model, ids, cache=None) -> Run:
@@ -183,6 +185,9 @@ def measure_drift(model, prompt, ops, k: int = 5, n_new: int = 1, runs=RUNS) -> 
     """
     ids = model.to_tokens(prompt) if isinstance(prompt, str) else np.asarray(prompt).reshape(1, -1)
     p = ids.shape[1]
+    if p < 2:
+        raise MinillmError(f"the prompt is {p} token long: measuring drift needs at least 2 tokens "
+                           "(a prefix in the KV cache and a token on top of it)")
     if not 1 <= n_new < p:
         raise MinillmError(f"n_new must be between 1 and {p - 1} for a prompt of {p} tokens")
     unknown = set(runs) - set(RUNS)
@@ -256,6 +261,16 @@ class InterferenceMap:
     delta: np.ndarray  # [L, p, m] |hook_post - clean hook_post|
     clean_rms: np.ndarray  # [L] root-mean-square of the clean hook_post per layer
 
+    def __repr__(self) -> str:
+        return (f"InterferenceMap(neuron {self.layer}:{self.neuron} ×{self.factor:g}: upstream max "
+                f"{self.upstream_max:.3g}, same layer {self.same_layer_max:.3g}, downstream max "
+                f"{self.per_layer().max(initial=0.0):.3g})")
+
+    def _repr_html_(self) -> str:
+        from minillm.views.display import report_html
+
+        return report_html("interference map", self.table())
+
     @property
     def upstream_max(self) -> float:
         """Largest change in layers before the edited one (causality: exactly 0)."""
@@ -301,27 +316,17 @@ class InterferenceMap:
         lines += [f"{l:>5} {i:>7} {d:>10.3g} {r:>12.3g}" for l, i, d, r in self.top(n)]
         return "\n".join(lines)
 
-    def plot(self, path=None, ax=None):
-        """Per layer, the largest change of any other neuron's hook_post (symlog: exact zeros show)."""
-        import matplotlib.pyplot as plt
+    def plot(self, path: str | Path | None = None, ax: Axes | None = None) -> Figure:
+        """Per layer, the largest change of any other neuron's hook_post (symlog: exact zeros show).
 
-        own = ax is None
-        if own:
-            fig, ax = plt.subplots(figsize=(7, 4))
-        prof = self.per_layer()
-        ax.bar(np.arange(len(prof)), prof)
-        ax.axvline(self.layer, color="red", ls="--", lw=1, label=f"edited neuron {self.layer}:{self.neuron}")
-        ax.set_yscale("symlog", linthresh=1e-9)
-        ax.set_xlabel("layer")
-        ax.set_ylabel("max |Δ hook_post| of other neurons")
-        ax.set_title("interference: only downstream neurons move")
-        ax.legend(fontsize=8)
-        if own:
-            fig.tight_layout()
-            if path is not None:
-                fig.savefig(path, dpi=100)
-                plt.close(fig)
-        return ax
+        Returns the Figure (the one `ax` belongs to, if given); saved to `path` if given.
+        """
+        from minillm.views import figures
+
+        fig = figures.interference(self, ax)
+        if path is not None:
+            figures.save(fig, path)
+        return fig
 
 
 def interference_map(model, prompt, layer: int, neuron: int, factor: float = 0.0,

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from minillm.errors import MinillmError
+from minillm.tokenizer import resolve_token
 
 # scale(f) then scale(1/f), both in the model's dtype with unit roundoff u:
 #   a = fl(f) = f(1+e1),  b = fl(1/f) = (1/f)(1+e2),  |e1|, |e2| <= u
@@ -133,13 +134,6 @@ def _check_factor(factor, name: str = "factor") -> float:
     if not math.isfinite(value):
         raise MinillmError(f"{name} must be finite, got {factor!r}")
     return value
-
-
-def _token_id(model, token) -> int:
-    """A token id, or the id of a text that must be exactly one token."""
-    if isinstance(token, str):
-        return model.to_single_token(token)
-    return _check_int(token, "token", model.cfg.d_vocab, "tokens in its vocabulary")
 
 
 def _token_label(model, t: int) -> str:
@@ -330,7 +324,7 @@ class scale_embedding(_Scale):  # noqa: N801
     kind: str = "scale"
 
     def plan(self, model) -> list:
-        t = _token_id(model, self.token)
+        t = resolve_token(model, self.token)
         _check_factor(self.factor)
         row = Slice("embed.W_E", (t,), f"{t}")
         return [TieState(), row] if self.untie and model.unembed.tied else [row]
@@ -344,7 +338,7 @@ class scale_embedding(_Scale):  # noqa: N801
         return _inverse_scale(self)
 
     def describe(self, model) -> str:
-        t = _token_id(model, self.token)
+        t = resolve_token(model, self.token)
         text = f"{self.kind} embedding of {_token_label(model, t)} {_fmt(self.factor)}"
         if self.untie and model.cfg.tie_embeddings:
             text += " (input side only: W_U is untied from W_E first)"

@@ -96,6 +96,13 @@ class EditHandle:
     def __repr__(self) -> str:
         return f"<edit: {self.description}{'' if self.active else f' [{self.state}]'}>"
 
+    def _repr_html_(self) -> str:
+        from minillm.views.display import esc
+
+        colour = "#1a7f37" if self.active else "#666"
+        return (f'<code style="color: {colour}">edit: {esc(self.description)} '
+                f"[{esc(self.state)}]</code>")
+
     __str__ = __repr__
 
 

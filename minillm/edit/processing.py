@@ -21,14 +21,20 @@ the same amount, which changes no probability):
     center_unembed          W_U (and b_U) lose their mean over the vocabulary.
     fold_value_biases       b_V is constant after the attention average, so Σ_h b_V[h] W_O[h]
                             moves into b_O (created if the model has none) and b_V = 0.
+    refactor_factored_attn_matrices
+                            (learned positions only, as in TransformerLens: with RoPE the QK
+                            circuit depends on positions) each head's W_Q W_Kᵀ (biases as an
+                            extra input row) is refactored by its SVD U S Vᵀ into
+                            W_Q = U √S, W_K = V √S, and W_V W_O into W_V = U S, W_O = Vᵀ
+                            (b_V folded into b_O first). Same products, new factors.
 
 The arithmetic follows TransformerLens's `ProcessWeights`, step for step, in the
 model's dtype, so processed weights agree with TransformerLens's to float
 rounding (tests/test_tl_reference.py measures it). It is an `Edit`: the journal
-saves every array it rewrites (for SmolLM2 about 400 MB in float32 while the
-edit is in force) and `revert()` restores them bit for bit, including the tie
+saves every array it rewrites (fold_ln on SmolLM2 in float32: 280 MB of saved
+attention and MLP weights, plus 113 MB for W_U's own copy, while the edit is in
+force) and `revert()` restores them bit for bit, including the tie
 between W_E and W_U that centring or folding into W_U has to break.
-`refactor_factored_attn_matrices` is not implemented.
 """
 
 from __future__ import annotations
@@ -84,16 +90,20 @@ class process_weights(Edit):  # noqa: N801  (lower case: reads like a function c
     # --- where it writes ------------------------------------------------------------------
 
     def _steps(self, model) -> dict[str, bool]:
-        if self.refactor_factored_attn_matrices:
-            raise MinillmError("refactor_factored_attn_matrices is not implemented in minillm")
         if self.center_unembed and model.cfg.final_softcap is not None:
             raise MinillmError("center_unembed would change this model's probabilities: a shift "
                                "of the logits does not pass unchanged through its final soft-cap")
         layer_norm = model.ln_final.b is not None  # GPT-2; RMSNorm has no bias
+        if self.refactor_factored_attn_matrices and (model.rope_inv_freq is not None
+                                                      or model.blocks[0].attn.b_QKV is None):
+            raise MinillmError("refactor_factored_attn_matrices needs learned positions and q/k/v "
+                               "biases (GPT-2): with rotary embeddings the QK circuit depends on "
+                               "the positions, as TransformerLens says")
         has_b_V = model.blocks[0].attn.b_QKV is not None
         return {"fold_ln": self.fold_ln, "center_writing_weights": self.center_writing_weights
                 and layer_norm, "center_unembed": self.center_unembed,
-                "fold_value_biases": self.fold_value_biases and has_b_V, "layer_norm": layer_norm}
+                "fold_value_biases": self.fold_value_biases and has_b_V, "layer_norm": layer_norm,
+                "refactor": self.refactor_factored_attn_matrices}
 
     def plan(self, model) -> list:
         s = self._steps(model)
@@ -110,8 +120,11 @@ class process_weights(Edit):  # noqa: N801  (lower case: reads like a function c
             if s["center_writing_weights"]:
                 names += [f"{p}.attn.W_O", f"{p}.mlp.W_out"]
                 names += [f"{p}.mlp.b_out"] if blk.mlp.b_out is not None else []
-            if s["fold_value_biases"]:
+            if s["fold_value_biases"] or s["refactor"]:
                 names += [f"{p}.attn._b_V"]
+            if s["refactor"]:
+                names += [f"{p}.attn.W_Q", f"{p}.attn._W_K", f"{p}.attn._W_V", f"{p}.attn.W_O",
+                          f"{p}.attn.b_Q", f"{p}.attn._b_K"]
         names = list(dict.fromkeys(names))  # keep order, drop repeats
         if s["fold_ln"]:
             names += ["ln_final.w"] + (["ln_final.b"] if s["layer_norm"] else [])
@@ -120,7 +133,8 @@ class process_weights(Edit):  # noqa: N801  (lower case: reads like a function c
         out: list = [_full(n) for n in names]
         # biases the processing may create, and whatever b_O / b_U it rewrites
         for l, blk in enumerate(model.blocks):
-            if s["fold_value_biases"] or (s["center_writing_weights"] and blk.attn.b_O is not None):
+            if s["fold_value_biases"] or s["refactor"] or (s["center_writing_weights"]
+                                                           and blk.attn.b_O is not None):
                 out.append(OptionalBias(f"blocks.{l}.attn.b_O"))
         touches_W_U = s["fold_ln"] or s["center_unembed"]
         if touches_W_U or s["center_writing_weights"]:
@@ -156,6 +170,9 @@ class process_weights(Edit):  # noqa: N801  (lower case: reads like a function c
                     folded = folded - folded.mean()
                 object.__setattr__(a, "b_O", folded.astype(model.dtype))
                 a._b_V[...] = 0
+        if s["refactor"]:
+            for blk in model.blocks:
+                _refactor_head_circuits(blk.attn, model.dtype, model.cfg.d_model)
 
     @staticmethod
     def _fold_ln(model, layer_norm: bool) -> None:
@@ -201,9 +218,28 @@ class process_weights(Edit):  # noqa: N801  (lower case: reads like a function c
             W_U[...] = W_U - W_U.mean(0, keepdims=True)
 
     def describe(self, model) -> str:
-        on = [k for k in ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases")
-              if getattr(self, k)]
+        on = [k for k in ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases",
+                          "refactor_factored_attn_matrices") if getattr(self, k)]
         return "process weights (" + (", ".join(on) or "nothing") + ")"
+
+
+def _refactor_head_circuits(a, dtype, d_model: int) -> None:
+    """TransformerLens's refactor_factored_attn_matrices for one layer (see the module docstring)."""
+    from minillm.factored_matrix import FactoredMatrix
+
+    # QK: [W_Q; b_Q] [h, d+1, e] against [W_K; b_K]: an input of d + 1 coordinates, the last one 1
+    W_Q_eff = np.concatenate([a.W_Q, a.b_Q[:, None, :]], axis=1)
+    W_K_eff = np.concatenate([a._W_K, a._b_K[:, None, :]], axis=1)
+    A, B = FactoredMatrix(W_Q_eff, W_K_eff.swapaxes(-2, -1)).make_even().pair  # [h, d+1, e], [h, e, d+1]
+    a.W_Q[...], a.b_Q[...] = A[:, :-1], A[:, -1]
+    a._W_K[...], a._b_K[...] = B.swapaxes(-2, -1)[:, :-1], B.swapaxes(-2, -1)[:, -1]
+    # OV: b_V moves into b_O, then W_V W_O = U S Vᵀ -> W_V = U S, W_O = Vᵀ
+    b_O = np.zeros(d_model, dtype) if a.b_O is None else a.b_O
+    object.__setattr__(a, "b_O", (b_O + np.einsum("he,hed->d", a._b_V, a.W_O)).astype(dtype))
+    a._b_V[...] = 0
+    U, S, V = FactoredMatrix(a._W_V, a.W_O).svd()  # [h, d, e], [h, e], [h, d, e]
+    a._W_V[...] = U * S[:, None, :]
+    a.W_O[...] = V.swapaxes(-2, -1)
 
 
 def _own_W_U(model) -> None:

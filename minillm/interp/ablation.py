@@ -4,7 +4,7 @@
     ld = M.logit_diff(model, " Mary", " John")
     res = A.ablation_sweep(model, prompt, ld, "heads", method="mean", reference=texts)  # [layer, head]
     mr = A.median_replacement(model, "It was a dark and stormy", " night")          # [layer, rate]
-    A.plot_ripple(mr, "ripple.png"); mr.delta.plot("median_heatmap.png")
+    A.plot_ripple(mr)  # a Figure; A.plot_ripple(mr, "out/ripple.png") also saves it
 
 Ablation replaces a component's activation by a value that carries "no
 information about this prompt" and records how much the metric moves:
@@ -46,6 +46,8 @@ from minillm.interp.patching import _layers, _measure, _pos_labels
 from minillm.interp.results import LabelledArray
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from minillm.hooked_model import HookedModel, TokensLike
 
 ABLATION_COMPONENTS = {"heads": ("z", "head"), "neurons": ("post", "neuron"),
@@ -225,6 +227,16 @@ class MedianReplacement:
     interrupted: bool
     seconds: float
 
+    def __repr__(self) -> str:
+        measure = self.delta.meta.get("measure", "logit")
+        return (f"MedianReplacement({self.prompt!r} -> {self.target!r}: base {measure} "
+                f"{self.base_logit:.4f}, "
+                f"{len(self.layers)} layers × {len(self.rates)} rates"
+                f"{', interrupted' if self.interrupted else ''}, {self.seconds:.1f} s)")
+
+    def _repr_html_(self) -> str:
+        return self.delta._repr_html_()
+
     def replaced(self, layer: int, rate: float) -> np.ndarray:
         """The neuron indices replaced at (layer, rate)."""
         i = self.layers.index(layer)
@@ -331,28 +343,15 @@ def median_replacement(
                              round(time.perf_counter() - t0, 3))
 
 
-def plot_ripple(res: MedianReplacement, path: str | Path, rates: Sequence[float] | None = None) -> Path:
-    """The "ripple" plot: one line per rate, Δ target logit across layers (coarse solid, fine dashed)."""
-    import matplotlib
+def plot_ripple(res: MedianReplacement, path: str | Path | None = None,
+                rates: Sequence[float] | None = None) -> Figure:
+    """The "ripple" plot: Δ target measure across layers, one line per rate (coarse and fine panels).
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    Returns the Figure; saved to `path` if given.
+    """
+    from minillm.views import figures
 
-    rates = res.rates if rates is None else [float(r) for r in rates]
-    fig, ax = plt.subplots(figsize=(10, 5))
-    cmap = plt.get_cmap("viridis")
-    for n, r in enumerate(rates):
-        j = res.rates.index(r)
-        ax.plot(res.layers, res.delta.values[:, j], "-" if r >= 10 else "--", marker=".",
-                color=cmap(n / max(1, len(rates) - 1)), label=f"{r:g}% ({res.counts[j]})", lw=1)
-    ax.axhline(0, color="k", lw=0.5)
-    ax.set_xlabel("layer")
-    ax.set_ylabel(f"Δ {res.delta.meta.get('measure', 'logit')}({res.target!r})")
-    ax.set_title(f"median replacement of the top p% MLP neurons, last position of {res.prompt!r}"
-                 + (" [interrupted]" if res.interrupted else ""), fontsize=9)
-    ax.legend(fontsize=7, ncol=2, title="p (neurons)", title_fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    fig = figures.ripple(res, rates)
+    if path is not None:
+        figures.save(fig, path)
+    return fig

@@ -43,6 +43,8 @@ from minillm.interp.metrics import Metric
 from minillm.interp.results import LabelledArray
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from minillm.hooked_model import TokensLike
 
 # component -> (hook name in block l, index axis of the activation after [b])
@@ -208,7 +210,17 @@ class Comparison:
     attribution: LabelledArray
     activation: LabelledArray
 
-    def plot(self, path: str | Path) -> Path:
+    def __repr__(self) -> str:
+        return (f"Comparison({self.component}: r={self.r:.3f}, r over changed entries={self.r_changed:.3f}, "
+                f"slope={self.slope:.3f}, n={self.n})")
+
+    def _repr_html_(self) -> str:
+        from minillm.views.display import comparison_html
+
+        return comparison_html(self)
+
+    def plot(self, path: str | Path | None = None) -> Figure:
+        """Both heatmaps and their scatter with r; saved to `path` if given."""
         return plot_comparison(self, path)
 
 
@@ -237,35 +249,14 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.corrcoef(x, y)[0, 1])
 
 
-def plot_comparison(cmp: Comparison, path: str | Path) -> Path:
-    """One PNG: attribution heatmap, activation heatmap, and their scatter with r."""
-    import matplotlib
+def plot_comparison(cmp: Comparison, path: str | Path | None = None) -> Figure:
+    """Attribution heatmap, activation heatmap, and their scatter with r; saved to `path` if given."""
+    from minillm.views import figures
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-    for ax, res in zip(axes[:2], (cmp.attribution, cmp.activation)):
-        lim = float(np.nanmax(np.abs(res.values))) or 1.0
-        im = ax.imshow(res.values, cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
-        fig.colorbar(im, ax=ax)
-        ax.set_title(res.title, fontsize=9)
-        ax.set_ylabel(res.axes[0])
-        ax.set_xlabel(res.axes[1])
-    a, m = cmp.attribution.values.ravel(), cmp.activation.values.ravel()
-    ok = ~np.isnan(m)
-    axes[2].scatter(a[ok], m[ok], s=8, alpha=0.6)
-    lo, hi = np.nanmin([a[ok].min(), m[ok].min()]), np.nanmax([a[ok].max(), m[ok].max()])
-    axes[2].plot([lo, hi], [lo, hi], "k--", lw=0.8, label="y = x")
-    axes[2].set_xlabel("attribution patching (linear estimate)")
-    axes[2].set_ylabel("activation patching (measured)")
-    axes[2].set_title(f"{cmp.component}: r = {cmp.r:.3f} (changed only {cmp.r_changed:.3f}), "
-                      f"slope {cmp.slope:.2f}", fontsize=9)
-    axes[2].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+    fig = figures.attribution_comparison(cmp)
+    if path is not None:
+        figures.save(fig, path)
+    return fig
 
 
 # --- gradient importance ---------------------------------------------------------------------

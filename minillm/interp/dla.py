@@ -4,7 +4,7 @@
     dla = direct_logit_attribution(model, "The Eiffel Tower is located in the city of",
                                    correct=" Paris", incorrect=" London")
     dla.total, dla.parts.values.sum()     # equal (up to float rounding)
-    dla.heads.plot("heads.png")           # [layer, head] heatmap
+    dla.heads.plot()                      # [layer, head] heatmap (a Figure)
     dla.parts.top(10)
 
 The final residual stream at the chosen position is a sum of writes:
@@ -45,6 +45,8 @@ from minillm.interp.lens import token_ids
 from minillm.interp.results import LabelledArray
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from minillm.hooked_model import HookedModel, TokensLike, TokenSpec
 
 
@@ -65,31 +67,23 @@ class DLAResult:
     total: float
     per_prompt_total: np.ndarray
 
-    def plot(self, path: str | Path) -> Path:
-        """PNG: per-layer attention and MLP contributions (bars) and the [layer, head] heatmap."""
-        import matplotlib
+    def __repr__(self) -> str:
+        top = ", ".join(f"{lab[0]} {v:+.3f}" for lab, v in self.parts.top(3))
+        return f"DLAResult(total {self.total:.4f}, {self.parts.shape[0]} components; largest: {top})"
 
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+    def _repr_html_(self) -> str:
+        from minillm.views.display import dla_html
 
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 4))
-        x = np.arange(self.layers.shape[0])
-        a1.bar(x - 0.2, self.layers.values[:, 0], 0.4, label="attention")
-        a1.bar(x + 0.2, self.layers.values[:, 1], 0.4, label="MLP")
-        a1.axhline(0, color="k", lw=0.5)
-        a1.set_xlabel("layer")
-        a1.set_ylabel("direct effect on logit difference")
-        a1.legend()
-        lim = float(np.abs(self.heads.values).max()) or 1.0
-        im = a2.imshow(self.heads.values, cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
-        a2.set_xlabel("head")
-        a2.set_ylabel("layer")
-        fig.colorbar(im, ax=a2)
-        fig.suptitle(f"{self.parts.title} (total {self.total:.3f})")
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        return Path(path)
+        return dla_html(self)
+
+    def plot(self, path: str | Path | None = None) -> Figure:
+        """Per-layer attention and MLP contributions (bars) and the [layer, head] heatmap; saved if `path`."""
+        from minillm.views import figures
+
+        fig = figures.dla(self)
+        if path is not None:
+            figures.save(fig, path)
+        return fig
 
 
 def logit_diff_direction(model: HookedModel, correct: TokenSpec, incorrect: TokenSpec | None = None

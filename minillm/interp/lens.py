@@ -4,8 +4,8 @@
     lens = logit_lens(model, "The Eiffel Tower is located in the city of", targets=[" Paris"])
     print(lens.table())                 # top-k tokens per layer at the last position
     lens.first_layer_top1(" Paris")     # the first row from which " Paris" stays rank 1
-    lens.plot("lens.png")               # layer × position grid of top-1 tokens
-    lens.plot_targets("targets.png")    # probability and rank of the targets across layers
+    lens.plot()                         # layer × position grid of top-1 tokens (a Figure)
+    lens.plot_targets("out/targets.png")  # probability and rank of the targets across layers
 
 The matrices, for the stream x [b, p, d] after block l (row l + 1; row 0 is
 the embeddings, before any block):
@@ -36,8 +36,11 @@ import numpy as np
 from minillm import ops
 from minillm.errors import MinillmError
 from minillm.interp.results import LabelledArray
+from minillm.tokenizer import resolve_token
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from minillm.hooked_model import HookedModel, TokensLike
 
 STREAMS = ("resid", "attn_out", "mlp_out")
@@ -68,13 +71,7 @@ def token_ids(model: HookedModel, tokens: int | str | Sequence[int | str]) -> li
     """Targets given as ids or single-token texts (" Paris") -> ids (errors name the culprit)."""
     if isinstance(tokens, (int, np.integer, str)):
         tokens = [tokens]
-    out = []
-    for t in tokens:
-        i = model.to_single_token(t) if isinstance(t, str) else int(t)
-        if not 0 <= i < model.cfg.d_vocab:
-            raise MinillmError(f"token id {i} is outside the vocabulary (0..{model.cfg.d_vocab - 1})")
-        out.append(i)
-    return out
+    return [resolve_token(model, t) for t in tokens]
 
 
 @dataclass
@@ -99,6 +96,16 @@ class LensResult:
 
     def tokens_at(self, row: int, pos: int = -1) -> list[str]:
         return [self.decode(int(i)) for i in self.top_ids[row, pos]]
+
+    def __repr__(self) -> str:
+        from minillm.views.display import lens_repr
+
+        return lens_repr(self)
+
+    def _repr_html_(self) -> str:  # the interactive lens grid
+        from minillm.views import html
+
+        return html.lens(self)._repr_html_()
 
     def table(self, pos: int = -1, k: int | None = None) -> str:
         """Top-k tokens per layer at one position, and the targets' prob and rank, as text.
@@ -158,58 +165,17 @@ class LensResult:
                              (self.row_labels, [self.decode(t) for t in self.target_ids]),
                              title=f"{self.stream} lens: target {what} at {self.str_tokens[pos]!r}")
 
-    def plot(self, path: str | Path) -> Path:
-        """PNG: layer × position grid, colour = top-1 probability, text = top-1 token."""
-        import matplotlib
+    def plot(self, path: str | Path | None = None) -> Figure:
+        """Layer × position grid, colour = top-1 probability, text = top-1 token; saved if `path`."""
+        from minillm.views import figures
 
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        return _saved(figures.lens_grid(self), path)
 
-        rows, p = self.top_ids.shape[:2]
-        fig, ax = plt.subplots(figsize=(min(20, 2 + 1.1 * p), min(16, 1.5 + 0.3 * rows)))
-        im = ax.imshow(self.top_probs[:, :, 0], cmap="Blues", vmin=0, vmax=1, aspect="auto",
-                       origin="lower")
-        for r in range(rows):
-            for c in range(p):
-                ax.text(c, r, repr(self.decode(int(self.top_ids[r, c, 0])))[1:-1][:10], ha="center",
-                        va="center", fontsize=6,
-                        color="white" if self.top_probs[r, c, 0] > 0.6 else "black")
-        ax.set_xticks(range(p), [repr(t)[1:-1] for t in self.str_tokens], rotation=60, fontsize=7)
-        ax.set_yticks(range(rows), self.row_labels, fontsize=6)
-        ax.set_xlabel("position (input token)")
-        ax.set_ylabel("layer")
-        ax.set_title(f"logit lens ({self.stream}): top-1 next token and its probability")
-        fig.colorbar(im, ax=ax, label="top-1 probability")
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        return Path(path)
+    def plot_targets(self, path: str | Path | None = None, pos: int = -1) -> Figure:
+        """Each target's probability (left) and rank (right, log scale) across layers; saved if `path`."""
+        from minillm.views import figures
 
-    def plot_targets(self, path: str | Path, pos: int = -1) -> Path:
-        """PNG: each target's probability (left) and rank (right, log scale) across layers."""
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
-        if not self.target_ids:
-            raise MinillmError("this lens has no targets: pass targets=[...] to logit_lens")
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.5))
-        x = np.arange(len(self.row_labels))
-        for j, t in enumerate(self.target_ids):
-            a1.plot(x, self.target_probs[:, pos, j], marker=".", label=repr(self.decode(t)))
-            a2.plot(x, self.target_ranks[:, pos, j], marker=".", label=repr(self.decode(t)))
-        a2.set_yscale("log")
-        a2.invert_yaxis()
-        for a, name in ((a1, "probability"), (a2, "rank (1 = top)")):
-            a.set_xticks(x[::2], self.row_labels[::2], rotation=90, fontsize=7)
-            a.set_ylabel(name)
-            a.legend(fontsize=7)
-        fig.suptitle(f"{self.stream} lens at {self.str_tokens[pos]!r}")
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        return Path(path)
+        return _saved(figures.lens_targets(self, pos), path)
 
 
 def _streams(model, cache, stream: str) -> tuple[list[np.ndarray], list[str], np.ndarray | None]:
@@ -281,3 +247,11 @@ def lens_logits(model: HookedModel, tokens: TokensLike, layer: int,
     tokens = model.to_tokens(tokens) if isinstance(tokens, str) else np.asarray(tokens)
     _, cache = model.run_with_cache(tokens, names_filter=[name], attention_mask=attention_mask)
     return unembed(model, final_norm(model, cache[name]))  # [b, p, V]
+
+
+def _saved(fig: Figure, path: str | Path | None) -> Figure:
+    if path is not None:
+        from minillm.views import figures
+
+        figures.save(fig, path)
+    return fig

@@ -34,6 +34,7 @@ import numpy as np
 
 from minillm import ops
 from minillm.errors import MinillmError
+from minillm.tokenizer import resolve_token
 
 if TYPE_CHECKING:
     from minillm.hooked_model import HookedModel, TokensLike, TokenSpec
@@ -81,13 +82,7 @@ def token_ids(model: HookedModel, tokens: TokensLike) -> np.ndarray:
     " Mary" -> [id]; [" Mary", "Mary"] -> [id1, id2]; [[" Mary"], [" John"]] -> [[id1], [id2]].
     """
     def one(t) -> int:
-        if isinstance(t, str):
-            if model is None:
-                raise MinillmError(f"token {t!r} is text: pass the model so it can be tokenized")
-            return int(model.to_single_token(t))
-        if isinstance(t, (int, np.integer)):
-            return int(t)
-        raise MinillmError(f"a token must be single-token text or an int id, got {t!r}")
+        return resolve_token(model, t)
 
     if isinstance(tokens, (str, int, np.integer)):
         return np.array([one(tokens)])

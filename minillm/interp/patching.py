@@ -3,7 +3,7 @@
     from minillm.interp import metrics as M, patching as P
     ld = M.logit_diff(model, " Mary", " John")
     res = P.patching_sweep(model, clean, corrupted, ld, "resid_pre")   # LabelledArray [layer, pos]
-    res.plot("resid_pre.png")
+    res.plot("out/resid_pre.png")  # returns the Figure, saved there
     every = P.patch_all(model, clean, corrupted, ld)                    # {component: LabelledArray}
     edges = P.path_patching(model, clean, corrupted, ld, senders=["9.3", "mlp9"],
                             receivers=["logits", "12.0.q", "mlp14"])   # [sender, receiver]
@@ -492,27 +492,18 @@ def senders_by_layer(res: LabelledArray, receiver: str = "logits") -> LabelledAr
 
 
 def save(res: LabelledArray, folder: str | Path, stem: str, plot: bool = True) -> list[Path]:
-    """Write <stem>.csv (one row per first-axis label), <stem>.json (values, labels, meta)
-    and, for 1-D/2-D results, <stem>.png. Returns the paths written."""
+    """Write <stem>.csv (tidy: one row per cell, see LabelledArray.to_csv), <stem>.json (values,
+    labels, meta) and, for 1-D/2-D results, <stem>.png. Returns the paths written."""
+    from minillm.views import figures
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     csv, js = folder / f"{stem}.csv", folder / f"{stem}.json"
-    values = np.atleast_2d(res.values)
-    cols = res.labels[1] if res.values.ndim == 2 else res.labels[0]
-    rows = res.labels[0] if res.values.ndim == 2 else [res.title]
-    with open(csv, "w") as f:
-        f.write(",".join([res.axes[0] + "\\" + (res.axes[1] if res.values.ndim == 2 else "")]
-                         + [_csv(c) for c in cols]) + "\n")
-        for lab, row in zip(rows, values):
-            f.write(",".join([_csv(lab)] + [f"{v:.6g}" for v in row]) + "\n")
+    res.to_csv(csv)
     js.write_text(json.dumps(dict(title=res.title, axes=list(res.axes), labels=[list(x) for x in res.labels],
                                   values=np.where(np.isnan(res.values), None, res.values).tolist(),
                                   meta=res.meta), indent=1))
     paths = [csv, js]
     if plot and res.values.ndim in (1, 2):
-        paths.append(res.plot(folder / f"{stem}.png"))
+        paths.append(figures.save(res.plot(), folder / f"{stem}.png"))
     return paths
-
-
-def _csv(text: str) -> str:
-    return '"' + str(text).replace('"', '""') + '"'

@@ -5,7 +5,7 @@
     ps.patchscope(model, h, layer=8)            # decoded with the identity prompt
     # -> ' Diana, Princess of Wales; ...'
     sweep = ps.layer_sweep(model, "The Eiffel Tower is located in the city of", target=" Paris")
-    sweep.plot("patchscope_sweep.png")
+    sweep.plot()   # a Figure; sweep.plot("out/patchscope.png") also saves it
 
 Recipe (Ghandeharioun et al. 2024): take the residual stream h of a source
 prompt at `blocks.{l}.hook_resid_pre` (l = 0 is the embeddings; l = L is
@@ -42,6 +42,8 @@ from minillm.interp.lens import token_ids
 from minillm.interp.results import LabelledArray
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from minillm.hooked_model import HookedModel, TokensLike
 
 IDENTITY_PROMPT = "cat -> cat; 1135 -> 1135; hello -> hello; ?"
@@ -137,27 +139,14 @@ class SweepResult:
     probs: LabelledArray
     top: list[list[str]]
 
-    def plot(self, path: str | Path) -> Path:
-        """PNG: heatmap of p(target), source layer × target layer."""
-        import matplotlib
+    def plot(self, path: str | Path | None = None) -> Figure:
+        """Heatmap of p(target), source layer × target layer; saved to `path` if given."""
+        from minillm.views import figures
 
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
-        v = self.probs.values
-        fig, ax = plt.subplots(figsize=(min(14, 2 + 0.4 * v.shape[1]), min(12, 1.5 + 0.35 * v.shape[0])))
-        im = ax.imshow(v, cmap="viridis", vmin=0, vmax=max(float(v.max()), 1e-6), origin="lower",
-                       aspect="auto")
-        ax.set_yticks(range(v.shape[0]), self.probs.labels[0], fontsize=7)
-        ax.set_xticks(range(v.shape[1]), self.probs.labels[1], fontsize=7)
-        ax.set_ylabel("source layer (read)")
-        ax.set_xlabel("target layer (inject)")
-        ax.set_title(self.probs.title)
-        fig.colorbar(im, ax=ax, label="probability")
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        return Path(path)
+        fig = figures.patchscope_sweep(self)
+        if path is not None:
+            figures.save(fig, path)
+        return fig
 
 
 def layer_sweep(model: HookedModel, source_prompt: TokensLike, target: int | str,

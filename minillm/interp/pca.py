@@ -25,6 +25,8 @@ from tqdm.auto import tqdm
 from minillm.errors import MinillmError
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from minillm.hooked_model import HookedModel
 
 
@@ -48,53 +50,24 @@ class PCAResult:
                                f"{self.mean.shape[0]} ({self.hook or 'data'})")
         return (X - self.mean) @ self.components.T  # [n, D] @ [D, k]
 
-    def plot_scatter(self, path: str | Path, labels: Sequence[str] | None = None,
-                     groups: Sequence[str] | None = None, pcs: tuple[int, int] = (0, 1)) -> Path:
-        """PNG: the data on two components, coloured by `groups`, annotated with `labels`."""
-        import matplotlib
+    def plot_scatter(self, path: str | Path | None = None, labels: Sequence[str] | None = None,
+                     groups: Sequence[str] | None = None, pcs: tuple[int, int] = (0, 1)) -> Figure:
+        """The data on two components, coloured by `groups`, annotated with `labels`; saved if `path`."""
+        from minillm.views import figures
 
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        fig = figures.pca_scatter(self, labels, groups, pcs)
+        if path is not None:
+            figures.save(fig, path)
+        return fig
 
-        i, j = pcs
-        if max(i, j) >= self.coords.shape[1]:
-            raise MinillmError(f"components {pcs} requested, the PCA kept {self.coords.shape[1]}")
-        fig, ax = plt.subplots(figsize=(6.5, 5))
-        groups = list(groups) if groups is not None else ["data"] * self.coords.shape[0]
-        for g in dict.fromkeys(groups):
-            sel = np.array([x == g for x in groups])
-            ax.scatter(self.coords[sel, i], self.coords[sel, j], label=str(g), s=25)
-        for n, text in enumerate(labels or []):
-            ax.annotate(str(text)[:24], self.coords[n, [i, j]], fontsize=6, alpha=0.8)
-        r = self.explained_variance_ratio
-        ax.set_xlabel(f"PC{i + 1} ({r[i]:.1%})")
-        ax.set_ylabel(f"PC{j + 1} ({r[j]:.1%})")
-        if len(set(groups)) > 1:
-            ax.legend(fontsize=7)
-        ax.set_title(f"PCA of {self.hook or 'activations'}")
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        return Path(path)
+    def plot_variance(self, path: str | Path | None = None, k: int = 20) -> Figure:
+        """Explained-variance ratio per component and its cumulative sum; saved if `path`."""
+        from minillm.views import figures
 
-    def plot_variance(self, path: str | Path, k: int = 20) -> Path:
-        """PNG: explained-variance ratio per component and its cumulative sum."""
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
-        r = self.explained_variance_ratio[:k]
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.bar(np.arange(1, len(r) + 1), r, label="per component")
-        ax.plot(np.arange(1, len(r) + 1), np.cumsum(r), "k.-", label="cumulative")
-        ax.set_xlabel("component")
-        ax.set_ylabel("explained variance ratio")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        return Path(path)
+        fig = figures.pca_variance(self, k)
+        if path is not None:
+            figures.save(fig, path)
+        return fig
 
 
 def pca(X: np.ndarray, k: int | None = None, hook: str = "") -> PCAResult:

@@ -39,6 +39,8 @@ from minillm.interp.batch import run_batch
 from minillm.interp.results import LabelledArray
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from minillm.hooked_model import HookedModel, TokensLike
 
 UNITS = ("heads", "neurons")
@@ -216,22 +218,12 @@ def pruning_curve(model: HookedModel, tokens: TokensLike, metric: Callable, scor
                                    seconds=round(time.perf_counter() - t0, 3), **scores.meta))
 
 
-def plot_pruning_curves(curves: dict[str, LabelledArray], path: str | Path, ylabel: str = "metric") -> Path:
-    """Metric vs fraction pruned, one line per ranking method."""
-    import matplotlib
+def plot_pruning_curves(curves: dict[str, LabelledArray], path: str | Path | None = None,
+                        ylabel: str = "metric") -> Figure:
+    """Metric against fraction pruned, one line per ranking method; saved to `path` if given."""
+    from minillm.views import figures
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, c in curves.items():
-        ax.plot(c.meta["fractions"], c.values, marker="o", label=name)
-    ax.set_xlabel("fraction pruned (lowest importance first)")
-    ax.set_ylabel(ylabel)
-    ax.legend()
-    ax.set_title("pruning")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    fig = figures.pruning_curves(curves, ylabel)
+    if path is not None:
+        figures.save(fig, path)
+    return fig

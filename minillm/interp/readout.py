@@ -38,6 +38,8 @@ from tqdm.auto import tqdm
 from minillm.errors import MinillmError
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from minillm.hooked_model import HookedModel
 
 
@@ -253,22 +255,11 @@ def ov_token_table(model: HookedModel, layer: int, head: int, tokens: Sequence[i
     return {decode(t): top_tokens(model, unembed_direction(model, r), k) for t, r in zip(ids, rows)}
 
 
-def plot_neuron_readout(r: NeuronReadout, path: str | Path) -> Path:
-    """PNG: bar charts of the promoted and suppressed tokens' logit contributions."""
-    import matplotlib
+def plot_neuron_readout(r: NeuronReadout, path: str | Path | None = None) -> Figure:
+    """Bars of the promoted and suppressed tokens' logit contributions; saved to `path` if given."""
+    from minillm.views import figures
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    pairs = r.promoted + r.suppressed[::-1]
-    fig, ax = plt.subplots(figsize=(6, 0.25 * len(pairs) + 1))
-    ax.barh(range(len(pairs)), [v for _, v in pairs],
-            color=["tab:red" if v > 0 else "tab:blue" for _, v in pairs])
-    ax.set_yticks(range(len(pairs)), [repr(t) for t, _ in pairs], fontsize=7)
-    ax.invert_yaxis()
-    ax.set_xlabel("logit per unit activation (W_out[i] ⊙ w @ W_U)")
-    ax.set_title(f"neuron L{r.layer}N{r.neuron}: promoted / suppressed tokens")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+    fig = figures.neuron_readout(r)
+    if path is not None:
+        figures.save(fig, path)
+    return fig

@@ -3,7 +3,9 @@
     res = LabelledArray(values, axes=("layer", "pos"), labels=(["0", "1", ...], ["When", " Mary", ...]))
     res.values[3, 5]            # the number
     res.top(5)                  # the 5 largest |values| with their labels
-    res.plot("resid.png")       # a heatmap (2-D) or bar chart (1-D)
+    res.plot()                  # a heatmap (2-D) or bar chart (1-D) Figure; .plot("x.png") saves it
+    res.to_csv("resid.csv")     # tidy: one row per cell (label per axis, value)
+    res                         # in a notebook: a coloured table (or its top entries)
 
 Any sweep (activation patching, attribution patching, gradient importance,
 ablations) returns one of these, so that plots and comparisons work on all of
@@ -12,12 +14,19 @@ them alike.
 
 from __future__ import annotations
 
+import csv
+import io
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from minillm.errors import MinillmError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @dataclass
@@ -53,6 +62,50 @@ class LabelledArray:
     def shape(self) -> tuple[int, ...]:
         return self.values.shape
 
+    def __repr__(self) -> str:
+        dims = " × ".join(f"{a}={n}" for a, n in zip(self.axes, self.shape))
+        finite = self.values[np.isfinite(self.values)] if self.values.dtype.kind == "f" else self.values
+        rng = f", range [{finite.min():.4g}, {finite.max():.4g}]" if finite.size else ""
+        best = ", ".join(f"{'/'.join(lab)}: {v:.4g}" for lab, v in self.top(3))
+        return (f"LabelledArray({self.title!r}, [{dims}]{rng}"
+                + (f"; largest |value|: {best}" if best else "") + ")")
+
+    def _repr_html_(self) -> str:
+        from minillm.views import display as D
+
+        dims = " × ".join(f"{a} ({n})" for a, n in zip(self.axes, self.shape))
+        note = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                         for k, v in self.meta.items() if isinstance(v, (int, float, str, bool)))
+        if self.values.ndim == 2 and self.values.size <= D.MAX_CELLS:
+            body = D.heat_table(self.values, self.labels[0], self.labels[1],
+                                corner=f"{self.axes[0]} \\ {self.axes[1]}")
+        elif self.values.ndim == 1 and self.values.size <= 60:
+            body = D.heat_table(self.values[None, :], ["value"], self.labels[0], corner=self.axes[0])
+        else:
+            body = D.table([*self.axes, "value"], [(*lab, D.num(v)) for lab, v in self.top(20)],
+                           caption="the 20 entries of largest |value|")
+        return D.block(f"{self.title or 'LabelledArray'} — {dims}", body, note=note)
+
+    def to_csv(self, path: str | os.PathLike | None = None) -> str:
+        """Tidy CSV: a header (the axis names, "value"), then one row per cell with its labels.
+
+        Written with the csv module (labels holding commas, quotes or newlines
+        survive); values as Python floats' shortest round-trip text, empty
+        for NaN. Returns the text; also writes it to `path` if given.
+        """
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow([*self.axes, "value"])
+        for idx in np.ndindex(*self.shape):
+            v = float(self.values[idx])
+            writer.writerow([*(self.labels[a][i] for a, i in enumerate(idx)), "" if np.isnan(v) else repr(v)])
+        text = buf.getvalue()
+        if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "w", newline="", encoding="utf-8") as f:
+                f.write(text)
+        return text
+
     def top(self, k: int = 10) -> list[tuple[tuple[str, ...], float]]:
         """The k entries of largest |value|: [((label per axis), value), ...]."""
         flat = np.argsort(-np.abs(self.values), axis=None)[:k]
@@ -62,46 +115,16 @@ class LabelledArray:
             out.append((tuple(self.labels[a][j] for a, j in enumerate(idx)), float(self.values[idx])))
         return out
 
-    def plot(self, path: str | Path, **kwargs) -> Path:
-        """Write a heatmap (2-D) or bar chart (1-D) PNG; see `plot_heatmap`."""
+    def plot(self, path: str | Path | None = None, **kwargs) -> Figure:
+        """A heatmap (2-D) or bar chart (1-D) Figure; saved to `path` if given. See views.figures.heatmap."""
         return plot_heatmap(self, path, **kwargs)
 
 
-def plot_heatmap(res: LabelledArray, path: str | Path, cmap: str = "RdBu",
-                 max_ticks: int = 40) -> Path:
-    """A PNG of a 1-D or 2-D LabelledArray, colour centred at 0 (red +, blue -)."""
-    import matplotlib
+def plot_heatmap(res: LabelledArray, path: str | Path | None = None, **kwargs: Any) -> Figure:
+    """The Figure of a 1-D or 2-D LabelledArray (colour centred at 0); saved to `path` if given."""
+    from minillm.views import figures
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    if res.values.ndim not in (1, 2):
-        raise MinillmError(f"plot_heatmap draws 1-D or 2-D results; {res.title!r} has axes {res.axes}")
-    if res.values.ndim == 1:
-        fig, ax = plt.subplots(figsize=(max(4, 0.25 * res.shape[0]), 3))
-        ax.bar(range(res.shape[0]), res.values)
-        ax.set_xlabel(res.axes[0])
-        _ticks(ax.set_xticks, ax.set_xticklabels, res.labels[0], max_ticks, rotation=90)
-    else:
-        rows, cols = res.shape
-        fig, ax = plt.subplots(figsize=(min(16, 2 + 0.35 * cols), min(12, 1.5 + 0.3 * rows)))
-        lim = float(np.nan_to_num(np.nanmax(np.abs(res.values)))) or 1.0
-        im = ax.imshow(res.values, cmap=cmap, vmin=-lim, vmax=lim, aspect="auto")
-        fig.colorbar(im, ax=ax)
-        ax.set_ylabel(res.axes[0])
-        ax.set_xlabel(res.axes[1])
-        _ticks(ax.set_yticks, ax.set_yticklabels, res.labels[0], max_ticks)
-        _ticks(ax.set_xticks, ax.set_xticklabels, res.labels[1], max_ticks, rotation=90)
-    ax.set_title(res.title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def _ticks(set_ticks, set_labels, labels, max_ticks, rotation=0):
-    step = max(1, int(np.ceil(len(labels) / max_ticks)))
-    idx = list(range(0, len(labels), step))
-    set_ticks(idx)
-    set_labels([repr(labels[i])[1:-1] for i in idx], rotation=rotation, fontsize=7)
+    fig = figures.heatmap(res, **kwargs)
+    if path is not None:
+        figures.save(fig, path)
+    return fig

@@ -18,7 +18,6 @@ subclass only adds what TransformerLens does differently *by default*:
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -104,29 +103,29 @@ class HookedTransformer(HookedModel):
                         refactor_factored_attn_matrices: bool = False,
                         fold_value_biases: bool = True, default_prepend_bos: bool | None = None,
                         default_padding_side: str | None = None, dtype="float32",
-                        device=None, **ignored) -> HookedTransformer:
+                        device=None, n_devices: int = 1, move_to_device: bool = True,
+                        **unsupported) -> HookedTransformer:
         """Load a catalog name, a hub id or a local Hugging Face folder, processed as
         TransformerLens processes weights by default.
 
-        The processing flags are minillm.load's; each one is a journalled edit
-        (`model.edits` lists them, `model.revert_all()` undoes them). `device`,
-        `n_devices`, `move_to_device`, `tokenizer`, `hf_model` and other
-        TransformerLens loading options are accepted and have no effect
-        (NumPy runs on the CPU; the tokenizer is the checkpoint's own).
+        The processing flags are minillm.load's; together they are one journalled
+        edit (`model.edits` lists it, `model.revert_all()` undoes it).
+        `device`, `n_devices` and `move_to_device` are accepted and have no
+        effect (NumPy runs on the CPU). TransformerLens options that would
+        change the model (`hf_model`, `tokenizer`, `checkpoint_index`,
+        `first_n_layers`, ...) are refused by name rather than ignored.
         """
         import minillm
 
-        flags = dict(fold_ln=fold_ln, center_writing_weights=center_writing_weights,
-                     center_unembed=center_unembed, fold_value_biases=fold_value_biases,
-                     refactor_factored_attn_matrices=refactor_factored_attn_matrices)
-        asked = {k: v for k, v in flags.items() if v}
-        supported = inspect.signature(minillm.load).parameters
-        missing = [k for k in asked if k not in supported]
-        if missing:
-            raise MinillmError(f"this minillm cannot apply {', '.join(missing)} yet; use "
-                               "HookedTransformer.from_pretrained_no_processing, or pass "
-                               + ", ".join(f"{k}=False" for k in missing))
-        model = minillm.load(model_name, dtype=_dtype(dtype), **asked)
+        given = {k: v for k, v in unsupported.items() if v is not None}
+        if given:
+            raise MinillmError(f"HookedTransformer.from_pretrained: {', '.join(sorted(given))} "
+                               "not supported by minillm (it loads the checkpoint as it is, with "
+                               "its own tokenizer)")
+        model = minillm.load(model_name, dtype=_dtype(dtype), fold_ln=fold_ln,
+                             center_writing_weights=center_writing_weights,
+                             center_unembed=center_unembed, fold_value_biases=fold_value_biases,
+                             refactor_factored_attn_matrices=refactor_factored_attn_matrices)
         model.__class__ = cls  # the same object, with TransformerLens's defaults on top
         model.default_prepend_bos = True if default_prepend_bos is None else default_prepend_bos
         if default_padding_side is not None:

@@ -39,7 +39,7 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -47,6 +47,9 @@ from minillm import model as model_hooks
 from minillm.errors import CheckpointError, MinillmError, format_bytes, suggest
 from minillm.hooks import split_name
 from minillm.verify import contract
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 FORMAT = "minillm-dump"
 FORMAT_VERSION = "1"
@@ -523,6 +526,14 @@ class Report:
     notes: list[str] = field(default_factory=list)
     n_layers: int = 0
 
+    def __repr__(self) -> str:
+        return f"Report({self.reference} vs {self.candidate}: {self.summary()})"
+
+    def _repr_html_(self) -> str:
+        from minillm.views.display import report_html
+
+        return report_html(f"{self.reference} vs {self.candidate}", self.table(), ok=self.passed)
+
     @property
     def passed(self) -> bool:
         return all(r.passed for r in self.rows)
@@ -584,44 +595,17 @@ class Report:
 
     __str__ = table
 
-    def plot(self, path: str | os.PathLike | None = None):
+    def plot(self, path: str | os.PathLike | None = None) -> Figure:
         """Max abs error, and error / tolerance, of every hook against depth (layers), log scale.
 
-        Failing hooks are red; the first failure is marked. Returns the figure;
-        writes a PNG if `path` is given.
+        Failing hooks are red; the first failure is marked. Returns the Figure;
+        writes it to `path` if given.
         """
-        import matplotlib
+        from minillm.views import figures
 
+        fig = figures.compare_profile(self, depth, split_name, _plottable)
         if path is not None:
-            matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
-        n = self.n_layers or 1 + max((split_name(r.name)[0] or 0) for r in self.rows)
-        x = np.array([depth(r.name, n) for r in self.rows])
-        ok = np.array([r.passed for r in self.rows])
-        fig, axes = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
-        for ax, attr, label in ((axes[0], "max_abs", "max abs error"),
-                                (axes[1], "usage", "max error / tolerance")):
-            y = _plottable(np.array([getattr(r, attr) for r in self.rows]))
-            ax.plot(x, y, color="0.7", lw=0.8, zorder=1)
-            ax.scatter(x[ok], y[ok], s=10, color="tab:blue", label="within tolerance", zorder=2)
-            ax.scatter(x[~ok], y[~ok], s=14, color="tab:red", label="fails", zorder=3)
-            ax.set_yscale("log")
-            ax.set_ylabel(label)
-        axes[1].axhline(1.0, color="tab:red", lw=0.8, ls="--")
-        first = self.first_failure
-        if first is not None:
-            for ax in axes:
-                ax.axvline(depth(first.name, n), color="tab:red", ls=":", lw=1)
-            axes[0].set_title(f"first divergence: {first.name}", fontsize=10)
-        else:
-            axes[0].set_title("all hooks within tolerance", fontsize=10)
-        axes[0].legend(fontsize=8, loc="best")
-        axes[1].set_xlabel("depth (layer; embeddings at -1, final norm and logits after the last)")
-        fig.tight_layout()
-        if path is not None:
-            fig.savefig(path, dpi=110)
-            plt.close(fig)
+            figures.save(fig, path, dpi=110)
         return fig
 
 
