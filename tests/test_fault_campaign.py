@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -84,8 +85,10 @@ class Interrupter:
             os.write(self.proc.stdin.fileno(), f"{delay!r}\n".encode())
             result = action()
             where = "after"
-            while True:  # wait for this trial's signal: no trial ends without its own
+            deadline = time.monotonic() + delay + 30
+            while time.monotonic() < deadline:  # wait for this trial's signal: no trial ends without its own
                 time.sleep(0.001)
+            raise AssertionError("the SIGINT sent to this process never arrived as KeyboardInterrupt")
         except KeyboardInterrupt:
             pass
         return result, where
@@ -97,9 +100,17 @@ class Interrupter:
 
 @pytest.fixture(scope="module")
 def interrupter():
+    # A process started in the background by a non-interactive shell (a CI runner, `cmd &`)
+    # inherits SIGINT as ignored, and Python then installs no KeyboardInterrupt handler: the
+    # campaign's signals would vanish. Install Python's own handler, as an interactive
+    # terminal has it, for the campaign, and put the old one back afterwards.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     it = Interrupter()
-    yield it
-    it.close()
+    try:
+        yield it
+    finally:
+        it.close()
+        signal.signal(signal.SIGINT, previous)
 
 
 def timed(action) -> float:
