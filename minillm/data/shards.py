@@ -291,6 +291,23 @@ def _prepare(out: Path, folder: Path, n: int, params: dict, resume: bool, suffix
     return {int(p.stem) for p in existing if int(p.stem) < n}
 
 
+# Dask defaults that cost CPU on this workload, measured on SmolLM2 statistics (docs/performance.md):
+# - MALLOC_TRIM_THRESHOLD_ (set before spawning) makes glibc hand every large temporary array back to
+#   the kernel, so each batch pays page faults again (1.6x the CPU time per token);
+# - the statistical profiler samples the compute thread every 10 ms;
+# - the event loops' timers: a 20 ms tick in every process, a 500 ms system monitor, and each
+#   nanny's 100 ms memory monitor (the nannies of a local cluster live in the client's process).
+#   An idle 2-worker cluster used 1.65 CPU-s per 20 s with them (4 % of the 2 cores), 0.26 with these.
+# A remote cluster (--scheduler) keeps the settings its workers were started with.
+LOCAL_CLUSTER_CONFIG = {
+    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.tick.interval": "1s",
+    "distributed.admin.system-monitor.interval": "5s",
+    "distributed.worker.memory.monitor-interval": "1s",
+}
+
+
 @contextmanager
 def dask_executor(
     workers: int | None = None,
@@ -319,12 +336,7 @@ def dask_executor(
         blas = str(threads_per_worker)
         import dask
 
-        # Two Dask defaults cost CPU on this workload, measured on SmolLM2 statistics inside a worker:
-        # MALLOC_TRIM_THRESHOLD_ (set before spawning) makes glibc hand every large temporary array
-        # back to the kernel, so each batch pays page faults again (1.6x the CPU time per token);
-        # the statistical profiler samples the compute thread every 10 ms.
-        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
-                              "distributed.worker.profile.enabled": False}):
+        with dask.config.set(LOCAL_CLUSTER_CONFIG):
             cluster = LocalCluster(
                 n_workers=workers,
                 threads_per_worker=threads_per_worker,
@@ -341,7 +353,7 @@ def dask_executor(
             raise MinillmError(f"cannot reach the Dask scheduler at {scheduler} ({e})") from None
     try:
         if preload is not None:
-            client.run(_preload, preload)
+            client.run(warm_up, preload)
         yield client.get_executor()
     finally:
         client.close()
@@ -349,7 +361,18 @@ def dask_executor(
             cluster.close()
 
 
-def _preload(spec: ModelSpec) -> None:
+def worker_cpu_seconds(executor) -> dict[str, float]:
+    """The CPU time each Dask worker process has used so far (all its threads: the computation and
+    Dask's own), by worker address; {} for an executor that is not Dask's."""
+    import time
+
+    client = getattr(executor, "_client", None)  # dask's ClientExecutor
+    if client is None:
+        return {}
+    return {addr: float(t) for addr, t in client.run(time.process_time).items()}
+
+
+def warm_up(spec: ModelSpec) -> None:
     """Load the model and run it once (first-touch page faults and BLAS buffers are paid here)."""
     with spec.use() as model:
         model(np.zeros((1, 8), np.int64), last_only=True)
