@@ -83,6 +83,8 @@ for l in (0, 1, 2, 10, 11, 20, 28, 29):
     print(f"layer {l:2d}: resid_post max abs {max_abs:.1e} (worst at {resid[l].where}), "
           f"max rel {max_rel:.1e}; max |resid| {stream[l]:.0f}")
 print(f"logits: max abs {rep32['hook_logits'].max_abs:.1e}")
+print(f"ln1.hook_scale, every layer: max rel from {min(r.max_rel for r in scale):.1e} "
+      f"to {max(r.max_rel for r in scale):.1e}")
 
 from minillm.views.figures import subplots  # noqa: E402
 
