@@ -137,6 +137,16 @@ def test_quoted_numbers_skip_names_code_and_maths():
     assert missing_numbers(text, "got -5.31, 0.045, 0.14") == ["−5.39"]  # drifted by more than the precision
 
 
+def test_numbers_behind_a_collapsed_results_block_are_still_checked():
+    # The lectures put their results in <details> blocks after a "predict" question: the
+    # numbers there are quoted as much as any other, and drift as much.
+    text = ("**Predict:** how large?\n\n<details>\n<summary>What the script printed (open after "
+            "your run)</summary>\n\nLoss: 14.10 nats, then **1.75**.\n\n</details>\n")
+    assert quoted_numbers(text) == ["14.10", "1.75"]
+    assert missing_numbers(text, "loss 14.104 then 1.748") == []
+    assert missing_numbers(text, "loss 14.104 then 1.71") == ["1.75"]
+
+
 def test_check_grades_the_copy_it_runs_in_and_names_the_file(tmp_path, monkeypatch, capsys):
     # A teacher copies the course; `lesson check` must grade the copy, not the original.
     number = LESSONS[0]
