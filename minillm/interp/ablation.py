@@ -351,7 +351,4 @@ def plot_ripple(res: MedianReplacement, path: str | Path | None = None,
     """
     from minillm.views import figures
 
-    fig = figures.ripple(res, rates)
-    if path is not None:
-        figures.save(fig, path)
-    return fig
+    return figures.saved(figures.ripple(res, rates), path)

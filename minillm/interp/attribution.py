@@ -253,10 +253,7 @@ def plot_comparison(cmp: Comparison, path: str | Path | None = None) -> Figure:
     """Attribution heatmap, activation heatmap, and their scatter with r; saved to `path` if given."""
     from minillm.views import figures
 
-    fig = figures.attribution_comparison(cmp)
-    if path is not None:
-        figures.save(fig, path)
-    return fig
+    return figures.saved(figures.attribution_comparison(cmp), path)
 
 
 # --- gradient importance ---------------------------------------------------------------------

@@ -157,10 +157,7 @@ class Report:
         """
         from minillm.views import figures
 
-        fig = figures.compare_profile(self, depth, split_name, _plottable)
-        if path is not None:
-            figures.save(fig, path, dpi=110)
-        return fig
+        return figures.saved(figures.compare_profile(self, depth, split_name, _plottable), path, dpi=110)
 
 
 def _plottable(y: np.ndarray) -> np.ndarray:
