@@ -50,8 +50,7 @@ if TYPE_CHECKING:
 
     from minillm.hooked_model import HookedModel, TokensLike
 
-ABLATION_COMPONENTS = {"heads": ("z", "head"), "neurons": ("post", "neuron"),
-                       "resid_pre": ("resid_pre", "pos"), "resid_post": ("resid_post", "pos")}
+ABLATION_COMPONENTS = {c: iv.COMPONENTS[c] for c in ("heads", "neurons", "resid_pre", "resid_post")}
 METHODS = ("mean", "median", "zero", "resample")
 
 
