@@ -14,6 +14,9 @@ Four views:
   its value and what it means; click a column header to sort the rows.
 - `neurons`: a text with every token coloured by one MLP neuron's value;
   choose the neuron.
+- `top_activations`: max-activating examples over a corpus (a TopActivations
+  result): a sortable table of neurons; click one to see its top-k contexts,
+  tokens coloured by its value; hover a token for the value.
 
 Everything the page needs is inside it: the numbers as JSON, the CSS and the
 JavaScript inline (no CDN, no fonts, no network). The numbers are rounded to
@@ -258,4 +261,61 @@ def neurons(model, text: str | Sequence[int], layer: int, neurons: Sequence[int]
                  "token for its value.")
 
 
-VIEWS = {"attention": attention, "lens": lens, "patching": patching, "neurons": neurons}
+# --- max-activating examples ----------------------------------------------------------------------------
+
+MAX_NEURONS = 256  # neurons embedded when none are named (a page of every neuron of a layer is ~10 MB)
+
+
+def top_activations(top, model=None, neurons: Sequence[int] | None = None, n: int | None = None,
+                    max_neurons: int = MAX_NEURONS) -> HTMLView:
+    """Max-activating examples (a `minillm.interp.top_activations.TopActivations`) as a page.
+
+    A table of neurons (click a header to sort by it, click a row to choose
+    the neuron) and the chosen neuron's examples, best first or in corpus
+    order: each context's tokens coloured by the neuron's value (red +,
+    blue -), the activating token outlined; hover a token for its value.
+    model: decodes the token ids (default: the result's own tokenizer, if it
+    has one). neurons: those embedded (default all tracked, or the
+    `max_neurons` with the largest top value when there are more). n: at
+    most n examples per neuron (default all k).
+    """
+    decode = top.decoder(model)
+    tracked = [int(i) for i in top.neurons]
+    if neurons is None:
+        neurons = tracked
+        if len(neurons) > max_neurons:
+            best = np.argsort(-top.values[:, 0].astype(np.float64), kind="stable")[:max_neurons]
+            neurons = [tracked[i] for i in sorted(best)]
+    else:
+        neurons = [int(i) for i in neurons]
+        for i in neurons:
+            top.index(i)  # raises, naming the neurons tracked
+    vocab: dict[int, int] = {}  # token id -> index into data["vocab"]
+    rows = []
+    for nr in neurons:
+        exs = top.examples(nr)[:n]
+        rows.append(dict(id=nr, n=len(exs),
+                         top=_round(exs[0]["value"]) if exs else None,
+                         kth=_round(exs[-1]["value"]) if exs else None,
+                         ex=[dict(v=_round(e["value"]), doc=e["doc"], pos=e["pos"], c=e["centre"],
+                                  t=[vocab.setdefault(t, len(vocab)) for t in e["tokens"]],
+                                  a=_round(e["acts"])) for e in exs]))
+    data = dict(hook=top.hook, k=top.k, neurons=rows, vocab=[decode(t) for t in vocab])
+    shown = f"{len(neurons)} of {len(tracked)} neurons" if len(neurons) < len(tracked) else \
+        f"{len(neurons)} neuron{'s' * (len(neurons) != 1)}"
+    body = ('<div class="controls"><label>examples in <select class="order">'
+            '<option value="value">order of value (best first)</option>'
+            '<option value="document">corpus order (document, position)</option></select></label></div>'
+            '<div class="topact"><div class="side"><table class="grid neurons"></table></div>'
+            '<div><div class="examples"></div><div class="readout"></div></div></div>'
+            f'<div class="legend">{esc(top.caption())}. Click a column header to sort the neurons '
+            "(again to reverse), a row to show that neuron's examples. Each context's tokens are "
+            "coloured by the neuron's value (red: positive, blue: negative; full colour = the largest "
+            "|value| among its examples); the activating token is outlined. Hover a token for its "
+            "value.</div>")
+    title = f"max-activating examples: {top.hook}, {shown}, top {top.k}"
+    return HTMLView("top-activations", title, data, body, _asset("top_activations.js"), height=600)
+
+
+VIEWS = {"attention": attention, "lens": lens, "patching": patching, "neurons": neurons,
+         "top-activations": top_activations}
