@@ -19,7 +19,7 @@ import pytest
 
 from minillm.cli import main
 from minillm.verify import llamacpp
-from minillm.verify.comparison import run_dump, save_dump
+from minillm.verify.dumps import run_dump, save_dump
 from tests.conftest import FIXTURES
 
 F32 = FIXTURES / "llamacpp" / "smollm2_f32_eval_callback.txt"

@@ -22,6 +22,7 @@ from minillm.cli import main
 from minillm.errors import MinillmError
 from minillm.interp import metrics as M
 from minillm.interp import patching as P
+from minillm.interp import top_activations as T
 from minillm.interp.lens import logit_lens
 from minillm.interp.results import LabelledArray
 from minillm.views import figures, html
@@ -31,6 +32,10 @@ from tests.conftest import random_model
 IOI = "When Mary and John went to the store, John gave a drink to"
 IOI_CORRUPTED = "When Mary and John went to the store, Mary gave a drink to"
 EIFFEL = "The Eiffel Tower is located in the city of"
+# a small corpus for the top-activations view: layer 3 of SmolLM2, 6 neurons, top 4 each
+CORPUS = [EIFFEL + " Paris.", IOI + " Mary.", "The cat sat on the mat.\nIt was warm.",
+          "Numbers: 1, 2, 3, 4 and 5.", "def f(x):\n    return x + 1", "Rain fell over the quiet town."]
+TOP_NEURONS = [5, 17, 100, 512, 900, 1500]
 # The pages hold numbers rounded to html.DIGITS decimals; a shown number is within half a unit
 # of the last digit of minillm's float32/float64 value (plus float64 rounding of the comparison).
 SHOWN = 0.5 * 10.0 ** -html.DIGITS + 1e-12
@@ -215,17 +220,20 @@ def pages(smollm2, tmp_path_factory):
     metric = M.logit_diff(smollm2, " Mary", " John")
     patch = P.patching_sweep(smollm2, IOI, IOI_CORRUPTED, metric, "resid_pre", "denoising",
                              layers=[0, 9, 18, 24, 27], progress=False)
+    top = T.top_activations(smollm2, CORPUS, layer=3, neurons=TOP_NEURONS, k=4, before=5, after=2,
+                            window=16, docs_per_shard=2, progress=False)
     views = {
+        "top-activations": top.view(),
         "attention": html.attention(smollm2, IOI, heads=[0, 6], layers=[0, 9, 18]),
         "lens": html.lens(smollm2, EIFFEL, targets=[" Paris"], k=5),
         "patching": html.patching(patch),
         "neurons": html.neurons(smollm2, EIFFEL + " Paris, France.", layer=20, n_top=8),
     }
-    return {k: v.save(folder / f"{k}.html") for k, v in views.items()}, patch
+    return {k: v.save(folder / f"{k}.html") for k, v in views.items()}, patch, top
 
 
 def test_views_are_self_contained_and_offline(pages):
-    paths, _ = pages
+    paths, *_ = pages
     for kind, path in paths.items():
         text = path.read_text(encoding="utf-8")
         assert text.startswith("<!DOCTYPE html>") and f'data-kind="{kind}"' in text
@@ -242,6 +250,9 @@ def test_view_errors_name_the_problem(smollm2):
         html.neurons(smollm2, "Hi there", layer=3, neurons=[1536])
     with pytest.raises(MinillmError, match="2-D"):
         html.patching(LabelledArray(np.zeros(3), ("x",), (list("abc"),)))
+    top = T.TopActivations.empty("blocks.3.mlp.hook_post", [4, 5, 6], k=2, before=1, after=1)
+    with pytest.raises(MinillmError, match="neuron 7 was not tracked; these results cover 4-6"):
+        html.top_activations(top, neurons=[7])
 
 
 # --- in the browser --------------------------------------------------------------------------------------
@@ -295,7 +306,7 @@ def _floats(texts) -> np.ndarray:
 
 
 def test_attention_view_in_chromium(pages, open_page, smollm2):
-    paths, _ = pages
+    paths, *_ = pages
     page = open_page(paths["attention"])
     _, cache = smollm2.run_with_cache(smollm2.to_tokens(IOI),
                                       names_filter=lambda n: n.endswith("hook_pattern"))
@@ -325,7 +336,7 @@ def test_attention_view_in_chromium(pages, open_page, smollm2):
 
 
 def test_lens_view_in_chromium(pages, open_page, smollm2):
-    paths, _ = pages
+    paths, *_ = pages
     lens = logit_lens(smollm2, EIFFEL, targets=[" Paris"], k=5)
     page = open_page(paths["lens"])
     rows, p = lens.top_ids.shape[:2]
@@ -346,7 +357,7 @@ def test_lens_view_in_chromium(pages, open_page, smollm2):
 
 
 def test_patching_view_in_chromium(pages, open_page):
-    paths, res = pages
+    paths, res, _ = pages
     page = open_page(paths["patching"])
     col = res.shape[1] - 1  # the last position
     page.locator(f'th.col[data-col="{col}"]').click()  # sort rows by that column, descending
@@ -367,7 +378,7 @@ def test_patching_view_in_chromium(pages, open_page):
 
 
 def test_neurons_view_in_chromium(pages, open_page, smollm2):
-    paths, _ = pages
+    paths, *_ = pages
     text = EIFFEL + " Paris, France."
     _, cache = smollm2.run_with_cache(smollm2.to_tokens(text),
                                       names_filter=lambda n: n == "blocks.20.mlp.hook_post")
@@ -385,6 +396,50 @@ def test_neurons_view_in_chromium(pages, open_page, smollm2):
         assert readout.startswith(f"neuron 20:{top[choice]} at position 3")
     tokens = page.locator(".tok").all_text_contents()
     assert tokens == smollm2.to_str_tokens(text)
+
+
+def test_top_activations_view_in_chromium(pages, open_page, smollm2):
+    """Max-activating examples: the neurons table, sorting it, choosing a neuron, the examples'
+    values and tokens, corpus order, and hovering a token; every number equal to minillm's."""
+    paths, _, top = pages
+    page = open_page(paths["top-activations"])
+    rows = lambda: [int(n) for n in page.locator("tr[data-neuron]").evaluate_all(  # noqa: E731
+        "rs => rs.map(r => r.dataset.neuron)")]
+    assert rows() == TOP_NEURONS
+    page.locator('th[data-key="top"]').click()  # sort by top value, largest first
+    assert rows() == [TOP_NEURONS[i] for i in np.argsort(-top.values[:, 0], kind="stable")]
+    page.locator('th[data-key="top"]').click()  # again: smallest first
+    assert rows() == [TOP_NEURONS[i] for i in np.argsort(top.values[:, 0], kind="stable")]
+    shown = _floats(page.locator('tr[data-neuron] td:nth-child(2)').all_text_contents())
+    assert np.abs(shown - np.sort(top.values[:, 0])).max() <= SHOWN
+    decode = lambda t: smollm2.to_string([t]).replace("\n", "⏎")  # noqa: E731
+    for neuron in (900, 17):
+        page.locator(f'tr[data-neuron="{neuron}"]').click()
+        assert page.locator(f'tr.chosen[data-neuron="{neuron}"]').count() == 1
+        assert page.locator(".examples").get_attribute("data-neuron") == str(neuron)
+        exs = top.examples(neuron)
+        ex_rows = page.locator(".examples .ex")
+        assert ex_rows.count() == len(exs) == 4
+        values = _floats(ex_rows.evaluate_all("es => es.map(e => e.dataset.value)"))
+        assert np.abs(values - [e["value"] for e in exs]).max() <= SHOWN
+        for r, e in enumerate(exs):
+            row = ex_rows.nth(r)
+            where = (int(row.get_attribute("data-doc")), int(row.get_attribute("data-pos")))
+            assert where == (e["doc"], e["pos"])
+            assert row.locator(".tok").all_text_contents() == [decode(t) for t in e["tokens"]]
+            acts = _floats(row.locator(".tok").evaluate_all("ts => ts.map(t => t.dataset.value)"))
+            assert np.abs(acts - e["acts"]).max() <= SHOWN
+            centre = row.locator(".tok.centre")
+            assert centre.count() == 1
+            assert abs(float(centre.get_attribute("data-value")) - e["value"]) <= SHOWN
+        best = exs[0]  # (that these are the exact top-k: tests/test_corpus_stats.py, by brute force)
+        ex_rows.nth(0).locator(".tok.centre").hover()
+        readout = page.locator(".readout").text_content()
+        assert readout.startswith(f"neuron {neuron}, example 1 (doc {best['doc']} @ {best['pos']}): token ")
+        assert abs(float(readout.rsplit(": ", 1)[1]) - best["value"]) <= SHOWN
+    page.select_option("select.order", "document")  # corpus order
+    where = page.locator(".examples .ex").evaluate_all("es => es.map(e => [+e.dataset.doc, +e.dataset.pos])")
+    assert where == sorted([e["doc"], e["pos"]] for e in top.examples(17))
 
 
 # --- the command line -------------------------------------------------------------------------------------
@@ -405,9 +460,18 @@ def test_cli_view_writes_each_kind(smollm2, tmp_path, monkeypatch, capsys):
         assert str(out) in capsys.readouterr().out
     assert main(["view", "patching", "smollm2-135m", IOI, "-o", str(tmp_path / "x.html")]) == 1
     assert "--corrupted" in capsys.readouterr().err
+    top = T.top_activations(smollm2, CORPUS[:2], layer=3, neurons=[5, 17], k=2, progress=False)
+    top.save(tmp_path / "top")
+    out = tmp_path / "top.html"
+    assert main(["view", "top-activations", "smollm2-135m", str(tmp_path / "top"), "-o", str(out),
+                 "--neurons", "17"]) == 0
+    page = out.read_text(encoding="utf-8")
+    assert 'data-kind="top-activations"' in page and '"id":17' in page and '"id":5' not in page
 
 
 def test_views_show_in_a_notebook_cell(smollm2):
+    top = T.top_activations(smollm2, ["Hello world"], layer=3, neurons=[1, 2], k=2, progress=False)
+    assert 'data-kind="top-activations"' in top._repr_html_() and len(repr(top)) < 200
     view = html.neurons(smollm2, "Hello world", layer=3, n_top=2)
     fragment = view._repr_html_()
     assert fragment.startswith("<style>") and view.uid in fragment and "<html" not in fragment

@@ -86,8 +86,7 @@ def run(args: argparse.Namespace) -> int:
             out=args.out,
             resume=args.resume,
         )
-    page = Path(args.out) / "top.html"
-    page.write_text(top.html(model), encoding="utf-8")
+    top.view(model).save(Path(args.out) / "top.html")  # the interactive view (minillm.views.html)
     if args.show:
         for nr in top.neurons[: min(len(top.neurons), 8)]:
             print(top.text(model, int(nr), n=args.show))

@@ -4,14 +4,16 @@ import argparse
 
 import numpy as np
 
-HELP = "write an interactive HTML view (attention, lens, patching, neurons): one offline file"
-KINDS = ("attention", "lens", "patching", "neurons")
+HELP = ("write an interactive HTML view (attention, lens, patching, neurons, top-activations): "
+        "one offline file")
+KINDS = ("attention", "lens", "patching", "neurons", "top-activations")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("kind", choices=KINDS, help="which view")
     parser.add_argument("model", metavar="NAME_OR_PATH", help="a catalog name or the path of a model folder")
-    parser.add_argument("prompt", help="the text (for patching: the clean prompt)")
+    parser.add_argument("prompt", help="the text (for patching: the clean prompt; for top-activations: "
+                        "the folder `minillm top-activations -o` wrote)")
     parser.add_argument("-o", "--out", default=None, metavar="HTML",
                         help="the file to write (default out/views/KIND.html)")
     parser.add_argument("--layer", type=int, default=None,
@@ -22,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="lens: colour by this single-token text's probability or rank (repeatable)")
     parser.add_argument("-k", type=int, default=5, help="lens: top-k tokens on hover (default 5)")
     parser.add_argument("--neurons", default=None, metavar="N1,N2,...",
-                        help="neurons: the neurons offered (default: the 20 most active in the text)")
+                        help="neurons: the neurons offered (default: the 20 most active in the text); "
+                        "top-activations: the neurons shown (default: all, at most the 256 strongest)")
     parser.add_argument("--corrupted", default=None, help="patching: the corrupted prompt (required)")
     parser.add_argument("--answer", default=None, help="patching: the clean answer token, e.g. ' Mary'")
     parser.add_argument("--wrong", default=None, help="patching: the corrupted answer token, e.g. ' John'")
@@ -59,6 +62,10 @@ def run(args: argparse.Namespace) -> int:
         view = html.attention(model, args.prompt, heads=heads, layer=args.layer)
     elif args.kind == "lens":
         view = html.lens(model, args.prompt, targets=args.target, k=args.k)
+    elif args.kind == "top-activations":
+        from minillm.interp.top_activations import TopActivations
+
+        view = html.top_activations(TopActivations.load(args.prompt, model), neurons=neurons)
     elif args.kind == "neurons":
         layer = model.cfg.n_layers // 2 if args.layer is None else args.layer
         view = html.neurons(model, args.prompt, layer=layer, neurons=neurons)

@@ -506,6 +506,12 @@ def _broadcast_plan(model, op: str, name: str, index, array, what: str) -> list[
     return [Slice(name, index, _index_label(index))]
 
 
+def _amount(x) -> str:
+    """A scalar as its value, an array as its shape (for an edit's description)."""
+    x = np.asarray(x)
+    return f"{float(x):g}" if x.ndim == 0 else f"an array of shape {x.shape}"
+
+
 @dataclass(frozen=True, eq=False)
 class add_to_weight(Edit):  # noqa: N801
     """param[index] += delta, for any parameter by its documented name (delta broadcasts)."""
@@ -525,9 +531,7 @@ class add_to_weight(Edit):  # noqa: N801
         return add_to_weight(self.name, self.index, -np.asarray(self.delta))
 
     def describe(self, model) -> str:
-        d = np.asarray(self.delta)
-        what = f"{float(d):g}" if d.ndim == 0 else f"an array of shape {d.shape}"
-        return f"add {what} to {self.plan(model)[0].describe()}{_tied_note(model, self.name)}"
+        return f"add {_amount(self.delta)} to {self.plan(model)[0].describe()}{_tied_note(model, self.name)}"
 
 
 @dataclass(frozen=True, eq=False)
@@ -546,9 +550,7 @@ class set_weight(Edit):  # noqa: N801
             return np.broadcast_to(np.asarray(self.value).astype(model.dtype), old.shape)
 
     def describe(self, model) -> str:
-        v = np.asarray(self.value)
-        what = f"{float(v):g}" if v.ndim == 0 else f"an array of shape {v.shape}"
-        return f"set {self.plan(model)[0].describe()} to {what}{_tied_note(model, self.name)}"
+        return f"set {self.plan(model)[0].describe()} to {_amount(self.value)}{_tied_note(model, self.name)}"
 
 
 # TransformerLens's weight processing is an Edit too (defined on top of this module):

@@ -50,8 +50,7 @@ if TYPE_CHECKING:
 
     from minillm.hooked_model import HookedModel, TokensLike
 
-ABLATION_COMPONENTS = {"heads": ("z", "head"), "neurons": ("post", "neuron"),
-                       "resid_pre": ("resid_pre", "pos"), "resid_post": ("resid_post", "pos")}
+ABLATION_COMPONENTS = {c: iv.COMPONENTS[c] for c in ("heads", "neurons", "resid_pre", "resid_post")}
 METHODS = ("mean", "median", "zero", "resample")
 
 
@@ -351,7 +350,4 @@ def plot_ripple(res: MedianReplacement, path: str | Path | None = None,
     """
     from minillm.views import figures
 
-    fig = figures.ripple(res, rates)
-    if path is not None:
-        figures.save(fig, path)
-    return fig
+    return figures.saved(figures.ripple(res, rates), path)

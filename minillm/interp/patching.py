@@ -58,19 +58,8 @@ if TYPE_CHECKING:
     from minillm.hooked_model import HookedModel, TokensLike
 
 # component -> (TransformerLens short hook name, what the second result axis indexes)
-COMPONENTS = {
-    "resid_pre": ("resid_pre", "pos"),
-    "resid_mid": ("resid_mid", "pos"),
-    "resid_post": ("resid_post", "pos"),
-    "attn_out": ("attn_out", "pos"),
-    "mlp_out": ("mlp_out", "pos"),
-    "heads": ("z", "head"),
-    "heads_by_pos": ("z", "head_pos"),
-    "q": ("q", "head"),
-    "k": ("k", "kv_head"),
-    "v": ("v", "kv_head"),
-    "pattern": ("pattern", "head"),
-}
+COMPONENTS = {c: iv.COMPONENTS[c] for c in ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out",
+                                             "heads", "heads_by_pos", "q", "k", "v", "pattern")}
 DEFAULT_COMPONENTS = ("resid_pre", "attn_out", "mlp_out", "heads", "heads_by_pos", "q", "k", "v",
                       "pattern")
 

@@ -223,7 +223,4 @@ def plot_pruning_curves(curves: dict[str, LabelledArray], path: str | Path | Non
     """Metric against fraction pruned, one line per ranking method; saved to `path` if given."""
     from minillm.views import figures
 
-    fig = figures.pruning_curves(curves, ylabel)
-    if path is not None:
-        figures.save(fig, path)
-    return fig
+    return figures.saved(figures.pruning_curves(curves, ylabel), path)

@@ -124,7 +124,4 @@ def plot_heatmap(res: LabelledArray, path: str | Path | None = None, **kwargs: A
     """The Figure of a 1-D or 2-D LabelledArray (colour centred at 0); saved to `path` if given."""
     from minillm.views import figures
 
-    fig = figures.heatmap(res, **kwargs)
-    if path is not None:
-        figures.save(fig, path)
-    return fig
+    return figures.saved(figures.heatmap(res, **kwargs), path)

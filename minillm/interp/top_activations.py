@@ -2,9 +2,10 @@
 
     from minillm.interp import top_activations as T
     top = T.top_activations(model, corpus, layer=3, neurons=[7, 42], k=20)
-    print(top.text(model, neuron=7))       # value, document, position, context with the token marked
-    top.save("out/top"); T.TopActivations.load("out/top")
-    Path("top.html").write_text(top.html(model))   # self-contained page, tokens shaded by activation
+    print(top.text(neuron=7))              # value, document, position, context with the token marked
+    top                                    # in a notebook: the interactive view (minillm.views.html)
+    top.view().save("out/top.html")        # the same view as one offline file
+    top.save("out/top"); T.TopActivations.load("out/top", model)
 
 For every neuron, a bounded buffer of the k best (value, document, token
 offset) entries, with the context around each (`before` tokens, the token,
@@ -20,7 +21,6 @@ serial pass over the same shards.
 
 from __future__ import annotations
 
-import html as _html
 import json
 import os
 import time
@@ -57,6 +57,7 @@ class TopActivations:
     tokens: np.ndarray  # [n, k, before + 1 + after] int32 context ids; -1 = outside the window
     acts: np.ndarray  # [n, k, before + 1 + after] float32 the neuron's value on each context token
     meta: dict = field(default_factory=dict)
+    tokenizer: object = field(default=None, repr=False, compare=False)  # decodes ids; not saved
 
     @classmethod
     def empty(cls, hook: str, neurons, k: int, before: int, after: int) -> TopActivations:
@@ -181,53 +182,49 @@ class TopActivations:
             )
         return out
 
-    def text(self, model, neuron: int | None = None, n: int | None = None) -> str:
+    def text(self, model=None, neuron: int | None = None, n: int | None = None) -> str:
         """Terminal text: per neuron, its examples with the activating token in [[ ]]."""
         neurons = [neuron] if neuron is not None else self.neurons.tolist()
+        decode = self.decoder(model)
         lines = []
         for nr in neurons:
             lines.append(f"{self.hook} neuron {nr}: top {self.k}")
             for r, ex in enumerate(self.examples(nr)[:n], 1):
-                pieces = [_piece(model, t) for t in ex["tokens"]]
+                pieces = [decode(t) for t in ex["tokens"]]
                 pieces[ex["centre"]] = f"[[{pieces[ex['centre']]}]]"
                 lines.append(f"{r:3d}. {ex['value']:9.4f}  doc {ex['doc']} @ {ex['pos']}:  {''.join(pieces)}")
         return "\n".join(lines)
 
-    def html(self, model, neurons: Sequence[int] | None = None, n: int | None = None) -> str:
-        """A self-contained HTML page: each example's tokens shaded by the neuron's activation
-        (white = 0 or below, red = the neuron's top value), the activating token outlined; the
-        value of every token shows on hover."""
-        neurons = self.neurons.tolist() if neurons is None else list(neurons)
-        parts = [
-            f"<!doctype html><html><head><meta charset='utf-8'><title>top activations: "
-            f"{_html.escape(self.hook)}</title><style>body{{font-family:sans-serif;margin:1.5em}}"
-            ".ex{font-family:monospace;white-space:pre-wrap;margin:.2em 0}.v{color:#555;display:inline-block;"
-            "width:7em}.t{border-radius:2px}.c{outline:2px solid #000}table{border-collapse:collapse}"
-            "h2{font-size:1.05em;margin-top:1.2em}</style></head><body>",
-            f"<h1>Max-activating examples: {_html.escape(self.hook)}</h1>",
-            f"<p>{_html.escape(self._caption())}</p>",
-        ]
-        for nr in neurons:
-            exs = self.examples(nr)[:n]
-            top = max([e["value"] for e in exs] + [1e-9])
-            parts.append(f"<h2 id='n{nr}'>neuron {nr}</h2>")
-            for ex in exs:
-                spans = []
-                for j, (t, a) in enumerate(zip(ex["tokens"], ex["acts"])):
-                    alpha = max(0.0, min(1.0, a / top)) if np.isfinite(a) else 0.0
-                    cls = "t c" if j == ex["centre"] else "t"
-                    spans.append(
-                        f"<span class='{cls}' title='{a:.4f}' style='background:rgba(220,40,40,"
-                        f"{alpha:.3f})'>{_html.escape(_piece(model, t))}</span>"
-                    )
-                parts.append(
-                    f"<div class='ex'><span class='v'>{ex['value']:.4f}</span>doc {ex['doc']} @ "
-                    f"{ex['pos']}: {''.join(spans)}</div>"
-                )
-        parts.append("</body></html>")
-        return "".join(parts)
+    def decoder(self, model=None):
+        """id -> the token's text (newlines shown as ⏎): from `model`, else the tokenizer these results
+        were computed with (kept in memory, or found in the model folder named in `meta`), else <id>."""
+        tok = model.tokenizer if model is not None else self.tokenizer
+        if tok is None:
+            folder = Path(str(self.meta.get("model", "")))
+            if (folder / "tokenizer.json").is_file():
+                from minillm.tokenizer import Tokenizer
 
-    def _caption(self) -> str:
+                tok = self.tokenizer = Tokenizer(folder / "tokenizer.json")
+        if tok is None:
+            return lambda t: f"<{int(t)}>"
+        return lambda t: tok.decode([int(t)]).replace("\n", "⏎")
+
+    def view(self, model=None, neurons: Sequence[int] | None = None, n: int | None = None):
+        """The interactive HTML view (minillm.views.html.top_activations): `.save(path)`, or show it."""
+        from minillm.views import html
+
+        return html.top_activations(self, model, neurons, n)
+
+    def _repr_html_(self) -> str:
+        return self.view()._repr_html_()
+
+    def __repr__(self) -> str:
+        filled = int((self.doc >= 0).sum())
+        return (f"TopActivations({self.hook}, {len(self.neurons)} neurons ({_ranges(self.neurons)}), "
+                f"top {self.k}: {filled} examples, {self.meta.get('n_tokens', '?')} tokens)")
+
+    def caption(self) -> str:
+        """Where these examples come from, in one line."""
         m = self.meta
         corpus = m.get("corpus", {})
         where = ", ".join(corpus.get("paths", [])) or f"{corpus.get('n_texts', '?')} texts"
@@ -299,19 +296,17 @@ class TopActivations:
         return folder
 
     @classmethod
-    def load(cls, folder_or_file: str | Path) -> TopActivations:
+    def load(cls, folder_or_file: str | Path, model=None) -> TopActivations:
+        """Read `save`'s folder (or its top.safetensors); `model` decodes the tokens (see `decoder`)."""
         p = Path(folder_or_file)
         p = p / "top.safetensors" if p.is_dir() else p
         if not p.is_file():
             raise MinillmError(
                 f"{folder_or_file}: no top.safetensors there (write one with minillm top-activations)"
             )
-        return cls.from_file(p)
-
-
-def _piece(model, t: int) -> str:
-    s = model.to_string([int(t)]) if model is not None and model.tokenizer is not None else f"<{t}>"
-    return s.replace("\n", "⏎")
+        top = cls.from_file(p)
+        top.tokenizer = model.tokenizer if model is not None else None
+        return top
 
 
 def _ranges(ids) -> str:
@@ -479,6 +474,7 @@ def top_activations(
         seconds=round(seconds, 3),
         engine=type(executor).__name__ if executor is not None else "serial",
     )
+    res.tokenizer = model.tokenizer
     if out is not None:
         res.save(out)
     return res

@@ -40,6 +40,9 @@ from pathlib import Path
 import numpy as np
 
 from minillm.errors import MinillmError
+from minillm.verify.dumps import Dump, final_norm_out, load_dump
+from minillm.verify.names import FINAL_OUT
+from minillm.verify.report import Verdict
 
 # --- the weight names (GGUF) ----------------------------------------------------------------
 
@@ -147,7 +150,7 @@ def node_map(name: str, op: str = "", sources: Iterable[str] = ()) -> NodeMap | 
     if name == "norm":
         return NodeMap(name, "ln_final.hook_normalized", _resid)
     if name == "result_norm":
-        return NodeMap(name, "ln_final.out", _resid)
+        return NodeMap(name, FINAL_OUT, _resid)
     if name == "result_output":
         return NodeMap(name, "hook_logits", _resid)
     m = re.fullmatch(r"(.+?)-(\d+)( \(reshaped\))?", name)
@@ -370,20 +373,12 @@ class LlamaRow:
 
 
 @dataclass
-class LlamaReport:
+class LlamaReport(Verdict):
     rows: list[LlamaRow]
     p: int
     unmapped: list[str]
     atol: float
     rtol: float
-
-    @property
-    def passed(self) -> bool:
-        return all(r.passed for r in self.rows)
-
-    @property
-    def first_failure(self) -> LlamaRow | None:
-        return next((r for r in self.rows if not r.passed), None)
 
     def table(self) -> str:
         lines = [f"llama.cpp run of {self.p} tokens: {len(self.rows)} nodes compared on their printed "
@@ -418,8 +413,6 @@ def compare_eval_callback(reference, path: str | Path, tokens=None, run: int = 0
     order. A quantized llama.cpp model (Q4/Q8 weights, float16 KV cache) differs by a few
     percent: pass rtol=0.1 to check its layout and wiring (docs/verifying.md measures both).
     """
-    from minillm.verify.comparison import FINAL_OUT, Dump, final_norm_out, load_dump
-
     model = reference if hasattr(reference, "run_with_cache") else None
     d = None
     if model is None:
