@@ -189,7 +189,7 @@ def test_lesson_scripts_use_the_students_function_once_implemented(tmp_path, mon
 # exercise functions to the solutions (so every exercise is "implemented", the others
 # correctly), runs the lesson script on that copy, and requires the output to show the mistake
 # (the reference output never matches these patterns) and every function the script uses to
-# be the student's. About 3 minutes on 2 idle cores for the 11 lessons.
+# be the student's. About 4 minutes on 2 idle cores for the 12 lessons.
 _WRONG: dict[int, tuple[str, list[str]]] = {
     1: ("""
 def analogy(W_E, a, b, c, k=5):  # forgets to exclude the three inputs
@@ -238,6 +238,10 @@ def undo(W, index, saved):  # rebinds a local name: W is unchanged
     W = W.copy()
     W[index] = saved
 """, [r"your undo did not restore the row bit for bit"]),
+    7: ("""
+def top_p_neurons(acts, rate, by="value"):  # ignores the rate: always the single most active
+    return [int(np.argmax(acts))]
+""", [r"layer 0, 90 % replaced \(1 neurons\)"]),
     8: ("""
 def lens_logits(resid, ln_w, eps, W_U):  # forgets the gain
     return (resid / np.sqrt((resid * resid).mean(-1, keepdims=True) + eps)) @ W_U
