@@ -156,6 +156,32 @@ def test_q8_0_gguf_converts_within_the_quantization_error(tmp_path):
     assert np.isfinite(model(ref["input_ids"])).all()
 
 
+def test_qwen2_and_olmo_pre_tokenizers_and_user_defined_tokens(tmp_path):
+    """Real Qwen3 GGUFs name the pre-tokenizer "qwen2" (digits one by one) and mark added
+    tokens that are not special (<think>) as type 4; Pythia's tokenizer is "olmo" (GPT-2's
+    split). Here on the tiny llama GGUF of test_gguf_convert with those names."""
+    from tests.test_gguf_convert import CONTROL, tiny_weights, write_tiny_gguf
+
+    n_tokens = len(CONTROL) + 256 + 3
+    types = [3] * len(CONTROL) + [1] * (n_tokens - len(CONTROL) - 1) + [4]  # "hell": user-defined
+    qwen = conv.convert_gguf_to_hf(write_tiny_gguf(tmp_path / "q.gguf", tiny_weights(False), pre="qwen2",
+                                                   types=types), tmp_path / "q")
+    olmo = conv.convert_gguf_to_hf(write_tiny_gguf(tmp_path / "o.gguf", tiny_weights(False), pre="olmo"),
+                                   tmp_path / "o")
+    from tokenizers import Tokenizer
+
+    q = Tokenizer.from_file(str(qwen / "tokenizer.json"))
+    o = Tokenizer.from_file(str(olmo / "tokenizer.json"))
+    def words(tok, text):
+        return [w for w, _ in tok.pre_tokenizer.pre_tokenize_str(text)]
+
+    assert words(q, "hello 123") == ["hello", "Ġ", "1", "2", "3"]  # digits one by one
+    assert words(o, "hello 123") == ["hello", "Ġ123"]  # GPT-2: a space starts the next word
+    added = {t.content: t.special for t in q.get_added_tokens_decoder().values()}
+    assert added == {**dict.fromkeys(CONTROL, True), "hell": False}  # user-defined: not special
+    assert q.decode(q.encode("hell 123").ids) == "hell 123"
+
+
 def test_unsupported_architecture_is_named(tmp_path, capsys):
     path = tmp_path / "falcon.gguf"
     w = gguf_lib.GGUFWriter(path, "falcon")

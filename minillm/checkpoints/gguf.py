@@ -87,6 +87,7 @@ OUTPUT_FILES = (
 # llama.cpp's token types (`tokenizer.ggml.token_type`).
 TOKEN_NORMAL = 1
 TOKEN_CONTROL = 3
+TOKEN_USER_DEFINED = 4  # an added token that is not special (Qwen3's <think>)
 
 
 # --------------------------------------------------------------------------- public API
@@ -843,6 +844,7 @@ def _pre_tokenizer_qwen2():
 _PRE_TOKENIZERS: dict[str, Callable[[], pre_tokenizers.PreTokenizer]] = {
     "smollm": _pre_tokenizer_smollm,
     "gpt-2": _pre_tokenizer_gpt2,
+    "olmo": _pre_tokenizer_gpt2,  # GPT-NeoX-20B's tokenizer (Pythia, OLMo 1): GPT-2's split
     "qwen2": _pre_tokenizer_qwen2,
 }
 
@@ -886,6 +888,8 @@ def _byte_level_tokenizer(reader: GGUFReader, path: Path, tokens: list[str], pre
     tokenizer.decoder = decoders.ByteLevel()
     control = [t for t, kind in zip(tokens, types, strict=True) if kind == TOKEN_CONTROL]
     tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in control])
+    added = [t for t, kind in zip(tokens, types, strict=True) if kind == TOKEN_USER_DEFINED]
+    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in added])  # Qwen3's <think>
     return tokenizer
 
 
@@ -938,9 +942,9 @@ def _check_vocabulary(tokens: list[str], types: list[int], merges: list[tuple], 
         raise CheckpointError(f"{path}: {len(tokens)} tokens but {len(types)} token types in the vocabulary")
     if len(set(tokens)) != len(tokens):
         raise CheckpointError(f"{path}: the vocabulary has duplicate tokens")
-    unknown = sorted(set(types) - {TOKEN_NORMAL, TOKEN_CONTROL})
+    unknown = sorted(set(types) - {TOKEN_NORMAL, TOKEN_CONTROL, TOKEN_USER_DEFINED})
     if unknown:
-        raise CheckpointError(f"{path}: token types {unknown} are not supported (only 1 and 3)")
+        raise CheckpointError(f"{path}: token types {unknown} are not supported (only 1, 3 and 4)")
     bad = next((" ".join(m) for m in merges if len(m) != 2), None)
     if bad is not None:
         raise CheckpointError(f"{path}: malformed BPE merge {bad!r}")
