@@ -150,7 +150,7 @@ def backward(
     params=False skips the weight gradients (about half the work and all of
     their memory): enough for attribution patching and gradient importance.
     """
-    tokens = model._as_tokens(tokens)
+    tokens = model.as_tokens(tokens)
     tokens = tokens[None] if tokens.ndim == 1 else tokens
     if attention_mask is None:  # a left-padded batch: the mask the forward pass infers
         attention_mask = model.infer_attention_mask(tokens)

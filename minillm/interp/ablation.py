@@ -57,7 +57,7 @@ METHODS = ("mean", "median", "zero", "resample")
 def _tokens_and_mask(model, tokens):
     if isinstance(tokens, (list, tuple)) and tokens and isinstance(tokens[0], str):
         return model.to_tokens_and_mask(list(tokens))
-    return np.atleast_2d(model._as_tokens(tokens)), None
+    return np.atleast_2d(model.as_tokens(tokens)), None
 
 
 def _is_stats(x) -> bool:
@@ -102,7 +102,7 @@ def ablation_interventions(model: HookedModel, component: str, method: str, laye
     if method == "resample":
         if reference is None:
             raise MinillmError("resample ablation needs one reference prompt (reference=...)")
-        source = np.atleast_2d(model._as_tokens(reference))
+        source = np.atleast_2d(model.as_tokens(reference))
         if source.shape[0] != 1:
             raise MinillmError(f"resample ablation takes one reference prompt, got {source.shape[0]}")
 
@@ -297,7 +297,7 @@ def median_replacement(
     raw logit without changing the prediction.
     """
     t0 = time.perf_counter()
-    tokens = np.atleast_2d(model._as_tokens(prompt))
+    tokens = np.atleast_2d(model.as_tokens(prompt))
     layers = _layers(model, layers)
     rates = [float(r) for r in rates]
     for r in rates:

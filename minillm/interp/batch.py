@@ -104,7 +104,7 @@ def run_batch(
       the metric's own `last_only`).
     Ctrl-C returns what was measured so far with `interrupted=True`.
     """
-    tokens = np.atleast_2d(model._as_tokens(tokens))
+    tokens = np.atleast_2d(model.as_tokens(tokens))
     b, p = tokens.shape
     last_only = bool(getattr(metric, "last_only", False)) if last_only is None else last_only
     if hooks_for is None:
@@ -181,7 +181,7 @@ def run_variants(
     A thin form of `run_batch` for one prompt that returns an array; Ctrl-C
     propagates (use `run_batch` to keep partial results).
     """
-    tokens = np.atleast_2d(model._as_tokens(tokens))
+    tokens = np.atleast_2d(model.as_tokens(tokens))
     if tokens.shape[0] != 1:
         raise MinillmError(f"run_variants takes one prompt [1, p], got a batch of {tokens.shape[0]}")
     if not len(variants):

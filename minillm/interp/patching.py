@@ -86,7 +86,7 @@ def shared_prefix(a: np.ndarray, b: np.ndarray) -> int:
 
 
 def _prompt_pair(model, clean, corrupted) -> tuple[np.ndarray, np.ndarray]:
-    clean, corrupted = model._as_tokens(clean), model._as_tokens(corrupted)
+    clean, corrupted = model.as_tokens(clean), model.as_tokens(corrupted)
     clean, corrupted = np.atleast_2d(clean), np.atleast_2d(corrupted)
     if clean.shape != corrupted.shape or clean.shape[0] != 1:
         raise MinillmError(f"patching needs one clean and one corrupted prompt with the same number "

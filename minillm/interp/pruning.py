@@ -153,7 +153,7 @@ def _plain_tokens(model, tokens) -> np.ndarray:
         if not np.all(mask):
             raise MinillmError("gradient importance needs prompts of the same token length (no padding)")
         return toks
-    return np.atleast_2d(model._as_tokens(tokens))
+    return np.atleast_2d(model.as_tokens(tokens))
 
 
 def _scores(model, values: np.ndarray, unit: str, method: str) -> LabelledArray:
@@ -207,7 +207,7 @@ def pruning_curve(model: HookedModel, tokens: TokensLike, metric: Callable, scor
     if isinstance(tokens, (list, tuple)) and tokens and isinstance(tokens[0], str):
         toks, mask = model.to_tokens_and_mask(list(tokens))
     else:
-        toks, mask = np.atleast_2d(model._as_tokens(tokens)), None
+        toks, mask = np.atleast_2d(model.as_tokens(tokens)), None
     variants = [pruning_interventions(scores, f) for f in fractions]
     res = run_batch(model, toks, variants, metric, batch_size=batch_size, attention_mask=mask,
                     progress=progress, desc="pruning")
