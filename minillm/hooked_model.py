@@ -81,7 +81,8 @@ class HookedModel(Transformer):
 
     # --- tokens and text ---------------------------------------------------------------------
 
-    def _need_tokenizer(self) -> Tokenizer:
+    def need_tokenizer(self) -> Tokenizer:
+        """The model's tokenizer, or a MinillmError saying the checkpoint has none (pass ids)."""
         if self.tokenizer is None:
             raise MinillmError(
                 f"{self.path or self.name}: this checkpoint has no tokenizer.json, so text "
@@ -131,12 +132,12 @@ class HookedModel(Transformer):
         if isinstance(texts, str) or not list(texts):
             raise MinillmError("to_tokens needs a text or a non-empty list of texts, got "
                                f"{texts!r}")
-        return self._need_tokenizer().batch_encode(list(texts), padding_side, self.pad_token_id,
+        return self.need_tokenizer().batch_encode(list(texts), padding_side, self.pad_token_id,
                                                    encode=lambda t: self._encode(t, prepend_bos))
 
     def _encode(self, text: str, prepend_bos: bool | None) -> list[int]:
         """One text -> ids, with BOS added or removed as `prepend_bos` asks."""
-        tok = self._need_tokenizer()
+        tok = self.need_tokenizer()
         if prepend_bos is None:
             prepend_bos = self.default_prepend_bos
         ids = tok.encode(text)
@@ -162,7 +163,7 @@ class HookedModel(Transformer):
             raise MinillmError(f"to_string takes integer token ids, got dtype {ids.dtype}")
         if ids.ndim == 2:
             return [self.to_string(row) for row in ids]
-        return self._need_tokenizer().decode(ids.tolist())  # checks every id is in the vocabulary
+        return self.need_tokenizer().decode(ids.tolist())  # checks every id is in the vocabulary
 
     def to_str_tokens(self, text_or_ids: TokensLike, prepend_bos: bool | None = None) -> list:
         """Each token as its own piece of text (for plot labels).
@@ -179,12 +180,12 @@ class HookedModel(Transformer):
             if ids.ndim == 2 and ids.shape[0] != 1:
                 raise MinillmError(f"to_str_tokens takes one row of ids ([p] or [1, p]), got "
                                    f"shape {ids.shape}")
-        tok = self._need_tokenizer()
+        tok = self.need_tokenizer()
         return [tok.decode([int(i)]) for i in np.asarray(ids).reshape(-1)]
 
     def to_single_token(self, text: str) -> int:
         """The id of a text that is exactly one token (error saying how it splits otherwise)."""
-        ids = self._need_tokenizer().encode(text, add_special_tokens=False)
+        ids = self.need_tokenizer().encode(text, add_special_tokens=False)
         if len(ids) != 1:
             pieces = [self.tokenizer.decode([i]) for i in ids]
             raise MinillmError(f"{text!r} is not a single token: it tokenizes as {pieces}")
@@ -192,7 +193,7 @@ class HookedModel(Transformer):
 
     def to_single_str_token(self, token_id: int) -> str:
         """The text of one token id."""
-        return self._need_tokenizer().decode([int(token_id)])
+        return self.need_tokenizer().decode([int(token_id)])
 
     def get_token_position(self, single_token: str | int, input: TokensLike, mode: str = "first",
                            prepend_bos: bool | None = None) -> int:

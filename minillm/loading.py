@@ -47,9 +47,9 @@ def load(name_or_path: str | Path, dtype: DTypeLike = np.float32, *, fold_ln: bo
     try:
         model = HookedModel(cfg, dtype, tokenizer, name=str(name_or_path), path=folder)
     except MemoryError:
-        from minillm.config import _n_params_lower_bound
+        from minillm.config import n_params_lower_bound
 
-        n = _n_params_lower_bound(cfg)
+        n = n_params_lower_bound(cfg)
         raise MinillmError(f"{folder}: not enough memory for a model of {n:,} parameters "
                            f"({n * dtype.itemsize / 2**30:.1f} GiB as {dtype})") from None
     load_weights(model, folder)

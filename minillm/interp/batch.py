@@ -162,6 +162,17 @@ def run_batch(
     return BatchResult(values, interrupted, done)
 
 
+def measure_variants(model: HookedModel, tokens: TokensLike, variants: Sequence[Any], metric: Callable,
+            batch_size: int | None = None, progress: bool = False, desc: str = "variants",
+            prefix: int | KVCache = 0, hooks_for: Callable[[list, int], list] | None = None,
+            ) -> tuple[np.ndarray, bool]:
+    """`run_batch` on one prompt [1, p]: the metric of each variant, and whether Ctrl-C stopped
+    the run.   -> (values [N], interrupted); NaN for variants not run."""
+    res = run_batch(model, tokens, variants, metric, batch_size=batch_size, prefix=prefix,
+                    hooks_for=hooks_for, progress=progress, desc=desc)
+    return res.values[:, 0], res.interrupted
+
+
 def _rows(j: int, b: int) -> int | list[int]:
     return j if b == 1 else list(range(j * b, (j + 1) * b))
 
