@@ -260,7 +260,7 @@ def prompt_ids(model, prompt, chat: bool = False, system: str | None = None) -> 
             messages = [{"role": "system", "content": system}, *messages]
         text = apply_chat_template(model, messages, add_generation_prompt=True)
         # the template writes every special token itself (HF: add_special_tokens=False)
-        return np.array([model._need_tokenizer().encode(text, add_special_tokens=False)], np.int64)
+        return np.array([model.need_tokenizer().encode(text, add_special_tokens=False)], np.int64)
     ids = model.to_tokens(prompt) if isinstance(prompt, str) else np.asarray(prompt)
     if ids.ndim == 1:
         ids = ids[None, :]

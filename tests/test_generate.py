@@ -400,7 +400,7 @@ def test_model_without_a_template_gets_a_clear_error(tmp_path, smollm2):
     (tmp_path / "tokenizer.json").write_bytes(smollm2.tokenizer.path.read_bytes())
     (tmp_path / "tokenizer_config.json").write_text("{}")
     tokenizer = Tokenizer(tmp_path / "tokenizer.json")
-    fake = types.SimpleNamespace(name="no-template", _need_tokenizer=lambda: tokenizer)
+    fake = types.SimpleNamespace(name="no-template", need_tokenizer=lambda: tokenizer)
     with pytest.raises(minillm.MinillmError, match="no chat template"):
         apply_chat_template(fake, [{"role": "user", "content": "hi"}])
 
