@@ -99,14 +99,14 @@ class ActivationCache(dict):
         self.has_batch_dim = has_batch_dim
 
     def __repr__(self) -> str:  # hook names, shapes and bytes grouped by layer (not the arrays)
-        from minillm.views.display import cache_repr
+        from minillm.hooked_model import ring_part
 
-        return cache_repr(self)
+        return ring_part("cache_repr")(self)  # views.display.cache_repr
 
     def _repr_html_(self) -> str:
-        from minillm.views.display import cache_html
+        from minillm.hooked_model import ring_part
 
-        return cache_html(self)
+        return ring_part("cache_html")(self)  # views.display.cache_html
 
     def __getitem__(self, key) -> np.ndarray:
         if isinstance(key, tuple):

@@ -39,6 +39,7 @@ EXPECTED = {
     "pythia-160m": "EleutherAI/pythia-160m",
     "gemma-3-270m": "google/gemma-3-270m",
     "qwen3-0.6b": "Qwen/Qwen3-0.6B",
+    "gemma-2-2b": "google/gemma-2-2b",
     "olmo-2-1b": "allenai/OLMo-2-0425-1B",
     "phi-3-mini": "microsoft/Phi-3-mini-4k-instruct",
 }

@@ -49,6 +49,14 @@ def test_gguf_names_match_llama_cpps_table(name):
     assert all(v is not None for v in ours.values()), "llama.cpp names every tensor of these"
 
 
+@pytest.mark.parametrize("name", NEW_FAMILIES)
+def test_the_fixture_stays_a_few_hundred_kilobytes(name):
+    """Each family's folder (weights, gradients, references) is at most 300 kB, so the
+    repository stays small as families are added (they are 238 to 277 kB today)."""
+    size = sum(f.stat().st_size for f in golden_folder(name).iterdir() if f.is_file())
+    assert size <= 300_000, f"{name}: {size} bytes"
+
+
 def test_gguf_names_of_llama_match_the_converter():
     from minillm.checkpoints.gguf import _LAYER_TENSORS
 

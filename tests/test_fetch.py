@@ -11,9 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import signal
 import socket
+import subprocess
+import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
@@ -43,6 +48,8 @@ class FakeHub:
         self.drop_once: dict[str, int] = {}  # file name -> bytes to send before dropping the connection
         self.corrupt: set[str] = set()  # file names served with one byte flipped
         self.gated_token: str | None = None
+        self.stall: dict[str, int] = {}  # file name -> bytes to send before stalling (until released)
+        self.released = threading.Event()
 
     def add_repo(self, repo: str, files: dict[str, bytes], commit: str = COMMIT, refs=("main",)):
         entry = self.repos.setdefault(repo, {"refs": {}, "files": {}})
@@ -106,6 +113,12 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if not body:
             return
+        if name in hub.stall:  # a download that hangs mid-file, until its client is killed
+            self.wfile.write(sent[start : start + hub.stall.pop(name)])
+            self.wfile.flush()
+            hub.released.wait(60)
+            self.close_connection = True
+            return
         if name in hub.drop_once:
             cut = hub.drop_once.pop(name)
             self.wfile.write(sent[start : start + cut])
@@ -135,6 +148,7 @@ def hub(tmp_path, monkeypatch):
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     yield server.hub  # type: ignore[attr-defined]
+    server.hub.released.set()  # type: ignore[attr-defined]
     server.shutdown()
     server.server_close()
     thread.join(5)
@@ -191,9 +205,14 @@ def test_offline_mode_never_asks_the_network_and_says_what_to_do(hub, monkeypatc
     assert hub.requests == []
 
 
-def test_the_partial_file_of_a_killed_download_is_removed_by_the_next_fetch(hub, tmp_path):
-    """huggingface_hub downloads into `blobs/<etag>.<random>.incomplete` under a lock, and never
-    reuses that file once its process died: the next fetch deletes it (it is model-sized)."""
+def ranges(hub: FakeHub, name: str) -> list[str | None]:
+    """The Range header of every GET of `name` (None: the whole file)."""
+    return [headers.get("range") for _, headers in hub.gets(name)]
+
+
+def test_the_partial_file_of_a_killed_huggingface_hub_download_is_resumed(hub, tmp_path):
+    """huggingface_hub 2.x downloads into `blobs/<etag>.<random>.incomplete` and never reuses
+    that file once its process died; the next fetch continues it with a Range request."""
     files = tiny_files()
     hub.add_repo(REPO, files)
     data = files["model.safetensors"]
@@ -201,10 +220,61 @@ def test_the_partial_file_of_a_killed_download_is_removed_by_the_next_fetch(hub,
     blobs.mkdir(parents=True)
     leftover = blobs / f"{sha256(data)}.1a2b3c4d.incomplete"
     leftover.write_bytes(data[:100_000])
+    (blobs / f"{sha256(data)}.5e6f7a8b.incomplete").write_bytes(data[:10])  # a shorter one
     minillm.load(REPO)
-    assert not leftover.exists()
+    assert ranges(hub, "model.safetensors") == ["bytes=100000-"]
     assert (blobs / sha256(data)).read_bytes() == data
     assert sorted(p.name for p in blobs.iterdir() if p.name.endswith(".incomplete")) == []
+
+
+def test_a_killed_fetch_resumes_where_it_stopped(hub, tmp_path):
+    """`minillm fetch` in a subprocess stalls mid-file (the server stops sending) and is
+    killed with SIGKILL; the next load asks only for the rest (Range from the partial size)
+    and the blob has the published SHA-256. The subprocess reads the stream in 4 kB chunks
+    instead of huggingface_hub's 10 MB (how much of the stream a kill loses), so that this
+    small file is written in pieces. About 3 s."""
+    files = tiny_files()
+    hub.add_repo(REPO, files)
+    data = files["model.safetensors"]
+    hub.stall["model.safetensors"] = 100_000
+    partial = cache_root(tmp_path) / "blobs" / f"{sha256(data)}.incomplete"
+    code = ("import sys; from huggingface_hub import constants; constants.DOWNLOAD_CHUNK_SIZE = 4096; "
+            f"from minillm.cli import main; sys.exit(main(['fetch', {REPO!r}]))")
+    proc = subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ, OPENBLAS_NUM_THREADS="1"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        written = 100_000 // 4096 * 4096  # the whole chunks received before the stall
+        deadline = time.monotonic() + 60
+        while not (partial.exists() and partial.stat().st_size == written):
+            assert proc.poll() is None, "the fetch ended before it was killed"
+            assert time.monotonic() < deadline, "the partial file never reached the stall point"
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        proc.wait(10)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (cache_root(tmp_path) / "blobs" / sha256(data)).exists()  # nothing reported ready
+    minillm.load(REPO)
+    assert ranges(hub, "model.safetensors") == [None, f"bytes={written}-"]
+    assert download.file_sha256(cache_root(tmp_path) / "blobs" / sha256(data)).hexdigest() == sha256(data)
+    assert not partial.exists()
+
+
+def test_a_partial_file_that_is_not_a_prefix_fails_the_hash_and_is_dropped(hub, tmp_path):
+    """A corrupt partial file must not be resumed forever: the finished file fails the
+    published SHA-256, the partial is deleted, and the next attempt downloads it whole."""
+    files = tiny_files()
+    hub.add_repo(REPO, files)
+    data = files["model.safetensors"]
+    partial = cache_root(tmp_path) / "blobs" / f"{sha256(data)}.incomplete"
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(b"x" * 1000)
+    with pytest.raises(CheckpointError, match="model.safetensors .*SHA-256 the hub publishes.*byte 1000"):
+        minillm.load(REPO)
+    assert not partial.exists() and not (partial.parent / sha256(data)).exists()
+    minillm.load(REPO)
+    assert ranges(hub, "model.safetensors") == ["bytes=1000-", None]
+    assert (partial.parent / sha256(data)).read_bytes() == data
 
 
 def test_a_dropped_connection_is_retried_and_the_file_is_whole(hub, tmp_path):

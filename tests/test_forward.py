@@ -1,6 +1,6 @@
 """The forward pass against Hugging Face transformers' outputs, frozen in tests/fixtures/.
 
-Tolerances: the fixtures are tiny (d_model 64, 2 layers) float32 models, so
+Tolerances: the fixtures are tiny (d_model 32 or 64, 2 layers) float32 models, so
 float32 logits agree to a few 1e-6; 5e-5 leaves an order of magnitude of room
 for BLAS summation order. In float64 every family agrees to ~2e-14 (measured
 8e-15 .. 2e-14 under the Haswell, SkylakeX and Sandybridge kernels), checked at

@@ -344,6 +344,7 @@ def write_tiny_gguf(
     bos_id=1,
     replace: dict | None = None,
     drop: str | None = None,
+    types: list[int] | None = None,
 ) -> Path:
     """A tiny llama GGUF in llama.cpp's layout (q/k rows permuted, F32 tensors)."""
     tokens = CONTROL + pre_tokenizers.ByteLevel.alphabet() + ["he", "ll", "hell"]
@@ -359,7 +360,7 @@ def write_tiny_gguf(
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)
-    writer.add_token_types([3] * len(CONTROL) + [1] * (len(tokens) - len(CONTROL)))
+    writer.add_token_types(types or [3] * len(CONTROL) + [1] * (len(tokens) - len(CONTROL)))
     writer.add_token_merges(MERGES)
     writer.add_bos_token_id(bos_id)
     writer.add_eos_token_id(2)

@@ -7,7 +7,9 @@ This is what makes the checks trustworthy: a check that a stub passes cannot fai
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -135,6 +137,16 @@ def test_quoted_numbers_skip_names_code_and_maths():
     assert missing_numbers(text, "got -5.31, 0.045, 0.14") == ["−5.39"]  # drifted by more than the precision
 
 
+def test_numbers_behind_a_collapsed_results_block_are_still_checked():
+    # The lectures put their results in <details> blocks after a "predict" question: the
+    # numbers there are quoted as much as any other, and drift as much.
+    text = ("**Predict:** how large?\n\n<details>\n<summary>What the script printed (open after "
+            "your run)</summary>\n\nLoss: 14.10 nats, then **1.75**.\n\n</details>\n")
+    assert quoted_numbers(text) == ["14.10", "1.75"]
+    assert missing_numbers(text, "loss 14.104 then 1.748") == []
+    assert missing_numbers(text, "loss 14.104 then 1.71") == ["1.75"]
+
+
 def test_check_grades_the_copy_it_runs_in_and_names_the_file(tmp_path, monkeypatch, capsys):
     # A teacher copies the course; `lesson check` must grade the copy, not the original.
     number = LESSONS[0]
@@ -171,6 +183,125 @@ def test_lesson_scripts_use_the_students_function_once_implemented(tmp_path, mon
     mine = course.student_version(13, "adam_step", fallback)
     assert mine is not fallback and mine.__name__ == "adam_step"
     assert "using YOUR version" in capsys.readouterr().out
+
+
+# The student's code drives the lessons: each case appends deliberately wrong versions of some
+# exercise functions to the solutions (so every exercise is "implemented", the others
+# correctly), runs the lesson script on that copy, and requires the output to show the mistake
+# (the reference output never matches these patterns) and every function the script uses to
+# be the student's. About 4 minutes on 2 idle cores for the 12 lessons.
+_WRONG: dict[int, tuple[str, list[str]]] = {
+    1: ("""
+def analogy(W_E, a, b, c, k=5):  # forgets to exclude the three inputs
+    v = W_E[a] - W_E[b] + W_E[c]
+    sims = W_E @ v / (np.linalg.norm(W_E, axis=1) * np.linalg.norm(v))
+    return [int(i) for i in np.argsort(-sims)[:k]]
+
+
+def tying(W_E, W_U):
+    return "untied"
+""", [r"king- man\+ woman -> \[\(' queen', [\d.]+\), \(' king',",  # ' king' itself among the answers
+      r"tying\(W_E, W_U\): 'untied'"]),
+    2: ("""
+def rope(x, positions, theta):  # rotates the wrong way: -sin
+    e = x.shape[-1]
+    angles = np.asarray(positions)[:, None] * theta ** (-np.arange(0, e, 2) / e)
+    cos = np.cos(np.concatenate([angles, angles], axis=-1))[:, None, :]
+    sin = np.sin(np.concatenate([angles, angles], axis=-1))[:, None, :]
+    x1, x2 = x[..., : e // 2], x[..., e // 2 :]
+    return x * cos - np.concatenate([-x2, x1], axis=-1) * sin
+""", [r"attn\.hook_rot_q .* relative error (\d\.\de-0[12]|\d\.\de\+\d\d)",  # > 1e-3 (its reference: 8e-07)
+      r"final logits: max \|ours − model\| = \d\.\d\de\+\d\d"]),  # > 1 (its reference: 3e-05)
+    3: ("""
+def kv_head_of(head, n_heads, n_kv_heads):  # np.tile's mapping instead of np.repeat's
+    return head % n_kv_heads
+""", [r"g = 9 // 3 = 3: \{0: \[0, 3, 6\]",
+      r"from hook_pattern (\d\.\de-0[12]|\d\.\de\+\d\d)"]),  # head 18.6 read kv-head 0's keys
+    4: ("""
+def edit_embedding_row(W_E, token, op, alpha=0.3):  # zeroes the row whatever the op
+    out = W_E.copy()
+    out[token] = 0
+    return out
+
+
+def rms_norm_change(x, c, eps):
+    return 0.0
+""", [r"your edit_embedding_row as the embedding vs hook_embed batch row: max \|Δresid\| = [1-9]",
+      r"sorry REDUCE α=0\.3 +\d\.\d{3}e-04 +0\.000e\+00"]),
+    5: ("""
+def output_readout(w_out, w_final, W_U, k=10):  # promoted and suppressed swapped
+    order = np.argsort((w_out * w_final) @ W_U)
+    return [int(t) for t in order[:k]], [int(t) for t in order[::-1][:k]]
+""", [r"L22N1293 \(your output_readout\): promotes \['letons'"]),
+    6: ("""
+def undo(W, index, saved):  # rebinds a local name: W is unchanged
+    W = W.copy()
+    W[index] = saved
+""", [r"your undo did not restore the row bit for bit"]),
+    7: ("""
+def top_p_neurons(acts, rate, by="value"):  # ignores the rate: always the single most active
+    return [int(np.argmax(acts))]
+""", [r"layer 0, 90 % replaced \(1 neurons\)"]),
+    8: ("""
+def lens_logits(resid, ln_w, eps, W_U):  # forgets the gain
+    return (resid / np.sqrt((resid * resid).mean(-1, keepdims=True) + eps)) @ W_U
+""", [r"lens of the final stream == model logits: False"]),
+    9: ("""
+def patch_resid_pre_hook(source, pos):  # patches position 0 instead of pos
+    def fn(act, hook):
+        out = act.copy()
+        out[:, 0] = source[0, 0]
+        return out
+    return fn
+""", [r"layer  0, position  9: by hand with your functions [+-]0\.00, the sweep \+1\.00"]),
+    10: ("""
+def softmax_backward(dout, y):  # forgets the - sum(dout * y) term
+    return y * dout
+
+
+def head_attribution(z_clean, z_corrupt, grad_z):  # the wrong sign
+    return ((z_clean - z_corrupt) * grad_z).sum(axis=(0, 1, 3))
+""", [r"d attn\.hook_attn_scores +relative error (\d\.\de-0[12]|\d\.\de\+\d\d)",
+      r"largest head attributions: L23\.H3 \+5\.\d\d"]),
+    11: ("""
+def mean_difference(pos_acts, neg_acts):  # negative minus positive
+    return neg_acts.mean(axis=0) - pos_acts.mean(axis=0)
+
+
+def pca_svd(X, k):  # forgets to centre
+    U, S, Vt = np.linalg.svd(X, full_matrices=False)
+    return Vt[:k], S**2 / (S**2).sum()
+""", [r"steering: +\+\d\.\d\d +\+\d\.\d\d",  # love − hate reversed: α = −3 now raises the log-odds
+      r"explained variance PC1\.\.PC5: \[0\.[5-9]"]),  # the uncentred PC1 is the mean (centred: 0.22)
+    12: ("""
+def worst_position_head(ref, cand):
+    return 0, 0
+""", [r"largest error of blocks\.0\.attn\.hook_z: position 0 \('When'\), head 0",
+      r"port\.py with your repeat_kv: all \d+ hooks agree"]),  # the solutions' fix, run by the script
+}
+
+
+@pytest.mark.parametrize("number", sorted(_WRONG))
+def test_a_wrong_student_function_changes_what_the_lesson_prints(number, tmp_path):
+    src = course.get_lesson(number).path
+    copy = tmp_path / "lessons" / src.name
+    shutil.copytree(src, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    wrong, patterns = _WRONG[number]
+    solutions = (src / "solutions.py").read_text()
+    (copy / "exercises.py").write_text(solutions + "\n\n# deliberately wrong\n" + wrong)
+    env = {**os.environ, "MINILLM_LESSONS": str(tmp_path / "lessons"), "OPENBLAS_NUM_THREADS": "1",
+           "MINILLM_LESSON_OUT": str(tmp_path / "out")}
+    proc = subprocess.run([sys.executable, str(copy / "lesson.py")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    stubs = ast.parse((src / "exercises.py").read_text()).body
+    exercises = [f.name for f in stubs if isinstance(f, ast.FunctionDef) and not f.name.startswith("_")]
+    assert len(exercises) >= 3
+    not_used = [name for name in exercises if f"[{name}] using YOUR version" not in out]
+    assert not not_used, f"lesson {number} does not use the student's {not_used}"
+    for pattern in patterns:
+        assert re.search(pattern, out), f"lesson {number}: the wrong function did not show ({pattern})\n{out}"
 
 
 def test_bad_lesson_arguments_are_clear(capsys):

@@ -1125,6 +1125,38 @@ def test_own_patching_loop_matches_the_patching_module(tiny, tiny_pair):
     np.testing.assert_allclose(act_patch_resid_pre, results, rtol=1.3e-6, atol=1e-5)
 
 
+def test_batched_patching_keeps_each_patch_on_its_own_prompt_rows(tiny):
+    # DIFFERENCE: minillm runs the patches in batches (each patch on its own copy of the b
+    # corrupted prompts); TransformerLens runs one forward pass per patch, like this loop.
+    clean = np.array([TL_PORT_TINY_CLEAN, TL_PORT_TINY_CLEAN[::-1]])  # b = 2 prompts
+    corrupted = clean.copy()
+    corrupted[:, 2] = 34
+    _, clean_cache = tiny.run_with_cache(clean)
+    shapes = []
+
+    def metric(logits):  # reads both prompts of one patch, so a row mix-up changes the number
+        shapes.append(logits.shape[0])
+        return logits[0, -1, 33] - logits[1, -1, 5]
+
+    def patch_head(z, hook, head):
+        z[:, :, head] = clean_cache[hook.name][:, :, head]
+        return z
+
+    loop = np.array([[metric(tiny.run_with_hooks(corrupted, fwd_hooks=[(
+        utils.get_act_name("z", layer), partial(patch_head, head=head))]))
+        for head in range(tiny.cfg.n_heads)] for layer in range(tiny.cfg.n_layers)])
+    shapes.clear()
+    hooks_before = tiny.hooks.snapshot()
+    batched = patching.get_act_patch_attn_head_out_all_pos(tiny, corrupted, clean_cache, metric,
+                                                           batch_size=6)
+    assert set(shapes) == {2} and len(shapes) == tiny.cfg.n_layers * tiny.cfg.n_heads
+    assert tiny.hooks.snapshot() == hooks_before
+    # the tiny model's logits are O(1-10); a float32 GEMM over 6 rows instead of 2 may round
+    # differently in the last bits (~1e-6 of a logit), far below any patch's effect
+    np.testing.assert_allclose(batched, loop, atol=1e-5)
+    assert np.abs(loop).max() > 1e-2  # the comparison is not between zeros
+
+
 def test_get_act_patch_block_every(tiny, tiny_pair, tl):
     # ARENA2 part3 ("act_patch_block_every = patching.get_act_patch_block_every(model,
     # corrupted_tokens, clean_cache, ioi_metric)")

@@ -15,13 +15,38 @@ import os
 import numpy as np
 
 import minillm
-from minillm.course import show
+from minillm.course import show, student_version
 from minillm.interp.lens import final_norm
 
 MODEL = os.environ.get("MINILLM_LESSON_MODEL", "smollm2-135m")
 model = minillm.load(MODEL)
 print(model)
 W_E = model.embed.W_E  # [V, d]
+
+
+def _reference_decode(model, ids):  # one string per id
+    return [model.to_string([int(i)]) for i in np.asarray(ids).reshape(-1)]
+
+
+def _reference_rank(W_E, v, exclude, k):  # the k rows most cosine-similar to v, `exclude` skipped
+    sims = W_E @ v / (np.linalg.norm(W_E, axis=1) * np.linalg.norm(v))  # [V]
+    return [int(i) for i in np.argsort(-sims, kind="stable") if int(i) not in exclude][:k]
+
+
+def _reference_tying(W_E, W_U):
+    if np.shares_memory(W_E, W_U):
+        return "shared"
+    return "equal" if W_U.shape == W_E.T.shape and np.array_equal(W_U, W_E.T) else "untied"
+
+
+# Your exercises 1-4 once implemented (until then, the references above): what the script
+# prints below is what YOUR functions compute.
+decode_ids = student_version(1, "decode_ids", _reference_decode)
+cosine_neighbours = student_version(1, "cosine_neighbours",
+                                    lambda W_E, t, k=10: _reference_rank(W_E, W_E[t], {int(t)}, k))
+analogy = student_version(1, "analogy", lambda W_E, a, b, c, k=5: _reference_rank(
+    W_E, W_E[a] - W_E[b] + W_E[c], {int(a), int(b), int(c)}, k))
+tying = student_version(1, "tying", _reference_tying)
 
 # %% [markdown]
 # ## 1. Tokenization
@@ -43,7 +68,7 @@ if model.tokenizer.token_to_id("<|im_start|>") is not None:  # SmolLM2's chat fo
     texts.insert(0, "<|im_start|>user\nWhat is 12+7?<|im_end|>\n")
 for text in texts:
     ids = model.to_tokens(text)[0]
-    print(f"{text!r:50} {len(ids):2d} tokens  {model.to_str_tokens(ids)}")
+    print(f"{text!r:50} {len(ids):2d} tokens  {decode_ids(model, ids)}")  # your exercise 1
 print("ids of 'The year 2024':", model.to_tokens("The year 2024")[0].tolist())
 print("BOS added to plain text?", model.to_tokens("Hello")[0].tolist())
 
@@ -56,8 +81,8 @@ print("BOS added to plain text?", model.to_tokens("Hello")[0].tolist())
 # %%
 norms = np.linalg.norm(W_E, axis=1)  # [V]
 order = np.argsort(norms)
-shortest = [model.to_string([int(i)]) for i in order[:6]]
-longest = [model.to_string([int(i)]) for i in order[-6:][::-1]]
+shortest = decode_ids(model, order[:6])
+longest = decode_ids(model, order[-6:][::-1])
 print(f"W_E {W_E.shape}: row norms from {norms.min():.2f} to {norms.max():.2f} (mean {norms.mean():.2f})")
 print("shortest rows:", shortest)
 print("longest rows: ", longest)
@@ -77,7 +102,8 @@ show(fig, "embedding_norms.png")
 # ## 3. Nearest neighbours by cosine
 #
 # Divide every row by its norm once; then one matrix-vector product gives the cosine of a
-# token with the whole vocabulary.
+# token with the whole vocabulary. The neighbours come from your `cosine_neighbours`
+# (exercise 2); the cosines printed next to them are recomputed here.
 
 # %%
 unit = W_E / norms[:, None]  # [V, d], unit rows
@@ -85,9 +111,8 @@ unit = W_E / norms[:, None]  # [V, d], unit rows
 
 def neighbours(text: str, k: int = 8) -> list[tuple[str, float]]:
     t = model.to_single_token(text)
-    sims = unit @ unit[t]  # [V]
-    best = [int(i) for i in np.argsort(-sims)[: k + 1] if int(i) != t][:k]
-    return [(model.to_string([i]), round(float(sims[i]), 3)) for i in best]
+    best = cosine_neighbours(W_E, t, k)  # k ids, best first, t excluded
+    return [(s, round(float(unit[i] @ unit[t]), 3)) for s, i in zip(decode_ids(model, best), best)]
 
 
 for text in [" king", " Paris", " dog", " sorry", " blue", " Monday", "7"]:
@@ -126,7 +151,8 @@ show(fig, "embedding_cosines.png")
 # ## 4. Analogies: a − b + c
 #
 # Rank all tokens by cosine with `W_E[a] − W_E[b] + W_E[c]`, excluding the three inputs
-# (we also print where `a` itself would have ranked: usually first).
+# (your `analogy`, exercise 3). We also print where `a` itself would have ranked, and its
+# cosine: it is usually first or close to it.
 
 # %%
 for a, b, c in [(" king", " man", " woman"), (" Paris", " France", " Germany"),
@@ -138,10 +164,11 @@ for a, b, c in [(" king", " man", " woman"), (" Paris", " France", " Germany"),
         continue
     v = W_E[ia] - W_E[ib] + W_E[ic]
     sims = unit @ (v / np.linalg.norm(v))
+    best = analogy(W_E, ia, ib, ic, 4)  # your exercise 3
+    answers = [(s, round(float(sims[i]), 3)) for s, i in zip(decode_ids(model, best), best)]
     ranked = [int(i) for i in np.argsort(-sims)[:8]]
-    answers = [(model.to_string([i]), round(float(sims[i]), 3)) for i in ranked if i not in (ia, ib, ic)]
     own = ranked.index(ia) + 1 if ia in ranked else ">8"
-    print(f"{a}-{b}+{c} -> {answers[:4]}   (the rank of {a!r} itself: {own})")
+    print(f"{a}-{b}+{c} -> {answers}   (the rank of {a!r} itself: {own}, cosine {sims[ia]:.3f})")
 
 # %% [markdown]
 # ## 5. Tied or untied unembedding
@@ -156,6 +183,14 @@ W_U = model.unembed.W_U  # [d, V]
 print("tie_embeddings:", model.cfg.tie_embeddings,
       "| shares memory:", np.shares_memory(W_E, W_U),
       "| W_E parameters:", f"{W_E.size / 1e6:.1f} M of {model.n_params() / 1e6:.1f} M")
+# Your exercise 4 on this model's W_U, on a separate exact copy of W_E.T (what
+# minillm.edits.untie leaves), and on that copy with one weight changed:
+copy = np.ascontiguousarray(W_E.T)
+changed = copy.copy()
+changed[0, 0] += 1.0
+print("tying(W_E, W_U):", repr(tying(W_E, W_U)), "| an exact copy:", repr(tying(W_E, copy)),
+      "| one weight changed:", repr(tying(W_E, changed)))
+del copy, changed
 rng = np.random.default_rng(0)
 sample = rng.choice(W_E.shape[0], size=300, replace=False)  # random token ids
 direct = final_norm(model, W_E[sample]) @ W_U  # [300, V]: embedding -> logits, no blocks
@@ -163,6 +198,10 @@ self_rank = (direct > direct[np.arange(len(sample)), sample][:, None]).sum(axis=
 print(f"a token's own embedding predicts itself: top-1 for {np.mean(self_rank == 0):.0%}, top-10 for "
       f"{np.mean(self_rank < 10):.0%} of 300 random tokens; median rank of itself "
       f"{np.median(self_rank):.0f} of {W_E.shape[0]} (chance: about {W_E.shape[0] // 2})")
+x = W_E[sample]
+no_gain = (x / np.sqrt((x * x).mean(-1, keepdims=True) + model.cfg.eps)) @ W_U  # the norm without its gain
+rank_no_gain = (no_gain > no_gain[np.arange(len(sample)), sample][:, None]).sum(axis=1)
+print(f"without the final norm's gain: median rank of itself {np.median(rank_no_gain):.0f}")
 
 fig, ax = subplots(figsize=(6, 3.2))
 ax.hist(np.log10(1 + self_rank), bins=30)

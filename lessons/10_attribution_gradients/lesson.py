@@ -20,7 +20,8 @@ import os
 import numpy as np
 
 import minillm
-from minillm.course import show
+from minillm import ops
+from minillm.course import show, student_version
 from minillm.grad import ops_backward as B
 from minillm.grad.backward import backward
 from minillm.interp import attribution as ap
@@ -37,15 +38,39 @@ metric = logit_diff(model, " Mary", " John")  # logit(' Mary') − logit(' John'
 print(f"{MODEL}: the prompts differ at position {NAME_POS} ({model.to_str_tokens(clean[0])[NAME_POS]!r} vs "
       f"{model.to_str_tokens(corrupt[0])[NAME_POS]!r})")
 
+
+def _reference_mlp_backward(d_resid_post, resid_mid, blk, eps):  # -> d resid_mid [b, p, d]
+    s = 1.0 / np.sqrt((resid_mid * resid_mid).mean(axis=-1, keepdims=True) + eps)
+    u = resid_mid * s * blk.ln2.w  # the MLP's input
+    pre, pre_linear = u @ blk.mlp.W_gate, u @ blk.mlp.W_in  # [b, p, m]
+    dpost = linear_backward(d_resid_post, ops.silu(pre) * pre_linear, blk.mlp.W_out)[0]
+    dpre, dpre_linear = B.gated_mlp_backward(dpost, pre, pre_linear)
+    du = linear_backward(dpre, u, blk.mlp.W_gate)[0] + linear_backward(dpre_linear, u, blk.mlp.W_in)[0]
+    return d_resid_post + rms_norm_backward(du, resid_mid, blk.ln2.w, eps)[0]
+
+
+# Your exercises once implemented (until then, minillm's own backward functions, the answer
+# key): every gradient this script computes by hand below is computed by YOUR functions.
+rms_norm_backward = student_version(10, "rms_norm_backward", B.rms_norm_backward)
+softmax_backward = student_version(10, "softmax_backward", B.softmax_backward)
+linear_backward = student_version(10, "linear_backward", lambda dout, x, W: B.linear_backward(dout, x, W)[:2])
+central_difference = student_version(10, "central_difference",
+                                     lambda f, x, v, h: (f(x + h * v) - f(x - h * v)) / (2 * h))
+mlp_backward = student_version(10, "mlp_backward", _reference_mlp_backward)
+head_attribution = student_version(10, "head_attribution",
+                                   lambda z_clean, z_corrupt, grad_z: ((z_corrupt - z_clean) * grad_z).sum(
+                                       axis=(0, 1, 3)))
+
 # %% [markdown]
 # ## 1. One block's backward, by hand
 #
 # `minillm.grad.backward.backward` runs the forward with every activation cached, then walks the
 # blocks in reverse. Here we redo the second half of block L (`resid_post = resid_mid +
-# MLP(RMSNorm(resid_mid))`) and the attention softmax with the op-level backwards of
-# `minillm.grad.ops_backward` — the functions you write in the exercises — starting from the
-# gradient minillm found at `hook_resid_post`, and compare each intermediate gradient with
-# minillm's at the same hook point.
+# MLP(RMSNorm(resid_mid))`) and the attention softmax with the functions you write in the
+# exercises (`linear_backward`, `rms_norm_backward`, `softmax_backward`; the gate's own
+# backward is `minillm.grad.ops_backward.gated_mlp_backward`), starting from the gradient
+# minillm found at `hook_resid_post`, and compare each intermediate gradient with minillm's
+# at the same hook point. Last, your `mlp_backward` does the whole half-block in one call.
 
 # %%
 res = backward(model, clean, metric, params=False)  # activation gradients only
@@ -56,16 +81,17 @@ blk, c = model.blocks[L], res.cache
 errors: dict[str, float] = {}
 
 
-def compare(name: str, ours: np.ndarray) -> np.ndarray:
+def compare(name: str, ours: np.ndarray, label: str = "") -> np.ndarray:
     ref = res.grad(f"blocks.{L}.{name}")
-    errors[name] = float(np.abs(ours - ref).max() / np.abs(ref).max())
-    print(f"d {name:24} relative error {errors[name]:.1e}")
+    label = label or name
+    errors[label] = float(np.abs(ours - ref).max() / np.abs(ref).max())
+    print(f"d {label:24} relative error {errors[label]:.1e}")
     return ours
 
 
 if blk.mlp.gated:  # Llama family: SwiGLU MLP and RMSNorm (GPT-2: gelu_tanh_backward, layer_norm_backward)
     d_post = res.grad(f"blocks.{L}.hook_resid_post")  # [1, p, d]
-    dpost, _, _ = B.linear_backward(d_post, c[f"blocks.{L}.mlp.hook_post"], blk.mlp.W_out)  # through W_out
+    dpost, _ = linear_backward(d_post, c[f"blocks.{L}.mlp.hook_post"], blk.mlp.W_out)  # through W_out
     compare("mlp.hook_post", dpost)
     dpre, dpre_linear = B.gated_mlp_backward(dpost, c[f"blocks.{L}.mlp.hook_pre"],
                                              c[f"blocks.{L}.mlp.hook_pre_linear"])  # through silu(g) ⊙ up
@@ -73,12 +99,14 @@ if blk.mlp.gated:  # Llama family: SwiGLU MLP and RMSNorm (GPT-2: gelu_tanh_back
     compare("mlp.hook_pre_linear", dpre_linear)
     du = dpre @ blk.mlp.W_gate.T + dpre_linear @ blk.mlp.W_in.T  # u feeds two projections: add
     compare("ln2.hook_normalized", du * blk.ln2.w)
-    dx, _ = B.rms_norm_backward(du, c[f"blocks.{L}.hook_resid_mid"], blk.ln2.w, cfg.eps)
+    dx, _ = rms_norm_backward(du, c[f"blocks.{L}.hook_resid_mid"], blk.ln2.w, cfg.eps)
     compare("hook_resid_mid", d_post + dx)  # skip connection + MLP branch
+    compare("hook_resid_mid", mlp_backward(d_post, c[f"blocks.{L}.hook_resid_mid"], blk, cfg.eps),
+            "resid_mid (mlp_backward)")
 else:
     print("(the hand backward of the MLP half is written for the Llama family; skipped)")
 d_pattern = res.grad(f"blocks.{L}.attn.hook_pattern")
-compare("attn.hook_attn_scores", B.softmax_backward(d_pattern, c[f"blocks.{L}.attn.hook_pattern"]))
+compare("attn.hook_attn_scores", softmax_backward(d_pattern, c[f"blocks.{L}.attn.hook_pattern"]))
 
 # %% [markdown]
 # ### Finite differences: is the gradient right at all?
@@ -87,8 +115,8 @@ compare("attn.hook_attn_scores", B.softmax_backward(d_pattern, c[f"blocks.{L}.at
 # difference: push `resid_mid` of block L along a random unit direction v by ±h, run the
 # model, and compare (metric(+h) − metric(−h)) / 2h with the gradient's prediction ∇·v.
 # In float32 the agreement is best at a middle h: large h pays for the curvature (error ∝
-# h²), small h for rounding in the metric (error ∝ ε/h). All 2×len(hs) runs go in ONE
-# batched forward pass, a hook adding a different perturbation to each row.
+# h²), small h for rounding in the metric (error ∝ ε/h). Your `central_difference`
+# (exercise 4) computes the estimate from `f`, the metric as a function of `resid_mid`.
 
 # %%
 rng = np.random.default_rng(0)
@@ -96,17 +124,16 @@ v = rng.standard_normal(c[f"blocks.{L}.hook_resid_mid"].shape[1:]).astype(np.flo
 v /= np.linalg.norm(v)
 predicted = float((res.grad(f"blocks.{L}.hook_resid_mid")[0] * v).sum())  # ∇·v
 hs = np.logspace(-3, 2, 4)
-steps = np.concatenate([hs, -hs]).astype(np.float32)  # [2n]
 
 
-def push(act, hook):
-    return act + steps[:, None, None] * v  # row r moves by steps[r]·v
+def f(resid_mid: np.ndarray) -> float:
+    """The metric when blocks.L.hook_resid_mid is replaced by `resid_mid` [1, p, d]."""
+    logits = model.run_with_hooks(clean, [(f"blocks.{L}.hook_resid_mid", lambda act, hook: resid_mid)],
+                                  last_only=True)
+    return float(metric(logits)[0])
 
 
-logits = model.run_with_hooks(np.repeat(clean, len(steps), axis=0), [(f"blocks.{L}.hook_resid_mid", push)],
-                              last_only=True)
-values = np.array([metric(logits[r : r + 1])[0] for r in range(len(steps))])
-fd = (values[: len(hs)] - values[len(hs) :]) / (2 * hs)
+fd = np.array([central_difference(f, c[f"blocks.{L}.hook_resid_mid"], v[None], float(h)) for h in hs])
 fd_err = np.abs(fd - predicted) / abs(predicted)
 for h, f_, e in zip(hs, fd, fd_err):
     print(f"h = {h:8.3g}: finite difference {f_:+.5f}, gradient {predicted:+.5f}, relative gap {e:.1e}")
@@ -165,6 +192,9 @@ print(f"logit difference: clean {base:+.2f}, corrupted {metric(corrupt_logits)[0
 
 def attribution(hook: str, axes: tuple) -> np.ndarray:
     """(a_corrupt − a_clean)·grad summed over all but (layer, component).   -> [L, n]"""
+    if hook == "attn.hook_z":  # your exercise 6, layer by layer
+        return np.stack([head_attribution(c[f"blocks.{l}.{hook}"], corrupt_cache[f"blocks.{l}.{hook}"],
+                                          res.grad(f"blocks.{l}.{hook}")) for l in range(cfg.n_layers)])
     return np.stack([((corrupt_cache[f"blocks.{l}.{hook}"] - c[f"blocks.{l}.{hook}"])
                       * res.grad(f"blocks.{l}.{hook}")).sum(axis=axes) for l in range(cfg.n_layers)])
 

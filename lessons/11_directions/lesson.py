@@ -16,12 +16,12 @@ import numpy as np
 
 import minillm
 from minillm import ops
-from minillm.course import show
+from minillm.course import show, student_version
 from minillm.interp import interventions as iv
 from minillm.interp import patchscopes as ps
 from minillm.interp import steering as st
 from minillm.interp.batch import run_variants
-from minillm.interp.pca import pca
+from minillm.interp.pca import PCAResult, pca
 
 MODEL = os.environ.get("MINILLM_LESSON_MODEL", "smollm2-135m")
 model = minillm.load(MODEL)
@@ -37,6 +37,29 @@ def last_token_acts(prompts, name):
     return cache[name][:, -1].astype(np.float64)
 
 
+def _reference_pca(X, k):  # X [n, D] -> (components [k, D], explained-variance ratios [r])
+    res = pca(X, k=k)
+    return res.components, res.explained_variance_ratio
+
+
+def _reference_analogy(W_E, a, b, c, k):  # the k ids most cosine-similar to a − b + c, inputs excluded
+    query = W_E[a] - W_E[b] + W_E[c]
+    sims = W_E @ query / (np.linalg.norm(W_E, axis=1) * np.linalg.norm(query))
+    sims[[a, b, c]] = -np.inf
+    return [int(i) for i in np.argsort(-sims, kind="stable")[:k]]
+
+
+def _reference_hook(vector, alpha):
+    return lambda act, hook: act + alpha * vector
+
+
+# Your exercises once implemented (until then, the references above).
+mean_difference = student_version(11, "mean_difference", lambda pos, neg: pos.mean(0) - neg.mean(0))
+steering_hook = student_version(11, "steering_hook", _reference_hook)
+pca_svd = student_version(11, "pca_svd", _reference_pca)
+cosine_analogy = student_version(11, "cosine_analogy", _reference_analogy)
+
+
 def random_like(v):
     """A random direction with the same norm as v: the control for every 'add a vector' result."""
     r = rng.standard_normal(v.shape)
@@ -47,8 +70,8 @@ def random_like(v):
 # ## 1. A steering vector
 #
 # `v = mean h_l(positive prompts) − mean h_l(negative prompts)` at `blocks.l.hook_resid_pre`,
-# last token. During generation `α·v` is added at every position (`st.steer` is
-# `minillm.interp.interventions.add`; exercise 2 writes the hook yourself).
+# last token (your `mean_difference`). During generation `α·v` is added at every position
+# by your `steering_hook` (in the package: `st.steer`, an `interventions.add`).
 
 # %%
 LAYER = max(1, round(L * 0.2))  # 6 of 30 for SmolLM2
@@ -56,8 +79,9 @@ POSITIVE = ["I love this", "What a wonderful day", "I am so happy", "This is gre
             "Best film ever", "She smiled with joy", "Everything is perfect"]
 NEGATIVE = ["I hate this", "What an awful day", "I am so sad", "This is terrible", "I despise you",
             "Worst film ever", "She cried with grief", "Everything is ruined"]
-v = st.steering_vector(model, POSITIVE, NEGATIVE, LAYER).astype(np.float32)  # [d]
-stream = np.linalg.norm(last_token_acts(POSITIVE + NEGATIVE, f"blocks.{LAYER}.hook_resid_pre"), axis=1)
+acts = last_token_acts(POSITIVE + NEGATIVE, f"blocks.{LAYER}.hook_resid_pre")  # [16, d]
+v = np.asarray(mean_difference(acts[: len(POSITIVE)], acts[len(POSITIVE):]), np.float32)  # [d]
+stream = np.linalg.norm(acts, axis=1)
 print(f"layer {LAYER}: ‖v‖ = {np.linalg.norm(v):.1f}; the stream there has ‖h‖ ≈ {stream.mean():.0f}")
 late = L // 2 + 3  # the position-0 trap, measured at a later layer
 v_last = st.steering_vector(model, POSITIVE, NEGATIVE, late)
@@ -66,15 +90,26 @@ print(f"layer {late}: ‖v‖ from the last token {np.linalg.norm(v_last):.0f}, 
       f"{np.linalg.norm(v_all):.0f} (the first position's huge 'attention sink' activations dominate)")
 
 PROMPT = "My week has been"
-for alpha, text in st.generate_steered(model, PROMPT, v, LAYER, alphas=(-2.0, 0.0, 2.0),
-                                       max_new_tokens=8).items():
+
+
+def steered(alpha: float, run):
+    """run() with your steering hook (α·v) added at blocks.LAYER.hook_resid_pre; removed after."""
+    model.add_hook(f"blocks.{LAYER}.hook_resid_pre", steering_hook(v, alpha))
+    try:
+        return run()
+    finally:
+        model.reset_hooks()
+
+
+for alpha in (-2.0, 0.0, 2.0):
+    text = steered(alpha, lambda: model.generate(PROMPT, max_new_tokens=8))
     print(f"α = {alpha:+.0f}: {PROMPT}{text!r}")
 
 # %% [markdown]
 # Generations are anecdotes; a dose–response curve is a measurement. The metric: log-odds of
 # a positive vs a negative next word, `logsumexp(log p(good words)) − logsumexp(log p(bad
-# words))` after the prompt, for α from −3 to 3, against three random directions of the same
-# norm (all 28 runs in one batch with `run_variants`).
+# words))` after the prompt, for α from −3 to 3 (with your hook), against three random
+# directions of the same norm (those 21 runs in one batch with `run_variants`).
 
 # %%
 GOOD = [" great", " good", " amazing", " wonderful", " fantastic"]
@@ -82,8 +117,11 @@ BAD = [" terrible", " bad", " awful", " horrible", " boring"]
 good_ids, bad_ids = [model.to_single_token(t) for t in GOOD], [model.to_single_token(t) for t in BAD]
 alphas = np.linspace(-3, 3, 7)
 controls = [random_like(v) for _ in range(3)]
-variants = [[st.steer(vec, LAYER, a)] for vec in [v, *controls] for a in alphas]
-logp = ops.log_softmax(run_variants(model, PROMPT, variants, last_only=True)[:, -1].astype(np.float64))
+variants = [[st.steer(vec, LAYER, a)] for vec in controls for a in alphas]
+tokens = model.to_tokens(PROMPT)
+yours = np.concatenate([steered(a, lambda: model(tokens, last_only=True)[:, -1]) for a in alphas])  # [7, V]
+logits = np.concatenate([yours, run_variants(model, PROMPT, variants, last_only=True)[:, -1]])
+logp = ops.log_softmax(logits.astype(np.float64))
 sentiment = np.logaddexp.reduce(logp[:, good_ids], -1) - np.logaddexp.reduce(logp[:, bad_ids], -1)
 curve, control_curves = sentiment[: len(alphas)], sentiment[len(alphas):].reshape(3, len(alphas))
 print("α:             ", " ".join(f"{a:+6.0f}" for a in alphas))
@@ -174,7 +212,7 @@ show(fig, "function_vector.png")
 # ## 3. PCA of residual activations
 #
 # 24 prompts "The word is X", X from four categories; the residual stream at the last token
-# of layer 10; PCA by the SVD of the centred data (exercise 3). The first two components
+# of layer 10; PCA by the SVD of the centred data (your `pca_svd`). The first two components
 # are the two directions of largest variance — nobody told them about categories.
 # Measurement: the share of the PC1–PC2 variance that lies *between* the group means, and
 # whether four new words land nearest their own group's centroid.
@@ -190,7 +228,9 @@ words = [w for ws in GROUPS.values() for w in ws]
 labels = np.array([g for g, ws in GROUPS.items() for _ in ws])
 hook = f"blocks.{PCA_LAYER}.hook_resid_post"
 X = last_token_acts([f"The word is {w}" for w in words], hook)  # [24, d]
-res = pca(X, k=5, hook=hook)
+components, ratios = pca_svd(X, 5)  # [5, d], [24]
+res = PCAResult(X.mean(0), np.asarray(components)[:5], np.zeros(0), np.asarray(ratios),
+                (X - X.mean(0)) @ np.asarray(components)[:5].T, hook)  # the plot and projection of yours
 c2 = res.coords[:, :2]
 centroids = {g: c2[labels == g].mean(0) for g in GROUPS}
 between = sum(((centroids[g] - c2.mean(0)) ** 2).sum() * (labels == g).sum() for g in GROUPS)
@@ -201,6 +241,24 @@ guess = [min(centroids, key=lambda g: np.linalg.norm(p - centroids[g])) for p in
 print("new words, nearest centroid:", {w: g for w, g in zip(NEW, guess)},
       f"({sum(g == NEW[w] for w, g in zip(NEW, guess))}/{len(NEW)} right)")
 show(res.plot_scatter(labels=words, groups=list(labels)), "pca_scatter.png")
+
+# %% [markdown]
+# ### Embedding analogies
+#
+# The oldest direction experiment: `W_E[king] − W_E[man] + W_E[woman]` should point at
+# queen. Your `cosine_analogy` ranks by cosine; next to it, the same query ranked by the raw
+# dot product, which favours tokens with long embedding rows.
+
+# %%
+E = model.embed.W_E
+for a, b, c in [(" king", " man", " woman"), (" Paris", " France", " Japan")]:
+    ia, ib, ic = (model.to_single_token(t) for t in (a, b, c))
+    by_cosine = cosine_analogy(E, ia, ib, ic, 5)
+    dots = E @ (E[ia] - E[ib] + E[ic])
+    dots[[ia, ib, ic]] = -np.inf
+    by_dot = [int(i) for i in np.argsort(-dots)[:5]]
+    print(f"{a} − {b} + {c}: by cosine {[model.to_string([i]) for i in by_cosine]}, "
+          f"by dot product {[model.to_string([i]) for i in by_dot]}")
 
 # %% [markdown]
 # ## 4. A patchscope: let the model read its own hidden state

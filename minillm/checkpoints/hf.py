@@ -74,6 +74,27 @@ def to_hf(ours: np.ndarray, layout) -> np.ndarray:
     return np.ascontiguousarray(ours.T if layout else ours)
 
 
+def _mlp_entries(p: str, blk, fc: str, proj: str, d: int, m: int, linear: bool) -> Iterator[Entry]:
+    """A two-matrix MLP with biases. GPT-2's Conv1D stores W [in, out] as we do; a Linear
+    (GPT-NeoX) stores [out, in], so `linear=True` transposes."""
+    w_in, w_out = ((m, d), (d, m)) if linear else ((d, m), (m, d))
+    yield f"{p}{fc}.weight", w_in, lambda b=blk: b.mlp.W_in, linear
+    yield f"{p}{fc}.bias", (m,), lambda b=blk: b.mlp.b_in, False
+    yield f"{p}{proj}.weight", w_out, lambda b=blk: b.mlp.W_out, linear
+    yield f"{p}{proj}.bias", (d,), lambda b=blk: b.mlp.b_out, False
+
+
+def _final_entries(model: Transformer, norm: str, unembed: str, bias: bool = True) -> Iterator[Entry]:
+    """The final norm's gain (and bias), and the unembedding [V, d] (a Linear: transposed)
+    unless it is tied to the embedding."""
+    cfg = model.cfg
+    yield f"{norm}.weight", (cfg.d_model,), lambda: model.ln_final.w, False
+    if bias:
+        yield f"{norm}.bias", (cfg.d_model,), lambda: model.ln_final.b, False
+    if not cfg.tie_embeddings:
+        yield f"{unembed}.weight", (cfg.d_vocab, cfg.d_model), lambda: model.unembed.W_U, True
+
+
 def gpt2_entries(model: Transformer, prefix: str) -> Iterator[Entry]:
     cfg = model.cfg
     d, m, V = cfg.d_model, cfg.d_mlp, cfg.d_vocab
@@ -91,14 +112,8 @@ def gpt2_entries(model: Transformer, prefix: str) -> Iterator[Entry]:
             continue
         yield f"{p}ln_2.weight", (d,), lambda b=blk: b.ln2.w, False
         yield f"{p}ln_2.bias", (d,), lambda b=blk: b.ln2.b, False
-        yield f"{p}mlp.c_fc.weight", (d, m), lambda b=blk: b.mlp.W_in, False
-        yield f"{p}mlp.c_fc.bias", (m,), lambda b=blk: b.mlp.b_in, False
-        yield f"{p}mlp.c_proj.weight", (m, d), lambda b=blk: b.mlp.W_out, False
-        yield f"{p}mlp.c_proj.bias", (d,), lambda b=blk: b.mlp.b_out, False
-    yield f"{prefix}ln_f.weight", (d,), lambda: model.ln_final.w, False
-    yield f"{prefix}ln_f.bias", (d,), lambda: model.ln_final.b, False
-    if not cfg.tie_embeddings:
-        yield "lm_head.weight", (V, d), lambda: model.unembed.W_U, True
+        yield from _mlp_entries(p, blk, "mlp.c_fc", "mlp.c_proj", d, m, linear=False)
+    yield from _final_entries(model, f"{prefix}ln_f", "lm_head")
 
 
 def llama_entries(model: Transformer, prefix: str = "model.") -> Iterator[Entry]:
@@ -125,7 +140,7 @@ def llama_entries(model: Transformer, prefix: str = "model.") -> Iterator[Entry]
             yield (f"{p}self_attn.qkv_proj.weight", ((h + 2 * kv) * e, d), lambda a=a: a.W_QKV,
                    True)
         for proj, which, n in (("q_proj", "Q", h), ("k_proj", "K", kv), ("v_proj", "V", kv)):
-            cols = a._columns(which)
+            cols = a.columns(which)
             if not fused:
                 yield (f"{p}self_attn.{proj}.weight", (n * e, d),
                        lambda a=a, c=cols: a.W_QKV[:, c], True)
@@ -143,9 +158,7 @@ def llama_entries(model: Transformer, prefix: str = "model.") -> Iterator[Entry]
             yield f"{p}mlp.gate_proj.weight", (m, d), lambda b=blk: b.mlp.W_gate, True
             yield f"{p}mlp.up_proj.weight", (m, d), lambda b=blk: b.mlp.W_in, True
         yield f"{p}mlp.down_proj.weight", (d, m), lambda b=blk: b.mlp.W_out, True
-    yield f"{prefix}norm.weight", (d,), lambda: model.ln_final.w, False
-    if not cfg.tie_embeddings:
-        yield "lm_head.weight", (V, d), lambda: model.unembed.W_U, True
+    yield from _final_entries(model, f"{prefix}norm", "lm_head", bias=False)
 
 
 def _neox_qkv(h: int, e: int, d: int) -> Regroup:
@@ -179,14 +192,8 @@ def gpt_neox_entries(model: Transformer, prefix: str = "gpt_neox.") -> Iterator[
         yield f"{p}attention.dense.weight", (d, d), lambda b=blk: b.attn.W_O_flat, True
         if cfg.o_bias:
             yield f"{p}attention.dense.bias", (d,), lambda b=blk: b.attn.b_O, False
-        yield f"{p}mlp.dense_h_to_4h.weight", (m, d), lambda b=blk: b.mlp.W_in, True
-        yield f"{p}mlp.dense_h_to_4h.bias", (m,), lambda b=blk: b.mlp.b_in, False
-        yield f"{p}mlp.dense_4h_to_h.weight", (d, m), lambda b=blk: b.mlp.W_out, True
-        yield f"{p}mlp.dense_4h_to_h.bias", (d,), lambda b=blk: b.mlp.b_out, False
-    yield f"{prefix}final_layer_norm.weight", (d,), lambda: model.ln_final.w, False
-    yield f"{prefix}final_layer_norm.bias", (d,), lambda: model.ln_final.b, False
-    if not cfg.tie_embeddings:
-        yield "embed_out.weight", (V, d), lambda: model.unembed.W_U, True
+        yield from _mlp_entries(p, blk, "mlp.dense_h_to_4h", "mlp.dense_4h_to_h", d, m, linear=True)
+    yield from _final_entries(model, f"{prefix}final_layer_norm", "embed_out")
 
 
 def model_entries(model: Transformer, gpt2_prefix: str = "transformer.") -> list[Entry]:
@@ -268,11 +275,11 @@ def check_checkpoint_size(cfg: ModelConfig, folder: Path) -> None:
     A hostile or broken config could ask for a model of hundreds of gigabytes next to a
     1 MB checkpoint; the files' headers say how many values they hold, so compare first.
     """
-    from minillm.config import _n_params_lower_bound
+    from minillm.config import n_params_lower_bound
 
     source = TensorSource(folder)
     held = sum(math.prod(f.entries[name][1]) for name, f in source.files.items())
-    needed = _n_params_lower_bound(cfg)
+    needed = n_params_lower_bound(cfg)
     if held < needed:
         raise CheckpointError(
             f"{folder}: config.json describes a model of at least {needed:,} parameters, but the "

@@ -1,10 +1,13 @@
 """`minillm convert FILE.gguf [-o FOLDER]`: a GGUF file (llama.cpp's format) -> a Hugging Face folder.
 
-Architectures: llama (Llama, SmolLM, Mistral-style), qwen2 and gpt2, any quantization
-the `gguf` package dequantizes. The tensors are dequantized to float32, the q/k rows of
-llama models put back in rotate-half order, GPT-2's Conv1D weights transposed back, and
-config.json and tokenizer.json rebuilt from the metadata (see checkpoints/gguf.py). A
-progress bar shows the tensors written. The folder then loads with `minillm.load(FOLDER)`.
+Architectures (llama.cpp's names): llama (Llama, SmolLM, Mistral-style), qwen2, gpt2,
+gemma2, gemma3, qwen3, phi3, olmo2 and gptneox (Pythia), any quantization the `gguf`
+package dequantizes. The tensors are dequantized to float32 and what llama.cpp's
+converter did to them is undone (llama's q/k rows back in rotate-half order, GPT-2's
+Conv1D weights transposed back, Gemma's norm gains stored as 1 + w, Pythia's regrouped
+query_key_value rows); config.json and tokenizer.json are rebuilt from the metadata (see
+checkpoints/gguf.py). A progress bar shows the tensors written. The folder then loads with
+`minillm.load(FOLDER)`.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-HELP = "convert a GGUF file (llama, qwen2, gpt2) into a Hugging Face folder minillm loads"
+HELP = ("convert a GGUF file (llama, qwen2, gpt2, gemma2, gemma3, qwen3, phi3, olmo2, gptneox) "
+        "into a Hugging Face folder minillm loads")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

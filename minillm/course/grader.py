@@ -148,17 +148,20 @@ def student_version(number: int, name: str, fallback):
     Lesson scripts call this for every function an exercise asks for, so the
     student's code drives the lesson; it prints which version is used.
     "Implemented" means the function body is more than `raise NotImplementedError`.
+    `fallback=None` means the script has no stand-in (the answer would give the
+    exercise away) and skips what it would show.
     """
     lesson = get_lesson(number)
     path = lesson.path / "exercises.py"
+    instead = "using the reference" if fallback is not None else "no stand-in, the script skips it"
     try:
         module = import_file(path, name=f"_minillm_student_{lesson.path.name}")
         fn = getattr(module, name)
     except (MinillmError, AttributeError) as e:
-        print(f"[{name}] using the reference: your {path.name} could not be used ({e})")
+        print(f"[{name}] {instead}: your {path.name} could not be used ({e})")
         return fallback
     if _is_stub(fn):
-        print(f"[{name}] using the reference (yours in {path} is not implemented yet)")
+        print(f"[{name}] {instead} (yours in {path} is not implemented yet)")
         return fallback
     print(f"[{name}] using YOUR version from {path}")
     return fn
@@ -368,7 +371,7 @@ def show(fig, name: str) -> None:
     if in_notebook():
         from IPython.display import display
 
-        figures._enable_notebook_display()
+        figures.enable_notebook_display()
         display(fig)
         if not os.environ.get("MINILLM_LESSON_OUT"):
             return

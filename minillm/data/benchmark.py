@@ -73,7 +73,7 @@ def sentence(rng: np.random.Generator) -> str:
 def synthetic_corpus(path: str | Path, n_tokens: int, model, seed: int = 0) -> dict:
     """Write a JSONL corpus of at least `n_tokens` tokens (documents of 3..30 sentences)."""
     rng = np.random.default_rng(seed)
-    tok = model._need_tokenizer()
+    tok = model.need_tokenizer()
     total = docs = 0
     with open(path, "w", encoding="utf-8") as f:
         while total < n_tokens:

@@ -162,7 +162,7 @@ class Corpus:
             raise MinillmError(f"window must be at least 1 token, got {window}")
         if window > model.cfg.n_ctx:
             raise MinillmError(f"window {window} is longer than the model's context of {model.cfg.n_ctx}")
-        tok = model._need_tokenizer()
+        tok = model.need_tokenizer()
         for doc, text in self.documents(start, stop):
             ids = np.asarray(tok.encode(text), np.int64)  # [n]
             for s in range(0, len(ids), window):

@@ -137,10 +137,7 @@ class DriftReport:
         """
         from minillm.views import figures
 
-        fig = figures.drift_profile(self, ax)
-        if path is not None:
-            figures.save(fig, path)
-        return fig
+        return figures.saved(figures.drift_profile(self, ax), path)
 
 
 def _run(model, ids, cache=None) -> Run:
@@ -323,10 +320,7 @@ class InterferenceMap:
         """
         from minillm.views import figures
 
-        fig = figures.interference(self, ax)
-        if path is not None:
-            figures.save(fig, path)
-        return fig
+        return figures.saved(figures.interference(self, ax), path)
 
 
 def interference_map(model, prompt, layer: int, neuron: int, factor: float = 0.0,

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from minillm.errors import MinillmError
+from minillm.errors import MinillmError, check_index
 from minillm.tokenizer import resolve_token
 
 # scale(f) then scale(1/f), both in the model's dtype with unit roundoff u:
@@ -93,10 +93,10 @@ class TieState:
     name: str = "unembed (tie state)"
 
     def save(self, model):
-        return model.unembed.tied, model.unembed._W_U
+        return model.unembed.tie_state()
 
     def restore(self, model, saved) -> None:
-        model.unembed.tied, model.unembed._W_U = saved
+        model.unembed.set_tie_state(saved)
 
     def describe(self) -> str:
         return "W_U untied from W_E (a copy of W_E.T)"
@@ -104,26 +104,14 @@ class TieState:
 
 def untie(model) -> None:
     """Give W_U its own storage, a copy of W_E.T, so that W_E can change alone."""
-    if model.unembed.tied:
-        model.unembed._W_U = np.ascontiguousarray(model.embed.W_E.T)
-        model.unembed.tied = False
+    model.unembed.untie()
 
 
 # --- validation helpers ------------------------------------------------------------------------
 
 
-def _check_int(value, name: str, size: int, what: str, where: str = "") -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise MinillmError(f"{name} must be an integer, got {value!r}")
-    if not 0 <= value < size:
-        raise MinillmError(
-            f"{name} {value} does not exist{where}: the model has {size} {what} (0–{size - 1})"
-        )
-    return int(value)
-
-
 def _check_layer(model, layer) -> int:
-    return _check_int(layer, "layer", model.cfg.n_layers, "layers")
+    return check_index(layer, "layer", model.cfg.n_layers, "layers")
 
 
 def _check_factor(factor, name: str = "factor") -> float:
@@ -212,7 +200,7 @@ class scale_neuron(_Scale):  # noqa: N801  (lower case: reads like a function ca
 
     def plan(self, model) -> list[Slice]:
         l = _check_layer(model, self.layer)
-        i = _check_int(self.neuron, "neuron", model.cfg.d_mlp, "MLP neurons per layer",
+        i = check_index(self.neuron, "neuron", model.cfg.d_mlp, "MLP neurons per layer",
                        f" in layer {l}")
         _check_factor(self.factor)
         if self.which not in ("in", "out", "both"):
@@ -264,7 +252,7 @@ class scale_head(_Scale):  # noqa: N801
     def plan(self, model) -> list[Slice]:
         cfg = model.cfg
         l = _check_layer(model, self.layer)
-        h = _check_int(self.head, "head", cfg.n_heads, "heads per layer", f" in layer {l}")
+        h = check_index(self.head, "head", cfg.n_heads, "heads per layer", f" in layer {l}")
         _check_factor(self.factor)
         bad = set(self.parts) - set(HEAD_PARTS)
         if not self.parts or bad:
@@ -506,6 +494,12 @@ def _broadcast_plan(model, op: str, name: str, index, array, what: str) -> list[
     return [Slice(name, index, _index_label(index))]
 
 
+def _amount(x) -> str:
+    """A scalar as its value, an array as its shape (for an edit's description)."""
+    x = np.asarray(x)
+    return f"{float(x):g}" if x.ndim == 0 else f"an array of shape {x.shape}"
+
+
 @dataclass(frozen=True, eq=False)
 class add_to_weight(Edit):  # noqa: N801
     """param[index] += delta, for any parameter by its documented name (delta broadcasts)."""
@@ -525,9 +519,7 @@ class add_to_weight(Edit):  # noqa: N801
         return add_to_weight(self.name, self.index, -np.asarray(self.delta))
 
     def describe(self, model) -> str:
-        d = np.asarray(self.delta)
-        what = f"{float(d):g}" if d.ndim == 0 else f"an array of shape {d.shape}"
-        return f"add {what} to {self.plan(model)[0].describe()}{_tied_note(model, self.name)}"
+        return f"add {_amount(self.delta)} to {self.plan(model)[0].describe()}{_tied_note(model, self.name)}"
 
 
 @dataclass(frozen=True, eq=False)
@@ -546,9 +538,7 @@ class set_weight(Edit):  # noqa: N801
             return np.broadcast_to(np.asarray(self.value).astype(model.dtype), old.shape)
 
     def describe(self, model) -> str:
-        v = np.asarray(self.value)
-        what = f"{float(v):g}" if v.ndim == 0 else f"an array of shape {v.shape}"
-        return f"set {self.plan(model)[0].describe()} to {what}{_tied_note(model, self.name)}"
+        return f"set {self.plan(model)[0].describe()} to {_amount(self.value)}{_tied_note(model, self.name)}"
 
 
 # TransformerLens's weight processing is an Edit too (defined on top of this module):

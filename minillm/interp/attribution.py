@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from minillm.activation_cache import act_name
 from minillm.errors import MinillmError
 from minillm.grad.backward import backward
 from minillm.hooked_model import HookedModel
@@ -47,20 +48,14 @@ if TYPE_CHECKING:
 
     from minillm.hooked_model import TokensLike
 
-# component -> (hook name in block l, index axis of the activation after [b])
-COMPONENTS = {
-    "resid_pre": ("hook_resid_pre", "pos"),
-    "attn_out": ("hook_attn_out", "pos"),
-    "mlp_out": ("hook_mlp_out", "pos"),
-    "heads": ("attn.hook_z", "head"),
-    "neurons": ("mlp.hook_post", "neuron"),
-}
+# component -> (TransformerLens short hook name, index axis of the activation after [b])
+COMPONENTS = {c: iv.COMPONENTS[c] for c in ("resid_pre", "attn_out", "mlp_out", "heads", "neurons")}
 
 
 def _hook(component: str, layer: int) -> str:
     if component not in COMPONENTS:
         raise MinillmError(f"unknown component {component!r}; choose from {sorted(COMPONENTS)}")
-    return f"blocks.{layer}.{COMPONENTS[component][0]}"
+    return act_name(COMPONENTS[component][0], layer)
 
 
 def _labels(model: HookedModel, tokens: np.ndarray, component: str) -> tuple[str, list[str], list[str]]:
@@ -106,7 +101,7 @@ def attribution_patching(
     corrupted. Returns {component: LabelledArray}; see the module docstring.
     Batch rows are summed (the metric's own batch mean is already in the gradient).
     """
-    clean, corrupted = model._as_tokens(clean), model._as_tokens(corrupted)
+    clean, corrupted = model.as_tokens(clean), model.as_tokens(corrupted)
     if clean.shape != corrupted.shape:
         raise MinillmError(f"clean {clean.shape} and corrupted {corrupted.shape} token arrays "
                            "must have the same shape (same number of tokens)")
@@ -148,7 +143,7 @@ def activation_patching(
     (e.g. positions before the first differing token) are 0 without a run.
     clean and corrupted must be single prompts ([1, p]).
     """
-    clean, corrupted = model._as_tokens(clean), model._as_tokens(corrupted)
+    clean, corrupted = model.as_tokens(clean), model.as_tokens(corrupted)
     if clean.shape != corrupted.shape or clean.shape[0] != 1:
         raise MinillmError(f"activation patching needs one clean and one corrupted prompt of the "
                            f"same length, got shapes {clean.shape} and {corrupted.shape}")
@@ -253,10 +248,7 @@ def plot_comparison(cmp: Comparison, path: str | Path | None = None) -> Figure:
     """Attribution heatmap, activation heatmap, and their scatter with r; saved to `path` if given."""
     from minillm.views import figures
 
-    fig = figures.attribution_comparison(cmp)
-    if path is not None:
-        figures.save(fig, path)
-    return fig
+    return figures.saved(figures.attribution_comparison(cmp), path)
 
 
 # --- gradient importance ---------------------------------------------------------------------
@@ -271,7 +263,7 @@ def gradient_importance(model: HookedModel, tokens: TokensLike, metric: Metric) 
     component were zeroed (zero ablation ≈ patching in a = 0), the Taylor
     criterion of Molchanov et al. (2017).
     """
-    tokens = model._as_tokens(tokens)
+    tokens = model.as_tokens(tokens)
     res = backward(model, tokens, metric, params=False)
     L = model.cfg.n_layers
     # The metric averages over rows, so each row's gradient carries a factor 1/b:

@@ -80,10 +80,7 @@ class DLAResult:
         """Per-layer attention and MLP contributions (bars) and the [layer, head] heatmap; saved if `path`."""
         from minillm.views import figures
 
-        fig = figures.dla(self)
-        if path is not None:
-            figures.save(fig, path)
-        return fig
+        return figures.saved(figures.dla(self), path)
 
 
 def logit_diff_direction(model: HookedModel, correct: TokenSpec, incorrect: TokenSpec | None = None

@@ -53,6 +53,24 @@ if TYPE_CHECKING:
 
 Index = int | Sequence[int] | None
 
+# The components the sweeps address, by name -> (TransformerLens's short hook name, what the
+# index after the batch axis runs over). Each analysis offers the subset it can run.
+COMPONENTS: dict[str, tuple[str, str]] = {
+    "resid_pre": ("resid_pre", "pos"),
+    "resid_mid": ("resid_mid", "pos"),
+    "resid_post": ("resid_post", "pos"),
+    "attn_out": ("attn_out", "pos"),
+    "mlp_out": ("mlp_out", "pos"),
+    "heads": ("z", "head"),
+    "heads_by_pos": ("z", "head_pos"),
+    "q": ("q", "head"),
+    "k": ("k", "kv_head"),
+    "v": ("v", "kv_head"),
+    "pattern": ("pattern", "head"),
+    "neurons": ("post", "neuron"),
+}
+
+
 _HEAD_AXIS = {"hook_q": 2, "hook_k": 2, "hook_v": 2, "hook_rot_q": 2, "hook_rot_k": 2, "hook_z": 2,
               "hook_result": 2, "hook_attn_scores": 1, "hook_pattern": 1}
 

@@ -169,13 +169,13 @@ class LensResult:
         """Layer × position grid, colour = top-1 probability, text = top-1 token; saved if `path`."""
         from minillm.views import figures
 
-        return _saved(figures.lens_grid(self), path)
+        return figures.saved(figures.lens_grid(self), path)
 
     def plot_targets(self, path: str | Path | None = None, pos: int = -1) -> Figure:
         """Each target's probability (left) and rank (right, log scale) across layers; saved if `path`."""
         from minillm.views import figures
 
-        return _saved(figures.lens_targets(self, pos), path)
+        return figures.saved(figures.lens_targets(self, pos), path)
 
 
 def _streams(model, cache, stream: str) -> tuple[list[np.ndarray], list[str], np.ndarray | None]:
@@ -248,10 +248,3 @@ def lens_logits(model: HookedModel, tokens: TokensLike, layer: int,
     _, cache = model.run_with_cache(tokens, names_filter=[name], attention_mask=attention_mask)
     return unembed(model, final_norm(model, cache[name]))  # [b, p, V]
 
-
-def _saved(fig: Figure, path: str | Path | None) -> Figure:
-    if path is not None:
-        from minillm.views import figures
-
-        figures.save(fig, path)
-    return fig

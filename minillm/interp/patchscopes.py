@@ -143,10 +143,7 @@ class SweepResult:
         """Heatmap of p(target), source layer × target layer; saved to `path` if given."""
         from minillm.views import figures
 
-        fig = figures.patchscope_sweep(self)
-        if path is not None:
-            figures.save(fig, path)
-        return fig
+        return figures.saved(figures.patchscope_sweep(self), path)
 
 
 def layer_sweep(model: HookedModel, source_prompt: TokensLike, target: int | str,

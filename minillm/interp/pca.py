@@ -55,19 +55,13 @@ class PCAResult:
         """The data on two components, coloured by `groups`, annotated with `labels`; saved if `path`."""
         from minillm.views import figures
 
-        fig = figures.pca_scatter(self, labels, groups, pcs)
-        if path is not None:
-            figures.save(fig, path)
-        return fig
+        return figures.saved(figures.pca_scatter(self, labels, groups, pcs), path)
 
     def plot_variance(self, path: str | Path | None = None, k: int = 20) -> Figure:
         """Explained-variance ratio per component and its cumulative sum; saved if `path`."""
         from minillm.views import figures
 
-        fig = figures.pca_variance(self, k)
-        if path is not None:
-            figures.save(fig, path)
-        return fig
+        return figures.saved(figures.pca_variance(self, k), path)
 
 
 def pca(X: np.ndarray, k: int | None = None, hook: str = "") -> PCAResult:

@@ -471,12 +471,12 @@ def ablation_over_prompts(
     from minillm.activation_cache import act_name
     from minillm.interp import interventions as iv
     from minillm.interp.ablation import ABLATION_COMPONENTS
-    from minillm.interp.patching import _layers
+    from minillm.interp.results import layer_indices
 
     if component not in ABLATION_COMPONENTS:
         raise MinillmError(f"unknown component {component!r}; choose from {sorted(ABLATION_COMPONENTS)}")
     if method in ("mean", "median") and reference is None:
-        names = [act_name(ABLATION_COMPONENTS[component][0], l) for l in _layers(model, layers)]
+        names = [act_name(ABLATION_COMPONENTS[component][0], l) for l in layer_indices(model, layers)]
         reference = iv.activation_stats(model, [p.clean for p in pairs], names)
     params = dict(
         component=component,

@@ -259,7 +259,4 @@ def plot_neuron_readout(r: NeuronReadout, path: str | Path | None = None) -> Fig
     """Bars of the promoted and suppressed tokens' logit contributions; saved to `path` if given."""
     from minillm.views import figures
 
-    fig = figures.neuron_readout(r)
-    if path is not None:
-        figures.save(fig, path)
-    return fig
+    return figures.saved(figures.neuron_readout(r), path)

@@ -1,4 +1,4 @@
-"""TransformerLens's `patching` module: activation patching, one forward pass per patch.
+"""TransformerLens's `patching` module: activation patching, one patched run per index.
 
     from minillm.tl import patching
     results = patching.get_act_patch_resid_pre(model, corrupted_tokens, clean_cache, metric)
@@ -12,7 +12,8 @@ and returns a number. The one difference: `index_df` (and what
 pandas DataFrame (a DataFrame is accepted: its values are used), because
 minillm does not depend on pandas.
 
-For batched sweeps with normalised results, labels and heatmaps, see
+The patched runs are batched through minillm's engine (`minillm.interp.batch`).
+For sweeps with normalised results, labels and heatmaps, see
 minillm's own `minillm.interp.patching` (`patching_sweep`, `patch_all`).
 """
 
@@ -23,9 +24,9 @@ from collections.abc import Callable, Sequence
 from functools import partial
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from minillm.errors import MinillmError
+from minillm.interp.batch import run_batch
 from minillm.tl.utils import get_act_name
 
 AXES = ("layer", "pos", "head_index", "head", "src_pos", "dest_pos")
@@ -40,13 +41,21 @@ def make_index_array(column_max_ranges: Sequence[int]) -> np.ndarray:
 def generic_activation_patch(model, corrupted_tokens, clean_cache, patching_metric: Callable,
                              patch_setter: Callable, activation_name: str,
                              index_axis_names: Sequence[str] | None = None, index_df=None,
-                             return_index_df: bool = False, progress: bool = True):
+                             return_index_df: bool = False, progress: bool = True,
+                             batch_size: int = 32):
     """Patch one index of a clean activation into the corrupted run, for every index.
 
     Either `index_axis_names` (the first must be "layer") gives axes to
     iterate over fully (result shape: one axis each), or `index_df` lists the
     indices to patch, one row each (result: one value per row). For
     activation "k" / "v" the head axis counts key/value heads.
+
+    The patched runs go through minillm's batched-run engine
+    (`minillm.interp.batch.run_batch`): each patch gets its own copy of the corrupted
+    prompts' rows, `batch_size` rows per forward pass (a patch's rows are never split),
+    and `patching_metric` sees one patch's logits [b, p, V] at a time, as in
+    TransformerLens. Batched rows equal separate runs up to float32 rounding.
+    Ctrl-C stops the sweep (KeyboardInterrupt) and leaves the model's hooks as they were.
     """
     corrupted_tokens = np.atleast_2d(np.asarray(corrupted_tokens))
     if index_df is None:
@@ -62,26 +71,43 @@ def generic_activation_patch(model, corrupted_tokens, clean_cache, patching_metr
                 "src_pos": n_pos, "dest_pos": n_pos}
         shape = [size[a] for a in index_axis_names]
         index_rows = make_index_array(shape)
-        out = np.zeros(shape)
-        flat = False
     else:
         if index_axis_names is not None:
             raise MinillmError("give index_axis_names or index_df, not both")
         index_rows = np.asarray(getattr(index_df, "values", index_df), np.int64)
         if index_rows.ndim != 2:
             raise MinillmError(f"index_df must be [n_patches, n_axes], got shape {index_rows.shape}")
-        out = np.zeros(len(index_rows))
-        flat = True
+        shape = [len(index_rows)]
+    b = corrupted_tokens.shape[0]
 
-    def patching_hook(corrupted_activation, hook, index, clean_activation):
-        return patch_setter(corrupted_activation.copy(), index, clean_activation)
+    def patch_hooks(chunk: list[list[int]], b: int) -> list[tuple[str, Callable]]:
+        """The hooks of one forward pass: patch chunk[j]'s index into rows j·b .. j·b + b - 1."""
+        by_name: dict[str, list[tuple[int, list[int]]]] = {}
+        for j, index in enumerate(chunk):
+            by_name.setdefault(get_act_name(activation_name, layer=index[0]), []).append((j, index))
+        return [(name, partial(patching_hook, patches=patches, clean_activation=clean_cache[name]))
+                for name, patches in by_name.items()]
 
-    for c, index in enumerate(tqdm(index_rows.tolist(), desc=f"patching {activation_name}",
-                                   disable=not progress, leave=False)):
-        name = get_act_name(activation_name, layer=index[0])
-        hook = partial(patching_hook, index=index, clean_activation=clean_cache[name])
-        logits = model.run_with_hooks(corrupted_tokens, fwd_hooks=[(name, hook)])
-        out[c if flat else tuple(index)] = float(np.asarray(patching_metric(logits)))
+    def patching_hook(corrupted_activation, hook, patches, clean_activation):
+        out = corrupted_activation.copy()  # [k·b, ...]
+        for j, index in patches:
+            rows = slice(j * b, (j + 1) * b)  # this patch's copy of the corrupted prompts
+            out[rows] = patch_setter(out[rows].copy(), index, clean_activation)
+        return out
+
+    def metric_per_row(logits: np.ndarray) -> np.ndarray:
+        """TransformerLens's metric reads one patch's logits [b, p, V] and returns one number;
+        the engine wants a value per row, so each patch's number stands in each of its rows."""
+        k = logits.shape[0] // b
+        values = [float(np.asarray(patching_metric(logits[j * b : (j + 1) * b]))) for j in range(k)]
+        return np.repeat(np.asarray(values), b)  # [k·b]
+
+    res = run_batch(model, corrupted_tokens, index_rows.tolist(), metric_per_row,
+                    batch_size=batch_size, hooks_for=patch_hooks, progress=progress,
+                    desc=f"patching {activation_name}")
+    if res.interrupted:
+        raise KeyboardInterrupt
+    out = res.values[:, 0].reshape(shape)  # variants in index_rows' order: last axis fastest
     return (out, index_rows) if return_index_df else out
 
 

@@ -48,13 +48,18 @@ _SCALE = ("the divisor of this norm, per position: sqrt(mean(x²) + eps) (RMSNor
 _NORMED = ("the normalized input before the gain: x / hook_scale (RMSNorm) or "
            "(x - mean(x)) / hook_scale (LayerNorm)")
 
+
+def _norm_hooks(norm: str, of: str = "") -> dict[str, tuple[tuple[str, ...], str]]:
+    """The two hooks every norm has: its divisor and its normalized input."""
+    return {f"{norm}.hook_scale": (SCALE, _SCALE + of), f"{norm}.hook_normalized": (RESID, _NORMED)}
+
+
 # hook suffix (after "blocks.{l}." for block hooks) -> (shape, meaning)
 HOOKS: dict[str, tuple[tuple[str, ...], str]] = {
     "hook_embed": (RESID, "token embeddings W_E[tokens] (Gemma: times sqrt(d_model))"),
     "hook_pos_embed": (RESID, "learned position embeddings W_pos[positions] (GPT-2)"),
     "hook_resid_pre": (RESID, "the residual stream entering the block"),
-    "ln1.hook_scale": (SCALE, _SCALE),
-    "ln1.hook_normalized": (RESID, _NORMED),
+    **_norm_hooks("ln1"),
     "attn.hook_q": (Q_HEADS, "queries x·W_Q (+ b_Q), before RoPE"),
     "attn.hook_k": (KV_HEADS, "keys x·W_K (+ b_K), before RoPE, one per key/value head"),
     "attn.hook_v": (KV_HEADS, "values x·W_V (+ b_V), one per key/value head"),
@@ -73,21 +78,17 @@ HOOKS: dict[str, tuple[tuple[str, ...], str]] = {
     "attn.hook_result": (("batch", "pos", "n_heads", "d_model"),
                          "each head's write z·W_O (only with the setting use_attn_result: it is large); "
                          "sums to hook_attn_out - b_O"),
-    "ln1_post.hook_scale": (SCALE, _SCALE + "; of the attention output (Gemma, OLMo-2)"),
-    "ln1_post.hook_normalized": (RESID, _NORMED),
+    **_norm_hooks("ln1_post", "; of the attention output (Gemma, OLMo-2)"),
     "hook_attn_out": (RESID, "what attention adds to the residual stream"),
     "hook_resid_mid": (RESID, "the residual stream between attention and MLP"),
-    "ln2.hook_scale": (SCALE, _SCALE),
-    "ln2.hook_normalized": (RESID, _NORMED),
+    **_norm_hooks("ln2"),
     "mlp.hook_pre": (NEURONS, "gated MLP: the gate x·W_gate; else x·W_in + b_in"),
     "mlp.hook_pre_linear": (NEURONS, "gated MLP only: the up projection x·W_in"),
     "mlp.hook_post": (NEURONS, "the neurons: act(hook_pre) · hook_pre_linear (gated), else act(hook_pre)"),
-    "ln2_post.hook_scale": (SCALE, _SCALE + "; of the MLP output (Gemma, OLMo-2)"),
-    "ln2_post.hook_normalized": (RESID, _NORMED),
+    **_norm_hooks("ln2_post", "; of the MLP output (Gemma, OLMo-2)"),
     "hook_mlp_out": (RESID, "what the MLP adds to the residual stream: hook_post·W_out (+ b_out)"),
     "hook_resid_post": (RESID, "the residual stream leaving the block"),
-    "ln_final.hook_scale": (SCALE, _SCALE),
-    "ln_final.hook_normalized": (RESID, _NORMED),
+    **_norm_hooks("ln_final"),
     "hook_logits": (("batch", "pos", "d_vocab"), "ln_final(x)·W_U (soft-capped if the model does)"),
 }
 

@@ -42,6 +42,7 @@ import numpy as np
 from minillm.errors import MinillmError
 from minillm.verify.dumps import Dump, final_norm_out, load_dump
 from minillm.verify.names import FINAL_OUT
+from minillm.verify.report import Verdict
 
 # --- the weight names (GGUF) ----------------------------------------------------------------
 
@@ -372,20 +373,12 @@ class LlamaRow:
 
 
 @dataclass
-class LlamaReport:
+class LlamaReport(Verdict):
     rows: list[LlamaRow]
     p: int
     unmapped: list[str]
     atol: float
     rtol: float
-
-    @property
-    def passed(self) -> bool:
-        return all(r.passed for r in self.rows)
-
-    @property
-    def first_failure(self) -> LlamaRow | None:
-        return next((r for r in self.rows if not r.passed), None)
 
     def table(self) -> str:
         lines = [f"llama.cpp run of {self.p} tokens: {len(self.rows)} nodes compared on their printed "

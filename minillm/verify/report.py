@@ -68,8 +68,23 @@ class HookResult:
         )
 
 
+class Verdict:
+    """Pass/fail of a report whose `rows` each say `passed` (shared by every report of verify/)."""
+
+    rows: list
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.rows)
+
+    @property
+    def first_failure(self):
+        """The first row (in forward order) that failed, or None."""
+        return next((r for r in self.rows if not r.passed), None)
+
+
 @dataclass
-class Report:
+class Report(Verdict):
     """Per-hook results in forward order, and what could not be compared."""
 
     rows: list[HookResult]
@@ -87,14 +102,6 @@ class Report:
         from minillm.views.display import report_html
 
         return report_html(f"{self.reference} vs {self.candidate}", self.table(), ok=self.passed)
-
-    @property
-    def passed(self) -> bool:
-        return all(r.passed for r in self.rows)
-
-    @property
-    def first_failure(self) -> HookResult | None:
-        return next((r for r in self.rows if not r.passed), None)
 
     def __getitem__(self, name: str) -> HookResult:
         for r in self.rows:
@@ -157,10 +164,7 @@ class Report:
         """
         from minillm.views import figures
 
-        fig = figures.compare_profile(self, depth, split_name, _plottable)
-        if path is not None:
-            figures.save(fig, path, dpi=110)
-        return fig
+        return figures.saved(figures.compare_profile(self, depth, split_name, _plottable), path, dpi=110)
 
 
 def _plottable(y: np.ndarray) -> np.ndarray:

@@ -37,7 +37,7 @@ def new_figure(figsize: tuple[float, float] = (7, 4)) -> Figure:
     """A pyplot-free Figure with constrained layout (nothing is clipped)."""
     from matplotlib.figure import Figure
 
-    _enable_notebook_display()
+    enable_notebook_display()
     return Figure(figsize=figsize, layout="constrained")
 
 
@@ -56,6 +56,13 @@ def save(fig: Figure, path: str | os.PathLike, dpi: int = DPI) -> Path:
     return path
 
 
+def saved(fig: Figure, path: str | os.PathLike | None, dpi: int = DPI) -> Figure:
+    """`fig`, written to `path` first when one is given (how every `plot(path=None)` ends)."""
+    if path is not None:
+        save(fig, path, dpi)
+    return fig
+
+
 def png_bytes(fig: Figure, dpi: int = DPI) -> bytes:
     """The figure as PNG bytes (for HTML embedding or a notebook's image/png output)."""
     import io
@@ -65,7 +72,7 @@ def png_bytes(fig: Figure, dpi: int = DPI) -> bytes:
     return buf.getvalue()
 
 
-def _enable_notebook_display() -> None:
+def enable_notebook_display() -> None:
     """Inside IPython, make a bare Figure display as a PNG (what `%matplotlib inline` registers).
 
     The registration is IPython's own display formatter for Figure objects; it
@@ -402,35 +409,40 @@ def patchscope_sweep(sweep) -> Figure:
 # --- drift and compare --------------------------------------------------------------------------------
 
 
-def drift_profile(report, ax: Axes | None = None) -> Figure:
-    """Relative residual drift against layer, one line per run (symlog scale: exact zeros show)."""
+def _symlog_profile(ax: Axes | None, xlabel: str, ylabel: str, title: str) -> tuple[Figure, Axes]:
+    """The Axes of a per-layer change profile (`ax`, or one in a new figure), on a symlog y
+    scale that keeps exact zeros visible, labelled.   -> (its figure, the Axes)"""
     fig = ax.figure if ax is not None else new_figure((7.5, 4.2))
     ax = ax if ax is not None else fig.subplots()
+    ax.set_yscale("symlog", linthresh=1e-9)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    return fig, ax
+
+
+def drift_profile(report, ax: Axes | None = None) -> Figure:
+    """Relative residual drift against layer, one line per run (symlog scale: exact zeros show)."""
+    fig, ax = _symlog_profile(ax, "layer (0 = embeddings, l = after block l-1)",
+                              "max over positions of |Δresid| / |clean|",
+                              "drift of the residual stream against the clean run")
     styles = {"journal-reverted": (6, "--"), "recomputed-cache": (3, ":")}  # both exactly 0: keep visible
     for name, r in report.runs.items():
         if r.resid_abs.size:
             prof = r.resid_rel.max(axis=1)
             ms, ls = styles.get(name, (3, "-"))
             ax.plot(np.arange(len(prof)), prof, marker="o", ms=ms, ls=ls, label=name)
-    ax.set_yscale("symlog", linthresh=1e-9)
-    ax.set_xlabel("layer (0 = embeddings, l = after block l-1)")
-    ax.set_ylabel("max over positions of |Δresid| / |clean|")
-    ax.set_title("drift of the residual stream against the clean run", fontsize=10)
     ax.legend(fontsize=8)
     return fig
 
 
 def interference(imap, ax: Axes | None = None) -> Figure:
     """Per layer, the largest change of any other neuron's hook_post (symlog: exact zeros show)."""
-    fig = ax.figure if ax is not None else new_figure((7.5, 4.2))
-    ax = ax if ax is not None else fig.subplots()
+    fig, ax = _symlog_profile(ax, "layer", "max |Δ hook_post| of other neurons",
+                              "interference: only downstream neurons move")
     prof = imap.per_layer()
     ax.bar(np.arange(len(prof)), prof)
     ax.axvline(imap.layer, color="red", ls="--", lw=1, label=f"edited neuron {imap.layer}:{imap.neuron}")
-    ax.set_yscale("symlog", linthresh=1e-9)
-    ax.set_xlabel("layer")
-    ax.set_ylabel("max |Δ hook_post| of other neurons")
-    ax.set_title("interference: only downstream neurons move", fontsize=10)
     ax.legend(fontsize=8)
     return fig
 

@@ -93,6 +93,14 @@ class HTMLView:
         return f"HTMLView({self.kind!r}, {self.title!r}, {size:.0f} kB; .save(path) writes it)"
 
 
+def _view(kind: str, title: str, data: dict, controls: str | None, content: str, legend: str) -> HTMLView:
+    """A view in the common layout: a controls bar (if any), the content, a legend; its script is
+    assets/<kind>.js."""
+    bar = "" if controls is None else f'<div class="controls">{controls}</div>'
+    body = f'{bar}{content}<div class="legend">{legend}</div>'
+    return HTMLView(kind, title, data, body, _asset(f"{kind}.js"))
+
+
 def _round(a, digits: int = DIGITS) -> list:
     """Nested lists of floats rounded to `digits` decimals (NaN -> None: JSON has no NaN)."""
     a = np.round(np.asarray(a, np.float64), digits)
@@ -140,15 +148,14 @@ def attention(model, prompt: str | Sequence[int], layers: Sequence[int] | None =
                 layer=first, heads=heads)
     head_boxes = "".join(f'<label><input type="checkbox" class="head" value="{h}"'
                          f'{" checked" if h in heads else ""}>{h}</label>' for h in range(H))
-    body = ('<div class="controls"><label>layer <select class="layer">'
-            + "".join(f'<option value="{l}"{" selected" if l == first else ""}>{l}</option>' for l in layers)
-            + f'</select></label><span>heads: {head_boxes}</span></div>'
-            '<div class="panels"></div>'
-            '<div class="legend">Hover a token to make it the query: the tokens are coloured by how much '
-            "that query attends to each of them (the keys); the numbers are listed under each head.</div>")
-    script = _asset("attention.js")
+    controls = ('<label>layer <select class="layer">'
+                + "".join(f'<option value="{l}"{" selected" if l == first else ""}>{l}</option>'
+                          for l in layers)
+                + f'</select></label><span>heads: {head_boxes}</span>')
     title = f"attention patterns: {len(str_tokens)} tokens, {len(layers)} layers × {H} heads"
-    return HTMLView("attention", title, data, body, script)
+    return _view("attention", title, data, controls, '<div class="panels"></div>',
+                 "Hover a token to make it the query: the tokens are coloured by how much that query "
+                 "attends to each of them (the keys); the numbers are listed under each head.")
 
 
 # --- logit lens ---------------------------------------------------------------------------------------
@@ -179,15 +186,12 @@ def lens(model_or_result, prompt: str | Sequence[int] | None = None,
     for j, t in enumerate(data["targets"]):
         options.append(f'<option value="p{j}">p({esc(repr(t))})</option>')
         options.append(f'<option value="r{j}">rank of {esc(repr(t))}</option>')
-    body = ('<div class="controls"><label>colour by <select class="colour">' + "".join(options)
-            + "</select></label></div><table class=\"grid\"></table>"
-            '<div class="readout"></div>'
-            '<div class="legend">Rows: the residual stream after each layer (embed = before block 0), '
-            "decoded with the final norm and the unembedding; cells show the top-1 token. "
-            "Hover a cell for its top-k tokens.</div>")
-    script = _asset("lens.js")
+    controls = '<label>colour by <select class="colour">' + "".join(options) + "</select></label>"
     title = f"logit lens ({res.stream}): {len(res.row_labels)} rows × {len(res.str_tokens)} positions"
-    return HTMLView("lens", title, data, body, script)
+    return _view("lens", title, data, controls, '<table class="grid"></table><div class="readout"></div>',
+                 "Rows: the residual stream after each layer (embed = before block 0), decoded with "
+                 "the final norm and the unembedding; cells show the top-1 token. Hover a cell for "
+                 "its top-k tokens.")
 
 
 # --- patching -----------------------------------------------------------------------------------------
@@ -213,12 +217,11 @@ def patching(res) -> HTMLView:
         meaning = f"{res.axes[0]} {{row}}, {res.axes[1]} {{col}}: {what} = {{value}}"
     data = dict(values=_round(values), rows=list(res.labels[0]), cols=list(res.labels[1]),
                 axes=list(res.axes), meaning=meaning)
-    body = ('<table class="grid"></table><div class="readout"></div>'
-            f'<div class="legend">Red: positive, blue: negative ({esc(what)}). Hover a cell for its value; '
-            "click a column header to sort the rows by it (click again to reverse); click the corner "
-            "to restore the order.</div>")
-    script = _asset("patching.js")
-    return HTMLView("patching", res.title or "patching", data, body, script)
+    return _view("patching", res.title or "patching", data, None,
+                 '<table class="grid"></table><div class="readout"></div>',
+                 f"Red: positive, blue: negative ({esc(what)}). Hover a cell for its value; click a "
+                 "column header to sort the rows by it (click again to reverse); click the corner to "
+                 "restore the order.")
 
 
 # --- neurons ------------------------------------------------------------------------------------------
@@ -248,16 +251,14 @@ def neurons(model, text: str | Sequence[int], layer: int, neurons: Sequence[int]
             raise MinillmError(f"neuron {bad[0]} does not exist: layer {layer} has {m} neurons (0-{m - 1})")
     data = dict(tokens=model.to_str_tokens(tokens[0]), layer=layer, hook=name, neurons=neurons,
                 values=_round(acts[:, neurons].T))  # [n_neurons, p]
-    body = ('<div class="controls"><label>neuron <select class="neuron">'
-            + "".join(f'<option value="{i}">{layer}:{n}</option>' for i, n in enumerate(neurons))
-            + '</select></label><span class="range"></span></div>'
-            '<div class="tokens"></div><div class="readout"></div>'
-            f'<div class="legend">Each token coloured by the chosen neuron\'s {esc(name)} at that '
-            "position (red: positive, blue: negative; full colour = the neuron's largest |value| here). "
-            "Hover a token for its value.</div>")
-    script = _asset("neurons.js")
+    controls = ('<label>neuron <select class="neuron">'
+                + "".join(f'<option value="{i}">{layer}:{n}</option>' for i, n in enumerate(neurons))
+                + '</select></label><span class="range"></span>')
     title = f"neuron activations: {name}, {len(neurons)} neurons, {len(data['tokens'])} tokens"
-    return HTMLView("neurons", title, data, body, script)
+    return _view("neurons", title, data, controls, '<div class="tokens"></div><div class="readout"></div>',
+                 f"Each token coloured by the chosen neuron's {esc(name)} at that position (red: "
+                 "positive, blue: negative; full colour = the neuron's largest |value| here). Hover a "
+                 "token for its value.")
 
 
 # --- max-activating examples ----------------------------------------------------------------------------
