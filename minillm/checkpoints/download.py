@@ -12,7 +12,9 @@ the partial file `blobs/<sha256>.incomplete` (or the longest leftover of a kille
 huggingface_hub download, renamed to that) is continued with huggingface_hub's `http_get`
 and a `Range: bytes=<its size>-` request, checked against the size and SHA-256 the hub
 publishes, and only then renamed to the blob; `hf_hub_download` then finds the blob and
-links it into the snapshot as usual. A model read from the hub is loaded from its snapshot folder in
+links it into the snapshot as usual. This path is plain HTTP also for files the Hub keeps
+in Xet storage, which huggingface_hub would fetch through `hf_xet` (faster on a good
+connection, but started over after a kill). A model read from the hub is loaded from its snapshot folder in
 the cache, in place: nothing is copied, and a model the user already has in
 the cache is not downloaded again. `$HF_HUB_OFFLINE=1` reads the cache only.
 
