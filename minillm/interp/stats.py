@@ -378,7 +378,7 @@ def resolve_hooks(model: HookedModel, hooks: str | Sequence[str]) -> list[str]:
 
 def unit_shape(model: HookedModel, name: str, by: str) -> tuple[int, ...]:
     """The shape of the statistics of hook `name` at granularity `by`."""
-    act = _probe_shapes(model)[name]  # without batch and position axes
+    act = probe_shapes(model)[name]  # without batch and position axes
     if by == "neuron":
         return act
     if by == "hook":
@@ -388,7 +388,8 @@ def unit_shape(model: HookedModel, name: str, by: str) -> tuple[int, ...]:
     return (act[0],)
 
 
-def _probe_shapes(model) -> dict[str, tuple[int, ...]]:
+def probe_shapes(model: HookedModel) -> dict[str, tuple[int, ...]]:
+    """Each hook's activation shape without the batch and position axes (one 1-token run, kept)."""
     cached = getattr(model, "_minillm_stats_shapes", None)
     if cached is None:
         _, cache = model.run_with_cache(np.zeros((1, 1), np.int64))

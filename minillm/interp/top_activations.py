@@ -399,9 +399,9 @@ def top_activations(
             f"{hook}: top activations need a hook whose last axis is a neuron or a "
             "dimension (mlp hooks, resid, attn_out, mlp_out)"
         )
-    from minillm.interp.stats import _probe_shapes
+    from minillm.interp.stats import probe_shapes
 
-    width = _probe_shapes(model)[hook][-1]
+    width = probe_shapes(model)[hook][-1]
     neurons = list(range(width)) if neurons is None else [int(i) for i in neurons]
     if not neurons:
         raise MinillmError("an empty list of neurons: give at least one, or None for all")
