@@ -454,7 +454,7 @@ class HookedModel(Transformer):
         wanted = set(names_filter)
         return [n for n in self.hook_names() if n in wanted]
 
-    # --- activation interventions (minillm/interventions.py) ---------------------------------
+    # --- activation interventions (minillm/interp/interventions.py, lent via RING_PARTS) -----
 
     def run_with_interventions(self, tokens: TokensLike, interventions: Sequence = (),
                                attention_mask: np.ndarray | None = None, cache: KVCache | None = None,
@@ -687,7 +687,7 @@ class HookedModel(Transformer):
 
         return generate(self, prompt, max_new_tokens=max_new_tokens, **kwargs)
 
-    # --- weight edits (minillm/edits.py: the ops; minillm/journal.py: exact revert) ----------
+    # --- weight edits (edit/edits.py: the ops; edit/journal.py: exact revert; via RING_PARTS)
 
     @property
     def journal(self) -> Any:
