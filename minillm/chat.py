@@ -178,7 +178,7 @@ def apply_chat_template(model, messages: Sequence[Message], add_generation_promp
     gives the template and the bos/eos token strings). Tokenize the result
     with add_special_tokens=False: the template writes the special tokens.
     """
-    tokenizer = model._need_tokenizer()
+    tokenizer = model.need_tokenizer()
     config = tokenizer.config
     folder = tokenizer.path.parent
     template = chat_template(config, folder)

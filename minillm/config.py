@@ -560,7 +560,7 @@ def _validate(cfg: ModelConfig, source: str) -> None:
         value = getattr(cfg, name)
         if not 0 < value <= 2**24:
             raise ConfigError(f"{source}: {name} = {value} is out of range (1 .. 2^24)")
-    n_params = _n_params_lower_bound(cfg)
+    n_params = n_params_lower_bound(cfg)
     if n_params > MAX_PARAMS:
         raise ConfigError(
             f"{source}: these sizes make a model of at least {n_params:.3g} parameters, more than "
@@ -597,7 +597,7 @@ def _validate(cfg: ModelConfig, source: str) -> None:
 MAX_PARAMS = 2**36  # ~69 billion: 275 GB in float32, past anything NumPy on one machine runs
 
 
-def _n_params_lower_bound(cfg: ModelConfig) -> int:
+def n_params_lower_bound(cfg: ModelConfig) -> int:
     """Parameters the weight matrices of `cfg` need at least (embedding + attention + MLP).
 
     Used to refuse absurd sizes before anything is allocated, and to check that the

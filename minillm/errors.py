@@ -8,6 +8,8 @@ share: the "did you mean" hint and sizes in bytes.
 import difflib
 from collections.abc import Iterable
 
+import numpy as np
+
 
 class MinillmError(Exception):
     """A clear, actionable error: bad input, a bad file, a missing model."""
@@ -34,6 +36,18 @@ def did_you_mean(name: str, choices: Iterable[str], n: int = 1, cutoff: float = 
     """"; did you mean 'x'?" for a mistyped name, or "": the one hint every error message uses."""
     close = suggest(name, choices, n, cutoff)
     return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
+def check_index(value: object, name: str, size: int, what: str, where: str = "") -> int:
+    """An integer index in 0..size-1, or a MinillmError that says what exists:
+    "layer 40 does not exist: the model has 30 layers (0–29)"."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise MinillmError(f"{name} must be an integer, got {value!r}")
+    if not 0 <= value < size:
+        raise MinillmError(
+            f"{name} {value} does not exist{where}: the model has {size} {what} (0–{size - 1})"
+        )
+    return int(value)
 
 
 def format_bytes(n: int | None) -> str:

@@ -114,6 +114,14 @@ def sample_next(logits: np.ndarray, rng: np.random.Generator, temperature: float
 # --- incremental decoding -----------------------------------------------------------------------
 
 
+def _without_trailing_replacement(text: str) -> int:
+    """Length of text without its trailing U+FFFD characters (possibly incomplete UTF-8)."""
+    end = len(text)
+    while end > 0 and text[end - 1] == REPLACEMENT:
+        end -= 1
+    return end
+
+
 class StreamDecoder:
     """Turns generated ids, one at a time, into text pieces that are safe to print.
 
@@ -151,15 +159,26 @@ class StreamDecoder:
             raise MinillmError("this stream already reached a stop string")
         self.ids.append(int(token))
         self.text = self._continuation()
-        cut = self._first_stop(self.text)
-        if cut is not None:
-            self.text, self.stopped = self.text[:cut], True
-            return self._emit(cut)
-        return self._emit(self._safe_end(self.text))
+        return self._settle(final=False)
 
     def finish(self) -> str:
         """The text still held back (at the end of generation everything is final)."""
-        return self._emit(len(self.text))
+        if self.stopped:
+            return self._emit(len(self.text))
+        return self._settle(final=True)
+
+    def _settle(self, final: bool) -> str:
+        """Cut at the first stop string inside the final part of the text; emit what is safe.
+
+        A trailing U+FFFD may be a character whose bytes have not all arrived,
+        so a stop string is looked for only in the text before it, until the end.
+        """
+        complete = len(self.text) if final else _without_trailing_replacement(self.text)
+        cut = self._first_stop(self.text[:complete])
+        if cut is not None:
+            self.text, self.stopped = self.text[:cut], True
+            return self._emit(cut)
+        return self._emit(len(self.text) if final else self._safe_end(self.text))
 
     def _emit(self, end: int) -> str:
         end = max(end, self.emitted)
@@ -173,9 +192,7 @@ class StreamDecoder:
 
     def _safe_end(self, text: str) -> int:
         """How much of text can be printed: not a trailing U+FFFD, not a partial stop string."""
-        end = len(text)
-        while end > 0 and text[end - 1] == REPLACEMENT:
-            end -= 1
+        end = _without_trailing_replacement(text)
         held = 0  # the longest tail of text that is the start of a stop string
         for s in self.stop:
             for n in range(min(len(s) - 1, end), held, -1):
@@ -243,7 +260,7 @@ def prompt_ids(model, prompt, chat: bool = False, system: str | None = None) -> 
             messages = [{"role": "system", "content": system}, *messages]
         text = apply_chat_template(model, messages, add_generation_prompt=True)
         # the template writes every special token itself (HF: add_special_tokens=False)
-        return np.array([model._need_tokenizer().encode(text, add_special_tokens=False)], np.int64)
+        return np.array([model.need_tokenizer().encode(text, add_special_tokens=False)], np.int64)
     ids = model.to_tokens(prompt) if isinstance(prompt, str) else np.asarray(prompt)
     if ids.ndim == 1:
         ids = ids[None, :]

@@ -16,13 +16,12 @@ import numpy as np
 
 from minillm.config import ModelConfig
 from minillm.errors import MinillmError, did_you_mean
+from minillm.hooks import ring_part
 from minillm.model import Transformer
 from minillm.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
     from minillm.activation_cache import ActivationCache
-    from minillm.edit.edits import Edit as EditOp
-    from minillm.edit.journal import EditHandle, Journal
     from minillm.factored_matrix import FactoredMatrix
     from minillm.kv_cache import KVCache
 
@@ -63,7 +62,8 @@ class HookedModel(Transformer):
 
     # --- tokens and text ---------------------------------------------------------------------
 
-    def _need_tokenizer(self) -> Tokenizer:
+    def need_tokenizer(self) -> Tokenizer:
+        """The model's tokenizer, or a MinillmError saying the checkpoint has none (pass ids)."""
         if self.tokenizer is None:
             raise MinillmError(
                 f"{self.path or self.name}: this checkpoint has no tokenizer.json, so text "
@@ -113,12 +113,12 @@ class HookedModel(Transformer):
         if isinstance(texts, str) or not list(texts):
             raise MinillmError("to_tokens needs a text or a non-empty list of texts, got "
                                f"{texts!r}")
-        return self._need_tokenizer().batch_encode(list(texts), padding_side, self.pad_token_id,
+        return self.need_tokenizer().batch_encode(list(texts), padding_side, self.pad_token_id,
                                                    encode=lambda t: self._encode(t, prepend_bos))
 
     def _encode(self, text: str, prepend_bos: bool | None) -> list[int]:
         """One text -> ids, with BOS added or removed as `prepend_bos` asks."""
-        tok = self._need_tokenizer()
+        tok = self.need_tokenizer()
         if prepend_bos is None:
             prepend_bos = self.default_prepend_bos
         ids = tok.encode(text)
@@ -144,7 +144,7 @@ class HookedModel(Transformer):
             raise MinillmError(f"to_string takes integer token ids, got dtype {ids.dtype}")
         if ids.ndim == 2:
             return [self.to_string(row) for row in ids]
-        return self._need_tokenizer().decode(ids.tolist())  # checks every id is in the vocabulary
+        return self.need_tokenizer().decode(ids.tolist())  # checks every id is in the vocabulary
 
     def to_str_tokens(self, text_or_ids: TokensLike, prepend_bos: bool | None = None) -> list:
         """Each token as its own piece of text (for plot labels).
@@ -161,12 +161,12 @@ class HookedModel(Transformer):
             if ids.ndim == 2 and ids.shape[0] != 1:
                 raise MinillmError(f"to_str_tokens takes one row of ids ([p] or [1, p]), got "
                                    f"shape {ids.shape}")
-        tok = self._need_tokenizer()
+        tok = self.need_tokenizer()
         return [tok.decode([int(i)]) for i in np.asarray(ids).reshape(-1)]
 
     def to_single_token(self, text: str) -> int:
         """The id of a text that is exactly one token (error saying how it splits otherwise)."""
-        ids = self._need_tokenizer().encode(text, add_special_tokens=False)
+        ids = self.need_tokenizer().encode(text, add_special_tokens=False)
         if len(ids) != 1:
             pieces = [self.tokenizer.decode([i]) for i in ids]
             raise MinillmError(f"{text!r} is not a single token: it tokenizes as {pieces}")
@@ -174,7 +174,7 @@ class HookedModel(Transformer):
 
     def to_single_str_token(self, token_id: int) -> str:
         """The text of one token id."""
-        return self._need_tokenizer().decode([int(token_id)])
+        return self.need_tokenizer().decode([int(token_id)])
 
     def get_token_position(self, single_token: str | int, input: TokensLike, mode: str = "first",
                            prepend_bos: bool | None = None) -> int:
@@ -208,7 +208,11 @@ class HookedModel(Transformer):
             ids = ids.reshape(())
         return np.moveaxis(self.unembed.W_U[:, ids], 0, -1)
 
-    def _as_tokens(self, tokens) -> np.ndarray:
+    def as_tokens(self, tokens: TokensLike) -> np.ndarray:
+        """Text (or a list of texts) through `to_tokens`; token ids as an array, unchanged.
+
+        Every function that takes "text or ids" calls this once at its entry.
+        """
         if isinstance(tokens, str) or (isinstance(tokens, (list, tuple)) and tokens
                                        and all(isinstance(t, str) for t in tokens)):
             return self.to_tokens(tokens)
@@ -298,7 +302,7 @@ class HookedModel(Transformer):
              attention_mask: np.ndarray | None = None) -> float | np.ndarray:
         """Next-token cross-entropy (nats) of a run on `tokens`, as transformers' `labels=input_ids`
         loss: ids [b, p] (or a str; [p] is taken as one row); see `loss_fn`."""
-        tokens = self._as_tokens(tokens)
+        tokens = self.as_tokens(tokens)
         if tokens.ndim == 1:
             tokens = tokens[None, :]
         if tokens.ndim != 2 or tokens.shape[1] < 2:
@@ -387,8 +391,6 @@ class HookedModel(Transformer):
 
     def _run_with_bwd_hooks(self, tokens, fwd_hooks, bwd_hooks, metric, attention_mask, cache,
                             reset_hooks_end, clear_contexts, forward_kwargs):
-        from minillm.grad import backward
-
         return_type = forward_kwargs.pop("return_type", "logits")
         if metric is None and return_type in ("loss", "both"):
             metric = "loss"
@@ -398,17 +400,16 @@ class HookedModel(Transformer):
         if cache is not None or forward_kwargs:
             raise MinillmError("bwd_hooks run the whole model once: no KV cache and no "
                                f"{sorted(forward_kwargs)}")
-        tokens = self._as_tokens(tokens)
+        tokens = self.as_tokens(tokens)
         tokens = tokens[None] if tokens.ndim == 1 else tokens
         if isinstance(metric, str):
             if metric != "loss":
                 raise MinillmError(f"metric must be a function or 'loss', got {metric!r}")
-            from minillm.interp.metrics import cross_entropy
-
-            metric = cross_entropy(tokens, attention_mask)
+            metric = ring_part("loss_metric")(tokens, attention_mask)  # interp.metrics.cross_entropy
         with self.hooks(fwd_hooks, bwd_hooks, reset_hooks_end=reset_hooks_end,
                         clear_contexts=clear_contexts):
-            res = backward.backward(self, tokens, metric, attention_mask=attention_mask, params=False)
+            res = ring_part("backward")(self, tokens, metric, attention_mask=attention_mask,
+                                        params=False)  # grad.backward.backward
         if return_type == "loss":
             return res.value
         return (res.logits, res.value) if return_type == "both" else res.logits
@@ -453,7 +454,7 @@ class HookedModel(Transformer):
         wanted = set(names_filter)
         return [n for n in self.hook_names() if n in wanted]
 
-    # --- activation interventions (minillm/interventions.py) ---------------------------------
+    # --- activation interventions (minillm/interp/interventions.py, lent via RING_PARTS) -----
 
     def run_with_interventions(self, tokens: TokensLike, interventions: Sequence = (),
                                attention_mask: np.ndarray | None = None, cache: KVCache | None = None,
@@ -464,9 +465,8 @@ class HookedModel(Transformer):
         neurons, and positions (against this run's length, or n_ctx when
         decoding with a KV cache).
         """
-        from minillm.interp.interventions import to_hooks
-
-        tokens = self._as_tokens(tokens)
+        to_hooks = ring_part("to_hooks")  # interp.interventions.to_hooks
+        tokens = self.as_tokens(tokens)
         for i in interventions if cache is None else ():  # decoding: later positions come later
             if hasattr(i, "check_positions"):
                 i.check_positions(tokens.shape[-1])
@@ -477,9 +477,7 @@ class HookedModel(Transformer):
     def intervened(self, interventions: Sequence) -> Iterator[HookedModel]:
         """`with model.intervened([...]):` interventions apply to every run inside the block
         (generation too); removed on exit, also on exceptions."""
-        from minillm.interp.interventions import to_hooks
-
-        with self.hooks(to_hooks(self, interventions)):
+        with self.hooks(ring_part("to_hooks")(self, interventions)):  # interp.interventions.to_hooks
             yield self
 
     # --- parameters --------------------------------------------------------------------------
@@ -689,26 +687,26 @@ class HookedModel(Transformer):
 
         return generate(self, prompt, max_new_tokens=max_new_tokens, **kwargs)
 
-    # --- weight edits (minillm/edits.py: the ops; minillm/journal.py: exact revert) ----------
+    # --- weight edits (edit/edits.py: the ops; edit/journal.py: exact revert; via RING_PARTS)
 
     @property
-    def journal(self) -> Journal:
-        """The journal of weight edits applied to this model (created on first use)."""
-        from minillm.edit.journal import Journal
-
+    def journal(self) -> Any:
+        """The journal of weight edits applied to this model (a minillm.edit.journal.Journal,
+        created on first use)."""
         if "_journal" not in self.__dict__:
-            self._journal = Journal(self)
+            self._journal = ring_part("journal")(self)  # edit.journal.Journal
         return self._journal
 
-    def edit(self, op: EditOp) -> EditHandle:
-        """Apply a weight edit from minillm.edits; returns a handle with .revert(mode=)."""
+    def edit(self, op: Any) -> Any:
+        """Apply a weight edit (an Edit from minillm.edits); returns its EditHandle, with
+        .revert(mode=)."""
         return self.journal.apply(op)
 
     def revert_all(self) -> None:
         """Undo every edit bit for bit (also inverse-reverted ones): the weights are pristine."""
         self.journal.revert_all()
 
-    def edited(self, *ops: EditOp) -> AbstractContextManager[HookedModel]:
+    def edited(self, *ops: Any) -> AbstractContextManager[HookedModel]:
         """`with model.edited(op, ...):` the edits hold inside the block, reverted on exit."""
         return self.journal.edited(*ops)
 

@@ -10,6 +10,7 @@ from minillm.checkpoints.hf import check_checkpoint_size, check_memory, load_wei
 from minillm.config import ModelConfig
 from minillm.errors import MinillmError
 from minillm.hooked_model import HookedModel
+from minillm.hooks import ring_part
 from minillm.tokenizer import Tokenizer
 
 
@@ -47,9 +48,9 @@ def load(name_or_path: str | Path, dtype: DTypeLike = np.float32, *, fold_ln: bo
     try:
         model = HookedModel(cfg, dtype, tokenizer, name=str(name_or_path), path=folder)
     except MemoryError:
-        from minillm.config import _n_params_lower_bound
+        from minillm.config import n_params_lower_bound
 
-        n = _n_params_lower_bound(cfg)
+        n = n_params_lower_bound(cfg)
         raise MinillmError(f"{folder}: not enough memory for a model of {n:,} parameters "
                            f"({n * dtype.itemsize / 2**30:.1f} GiB as {dtype})") from None
     load_weights(model, folder)
@@ -57,7 +58,5 @@ def load(name_or_path: str | Path, dtype: DTypeLike = np.float32, *, fold_ln: bo
                  center_unembed=center_unembed, fold_value_biases=fold_value_biases,
                  refactor_factored_attn_matrices=refactor_factored_attn_matrices)
     if any(flags.values()):
-        from minillm.edit.processing import process_weights
-
-        model.edit(process_weights(**flags))
+        model.edit(ring_part("process_weights")(**flags))  # edit.processing.process_weights
     return model

@@ -163,8 +163,8 @@ class Transformer:
             x = self._check_residual(tokens)  # [b, p, d]
             shape = x.shape[:2]
         start = cache.length if cache is not None else 0
-        mask = self._full_mask(attention_mask, shape, cache)  # [b, P] or None
-        positions = self._positions(mask, start, shape)  # [b, p]
+        mask = self.full_mask(attention_mask, shape, cache)  # [b, P] or None
+        positions = self.position_ids(mask, start, shape)  # [b, p]
         self.hooks.pos_offset = start
         hook = self.hooks.fire
         layers = range(self.cfg.n_layers)[start_at_layer:stop_at_layer]
@@ -413,7 +413,7 @@ class Transformer:
                                f"dtype {x.dtype}")
         return x.astype(self.dtype, copy=False)
 
-    def _full_mask(self, attention_mask, shape, cache) -> np.ndarray | None:
+    def full_mask(self, attention_mask, shape, cache) -> np.ndarray | None:
         """The padding mask over all key positions (cache + new).   -> [b, P] or None"""
         if attention_mask is not None:
             attention_mask = np.asarray(attention_mask)
@@ -436,7 +436,7 @@ class Transformer:
         return np.concatenate([old, attention_mask], axis=1).astype(np.int64)
 
     @staticmethod
-    def _positions(mask, start, shape) -> np.ndarray:
+    def position_ids(mask, start, shape) -> np.ndarray:
         """Position ids of the new tokens: slot index, or count of real tokens before.   -> [b, p]"""
         b, p = shape
         if mask is None:

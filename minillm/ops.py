@@ -59,7 +59,7 @@ def gelu_tanh(x: np.ndarray) -> np.ndarray:
     return 0.5 * x * (1.0 + np.tanh(c * (x + 0.044715 * x * x * x)))
 
 
-_erf = np.frompyfunc(math.erf, 1, 1)  # NumPy has no erf; Python's is accurate to ~1 ulp
+erf = np.frompyfunc(math.erf, 1, 1)  # NumPy has no erf; Python's is accurate to ~1 ulp
 
 
 def gelu_erf(x: np.ndarray) -> np.ndarray:
@@ -68,7 +68,7 @@ def gelu_erf(x: np.ndarray) -> np.ndarray:
     erf runs element by element through Python's math.erf: exact in float64
     and float32 alike, and slower than the tanh approximation.
     """
-    return 0.5 * x * (1.0 + _erf(x / np.sqrt(2.0).astype(x.dtype)).astype(x.dtype))
+    return 0.5 * x * (1.0 + erf(x / np.sqrt(2.0).astype(x.dtype)).astype(x.dtype))
 
 
 def silu(x: np.ndarray) -> np.ndarray:

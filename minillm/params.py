@@ -85,7 +85,7 @@ class Attention:
         """True for grouped-query attention (fewer key/value heads than query heads)."""
         return self.n_kv_heads < self.n_heads
 
-    def _columns(self, which: str) -> slice:
+    def columns(self, which: str) -> slice:
         """Which columns of W_QKV hold Q, K or V."""
         h, kv, e = self.n_heads, self.n_kv_heads, self.d_head
         start = {"Q": 0, "K": h * e, "V": (h + kv) * e}[which]
@@ -97,7 +97,7 @@ class Attention:
         kind, which = name.lstrip("_")[0], name.lstrip("_")[2]  # "_W_K" -> ("W", "K")
         if which == "O":
             return self.W_O_flat.reshape(self.n_heads, e, -1)  # [h, e, d]
-        cols = self._columns(which)
+        cols = self.columns(which)
         if kind == "W":
             W = self.W_QKV[:, cols]  # [d, heads·e]
             out = W.reshape(W.shape[0], -1, e).transpose(1, 0, 2)  # [heads, d, e]
@@ -265,3 +265,17 @@ class Unembed:
     @W_U.setter
     def W_U(self, value: np.ndarray) -> None:
         _assign(self.W_U, value, "W_U")
+
+    def tie_state(self) -> tuple[bool, np.ndarray | None]:
+        """(tied, W_U's own array or None): what it takes to put the tie back exactly."""
+        return self.tied, self._W_U
+
+    def set_tie_state(self, state: tuple[bool, np.ndarray | None]) -> None:
+        """Put back a `tie_state()`: tied again, or W_U's own array (the same object)."""
+        self.tied, self._W_U = state
+
+    def untie(self) -> None:
+        """Give W_U its own storage, a copy of W_E.T, so that W_E can change alone."""
+        if self.tied:
+            self._W_U = np.ascontiguousarray(self._embed.W_E.T)
+            self.tied = False

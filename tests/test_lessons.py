@@ -185,10 +185,11 @@ def test_lesson_scripts_use_the_students_function_once_implemented(tmp_path, mon
     assert "using YOUR version" in capsys.readouterr().out
 
 
-# The student's code drives lessons 01, 02, 10, 11 and 12: each case appends deliberately wrong
-# versions of some exercise functions to the solutions (so every exercise is "implemented", the
-# others correctly), runs the lesson script on that copy, and requires the output to show the
-# mistake. The reference output never matches these patterns. About 1 minute on 2 idle cores.
+# The student's code drives the lessons: each case appends deliberately wrong versions of some
+# exercise functions to the solutions (so every exercise is "implemented", the others
+# correctly), runs the lesson script on that copy, and requires the output to show the mistake
+# (the reference output never matches these patterns) and every function the script uses to
+# be the student's. About 4 minutes on 2 idle cores for the 12 lessons.
 _WRONG: dict[int, tuple[str, list[str]]] = {
     1: ("""
 def analogy(W_E, a, b, c, k=5):  # forgets to exclude the three inputs
@@ -211,6 +212,48 @@ def rope(x, positions, theta):  # rotates the wrong way: -sin
     return x * cos - np.concatenate([-x2, x1], axis=-1) * sin
 """, [r"attn\.hook_rot_q .* relative error (\d\.\de-0[12]|\d\.\de\+\d\d)",  # > 1e-3 (its reference: 8e-07)
       r"final logits: max \|ours − model\| = \d\.\d\de\+\d\d"]),  # > 1 (its reference: 3e-05)
+    3: ("""
+def kv_head_of(head, n_heads, n_kv_heads):  # np.tile's mapping instead of np.repeat's
+    return head % n_kv_heads
+""", [r"g = 9 // 3 = 3: \{0: \[0, 3, 6\]",
+      r"from hook_pattern (\d\.\de-0[12]|\d\.\de\+\d\d)"]),  # head 18.6 read kv-head 0's keys
+    4: ("""
+def edit_embedding_row(W_E, token, op, alpha=0.3):  # zeroes the row whatever the op
+    out = W_E.copy()
+    out[token] = 0
+    return out
+
+
+def rms_norm_change(x, c, eps):
+    return 0.0
+""", [r"your edit_embedding_row as the embedding vs hook_embed batch row: max \|Δresid\| = [1-9]",
+      r"sorry REDUCE α=0\.3 +\d\.\d{3}e-04 +0\.000e\+00"]),
+    5: ("""
+def output_readout(w_out, w_final, W_U, k=10):  # promoted and suppressed swapped
+    order = np.argsort((w_out * w_final) @ W_U)
+    return [int(t) for t in order[:k]], [int(t) for t in order[::-1][:k]]
+""", [r"L22N1293 \(your output_readout\): promotes \['letons'"]),
+    6: ("""
+def undo(W, index, saved):  # rebinds a local name: W is unchanged
+    W = W.copy()
+    W[index] = saved
+""", [r"your undo did not restore the row bit for bit"]),
+    7: ("""
+def top_p_neurons(acts, rate, by="value"):  # ignores the rate: always the single most active
+    return [int(np.argmax(acts))]
+""", [r"layer 0, 90 % replaced \(1 neurons\)"]),
+    8: ("""
+def lens_logits(resid, ln_w, eps, W_U):  # forgets the gain
+    return (resid / np.sqrt((resid * resid).mean(-1, keepdims=True) + eps)) @ W_U
+""", [r"lens of the final stream == model logits: False"]),
+    9: ("""
+def patch_resid_pre_hook(source, pos):  # patches position 0 instead of pos
+    def fn(act, hook):
+        out = act.copy()
+        out[:, 0] = source[0, 0]
+        return out
+    return fn
+""", [r"layer  0, position  9: by hand with your functions [+-]0\.00, the sweep \+1\.00"]),
     10: ("""
 def softmax_backward(dout, y):  # forgets the - sum(dout * y) term
     return y * dout
@@ -254,7 +297,7 @@ def test_a_wrong_student_function_changes_what_the_lesson_prints(number, tmp_pat
     out = proc.stdout
     stubs = ast.parse((src / "exercises.py").read_text()).body
     exercises = [f.name for f in stubs if isinstance(f, ast.FunctionDef) and not f.name.startswith("_")]
-    assert len(exercises) >= 4
+    assert len(exercises) >= 3
     not_used = [name for name in exercises if f"[{name}] using YOUR version" not in out]
     assert not not_used, f"lesson {number} does not use the student's {not_used}"
     for pattern in patterns:

@@ -18,7 +18,7 @@ from safetensors import safe_open
 
 from minillm.cli import main
 from minillm.errors import MinillmError
-from minillm.perplexity import perplexity, sliding_window_nll
+from minillm.interp.perplexity import perplexity, sliding_window_nll
 from tests.conftest import FIXTURES, random_model
 
 

@@ -24,12 +24,25 @@ L, H, KV = cfg.n_layers, cfg.n_heads, cfg.n_kv_heads
 g = H // KV
 print(model)
 
+
+def _reference_pattern(q, k):  # [p, e], [p, e] -> [p, p]
+    scores = q @ k.T / np.sqrt(q.shape[-1])
+    return ops.softmax(np.where(np.triu(np.ones(scores.shape, dtype=bool), k=1), -np.inf, scores))
+
+
+# Your exercises 1 and 2 once implemented (until then, the references): the patterns shown
+# below are computed by your pattern_from_qk, the kv-groups by your kv_head_of.
+pattern_from_qk = student_version(3, "pattern_from_qk", _reference_pattern)
+kv_head_of = student_version(3, "kv_head_of", lambda head, n_heads, n_kv: head // (n_heads // n_kv))
+
 # %% [markdown]
 # ## 1. Patterns on real text
 #
 # `hook_pattern` is `[batch, head, query, key]`: row q says where position q looks. The
 # text repeats "Mr and Mrs Dursley", so an induction head should, at the second " Mrs",
-# look at the token after the first " Mrs".
+# look at the token after the first " Mrs". The three patterns shown are recomputed from
+# the rotated queries and keys by your `pattern_from_qk` (query head j reads the keys of
+# kv-head `kv_head_of(j, ...)`), and compared with the model's `hook_pattern`.
 
 # %%
 from minillm.views import figures  # noqa: E402
@@ -38,14 +51,19 @@ from minillm.views.figures import subplots  # noqa: E402
 text = "Mr and Mrs Dursley were proud to say that they were perfectly normal. Mr and Mrs Dursley"
 tokens = model.to_tokens(text)
 labels = model.to_str_tokens(tokens[0])
-_, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith(("hook_pattern", "hook_k",
-                                                                            "hook_q")))
+_, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith(("hook_pattern", "hook_k", "hook_q",
+                                                                            "hook_rot_k", "hook_rot_q")))
 print(f"hook_q {cache['blocks.0.attn.hook_q'].shape} (9 query heads), "
       f"hook_k {cache['blocks.0.attn.hook_k'].shape} ({KV} kv-heads), "
       f"hook_pattern {cache['blocks.0.attn.hook_pattern'].shape}")
 
 shown = [(0, 0), (16, 0), (18, 6)] if MODEL.startswith("smollm2") else [(0, 0), (L // 2, 0), (L - 1, 0)]
-pats = [cache[f"blocks.{layer}.attn.hook_pattern"][0, head] for layer, head in shown]  # each [p, p]
+pats = [pattern_from_qk(cache[f"blocks.{layer}.attn.hook_rot_q"][0, :, head],  # [p, e]
+                        cache[f"blocks.{layer}.attn.hook_rot_k"][0, :, kv_head_of(head, H, KV)])
+        for layer, head in shown]  # each [p, p]
+gap = max(float(np.abs(pat - cache[f"blocks.{layer}.attn.hook_pattern"][0, head]).max())
+          for pat, (layer, head) in zip(pats, shown))
+print(f"patterns of heads {shown} from q and k: max |difference| from hook_pattern {gap:.1e}")
 fig = figures.attention_patterns(pats, labels, shown, kv_group=g)
 show(fig, "patterns_text.png")
 
@@ -58,7 +76,8 @@ show(fig, "patterns_text.png")
 # of the same layer, within a group and across groups.
 
 # %%
-print(f"g = {H} // {KV} = {g}:", {kv: [j for j in range(H) if j // g == kv] for kv in range(KV)})
+kv_of = [kv_head_of(j, H, KV) for j in range(H)]  # your exercise 2
+print(f"g = {H} // {KV} = {g}:", {kv: [j for j in range(H) if kv_of[j] == kv] for kv in range(KV)})
 within, across = [], []
 for layer in range(L):
     pat = cache[f"blocks.{layer}.attn.hook_pattern"][0].reshape(H, -1)  # [h, p·p]
@@ -66,7 +85,7 @@ for layer in range(L):
     sim = unit @ unit.T  # [h, h]
     for i in range(H):
         for j in range(i + 1, H):
-            (within if i // g == j // g else across).append(sim[i, j])
+            (within if kv_of[i] == kv_of[j] else across).append(sim[i, j])
 if g > 1:
     print(f"pattern cosine between heads of the same layer: within a kv-group {np.mean(within):.3f} "
           f"(n={len(within)}), across groups {np.mean(across):.3f} (n={len(across)})")
@@ -140,7 +159,7 @@ for what, start in starts.items():
 layer_labels, head_labels = [str(i) for i in range(L)], [str(j) for j in range(H)]
 for name, score in (("previous-token", prev), ("induction", induction)):
     res = LabelledArray(score, ("layer", "head"), (layer_labels, head_labels), title=f"{name} score")
-    top = ", ".join(f"{lh[0]}.{lh[1]} ({v:.2f}, kv {int(lh[1]) // g})" for lh, v in res.top(6))
+    top = ", ".join(f"{lh[0]}.{lh[1]} ({v:.2f}, kv {kv_of[int(lh[1])]})" for lh, v in res.top(6))
     print(f"top {name} heads (layer.head): {top}")
     show(res.plot(), f"{name.replace('-', '_')}_scores.png")
 

@@ -110,6 +110,25 @@ with model.edited(edits.reduce_embedding(" sorry", 0.3, untie=True)) as handles:
 print("untie=True weight edit vs hook_embed batch row: max |Δlogit| =",
       float(np.abs(logits_u[0] - logits_in[1]).max()), "| tied again:", model.unembed.tied)
 
+
+def _reference_edit(W_E, token, op, alpha=0.3):  # a copy of W_E with one row edited
+    out = W_E.copy()
+    out[token] *= W_E.dtype.type({"reduce": 1 - alpha, "boost": 1 + alpha, "zero": 0.0}[op])
+    return out
+
+
+# Your exercise 1 (once implemented): your edited matrix as the input embedding of the prompt.
+edit_embedding_row = student_version(4, "edit_embedding_row", _reference_edit)
+W_yours = edit_embedding_row(model.embed.W_E, SORRY, "reduce", 0.3)  # [V, d]
+rows_changed = int((W_yours != model.embed.W_E).any(-1).sum())
+embedded = W_yours[ids]  # [1, p, d]: the prompt's input vectors under your edit
+del W_yours
+_, cache_y = model.run_with_cache(ids, names_filter=RESID,
+                                  fwd_hooks=[("hook_embed", lambda act, hook: embedded)])
+resid_y = np.stack([cache_y[n][0] for n in RESID]).astype(np.float64)
+print("your edit_embedding_row as the embedding vs hook_embed batch row: max |Δresid| =",
+      np.abs(resid_y - resid[1]).max(), "| rows changed:", rows_changed)
+
 # %% [markdown]
 # ## 3. RMSNorm does not see a pure rescaling
 #
@@ -117,11 +136,21 @@ print("untie=True weight edit vs hook_embed batch row: max |Δlogit| =",
 # unchanged except through ε. The predicted relative change is
 # `|c·sqrt(ms+ε)/sqrt(c²·ms+ε) − 1| ≈ ε/(2·ms)·|1 − 1/c²|` with `ms = mean(E[t]²)`.
 # What *does* see the edit is the residual path: `resid_mid = c·E[t] + attn_out`, and
-# `ln2` normalises that sum, which is no longer a rescaling of the clean one.
+# `ln2` normalises that sum, which is no longer a rescaling of the clean one. The
+# "predicted" column is your `rms_norm_change` (exercise 2) on the row itself.
 
 # %%
 p0 = pos[" sorry"]
 ms = float((model.embed.W_E[SORRY].astype(np.float64) ** 2).mean())
+
+
+def _reference_norm_change(x, c, eps):  # ‖n(c·x) − n(x)‖ / ‖n(x)‖, n = RMSNorm without gain
+    x = np.asarray(x, np.float64)
+    n = lambda v: v / np.sqrt((v * v).mean() + eps)  # noqa: E731
+    return float(np.linalg.norm(n(c * x) - n(x)) / np.linalg.norm(n(x)))
+
+
+rms_norm_change = student_version(4, "rms_norm_change", _reference_norm_change)
 
 
 def rel(a, b):
@@ -133,7 +162,7 @@ for row in (1, 2, 3):
     label, _, c = VARIANTS[row]
     got = rel(cache["blocks.0.ln1.hook_normalized"][row, p0].astype(np.float64),
               cache["blocks.0.ln1.hook_normalized"][0, p0].astype(np.float64))
-    pred = abs(c * np.sqrt(ms + eps) / np.sqrt(c * c * ms + eps) - 1)
+    pred = rms_norm_change(model.embed.W_E[SORRY], c, eps)
     mid = rel(cache["blocks.0.hook_resid_mid"][row, p0].astype(np.float64),
               cache["blocks.0.hook_resid_mid"][0, p0].astype(np.float64))
     ln2 = rel(cache["blocks.0.ln2.hook_normalized"][row, p0].astype(np.float64),
@@ -154,6 +183,8 @@ for label, got, pred, mid, ln2, gain in norm_rows:
 # edited position and (max) at the positions after it. Is it exponential? A straight line
 # in a log plot would say so: we fit `log(rel) = a + b·l` over blocks 1..L and report the
 # per-block factor `exp(b)` and the R² of the fit. We also print the *absolute* change.
+# The curve at the edited position is your `relative_change_per_layer` (exercise 3), the
+# fit your `fit_exponential` (exercise 4).
 
 # %%
 d_abs = np.linalg.norm(resid - resid[:1], axis=-1)  # [N, L+1, p]
@@ -169,6 +200,12 @@ def _reference_fit(y: np.ndarray) -> tuple[float, float]:
 
 
 fit_exponential = student_version(4, "fit_exponential", _reference_fit)  # your exercise 4, once implemented
+relative_change_per_layer = student_version(
+    4, "relative_change_per_layer", lambda clean, edited, pos: np.linalg.norm(
+        (edited[:, pos] - clean[:, pos]).astype(np.float64), axis=-1) / np.linalg.norm(
+        clean[:, pos].astype(np.float64), axis=-1))
+for row, (_, text, _) in enumerate(VARIANTS[1:], start=1):  # [L+1] at the edited position: yours
+    d_rel[row, :, pos[text]] = relative_change_per_layer(resid[0], resid[row], pos[text])
 
 
 print(f"{'edit':<20} {'rel@emb':>8} {'rel@1':>7} {'rel@L/2':>8} {'rel@L':>7} {'|Δ|@emb':>8} {'|Δ|@L':>7} "

@@ -109,10 +109,23 @@ for l, i in (DETECTOR, WRITER):
 #
 # When a neuron fires with activation `a`, it adds `a·W_out[i]` to the residual stream.
 # Read as logits: `(W_out[i] ⊙ w_final) @ W_U` (the final norm's gain included, its
-# position-dependent scale left out: it does not change the ranking). Exercise 3.
+# position-dependent scale left out: it does not change the ranking). The first line per
+# neuron is your `output_readout` (exercise 3); `readout.neuron_readout` adds what the
+# neuron reads (its gate and input weights through the embedding).
 
 # %%
+
+
+def _reference_readout(w_out, w_final, W_U, k=10):  # (promoted ids, suppressed ids)
+    order = np.argsort((w_out * w_final) @ W_U, kind="stable")  # [V], ascending
+    return [int(t) for t in order[::-1][:k]], [int(t) for t in order[:k]]
+
+
+output_readout = student_version(5, "output_readout", _reference_readout)
 for l, i in (DETECTOR, WRITER):
+    up, down = output_readout(model.blocks[l].mlp.W_out[i], model.ln_final.w, model.unembed.W_U, 8)
+    print(f"L{l}N{i} (your output_readout): promotes {[model.to_string([t]) for t in up]}, "
+          f"suppresses {[model.to_string([t]) for t in down]}")
     print(readout.neuron_readout(model, l, i, k=8))
 show(readout.plot_neuron_readout(readout.neuron_readout(model, *WRITER, k=10)), "neuron_readout.png")
 
@@ -123,7 +136,7 @@ show(readout.plot_neuron_readout(readout.neuron_readout(model, *WRITER, k=10)), 
 # ablation, mean ablation (its corpus mean), and the activation multiplied by −1, 0.5, 2
 # and 4 — plus the clean model. The metric: the probability mass on the ten digit tokens
 # as the next token, at positions whose next token *is* a digit, and at the others
-# (exercise 4).
+# (exercise 4). The mean-ablation runs use your `mean_ablation_hook` (exercise 2).
 
 # %%
 PROMPT = "Call 555 0199 or box 4417 by the 12th."
@@ -136,7 +149,7 @@ variants, rows = [[]], {}
 for l, i in (DETECTOR, WRITER):
     mean_vec = acts[l].mean(0).astype(model.dtype)  # [m]: corpus mean of every neuron of layer l
     rows[(l, i, "mean")] = len(variants)
-    variants.append([iv.mean("post", mean_vec, layer=l, neuron=i)])
+    variants.append([])  # a placeholder: this row is run below with your hook
     for f in FACTORS:
         if f == 1.0:
             rows[(l, i, f)] = 0  # the clean run
@@ -145,6 +158,21 @@ for l, i in (DETECTOR, WRITER):
         variants.append([iv.zero("post", layer=l, neuron=i)] if f == 0 else
                         [iv.scale("post", f, layer=l, neuron=i)])
 logits = run_variants(model, p_ids, variants)  # [N, p, V]
+
+
+def _reference_ablation_hook(neuron, value):
+    def fn(act, hook):  # [b, p, m] -> a copy with one neuron set to value
+        out = act.copy()
+        out[..., neuron] = value
+        return out
+    return fn
+
+
+mean_ablation_hook = student_version(5, "mean_ablation_hook", _reference_ablation_hook)
+for l, i in (DETECTOR, WRITER):
+    value = float(acts[l][:, i].mean())  # its corpus mean
+    logits[rows[(l, i, "mean")]] = model.run_with_hooks(
+        p_ids, [(f"blocks.{l}.mlp.hook_post", mean_ablation_hook(i, value))])[0]
 
 
 def log_softmax(x):

@@ -79,6 +79,41 @@ print("after revert_all: max ulps =", int(ulp_distance(W_row, clean_row).max()),
       "| pristine:", model.journal.pristine)
 
 # %% [markdown]
+# The same journal by hand: your `scale_with_undo` (exercise 2) scales the row of the real
+# `W_out` in place and keeps a copy of its bytes, your `undo` (exercise 3) writes them
+# back. Then the logits must be bit-identical to the clean ones. (If yours are not, the
+# script restores the row itself, so the rest of the lesson runs on the clean model.)
+
+# %%
+
+
+def _reference_scale_with_undo(W, index, factor):
+    saved = W[index].copy()
+    W[index] = W[index] * W.dtype.type(factor)
+    return saved
+
+
+def _reference_undo(W, index, saved):
+    W[index] = saved
+
+
+scale_with_undo = student_version(6, "scale_with_undo", _reference_scale_with_undo)
+undo = student_version(6, "undo", _reference_undo)
+W_out = model.blocks[LAYER].mlp.W_out  # [m, d], edited in place below
+clean_logits = model(ids)
+saved = scale_with_undo(W_out, NEURON, 0.04)
+scaled_logits = model(ids)
+undo(W_out, NEURON, saved)
+undone_logits = model(ids)
+print(f"your scale_with_undo: the saved copy is the clean row: {np.array_equal(saved, clean_row)}; "
+      f"max |Δlogit| while scaled {np.abs(scaled_logits - clean_logits).max():.3f}")
+print(f"after your undo: max ulps from clean {int(ulp_distance(W_row, clean_row).max())}, "
+      f"logits identical to clean: {np.array_equal(undone_logits, clean_logits)}")
+if not np.array_equal(W_out[NEURON], clean_row):
+    W_out[NEURON] = clean_row  # keep the rest of the lesson on the clean model
+    print("(your undo did not restore the row bit for bit; the script restored it)")
+
+# %% [markdown]
 # ## 3. The four-way table
 #
 # `drift.measure_drift` runs the prompt clean, edited, journal-reverted, inverse-reverted,
@@ -104,7 +139,25 @@ show(report.plot(), "drift_per_layer.png")
 # bit-exact, the *state* is not; recompute it and the drift is 0 again.
 
 # %%
-prof = report.layer_profile("inverse-reverted")
+def _reference_drift(clean, run):  # [L+1, p, d] twice -> [L+1]: max over p of the relative difference
+    diff = np.linalg.norm((run - clean).astype(np.float64), axis=-1)
+    return (diff / np.linalg.norm(clean.astype(np.float64), axis=-1)).max(axis=-1)
+
+
+per_layer_relative_drift = student_version(6, "per_layer_relative_drift", _reference_drift)
+RESID = ["blocks.0.hook_resid_pre"] + [f"blocks.{layer}.hook_resid_post" for layer in range(L)]
+
+
+def stream() -> np.ndarray:  # [L+1, p, d]: the residual stream of the prompt, every layer row
+    _, c = model.run_with_cache(ids, names_filter=RESID)
+    return np.stack([c[n][0] for n in RESID])
+
+
+clean_stream = stream()
+model.edit(op).revert(mode="inverse")
+inverse_stream = stream()
+model.revert_all()
+prof = np.asarray(per_layer_relative_drift(clean_stream, inverse_stream))  # your exercise 4
 nz = np.flatnonzero(prof)
 print(f"inverse-revert drift: {prof[nz[0]]:.2g} at row {nz[0]} -> {prof[-1]:.2g} after the last block "
       f"(×{prof[-1] / prof[nz[0]]:.0f})")

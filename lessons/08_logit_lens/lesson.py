@@ -31,6 +31,30 @@ L = cfg.n_layers
 W_U = model.unembed.W_U  # [d, V]
 EIFFEL = "The Eiffel Tower is located in the city of"
 
+
+def _reference_lens(resid, ln_w, eps, W_U):  # [..., d] -> [..., V]
+    return final_norm(model, resid) @ W_U
+
+
+def _reference_dla(write, final_scale, ln_w, W_U, correct, incorrect):  # [..., d] -> [...]
+    return (write / final_scale) @ (ln_w * (W_U[:, correct] - W_U[:, incorrect]))
+
+
+def _reference_components(cache, n_layers, pos):  # -> [2L + 1, d]: embed, then attn_out, mlp_out per block
+    return cache.decompose_resid(pos_slice=pos)[:, 0]
+
+
+# Your exercises 1-3 once implemented (until then, the references above). They are written
+# for RMSNorm without a bias; on a LayerNorm model (GPT-2) the script keeps minillm's own.
+RMS = not cfg.layer_norm and cfg.norm_offset == 0.0
+if RMS:
+    lens_logits = student_version(8, "lens_logits", _reference_lens)
+    component_dla = student_version(8, "component_dla", _reference_dla)
+    residual_components = student_version(8, "residual_components", _reference_components)
+else:
+    print(f"{MODEL} uses LayerNorm: exercises 1-3 (written for RMSNorm) are not used on it")
+    lens_logits, component_dla, residual_components = _reference_lens, _reference_dla, _reference_components
+
 # %% [markdown]
 # ## 1. The stream grows; the norm hides it
 #
@@ -71,9 +95,10 @@ show(lens.plot_targets(), "lens_targets.png")  # probability and rank of each ta
 # rows — the lens of layer 0 is a copy, not a prediction.
 
 # %%
-last_lens = final_norm(model, cache[f"blocks.{L - 1}.hook_resid_post"]) @ W_U
-print("lens of the final stream == model logits:", np.array_equal(last_lens, logits))
-row12 = final_norm(model, cache["blocks.12.hook_resid_pre"][0, -1]) @ W_U  # [V]
+last_lens = lens_logits(cache[f"blocks.{L - 1}.hook_resid_post"], model.ln_final.w, cfg.eps, W_U)  # yours
+print("lens of the final stream == model logits:", np.array_equal(last_lens, logits),
+      f"(max |difference| {np.abs(last_lens - logits).max():.1e})")
+row12 = lens_logits(cache["blocks.12.hook_resid_pre"][0, -1], model.ln_final.w, cfg.eps, W_U)  # [V]
 print("row 12 top-3 by hand:", [model.to_string([int(i)]) for i in np.argsort(-row12)[:3]],
       "| logit_lens:", lens.tokens_at(12))
 
@@ -121,7 +146,7 @@ target_rank = student_version(8, "target_rank", _reference_rank)
 first_top1_layer = student_version(8, "first_top1_layer", _reference_first_top1)
 ranks = {}
 for j, (_, target) in enumerate(facts):
-    row_logits = np.stack([final_norm(model, x) for x in fstack[:, j]]) @ W_U  # [L + 1, V]
+    row_logits = lens_logits(fstack[:, j], model.ln_final.w, cfg.eps, W_U)  # [L + 1, V]: exercise 1
     t = model.to_single_token(target)
     ranks[target] = np.asarray(target_rank(row_logits, t))  # exercise 4
     first = first_top1_layer(ranks[target])  # exercise 5
@@ -176,7 +201,12 @@ logits_ioi, icache = model.run_with_cache(CLEAN)
 mary, john = model.to_single_token(" Mary"), model.to_single_token(" John")
 direction = W_U[:, mary] - W_U[:, john]  # [d] (apply_ln_to_stack has applied the gain w)
 comps, comp_labels = icache.decompose_resid(pos_slice=-1, return_labels=True)  # [2L + 1 (+1), 1, d]
-parts = icache.apply_ln_to_stack(comps, pos_slice=-1)[:, 0] @ direction  # [c]
+if RMS:  # your exercises 3 (the writes) and 2 (their attribution)
+    comps = np.asarray(residual_components(icache, L, -1))[:, None]  # [2L + 1, 1, d]
+    s_final = icache["ln_final.hook_scale"][0, -1]  # [1]: the rms ln_final divided by
+    parts = np.asarray(component_dla(comps[:, 0], s_final, model.ln_final.w, W_U, mary, john))  # [c]
+else:
+    parts = icache.apply_ln_to_stack(comps, pos_slice=-1)[:, 0] @ direction  # [c]
 bias = float(model.ln_final.b @ (W_U[:, mary] - W_U[:, john])) if model.ln_final.b is not None else 0.0
 own_scale = np.stack([final_norm(model, c) for c in comps[:, 0]]) @ direction
 print(f"by hand: Σ parts {parts.sum() + bias:+.4f} (model {dla.total:+.4f}); with each component "

@@ -45,12 +45,26 @@ print(f"the prompts differ only at position {S2} ({toks[S2]!r} vs "
 # %% [markdown]
 # ## 1. The metric: logit difference, and the normalised version
 #
-# m = logit(" Mary") − logit(" John") at the last position (= log p(Mary) − log p(John)).
-# The normalised metric maps the corrupted run to 0 and the clean run to 1.
+# m = logit(" Mary") − logit(" John") at the last position (= log p(Mary) − log p(John)):
+# your `logit_difference` (exercise 1). The normalised metric maps the corrupted run to 0 and
+# the clean run to 1: your `normalised` (exercise 2), used in section 2.
 
 # %%
-ld = M.logit_diff(model, " Mary", " John")
-m_clean, m_corrupt, m_swap = (M.value(model, ld, s) for s in (CLEAN, CORRUPTED, SWAPPED))
+
+
+def _reference_normalised(value, clean, corrupted):
+    if clean == corrupted:
+        raise ValueError("clean == corrupted: the corruption changed nothing")
+    return (np.asarray(value, np.float64) - corrupted) / (clean - corrupted)
+
+
+logit_difference = student_version(9, "logit_difference", lambda logits, correct, wrong: (
+    logits[:, -1, correct].astype(np.float64) - logits[:, -1, wrong]))
+normalised = student_version(9, "normalised", _reference_normalised)
+MARY, JOHN = model.to_single_token(" Mary"), model.to_single_token(" John")
+ld = M.logit_diff(model, " Mary", " John")  # the package's metric, for the sweeps below
+m_clean, m_corrupt, m_swap = (float(logit_difference(model(model.to_tokens(s)), MARY, JOHN)[0])
+                              for s in (CLEAN, CORRUPTED, SWAPPED))
 print(f"logit diff: clean {m_clean:+.2f}, corrupted {m_corrupt:+.2f} (spread {m_clean - m_corrupt:.2f})")
 top = model(model.to_tokens(SWAPPED))[0, -1].argmax()
 print(f"swapping the first two names instead: {m_swap:+.2f}, still predicts {model.to_string([int(top)])!r}; "
@@ -68,6 +82,32 @@ print(f"swapping the first two names instead: {m_swap:+.2f}, still predicts {mod
 resid = P.patching_sweep(model, CLEAN, CORRUPTED, ld, "resid_pre", "denoising", progress=False)
 show(resid.plot(), "resid_pre_denoising.png")
 print(f"resid_pre: {resid.meta['runs']} runs in {resid.meta['seconds']:.1f} s")
+
+# %% [markdown]
+# One cell of that sweep by hand, with your functions: your `patch_resid_pre_hook`
+# (exercise 3) puts the clean `resid_pre` of one layer and position into the corrupted run,
+# your `logit_difference` measures it, your `normalised` puts it on the 0–1 scale. It must
+# agree with the sweep's value for the same cell.
+
+# %%
+
+
+def _reference_patch_hook(source, pos):
+    def fn(act, hook):  # [b, p, d] -> a copy with position pos taken from the other run
+        out = act.copy()
+        out[:, pos] = source[0, pos]
+        return out
+    return fn
+
+
+patch_resid_pre_hook = student_version(9, "patch_resid_pre_hook", _reference_patch_hook)
+_, clean_cache = model.run_with_cache(clean, names_filter=lambda n: n.endswith("hook_resid_pre"))
+for l, q in ((0, S2), (L // 2, S2), (L - 3, END)):
+    name = f"blocks.{l}.hook_resid_pre"
+    patched = model.run_with_hooks(corrupted, [(name, patch_resid_pre_hook(clean_cache[name], q))])
+    by_hand = float(np.asarray(normalised(logit_difference(patched, MARY, JOHN), m_clean, m_corrupt))[0])
+    print(f"layer {l:2d}, position {q:2d}: by hand with your functions {by_hand:+.2f}, "
+          f"the sweep {resid.values[l, q]:+.2f}")
 def _reference_shares(values, groups, base=0.0):  # {name: [rows]}: share of |value - base| per group
     effect = np.abs(np.nan_to_num(np.asarray(values, np.float64) - base))  # [rows, pos]
     total = np.where(effect.sum(1) == 0, 1.0, effect.sum(1))

@@ -140,7 +140,7 @@ def llama_entries(model: Transformer, prefix: str = "model.") -> Iterator[Entry]
             yield (f"{p}self_attn.qkv_proj.weight", ((h + 2 * kv) * e, d), lambda a=a: a.W_QKV,
                    True)
         for proj, which, n in (("q_proj", "Q", h), ("k_proj", "K", kv), ("v_proj", "V", kv)):
-            cols = a._columns(which)
+            cols = a.columns(which)
             if not fused:
                 yield (f"{p}self_attn.{proj}.weight", (n * e, d),
                        lambda a=a, c=cols: a.W_QKV[:, c], True)
@@ -275,11 +275,11 @@ def check_checkpoint_size(cfg: ModelConfig, folder: Path) -> None:
     A hostile or broken config could ask for a model of hundreds of gigabytes next to a
     1 MB checkpoint; the files' headers say how many values they hold, so compare first.
     """
-    from minillm.config import _n_params_lower_bound
+    from minillm.config import n_params_lower_bound
 
     source = TensorSource(folder)
     held = sum(math.prod(f.entries[name][1]) for name, f in source.files.items())
-    needed = _n_params_lower_bound(cfg)
+    needed = n_params_lower_bound(cfg)
     if held < needed:
         raise CheckpointError(
             f"{folder}: config.json describes a model of at least {needed:,} parameters, but the "

@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
     import minillm
     from minillm.errors import MinillmError
-    from minillm.perplexity import sliding_window_nll
+    from minillm.interp.perplexity import sliding_window_nll
 
     for name in ("window", "stride", "max_tokens"):  # checked before loading the model
         value = getattr(args, name)

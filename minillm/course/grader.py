@@ -371,7 +371,7 @@ def show(fig, name: str) -> None:
     if in_notebook():
         from IPython.display import display
 
-        figures._enable_notebook_display()
+        figures.enable_notebook_display()
         display(fig)
         if not os.environ.get("MINILLM_LESSON_OUT"):
             return

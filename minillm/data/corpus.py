@@ -162,7 +162,7 @@ class Corpus:
             raise MinillmError(f"window must be at least 1 token, got {window}")
         if window > model.cfg.n_ctx:
             raise MinillmError(f"window {window} is longer than the model's context of {model.cfg.n_ctx}")
-        tok = model._need_tokenizer()
+        tok = model.need_tokenizer()
         for doc, text in self.documents(start, stop):
             ids = np.asarray(tok.encode(text), np.int64)  # [n]
             for s in range(0, len(ids), window):
@@ -265,8 +265,10 @@ def _text_documents(path: str, split: str) -> Iterator[str]:
             yield "\n".join(para)
 
 
-def _jsonl_documents(path: str, key: str) -> Iterator[str]:
-    with _open(path) as f:
+def jsonl_records(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """(line number, record) for each line of a JSON Lines file, blank lines skipped; a line that is
+    not a JSON object is a MinillmError naming the file and the line."""
+    with _open(str(path)) as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -274,11 +276,16 @@ def _jsonl_documents(path: str, key: str) -> Iterator[str]:
                 record = json.loads(line)
             except ValueError as e:
                 raise MinillmError(f"{path}:{n}: not a JSON record ({e})") from None
-            if not isinstance(record, dict) or key not in record:
-                raise MinillmError(
-                    f"{path}:{n}: the record has no field {key!r}"
-                    + (f" (fields: {', '.join(map(str, record))})" if isinstance(record, dict) else "")
-                )
-            if not isinstance(record[key], str):
-                raise MinillmError(f"{path}:{n}: field {key!r} is a {type(record[key]).__name__}, not text")
-            yield record[key]
+            if not isinstance(record, dict):
+                raise MinillmError(f"{path}:{n}: expected a JSON object, got {type(record).__name__}")
+            yield n, record
+
+
+def _jsonl_documents(path: str, key: str) -> Iterator[str]:
+    for n, record in jsonl_records(path):
+        if key not in record:
+            fields = ", ".join(map(str, record))
+            raise MinillmError(f"{path}:{n}: the record has no field {key!r} (fields: {fields})")
+        if not isinstance(record[key], str):
+            raise MinillmError(f"{path}:{n}: field {key!r} is a {type(record[key]).__name__}, not text")
+        yield record[key]

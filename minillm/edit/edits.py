@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from minillm.errors import MinillmError
+from minillm.errors import MinillmError, check_index
 from minillm.tokenizer import resolve_token
 
 # scale(f) then scale(1/f), both in the model's dtype with unit roundoff u:
@@ -93,10 +93,10 @@ class TieState:
     name: str = "unembed (tie state)"
 
     def save(self, model):
-        return model.unembed.tied, model.unembed._W_U
+        return model.unembed.tie_state()
 
     def restore(self, model, saved) -> None:
-        model.unembed.tied, model.unembed._W_U = saved
+        model.unembed.set_tie_state(saved)
 
     def describe(self) -> str:
         return "W_U untied from W_E (a copy of W_E.T)"
@@ -104,26 +104,14 @@ class TieState:
 
 def untie(model) -> None:
     """Give W_U its own storage, a copy of W_E.T, so that W_E can change alone."""
-    if model.unembed.tied:
-        model.unembed._W_U = np.ascontiguousarray(model.embed.W_E.T)
-        model.unembed.tied = False
+    model.unembed.untie()
 
 
 # --- validation helpers ------------------------------------------------------------------------
 
 
-def _check_int(value, name: str, size: int, what: str, where: str = "") -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise MinillmError(f"{name} must be an integer, got {value!r}")
-    if not 0 <= value < size:
-        raise MinillmError(
-            f"{name} {value} does not exist{where}: the model has {size} {what} (0–{size - 1})"
-        )
-    return int(value)
-
-
 def _check_layer(model, layer) -> int:
-    return _check_int(layer, "layer", model.cfg.n_layers, "layers")
+    return check_index(layer, "layer", model.cfg.n_layers, "layers")
 
 
 def _check_factor(factor, name: str = "factor") -> float:
@@ -212,7 +200,7 @@ class scale_neuron(_Scale):  # noqa: N801  (lower case: reads like a function ca
 
     def plan(self, model) -> list[Slice]:
         l = _check_layer(model, self.layer)
-        i = _check_int(self.neuron, "neuron", model.cfg.d_mlp, "MLP neurons per layer",
+        i = check_index(self.neuron, "neuron", model.cfg.d_mlp, "MLP neurons per layer",
                        f" in layer {l}")
         _check_factor(self.factor)
         if self.which not in ("in", "out", "both"):
@@ -264,7 +252,7 @@ class scale_head(_Scale):  # noqa: N801
     def plan(self, model) -> list[Slice]:
         cfg = model.cfg
         l = _check_layer(model, self.layer)
-        h = _check_int(self.head, "head", cfg.n_heads, "heads per layer", f" in layer {l}")
+        h = check_index(self.head, "head", cfg.n_heads, "heads per layer", f" in layer {l}")
         _check_factor(self.factor)
         bad = set(self.parts) - set(HEAD_PARTS)
         if not self.parts or bad:

@@ -150,7 +150,7 @@ def backward(
     params=False skips the weight gradients (about half the work and all of
     their memory): enough for attribution patching and gradient importance.
     """
-    tokens = model._as_tokens(tokens)
+    tokens = model.as_tokens(tokens)
     tokens = tokens[None] if tokens.ndim == 1 else tokens
     if attention_mask is None:  # a left-padded batch: the mask the forward pass infers
         attention_mask = model.infer_attention_mask(tokens)
@@ -179,8 +179,8 @@ class _Backward:
         # Parameter gradients live in a parameter tree like the model's own, so the
         # documented names (W_Q, W_in, ...) are views into them, exactly as for weights.
         self.pgrads = HookedModel(model.cfg, model.dtype, name="grads") if params else None
-        mask = model._full_mask(attention_mask, tokens.shape, None)  # [b, p] or None
-        self.positions = model._positions(mask, 0, tokens.shape)  # [b, p]
+        mask = model.full_mask(attention_mask, tokens.shape, None)  # [b, p] or None
+        self.positions = model.position_ids(mask, 0, tokens.shape)  # [b, p]
         # cos/sin per layer, recomputed: cheap, and the same function as the forward's
         self.ropes = model.rope_tables(self.positions)
         self.centre = self.cfg.layer_norm

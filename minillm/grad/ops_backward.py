@@ -185,7 +185,7 @@ def gelu_erf_backward(dout: np.ndarray, x: np.ndarray) -> np.ndarray:
     Product rule, with Φ' = φ, the normal density e^(-x²/2) / √(2π):
         dy/dx = Φ(x) + x · φ(x)
     """
-    cdf = 0.5 * (1.0 + ops._erf(x / np.sqrt(2.0).astype(x.dtype)).astype(x.dtype))
+    cdf = 0.5 * (1.0 + ops.erf(x / np.sqrt(2.0).astype(x.dtype)).astype(x.dtype))
     pdf = np.exp(-0.5 * x * x) / np.sqrt(2.0 * np.pi).astype(x.dtype)
     return dout * (cdf + x * pdf)
 

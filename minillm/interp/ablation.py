@@ -39,11 +39,10 @@ import numpy as np
 from minillm.activation_cache import act_name
 from minillm.errors import MinillmError
 from minillm.interp import interventions as iv
-from minillm.interp.batch import prefix_cache, run_batch
+from minillm.interp.batch import measure_variants, prefix_cache, run_batch
 from minillm.interp.metrics import log_prob
 from minillm.interp.metrics import logit as logit_metric
-from minillm.interp.patching import _layers, _measure, _pos_labels
-from minillm.interp.results import LabelledArray
+from minillm.interp.results import LabelledArray, layer_indices, pos_labels
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -57,7 +56,7 @@ METHODS = ("mean", "median", "zero", "resample")
 def _tokens_and_mask(model, tokens):
     if isinstance(tokens, (list, tuple)) and tokens and isinstance(tokens[0], str):
         return model.to_tokens_and_mask(list(tokens))
-    return np.atleast_2d(model._as_tokens(tokens)), None
+    return np.atleast_2d(model.as_tokens(tokens)), None
 
 
 def _is_stats(x) -> bool:
@@ -102,7 +101,7 @@ def ablation_interventions(model: HookedModel, component: str, method: str, laye
     if method == "resample":
         if reference is None:
             raise MinillmError("resample ablation needs one reference prompt (reference=...)")
-        source = np.atleast_2d(model._as_tokens(reference))
+        source = np.atleast_2d(model.as_tokens(reference))
         if source.shape[0] != 1:
             raise MinillmError(f"resample ablation takes one reference prompt, got {source.shape[0]}")
 
@@ -143,7 +142,7 @@ def ablation_sweep(
     """
     t0 = time.perf_counter()
     toks, mask = _tokens_and_mask(model, tokens)
-    layers = _layers(model, layers)
+    layers = layer_indices(model, layers)
     reference = tokens if reference is None and method in ("mean", "median") else reference
     cells, axes, n = ablation_interventions(model, component, method, layers, toks.shape[1],
                                             reference, over)
@@ -155,7 +154,7 @@ def ablation_sweep(
     measured, interrupted = res.values.reshape(len(cells), -1).mean(axis=1), res.interrupted
     for (r, c, _), v in zip(cells, measured):
         values[r, c] = v - base
-    cols = _pos_labels(model, toks) if axes[1] == "pos" else [str(i) for i in range(n)]
+    cols = pos_labels(model, toks) if axes[1] == "pos" else [str(i) for i in range(n)]
     return LabelledArray(values, axes, ([str(l) for l in layers], cols),
                          title=f"{method} ablation of {component}: metric change",
                          meta=dict(component=component, method=method, over=list(over), base=base,
@@ -297,8 +296,8 @@ def median_replacement(
     raw logit without changing the prediction.
     """
     t0 = time.perf_counter()
-    tokens = np.atleast_2d(model._as_tokens(prompt))
-    layers = _layers(model, layers)
+    tokens = np.atleast_2d(model.as_tokens(prompt))
+    layers = layer_indices(model, layers)
     rates = [float(r) for r in rates]
     for r in rates:
         if not 0 <= r <= 100:
@@ -315,7 +314,7 @@ def median_replacement(
     counts = [n_replaced(r, m, count) for r in rates]
     prefix = tokens.shape[1] - 1 if cache_prefix and tokens.shape[1] > 1 else 0
     shared = prefix_cache(model, tokens, prefix) or 0
-    base, interrupted = _measure(model, tokens, [[]], metric, prefix=shared)
+    base, interrupted = measure_variants(model, tokens, [[]], metric, prefix=shared)
     delta = np.zeros((len(layers), len(rates)))  # rate 0: nothing replaced, the base run itself
     cells, variants = [], []
     for i, l in enumerate(layers):
@@ -327,7 +326,7 @@ def median_replacement(
                                             values=fill)])
     measured = np.full(len(variants), np.nan)
     if not interrupted:
-        measured, interrupted = _measure(model, tokens, variants, metric, batch_size, progress,
+        measured, interrupted = measure_variants(model, tokens, variants, metric, batch_size, progress,
                                          desc="median replacement", prefix=shared)
     for (i, j), v in zip(cells, measured):
         delta[i, j] = v - base[0]

@@ -101,7 +101,7 @@ def attribution_patching(
     corrupted. Returns {component: LabelledArray}; see the module docstring.
     Batch rows are summed (the metric's own batch mean is already in the gradient).
     """
-    clean, corrupted = model._as_tokens(clean), model._as_tokens(corrupted)
+    clean, corrupted = model.as_tokens(clean), model.as_tokens(corrupted)
     if clean.shape != corrupted.shape:
         raise MinillmError(f"clean {clean.shape} and corrupted {corrupted.shape} token arrays "
                            "must have the same shape (same number of tokens)")
@@ -143,7 +143,7 @@ def activation_patching(
     (e.g. positions before the first differing token) are 0 without a run.
     clean and corrupted must be single prompts ([1, p]).
     """
-    clean, corrupted = model._as_tokens(clean), model._as_tokens(corrupted)
+    clean, corrupted = model.as_tokens(clean), model.as_tokens(corrupted)
     if clean.shape != corrupted.shape or clean.shape[0] != 1:
         raise MinillmError(f"activation patching needs one clean and one corrupted prompt of the "
                            f"same length, got shapes {clean.shape} and {corrupted.shape}")
@@ -263,7 +263,7 @@ def gradient_importance(model: HookedModel, tokens: TokensLike, metric: Metric) 
     component were zeroed (zero ablation ≈ patching in a = 0), the Taylor
     criterion of Molchanov et al. (2017).
     """
-    tokens = model._as_tokens(tokens)
+    tokens = model.as_tokens(tokens)
     res = backward(model, tokens, metric, params=False)
     L = model.cfg.n_layers
     # The metric averages over rows, so each row's gradient carries a factor 1/b:

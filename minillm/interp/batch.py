@@ -104,7 +104,7 @@ def run_batch(
       the metric's own `last_only`).
     Ctrl-C returns what was measured so far with `interrupted=True`.
     """
-    tokens = np.atleast_2d(model._as_tokens(tokens))
+    tokens = np.atleast_2d(model.as_tokens(tokens))
     b, p = tokens.shape
     last_only = bool(getattr(metric, "last_only", False)) if last_only is None else last_only
     if hooks_for is None:
@@ -162,6 +162,17 @@ def run_batch(
     return BatchResult(values, interrupted, done)
 
 
+def measure_variants(model: HookedModel, tokens: TokensLike, variants: Sequence[Any], metric: Callable,
+            batch_size: int | None = None, progress: bool = False, desc: str = "variants",
+            prefix: int | KVCache = 0, hooks_for: Callable[[list, int], list] | None = None,
+            ) -> tuple[np.ndarray, bool]:
+    """`run_batch` on one prompt [1, p]: the metric of each variant, and whether Ctrl-C stopped
+    the run.   -> (values [N], interrupted); NaN for variants not run."""
+    res = run_batch(model, tokens, variants, metric, batch_size=batch_size, prefix=prefix,
+                    hooks_for=hooks_for, progress=progress, desc=desc)
+    return res.values[:, 0], res.interrupted
+
+
 def _rows(j: int, b: int) -> int | list[int]:
     return j if b == 1 else list(range(j * b, (j + 1) * b))
 
@@ -181,7 +192,7 @@ def run_variants(
     A thin form of `run_batch` for one prompt that returns an array; Ctrl-C
     propagates (use `run_batch` to keep partial results).
     """
-    tokens = np.atleast_2d(model._as_tokens(tokens))
+    tokens = np.atleast_2d(model.as_tokens(tokens))
     if tokens.shape[0] != 1:
         raise MinillmError(f"run_variants takes one prompt [1, p], got a batch of {tokens.shape[0]}")
     if not len(variants):

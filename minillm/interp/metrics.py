@@ -294,7 +294,7 @@ def normalized(metric: Metric, clean: float, corrupted: float) -> Normalized:
 def value(model: HookedModel, metric: Metric, tokens: TokensLike, attention_mask: np.ndarray | None = None,
           fwd_hooks: Sequence = ()) -> float:
     """The metric of one run, averaged over batch rows (tokens: text, [1, p] or [b, p])."""
-    tokens = model._as_tokens(tokens)
+    tokens = model.as_tokens(tokens)
     logits = model.run_with_hooks(tokens, list(fwd_hooks), attention_mask=attention_mask,
                                   last_only=getattr(metric, "last_only", False))
     return metric.value(logits)

@@ -49,10 +49,9 @@ import numpy as np
 from minillm.activation_cache import act_name
 from minillm.errors import MinillmError
 from minillm.interp import interventions as iv
-from minillm.interp.batch import prefix_cache, run_batch
+from minillm.interp.batch import measure_variants, prefix_cache
 from minillm.interp.metrics import Normalized
-from minillm.interp.results import LabelledArray
-from minillm.kv_cache import KVCache
+from minillm.interp.results import LabelledArray, layer_indices, pos_labels
 
 if TYPE_CHECKING:
     from minillm.hooked_model import HookedModel, TokensLike
@@ -67,15 +66,6 @@ DEFAULT_COMPONENTS = ("resid_pre", "attn_out", "mlp_out", "heads", "heads_by_pos
 # --- running many variants, interruptibly (through the one engine, minillm.interp.batch) -------
 
 
-def _measure(model, tokens, variants: list, metric: Callable, batch_size: int | None = None,
-             progress: bool = False, desc: str = "patching", prefix: int | KVCache = 0,
-             hooks_for=None) -> tuple[np.ndarray, bool]:
-    """metric of each variant's run of one prompt [1, p].   -> (values [n], interrupted)"""
-    res = run_batch(model, tokens, variants, metric, batch_size=batch_size, prefix=prefix,
-                    hooks_for=hooks_for, progress=progress, desc=desc)
-    return res.values[:, 0], res.interrupted
-
-
 def shared_prefix(a: np.ndarray, b: np.ndarray) -> int:
     """Number of leading positions where two prompts [1, p] have the same tokens."""
     diff = np.flatnonzero(a[0] != b[0])
@@ -86,7 +76,7 @@ def shared_prefix(a: np.ndarray, b: np.ndarray) -> int:
 
 
 def _prompt_pair(model, clean, corrupted) -> tuple[np.ndarray, np.ndarray]:
-    clean, corrupted = model._as_tokens(clean), model._as_tokens(corrupted)
+    clean, corrupted = model.as_tokens(clean), model.as_tokens(corrupted)
     clean, corrupted = np.atleast_2d(clean), np.atleast_2d(corrupted)
     if clean.shape != corrupted.shape or clean.shape[0] != 1:
         raise MinillmError(f"patching needs one clean and one corrupted prompt with the same number "
@@ -100,23 +90,6 @@ def _usable_prefix(clean: np.ndarray, corrupted: np.ndarray, metric) -> int:
     if not getattr(metric, "last_only", False):
         return 0
     return min(shared_prefix(clean, corrupted), clean.shape[1] - 1)
-
-
-def _pos_labels(model, tokens: np.ndarray) -> list[str]:
-    try:
-        toks = model.to_str_tokens(tokens[0])
-    except MinillmError:  # no tokenizer: label by id
-        toks = [str(int(t)) for t in tokens[0]]
-    return [f"{i}:{t}" for i, t in enumerate(toks)]
-
-
-def _layers(model, layers) -> list[int]:
-    L = model.cfg.n_layers
-    layers = list(range(L)) if layers is None else [int(l) for l in layers]
-    for l in layers:
-        if not 0 <= l < L:
-            raise MinillmError(f"layer {l} does not exist: the model has {L} layers (0..{L - 1})")
-    return layers
 
 
 def _cells(model, component: str, layers: list[int], n_pos: int, per_position: bool):
@@ -176,7 +149,7 @@ def patching_sweep(
         raise MinillmError(f"direction must be 'denoising' or 'noising', got {direction!r}")
     t0 = time.perf_counter()
     clean, corrupted = _prompt_pair(model, clean, corrupted)
-    layers = _layers(model, layers)
+    layers = layer_indices(model, layers)
     short = COMPONENTS[component][0]
     names = [act_name(short, l) for l in layers]
     _, clean_cache = model.run_with_cache(clean, names_filter=names)
@@ -187,8 +160,8 @@ def patching_sweep(
     # batch of one row, up to float32 rounding in larger batches (a GEMM's bits depend on its
     # row count and the CPU's BLAS kernel). Cells skipped as identical are exact.
     shared = prefix_cache(model, clean, prefix) or 0  # the same tokens in both prompts
-    m_clean = float(_measure(model, clean, [[]], metric, prefix=shared)[0][0])
-    m_corrupt = float(_measure(model, corrupted, [[]], metric, prefix=shared)[0][0])
+    m_clean = float(measure_variants(model, clean, [[]], metric, prefix=shared)[0][0])
+    m_corrupt = float(measure_variants(model, corrupted, [[]], metric, prefix=shared)[0][0])
     base, source = (corrupted, clean_cache) if direction == "denoising" else (clean, corrupt_cache)
     base_cache = corrupt_cache if direction == "denoising" else clean_cache
     m_base = m_corrupt if direction == "denoising" else m_clean
@@ -206,11 +179,11 @@ def patching_sweep(
             continue
         jobs.append((r, c))
         variants.append([iv.patch(short, source, **sel)])
-    measured, interrupted = _measure(model, base, variants, score, batch_size, progress,
+    measured, interrupted = measure_variants(model, base, variants, score, batch_size, progress,
                                      desc=f"{direction} {component}", prefix=shared)
     for (r, c), v in zip(jobs, measured):
         values[r, c] = v
-    col_labels = (_pos_labels(model, clean) if axes[1] == "pos" else
+    col_labels = (pos_labels(model, clean) if axes[1] == "pos" else
                   ["all"] if axes[1] == "positions" else [str(c) for c in cols])
     what = "normalised metric (0 = corrupted, 1 = clean)" if normalize else "metric change"
     return LabelledArray(values, axes, (row_labels, col_labels),
@@ -379,7 +352,7 @@ def path_patching(
         return ([(n, _recorder(stores[-1])) for n in recorded]
                 + _freezers(chunk, clean_cache, corrupt_cache, L, freeze_mlps))
 
-    step1_values, interrupted = _measure(model, clean, s_nodes, metric, batch_size, progress,
+    step1_values, interrupted = measure_variants(model, clean, s_nodes, metric, batch_size, progress,
                                          desc="path patching: senders", hooks_for=step1_hooks)
     done = int(np.sum(~np.isnan(step1_values)))
     full = [s for s in stores if len(s) == len(recorded)]
@@ -410,7 +383,7 @@ def path_patching(
             variants.append(ivs)
     if not interrupted and variants:
         score = _Delta(metric, m_clean, scale)
-        measured, interrupted = _measure(model, clean, variants, score, batch_size, progress,
+        measured, interrupted = measure_variants(model, clean, variants, score, batch_size, progress,
                                          desc="path patching: edges")
         for (i, j), v in zip(jobs, measured):
             values[i, j] = v

@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from minillm.edit.edits import Edit, Slice, _check_int, _check_layer
-from minillm.errors import MinillmError
+from minillm.edit.edits import Edit, Slice
+from minillm.errors import MinillmError, check_index
 from minillm.interp import interventions as iv
 from minillm.interp.batch import run_batch
 from minillm.interp.results import LabelledArray
@@ -67,12 +67,12 @@ class mask_units(Edit):  # noqa: N801  (reads like the other edit ops)
         """[(parameter name, row indices to zero)], validated."""
         cfg, rows = model.cfg, {}
         for l, h in self.heads:
-            l = _check_layer(model, l)
-            h = _check_int(h, "head", cfg.n_heads, "heads per layer", f" in layer {l}")
+            l = check_index(l, "layer", cfg.n_layers, "layers")
+            h = check_index(h, "head", cfg.n_heads, "heads per layer", f" in layer {l}")
             rows.setdefault(f"blocks.{l}.attn.W_O", []).append(h)
         for l, i in self.neurons:
-            l = _check_layer(model, l)
-            i = _check_int(i, "neuron", cfg.d_mlp, "MLP neurons per layer", f" in layer {l}")
+            l = check_index(l, "layer", cfg.n_layers, "layers")
+            i = check_index(i, "neuron", cfg.d_mlp, "MLP neurons per layer", f" in layer {l}")
             rows.setdefault(f"blocks.{l}.mlp.W_out", []).append(i)
         return sorted((n, sorted(set(r))) for n, r in rows.items())
 
@@ -153,7 +153,7 @@ def _plain_tokens(model, tokens) -> np.ndarray:
         if not np.all(mask):
             raise MinillmError("gradient importance needs prompts of the same token length (no padding)")
         return toks
-    return np.atleast_2d(model._as_tokens(tokens))
+    return np.atleast_2d(model.as_tokens(tokens))
 
 
 def _scores(model, values: np.ndarray, unit: str, method: str) -> LabelledArray:
@@ -207,7 +207,7 @@ def pruning_curve(model: HookedModel, tokens: TokensLike, metric: Callable, scor
     if isinstance(tokens, (list, tuple)) and tokens and isinstance(tokens[0], str):
         toks, mask = model.to_tokens_and_mask(list(tokens))
     else:
-        toks, mask = np.atleast_2d(model._as_tokens(tokens)), None
+        toks, mask = np.atleast_2d(model.as_tokens(tokens)), None
     variants = [pruning_interventions(scores, f) for f in fractions]
     res = run_batch(model, toks, variants, metric, batch_size=batch_size, attention_mask=mask,
                     progress=progress, desc="pruning")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,8 @@ from minillm.errors import MinillmError
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+    from minillm.hooked_model import HookedModel
 
 
 @dataclass
@@ -125,3 +128,25 @@ def plot_heatmap(res: LabelledArray, path: str | Path | None = None, **kwargs: A
     from minillm.views import figures
 
     return figures.saved(figures.heatmap(res, **kwargs), path)
+
+
+# --- the axes of a sweep ---------------------------------------------------------------------------
+
+
+def layer_indices(model: HookedModel, layers: Sequence[int] | None) -> list[int]:
+    """The layers a sweep runs over (None: all), each checked to exist."""
+    L = model.cfg.n_layers
+    layers = list(range(L)) if layers is None else [int(l) for l in layers]
+    for l in layers:
+        if not 0 <= l < L:
+            raise MinillmError(f"layer {l} does not exist: the model has {L} layers (0..{L - 1})")
+    return layers
+
+
+def pos_labels(model: HookedModel, tokens: np.ndarray) -> list[str]:
+    """Labels of a position axis: "i:token" for the prompt tokens [1, p] (ids without a tokenizer)."""
+    try:
+        toks = model.to_str_tokens(tokens[0])
+    except MinillmError:  # no tokenizer: label by id
+        toks = [str(int(t)) for t in tokens[0]]
+    return [f"{i}:{t}" for i, t in enumerate(toks)]

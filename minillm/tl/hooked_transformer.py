@@ -224,7 +224,7 @@ class HookedTransformer(HookedModel):
                        return_ids=True)
         if not as_text:
             return out
-        return self._need_tokenizer().decode(out[0].tolist(), skip_special_tokens=True)
+        return self.need_tokenizer().decode(out[0].tolist(), skip_special_tokens=True)
 
     # --- torch.nn.Module habits that published code calls on the model ------------------------
 

@@ -22,7 +22,6 @@ The bugs assume a plain run (no KV cache, no padding mask).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -108,12 +107,9 @@ def _causal_off_by_one_hooks(model) -> list:
     return [(_ends(q_hook), keep), (_ends(k_hook), keep), (_ends("attn.hook_attn_scores"), leaky)]
 
 
-_erf = np.frompyfunc(math.erf, 1, 1)
-
-
 def gelu_exact(x: np.ndarray) -> np.ndarray:
     """The exact GELU, x·Φ(x) = 0.5 x (1 + erf(x/√2)) (GPT-2 uses the tanh approximation)."""
-    return (0.5 * x * (1.0 + _erf(x / np.sqrt(2.0)).astype(np.float64))).astype(x.dtype)
+    return (0.5 * x * (1.0 + ops.erf(x / np.sqrt(2.0)).astype(np.float64))).astype(x.dtype)
 
 
 def _gelu_exact_hooks(model) -> list:

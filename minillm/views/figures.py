@@ -37,7 +37,7 @@ def new_figure(figsize: tuple[float, float] = (7, 4)) -> Figure:
     """A pyplot-free Figure with constrained layout (nothing is clipped)."""
     from matplotlib.figure import Figure
 
-    _enable_notebook_display()
+    enable_notebook_display()
     return Figure(figsize=figsize, layout="constrained")
 
 
@@ -72,7 +72,7 @@ def png_bytes(fig: Figure, dpi: int = DPI) -> bytes:
     return buf.getvalue()
 
 
-def _enable_notebook_display() -> None:
+def enable_notebook_display() -> None:
     """Inside IPython, make a bare Figure display as a PNG (what `%matplotlib inline` registers).
 
     The registration is IPython's own display formatter for Figure objects; it
