@@ -156,6 +156,19 @@ def test_q8_0_gguf_converts_within_the_quantization_error(tmp_path):
     assert np.isfinite(model(ref["input_ids"])).all()
 
 
+def test_phi3_mini_sliding_window_comes_back(tmp_path):
+    """Phi-3-mini's GGUF records its window (2047; here 6, set in a copy of the fixture):
+    the converted config keeps it, as its Hugging Face config has it (0 means none)."""
+    path = tmp_path / "phi3-window.gguf"
+    path.write_bytes((GGUF / "phi3.f32.gguf").read_bytes())
+    reader = gguf_lib.GGUFReader(path, "r+")
+    field = reader.fields["phi3.attention.sliding_window"]
+    field.parts[field.data[0]][0] = 6
+    del reader
+    model = minillm.load(conv.convert_gguf_to_hf(path, tmp_path / "out"))
+    assert model.cfg.sliding_window == 6 and model.cfg.window(1) == 6
+
+
 def test_qwen2_and_olmo_pre_tokenizers_and_user_defined_tokens(tmp_path):
     """Real Qwen3 GGUFs name the pre-tokenizer "qwen2" (digits one by one) and mark added
     tokens that are not special (<think>) as type 4; Pythia's tokenizer is "olmo" (GPT-2's

@@ -515,8 +515,9 @@ def _olmo2_config(reader: GGUFReader, path: Path, n_tokens: int) -> dict:
 
 def _phi3_config(reader: GGUFReader, path: Path, n_tokens: int) -> dict:
     meta, common = _family_common(reader, path, n_tokens, "phi3")
-    if meta("attention.sliding_window", 0):  # llama.cpp disables it too (phi3 loader)
-        raise CheckpointError(f"{path}: Phi-3's sliding window is not supported")
+    # Phi-3-mini's window (2047): transformers applies it, and so does minillm; llama.cpp
+    # loads it but runs full attention (the same up to 2047 tokens). 0 means none (Phi-4).
+    window = meta("attention.sliding_window", 0)
     head_dim = common["head_dim"]
     rotary = meta("rope.dimension_count", head_dim)
     rope = {"rope_type": "default", "rope_theta": _rope_theta(meta),
@@ -545,7 +546,7 @@ def _phi3_config(reader: GGUFReader, path: Path, n_tokens: int) -> dict:
         _no_rope_scaling(meta, path, "phi3")
     return {
         "architectures": ["Phi3ForCausalLM"], "model_type": "phi3", **common,
-        "hidden_act": "silu", "attention_bias": False, "sliding_window": None,
+        "hidden_act": "silu", "attention_bias": False, "sliding_window": window or None,
         "original_max_position_embeddings": original,
         "rms_norm_eps": _float32_value(meta("attention.layer_norm_rms_epsilon")),
         "rope_parameters": rope,
