@@ -62,6 +62,7 @@ import os
 import shutil
 import struct
 from collections.abc import Callable, Iterator
+from functools import partial
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -489,25 +490,17 @@ def _gemma3_config(reader: GGUFReader, path: Path, n_tokens: int) -> dict:
     }
 
 
-def _qwen3_config(reader: GGUFReader, path: Path, n_tokens: int) -> dict:
-    meta, common = _family_common(reader, path, n_tokens, "qwen3")
-    _no_rope_scaling(meta, path, "qwen3")
-    _no_sliding_window(meta, path, "qwen3")
+def _qk_norm_config(reader: GGUFReader, path: Path, n_tokens: int, arch: str) -> dict:
+    """config.json for Qwen3 or OLMo-2: Llama's settings (q/k norms follow from the model type);
+    neither rope scaling nor a sliding window (OLMo-3's local layers) is supported."""
+    meta, common = _family_common(reader, path, n_tokens, arch)
+    _no_rope_scaling(meta, path, arch)
+    _no_sliding_window(meta, path, arch)
     return {
-        "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", **common,
-        "hidden_act": "silu", "attention_bias": False, "use_sliding_window": False,
-        "rms_norm_eps": _float32_value(meta("attention.layer_norm_rms_epsilon")),
-        "rope_parameters": {"rope_type": "default", "rope_theta": _rope_theta(meta)},
-    }
-
-
-def _olmo2_config(reader: GGUFReader, path: Path, n_tokens: int) -> dict:
-    meta, common = _family_common(reader, path, n_tokens, "olmo2")
-    _no_rope_scaling(meta, path, "olmo2")
-    _no_sliding_window(meta, path, "olmo2 (OLMo-3's local layers)")
-    return {
-        "architectures": ["Olmo2ForCausalLM"], "model_type": "olmo2", **common,
+        "architectures": [{"qwen3": "Qwen3ForCausalLM", "olmo2": "Olmo2ForCausalLM"}[arch]],
+        "model_type": arch, **common,
         "hidden_act": "silu", "attention_bias": False,
+        **({"use_sliding_window": False} if arch == "qwen3" else {}),
         "rms_norm_eps": _float32_value(meta("attention.layer_norm_rms_epsilon")),
         "rope_parameters": {"rope_type": "default", "rope_theta": _rope_theta(meta)},
     }
@@ -595,9 +588,9 @@ def _gptneox_config(reader: GGUFReader, path: Path, n_tokens: int) -> dict:
 _FAMILY_CONFIGS: dict[str, Callable[[GGUFReader, Path, int], dict]] = {
     "gemma2": _gemma2_config,
     "gemma3": _gemma3_config,
-    "qwen3": _qwen3_config,
+    "qwen3": partial(_qk_norm_config, arch="qwen3"),
     "phi3": _phi3_config,
-    "olmo2": _olmo2_config,
+    "olmo2": partial(_qk_norm_config, arch="olmo2"),
     "gptneox": _gptneox_config,
 }
 _ARCHITECTURES.update(_FAMILY_CONFIGS)
@@ -629,19 +622,7 @@ def _family_tensor_plan(
     expected = {hf: (gguf_name(hf, cfg.post_norms), shape)
                 for hf, shape, *_ in model_entries(Transformer(cfg))}
     extra = {"rope_factors_short.weight", "rope_factors_long.weight"}  # Phi-3: in the config
-    unexpected = set(by_name) - {gguf for gguf, _ in expected.values()} - extra
-    if unexpected:
-        raise CheckpointError(f"{path}: unexpected tensors {sorted(unexpected)}")
-    plan = []
-    for hf_name, (gguf, shape) in expected.items():
-        if gguf not in by_name:
-            raise CheckpointError(f"{path}: tensor {gguf!r} ({hf_name}) is missing")
-        numpy_shape = tuple(int(n) for n in reversed(by_name[gguf].shape))  # GGUF lists ne: fastest first
-        if numpy_shape != shape:
-            raise CheckpointError(f"{path}: tensor {gguf!r} has shape {list(numpy_shape)}, "
-                                  f"expected {list(shape)} for {hf_name}")
-        plan.append((hf_name, shape, by_name[gguf]))
-    return plan
+    return _checked_plan(by_name, expected, extra, path)
 
 
 def _undo_family(hf_name: str, w: np.ndarray, config: dict) -> np.ndarray:
@@ -763,6 +744,15 @@ def _tensor_plan(
                               f"{len(by_name)} tensors ({per_layer} per layer)")
     expected = _expected_shapes(config)
     ignored = {"output.weight"} if gpt2 else set()  # llama.cpp writes GPT-2's tied W_U again
+    return _checked_plan(by_name, expected, ignored, path)
+
+
+def _checked_plan(
+    by_name: dict[str, ReaderTensor], expected: dict[str, tuple[str, tuple[int, ...]]],
+    ignored: set[str], path: Path,
+) -> list[tuple[str, tuple[int, ...], ReaderTensor]]:
+    """[(HF name, numpy shape, GGUF tensor)] for `expected` {HF name: (GGUF name, shape)}:
+    every tensor present, none unexpected (beyond `ignored`), every shape checked."""
     unexpected = set(by_name) - {gguf_name for gguf_name, _ in expected.values()} - ignored
     if unexpected:
         raise CheckpointError(f"{path}: unexpected tensors {sorted(unexpected)}")
