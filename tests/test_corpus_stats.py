@@ -462,3 +462,23 @@ def test_benchmark_corpus_is_generated_and_estimates_scale(model, tmp_path):
     assert est[0]["hours"] == pytest.approx(1e8 / (100 * 2 * 0.9) / 3600)
     assert est[1]["hours"] == pytest.approx(est[0]["hours"] / 10)
     assert cli.main(["bench", "x", "--corpus", "--corpus-tokens", "a,b"]) == 1
+
+
+def test_corpus_bench_end_to_end(folder):
+    """`minillm bench --corpus`'s own pipeline on the tiny model (about 10 s): one process and a real
+    2-worker LocalCluster on the same shards, CPU time of every process, the report."""
+    from minillm.data import benchmark as B
+
+    r = B.run_corpus_bench(str(folder), sizes=(20_000,), hooks="blocks.1.mlp.hook_post", window=64,
+                           progress=lambda msg: None)
+    (row,) = r["sizes"]
+    a, b = row["serial"], row["dask"]
+    assert a["tokens"] == b["tokens"] == row["corpus"]["tokens"] >= 20_000
+    assert row["docs_per_shard"] == 4 and sum(b["shards_per_worker"]) == a["shards"] > 2
+    assert len(b["peak_rss_mb"]) == 2 and min(b["peak_rss_mb"]) > 0 and a["peak_rss_mb"][0] > 0
+    # every process's CPU is counted: the workers' (inside their shards and out) and the client's
+    assert b["cpu_seconds"] == pytest.approx(b["client_cpu_seconds"] + sum(b["worker_cpu_seconds"]))
+    assert sum(b["worker_cpu_seconds"]) >= 0.9 * b["shard_cpu_seconds"] > 0 and b["client_cpu_seconds"] > 0
+    text = B.format_report(r)
+    assert "| 2 workers: tok/s |" in text and f"| {a['tokens']:,} | 4 |" in text
+    assert "CPU efficiency at" in text and "2 workers per machine" in text
