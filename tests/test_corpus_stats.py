@@ -96,6 +96,10 @@ def test_corpus_sources_and_windows(model, tmp_path):
     assert b.tokens.shape == (3, 10) and b.mask[2].tolist() == [1] * 3 + [0] * 7
     assert b.attention_mask is not None and batches[1].attention_mask is None
     assert sum(x.n_tokens for x in batches) == 23 + 10
+    # a shard's part of a list of strings holds only its strings, numbered as in the whole list
+    part = corpus.part(1, 3)
+    assert part.texts == ("", "yz" * 5) and list(part.documents(1, 3)) == list(corpus.documents(1, 3))
+    assert [(w.doc, w.start) for w in part.windows(model, 10, 1, 3)] == [(2, 0)]
 
 
 def test_corpus_bad_input_names_the_place(model, tmp_path):

@@ -431,7 +431,7 @@ def run_corpus_job(model, corpus: Corpus, job: Any, params: dict, load: Callable
     params = dict(params, model=str(getattr(model, "path", None) or model.name),
                   dtype=np.dtype(model.dtype).name, corpus=corpus.describe(), n_docs=n_docs,
                   window=e["window"], batch_size=e["batch_size"], docs_per_shard=e["docs_per_shard"])
-    tasks = [CorpusTask(spec, corpus, a, b, e["window"], e["batch_size"], job,
+    tasks = [CorpusTask(spec, corpus.part(a, b), a, b, e["window"], e["batch_size"], job,
                         progress=executor is None and e["progress"])
              for a, b in shard_ranges(n_docs, e["docs_per_shard"])]
     fn = corpus_shard if executor is not None else functools.partial(corpus_shard, model=model)
