@@ -1,6 +1,7 @@
 """Make the README's screenshots: each HTML view, and a lesson's cell in a notebook.
 
     python docs/screenshots.py            # writes docs/images/*.png (needs the offline model)
+    python docs/screenshots.py /usr/bin/chromium top-activations   # only these views' images
 
 Needs Playwright and a Chromium (as the browser tests), and nbconvert for the
 notebook cell (`pip install nbconvert`; it renders the executed notebook as
@@ -22,12 +23,15 @@ IOI_CORRUPTED = "When Mary and John went to the store, Mary gave a drink to"
 EIFFEL = "The Eiffel Tower is located in the city of"
 
 
-def main(chromium: str = "/usr/bin/chromium") -> int:
+def main(chromium: str = "/usr/bin/chromium", *only: str) -> int:
+    import numpy as np
     from playwright.sync_api import sync_playwright
 
     import minillm
+    from minillm.data.benchmark import sentence
     from minillm.interp import metrics as M
     from minillm.interp import patching as P
+    from minillm.interp.top_activations import top_activations
     from minillm.views import html
 
     model = minillm.load("smollm2-135m")
@@ -42,21 +46,35 @@ def main(chromium: str = "/usr/bin/chromium") -> int:
                                                          page.locator('td[data-row="9"][data-col="13"]').hover())),
         "neurons": (html.neurons(model, EIFFEL + " Paris, France.", layer=20),
                     lambda page: page.locator('.tok[data-pos="12"]').hover()),
+        "top-activations": (lambda: top_activations(model, _texts(np, sentence), layer=20, neurons=range(24),
+                                                    k=6, before=10, after=3, progress=False).view(),
+                            lambda page: (page.locator('th[data-key="top"]').click(),
+                                          page.locator("tr[data-index]").nth(0).click(),
+                                          page.locator(".examples .ex .tok.centre").nth(0).hover())),
     }
+    views = {k: v for k, v in views.items() if not only or k in only}
     IMAGES.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium, args=FLAGS)
         page = browser.new_page(viewport={"width": 1100, "height": 700})
         for kind, (view, interact) in views.items():
+            view = view() if callable(view) else view
             page.goto(view.save(Path(tmp) / f"{kind}.html").as_uri())
             interact(page)
             page.locator(".mlv").screenshot(path=str(IMAGES / f"view_{kind}.png"))
-        page.goto(_notebook_page(Path(tmp)).as_uri())
-        page.locator(".jp-Cell").nth(3).screenshot(path=str(IMAGES / "notebook_cell.png"))
+        if not only:
+            page.goto(_notebook_page(Path(tmp)).as_uri())
+            page.locator(".jp-Cell").nth(3).screenshot(path=str(IMAGES / "notebook_cell.png"))
         browser.close()
     for p in sorted(IMAGES.glob("*.png")):
         print(f"{p.relative_to(HERE.parent)}: {p.stat().st_size / 1e3:.0f} kB")
     return 0
+
+
+def _texts(np, sentence) -> list[str]:
+    """A small seeded corpus for the top-activations view: 120 texts of 1-3 generated sentences."""
+    rng = np.random.default_rng(0)
+    return [" ".join(sentence(rng) for _ in range(int(rng.integers(1, 4)))) for _ in range(120)]
 
 
 def _notebook_page(tmp: Path) -> Path:

@@ -8,7 +8,7 @@
 
 import sys
 
-from minillm import hooked_model as _core
+from minillm import hooks as _core
 from minillm.config import ModelConfig
 from minillm.edit import edits
 from minillm.edit import journal as _journal
@@ -28,7 +28,7 @@ __all__ = [
     "ModelConfig", "edits", "load", "__version__",
 ]
 
-# The outer rings lend the core what it must not import itself (RING_PARTS in hooked_model.py):
+# The outer rings lend the core what it must not import itself (RING_PARTS in hooks.py):
 # the core never imports grad/, edit/, interp/ or views/; this package assembles them.
 _core.RING_PARTS.update(
     backward=_backward.backward,  # run_with_hooks(bwd_hooks=...)

@@ -30,6 +30,7 @@ import numpy as np
 
 from minillm import ops
 from minillm.errors import MinillmError, did_you_mean
+from minillm.hooks import ring_part
 
 # TransformerLens's short names (utils.get_act_name) -> the name inside block l.
 _SHORT = {
@@ -99,13 +100,9 @@ class ActivationCache(dict):
         self.has_batch_dim = has_batch_dim
 
     def __repr__(self) -> str:  # hook names, shapes and bytes grouped by layer (not the arrays)
-        from minillm.hooked_model import ring_part
-
         return ring_part("cache_repr")(self)  # views.display.cache_repr
 
     def _repr_html_(self) -> str:
-        from minillm.hooked_model import ring_part
-
         return ring_part("cache_html")(self)  # views.display.cache_html
 
     def __getitem__(self, key) -> np.ndarray:

@@ -16,13 +16,12 @@ import numpy as np
 
 from minillm.config import ModelConfig
 from minillm.errors import MinillmError, did_you_mean
+from minillm.hooks import ring_part
 from minillm.model import Transformer
 from minillm.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
     from minillm.activation_cache import ActivationCache
-    from minillm.edit.edits import Edit as EditOp
-    from minillm.edit.journal import EditHandle, Journal
     from minillm.factored_matrix import FactoredMatrix
     from minillm.kv_cache import KVCache
 
@@ -32,24 +31,6 @@ TokensLike = str | np.ndarray | Sequence[int] | Sequence[Sequence[int]]
 FwdHooks = Sequence[tuple[str | Callable[[str], bool], Callable]]
 # A token given as an id or as single-token text, or one per prompt (a list or an array).
 TokenSpec = int | str | Sequence[int | str] | np.ndarray
-
-
-# --- what the outer rings lend the core ---------------------------------------------------------
-# The core never imports grad/, edit/, interp/ or views/ (docs/architecture.md). A few methods
-# of the model and its cache need one of them: the backward pass for `bwd_hooks`, the loss
-# metric, interventions, the edit journal, weight processing at load, the cache's display.
-# minillm/__init__.py hands each of them to the core here, once, when the package is imported
-# (and any `import minillm.…` imports the package first).
-RING_PARTS: dict[str, Callable[..., Any]] = {}
-
-
-def ring_part(name: str) -> Callable[..., Any]:
-    """The outer ring's implementation registered under `name` in RING_PARTS."""
-    try:
-        return RING_PARTS[name]
-    except KeyError:
-        raise MinillmError(f"{name!r} is lent to the core by minillm's outer rings when the package "
-                           f"is imported; `import minillm` first") from None
 
 
 class Output(NamedTuple):
@@ -473,7 +454,7 @@ class HookedModel(Transformer):
         wanted = set(names_filter)
         return [n for n in self.hook_names() if n in wanted]
 
-    # --- activation interventions (minillm/interventions.py) ---------------------------------
+    # --- activation interventions (minillm/interp/interventions.py, lent via RING_PARTS) -----
 
     def run_with_interventions(self, tokens: TokensLike, interventions: Sequence = (),
                                attention_mask: np.ndarray | None = None, cache: KVCache | None = None,
@@ -706,24 +687,26 @@ class HookedModel(Transformer):
 
         return generate(self, prompt, max_new_tokens=max_new_tokens, **kwargs)
 
-    # --- weight edits (minillm/edits.py: the ops; minillm/journal.py: exact revert) ----------
+    # --- weight edits (edit/edits.py: the ops; edit/journal.py: exact revert; via RING_PARTS)
 
     @property
-    def journal(self) -> Journal:
-        """The journal of weight edits applied to this model (created on first use)."""
+    def journal(self) -> Any:
+        """The journal of weight edits applied to this model (a minillm.edit.journal.Journal,
+        created on first use)."""
         if "_journal" not in self.__dict__:
             self._journal = ring_part("journal")(self)  # edit.journal.Journal
         return self._journal
 
-    def edit(self, op: EditOp) -> EditHandle:
-        """Apply a weight edit from minillm.edits; returns a handle with .revert(mode=)."""
+    def edit(self, op: Any) -> Any:
+        """Apply a weight edit (an Edit from minillm.edits); returns its EditHandle, with
+        .revert(mode=)."""
         return self.journal.apply(op)
 
     def revert_all(self) -> None:
         """Undo every edit bit for bit (also inverse-reverted ones): the weights are pristine."""
         self.journal.revert_all()
 
-    def edited(self, *ops: EditOp) -> AbstractContextManager[HookedModel]:
+    def edited(self, *ops: Any) -> AbstractContextManager[HookedModel]:
         """`with model.edited(op, ...):` the edits hold inside the block, reverted on exit."""
         return self.journal.edited(*ops)
 

@@ -17,6 +17,9 @@ hand-written backward pass (minillm/grad/backward.py) has computed it: by
 `backward.backward(...)` run while they are registered. They observe the
 gradient; they cannot replace it (there is no autograd to send a change
 upstream), so returning an array is an error.
+
+`RING_PARTS` (at the end) is where the outer rings lend the core the few things it must
+not import itself.
 """
 
 from __future__ import annotations
@@ -308,3 +311,21 @@ def _checked_replacement(name: str, act: np.ndarray, out: Any) -> np.ndarray:
             f"values (the activation is {act.dtype})"
         )
     return out.astype(act.dtype, copy=False)
+
+
+# --- what the outer rings lend the core -----------------------------------------------------------
+# The core never imports grad/, edit/, interp/ or views/ (docs/architecture.md). A few methods
+# of the model and its cache need one of them: the backward pass for `bwd_hooks`, the loss
+# metric, interventions, the edit journal, weight processing at load, the cache's display.
+# minillm/__init__.py hands each of them to the core here, once, when the package is imported
+# (and any `import minillm.…` imports the package first).
+RING_PARTS: dict[str, Callable[..., Any]] = {}
+
+
+def ring_part(name: str) -> Callable[..., Any]:
+    """The outer ring's implementation registered under `name` in RING_PARTS."""
+    try:
+        return RING_PARTS[name]
+    except KeyError:
+        raise MinillmError(f"{name!r} is lent to the core by minillm's outer rings when the package "
+                           f"is imported; `import minillm` first") from None

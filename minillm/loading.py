@@ -9,7 +9,8 @@ import numpy as np
 from minillm.checkpoints.hf import check_checkpoint_size, check_memory, load_weights
 from minillm.config import ModelConfig
 from minillm.errors import MinillmError
-from minillm.hooked_model import HookedModel, ring_part
+from minillm.hooked_model import HookedModel
+from minillm.hooks import ring_part
 from minillm.tokenizer import Tokenizer
 
 

@@ -16,6 +16,7 @@ import pytest
 import minillm
 from minillm import cli
 from minillm.data import Corpus, run_shards
+from minillm.data.shards import CorpusTask, corpus_shard
 from minillm.errors import MinillmError
 from minillm.interp import ablation as A
 from minillm.interp import interventions as iv
@@ -95,6 +96,10 @@ def test_corpus_sources_and_windows(model, tmp_path):
     assert b.tokens.shape == (3, 10) and b.mask[2].tolist() == [1] * 3 + [0] * 7
     assert b.attention_mask is not None and batches[1].attention_mask is None
     assert sum(x.n_tokens for x in batches) == 23 + 10
+    # a shard's part of a list of strings holds only its strings, numbered as in the whole list
+    part = corpus.part(1, 3)
+    assert part.texts == ("", "yz" * 5) and list(part.documents(1, 3)) == list(corpus.documents(1, 3))
+    assert [(w.doc, w.start) for w in part.windows(model, 10, 1, 3)] == [(2, 0)]
 
 
 def test_corpus_bad_input_names_the_place(model, tmp_path):
@@ -112,6 +117,11 @@ def test_corpus_bad_input_names_the_place(model, tmp_path):
         Corpus.from_files(tmp_path / "missing.txt")
     with pytest.raises(MinillmError, match="longer than the model's context"):
         next(Corpus.from_texts(["a"]).windows(model, window=1000))
+    with pytest.raises(MinillmError, match="unknown option 'windw': a job over a corpus takes window, "):
+        S.corpus_stats(model, ["a text"], "blocks.0.mlp.hook_post", windw=16)
+    js.write_text("[1, 2]\n")
+    with pytest.raises(MinillmError, match="bad.jsonl:1: expected a JSON object, got list"):
+        Corpus.from_jsonl(js).count()
 
 
 def test_reader_memory_is_flat(model, tmp_path):
@@ -360,25 +370,21 @@ def test_shards_resume_after_an_interruption(model, texts, tmp_path):
         calls.append(task.start)
         if len(calls) == 4:
             raise KeyboardInterrupt
-        return S.stats_shard(task, model)
+        return corpus_shard(task, model)
 
     names = S.resolve_hooks(model, "blocks.1.mlp.hook_post")
-    tasks = [
-        S.StatsTask(None, corpus, a, b, tuple(names), ((model.cfg.d_mlp,),), 16, 4, "all", "neuron", 200)
-        for a, b in [(s, min(s + 5, 40)) for s in range(0, 40, 5)]
-    ]
-    io = dict(save=lambda r, p: r.to_file(p), load=S.CorpusStats.from_file, params={"job": 1}, progress=False)
+    job = S.StatsJob(tuple(names), ((model.cfg.d_mlp,),), "all", "neuron", 200)
+    tasks = [CorpusTask(None, corpus, s, min(s + 5, 40), 16, 4, job) for s in range(0, 40, 5)]
+    io = dict(load=S.CorpusStats.from_file, params={"job": 1}, progress=False)
     with pytest.raises(KeyboardInterrupt):
-        run_shards(flaky, tasks, S._merge, out=tmp_path / "r", **io)
+        run_shards(flaky, tasks, out=tmp_path / "r", **io)
     assert len(list((tmp_path / "r" / "shards").glob("*.safetensors"))) == 3  # the finished shards stayed
     with pytest.raises(MinillmError, match="pass --resume"):
-        run_shards(flaky, tasks, S._merge, out=tmp_path / "r", **io)
+        run_shards(flaky, tasks, out=tmp_path / "r", **io)
     with pytest.raises(MinillmError, match="another job"):
-        run_shards(flaky, tasks, S._merge, out=tmp_path / "r", resume=True, **(io | dict(params={"job": 2})))
+        run_shards(flaky, tasks, out=tmp_path / "r", resume=True, **(io | dict(params={"job": 2})))
     calls.clear()
-    resumed = run_shards(
-        lambda t: S.stats_shard(t, model), tasks, S._merge, out=tmp_path / "r", resume=True, **io
-    )
+    resumed = run_shards(lambda t: corpus_shard(t, model), tasks, out=tmp_path / "r", resume=True, **io)
     h, f = resumed["blocks.1.mlp.hook_post"], full["blocks.1.mlp.hook_post"]
     assert h.count == f.count and np.array_equal(h.min, f.min) and np.array_equal(h.max, f.max)
     np.testing.assert_allclose(h.mean, f.mean, rtol=0, atol=1e-12 * np.abs(f.max).max())

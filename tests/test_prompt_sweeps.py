@@ -134,6 +134,8 @@ def test_patching_over_prompts_is_the_stack_of_single_sweeps(model):
     assert eq.labels[1][0].startswith("0:")
     fig = eq.plot()
     assert len(fig.axes) == 3 and fig.axes[1].get_xlabel().startswith("mean with 95% bootstrap interval")
+    with pytest.raises(MinillmError, match="unknown option 'prompts_per_shards': a prompt-set sweep takes"):
+        PS.patching_over_prompts(model, pairs, "heads", prompts_per_shards=2)
 
 
 def test_ablation_and_median_replacement_over_prompts(model, tmp_path):

@@ -230,7 +230,7 @@ def located(name: str, verify: bool = False) -> Path | None:
     try:
         snap = download.hub_snapshot(entry.repo, entry.revision, entry.files, download=False,
                                      progress=False)
-    except download._NotCached:
+    except download.NotCached:
         return None
     if verify:
         download.check_snapshot(snap, entry.files, verify=True)
@@ -492,7 +492,7 @@ def remove_stale_temporaries(name: str) -> list[Path]:
         if not m or path.is_symlink() or not path.is_dir():
             continue
         pids = [int(p) for p in (m.group(1), m.group(3)) if p]
-        if any(p != os.getpid() and download._pid_alive(p) for p in pids):
+        if any(p != os.getpid() and download.pid_alive(p) for p in pids):
             continue
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)

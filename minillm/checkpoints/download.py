@@ -12,7 +12,9 @@ the partial file `blobs/<sha256>.incomplete` (or the longest leftover of a kille
 huggingface_hub download, renamed to that) is continued with huggingface_hub's `http_get`
 and a `Range: bytes=<its size>-` request, checked against the size and SHA-256 the hub
 publishes, and only then renamed to the blob; `hf_hub_download` then finds the blob and
-links it into the snapshot as usual. A model read from the hub is loaded from its snapshot folder in
+links it into the snapshot as usual. This path is plain HTTP also for files the Hub keeps
+in Xet storage, which huggingface_hub would fetch through `hf_xet` (faster on a good
+connection, but started over after a kill). A model read from the hub is loaded from its snapshot folder in
 the cache, in place: nothing is copied, and a model the user already has in
 the cache is not downloaded again. `$HF_HUB_OFFLINE=1` reads the cache only.
 
@@ -162,7 +164,8 @@ def file_sha256(path: Path, limit: int | None = None) -> hashlib._Hash:
 # The lock
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Is process `pid` running (on this machine)? What a lock's owner is checked with."""
     if pid <= 0:
         return False
     try:
@@ -233,7 +236,7 @@ class FetchLock:
         pid = holder.get("pid")
         if holder.get("host") not in (None, socket.gethostname()) or not isinstance(pid, int):
             return False
-        return not _pid_alive(pid)
+        return not pid_alive(pid)
 
     def _busy_message(self) -> str:
         holder = self._holder() or {}
@@ -347,8 +350,8 @@ class Snapshot:
     downloaded: list[str] = field(default_factory=list)  # fetched now, not found in the cache
 
 
-class _NotCached(Exception):
-    pass
+class NotCached(Exception):
+    """A file of a snapshot read with download=False is not in the cache."""
 
 
 def _quiet_tqdm():
@@ -417,8 +420,7 @@ def hub_snapshot(
     `revision` (default "main") to a commit, and every other file is read at
     that commit, so the snapshot is one consistent version. With
     `download=False`, or when $HF_HUB_OFFLINE is set, only the cache is read
-    (`_NotCached` is raised, to the caller inside this module, when something
-    is missing). Files named in `force` are downloaded again.
+    (`NotCached` is raised when something is missing). Files named in `force` are downloaded again.
     """
     from huggingface_hub import errors as E
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
@@ -445,7 +447,7 @@ def hub_snapshot(
                     f"{name} of {repo} at revision {rev} is not in the Hugging Face cache "
                     f"({hub_cache_dir()}) and HF_HUB_OFFLINE is set: unset it to download, or "
                     "point HF_HOME at the cache that has the model")
-            raise _NotCached(name)
+            raise NotCached(name)
         try:
             if name.endswith(".safetensors") and name not in force:  # large: resumable
                 resume_blob(repo, name, rev, tqdm_class)

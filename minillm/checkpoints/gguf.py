@@ -62,6 +62,7 @@ import os
 import shutil
 import struct
 from collections.abc import Callable, Iterator
+from functools import partial
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -357,7 +358,8 @@ _ARCHITECTURES: dict[str, Callable[[GGUFReader, Path, int], dict]] = {
 #                   pattern are stored: llama.cpp scales scores by 1/sqrt(head_dim)
 #                   (1/sqrt(d_model / n_heads) for the 27B models) and makes every 2nd
 #                   (Gemma 2) or 6th (Gemma 3) layer global, unless the file carries
-#                   `attention.sliding_window_pattern`; the rebuilt config says the same.
+#                   another period in `attention.sliding_window_pattern`; the rebuilt
+#                   config says the same.
 #   gptneox         the fused query_key_value rows, interleaved per head in Hugging Face
 #                   ([h, 3, e] rows), are regrouped as all q, all k, all v ([3, h, e]); we
 #                   interleave them back. The rotary part is `rope.dimension_count` dims.
@@ -372,18 +374,14 @@ def _rope_theta(meta, default: float = 10000.0) -> float:
     return _float32_value(meta("rope.freq_base", default))
 
 
-def _layer_types(meta, path: Path, n_layers: int, default_period: int) -> list[str]:
-    """llama.cpp's local/global layer pattern: `attention.sliding_window_pattern` is either a
-    period n (layer l is local unless l % n == n - 1; n = 0 makes every layer local) or one
-    bool per layer (true = local)."""
+def _layer_types(meta, n_layers: int, default_period: int) -> list[str]:
+    """llama.cpp's local/global layer pattern: `attention.sliding_window_pattern` is a period n
+    (layer l is local unless l % n == n - 1; n = 0 makes every layer local). llama.cpp reads
+    it as a number for Gemma and ignores an array there (its default period applies): so do we."""
     pattern = meta("attention.sliding_window_pattern", default_period)
-    if isinstance(pattern, list):
-        if len(pattern) != n_layers:
-            raise CheckpointError(f"{path}: attention.sliding_window_pattern lists {len(pattern)} "
-                                  f"layers, the model has {n_layers}")
-        local = [bool(x) for x in pattern]
-    else:
-        local = [pattern == 0 or layer % pattern < pattern - 1 for layer in range(n_layers)]
+    if not isinstance(pattern, int):
+        pattern = default_period
+    local = [pattern == 0 or layer % pattern < pattern - 1 for layer in range(n_layers)]
     return ["sliding_attention" if x else "full_attention" for x in local]
 
 
@@ -455,7 +453,7 @@ def _gemma2_config(reader: GGUFReader, path: Path, n_tokens: int) -> dict:
         "attn_logit_softcapping": _float32_value(meta("attn_logit_softcapping", 50.0)),
         "final_logit_softcapping": _float32_value(meta("final_logit_softcapping", 30.0)),
         "sliding_window": meta("attention.sliding_window", 4096),
-        "layer_types": _layer_types(meta, path, common["num_hidden_layers"], 2),
+        "layer_types": _layer_types(meta, common["num_hidden_layers"], 2),
     }
 
 
@@ -484,30 +482,22 @@ def _gemma3_config(reader: GGUFReader, path: Path, n_tokens: int) -> dict:
         "attn_logit_softcapping": None,
         "final_logit_softcapping": _float32_value(final_cap) if final_cap else None,
         "sliding_window": window or None,
-        "layer_types": (_layer_types(meta, path, n_layers, 6) if window
+        "layer_types": (_layer_types(meta, n_layers, 6) if window
                         else ["full_attention"] * n_layers),
     }
 
 
-def _qwen3_config(reader: GGUFReader, path: Path, n_tokens: int) -> dict:
-    meta, common = _family_common(reader, path, n_tokens, "qwen3")
-    _no_rope_scaling(meta, path, "qwen3")
-    _no_sliding_window(meta, path, "qwen3")
+def _qk_norm_config(reader: GGUFReader, path: Path, n_tokens: int, arch: str) -> dict:
+    """config.json for Qwen3 or OLMo-2: Llama's settings (q/k norms follow from the model type);
+    neither rope scaling nor a sliding window (OLMo-3's local layers) is supported."""
+    meta, common = _family_common(reader, path, n_tokens, arch)
+    _no_rope_scaling(meta, path, arch)
+    _no_sliding_window(meta, path, arch)
     return {
-        "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", **common,
-        "hidden_act": "silu", "attention_bias": False, "use_sliding_window": False,
-        "rms_norm_eps": _float32_value(meta("attention.layer_norm_rms_epsilon")),
-        "rope_parameters": {"rope_type": "default", "rope_theta": _rope_theta(meta)},
-    }
-
-
-def _olmo2_config(reader: GGUFReader, path: Path, n_tokens: int) -> dict:
-    meta, common = _family_common(reader, path, n_tokens, "olmo2")
-    _no_rope_scaling(meta, path, "olmo2")
-    _no_sliding_window(meta, path, "olmo2 (OLMo-3's local layers)")
-    return {
-        "architectures": ["Olmo2ForCausalLM"], "model_type": "olmo2", **common,
+        "architectures": [{"qwen3": "Qwen3ForCausalLM", "olmo2": "Olmo2ForCausalLM"}[arch]],
+        "model_type": arch, **common,
         "hidden_act": "silu", "attention_bias": False,
+        **({"use_sliding_window": False} if arch == "qwen3" else {}),
         "rms_norm_eps": _float32_value(meta("attention.layer_norm_rms_epsilon")),
         "rope_parameters": {"rope_type": "default", "rope_theta": _rope_theta(meta)},
     }
@@ -515,8 +505,9 @@ def _olmo2_config(reader: GGUFReader, path: Path, n_tokens: int) -> dict:
 
 def _phi3_config(reader: GGUFReader, path: Path, n_tokens: int) -> dict:
     meta, common = _family_common(reader, path, n_tokens, "phi3")
-    if meta("attention.sliding_window", 0):  # llama.cpp disables it too (phi3 loader)
-        raise CheckpointError(f"{path}: Phi-3's sliding window is not supported")
+    # Phi-3-mini's window (2047): transformers applies it, and so does minillm; llama.cpp
+    # loads it but runs full attention (the same up to 2047 tokens). 0 means none (Phi-4).
+    window = meta("attention.sliding_window", 0)
     head_dim = common["head_dim"]
     rotary = meta("rope.dimension_count", head_dim)
     rope = {"rope_type": "default", "rope_theta": _rope_theta(meta),
@@ -545,7 +536,7 @@ def _phi3_config(reader: GGUFReader, path: Path, n_tokens: int) -> dict:
         _no_rope_scaling(meta, path, "phi3")
     return {
         "architectures": ["Phi3ForCausalLM"], "model_type": "phi3", **common,
-        "hidden_act": "silu", "attention_bias": False, "sliding_window": None,
+        "hidden_act": "silu", "attention_bias": False, "sliding_window": window or None,
         "original_max_position_embeddings": original,
         "rms_norm_eps": _float32_value(meta("attention.layer_norm_rms_epsilon")),
         "rope_parameters": rope,
@@ -594,9 +585,9 @@ def _gptneox_config(reader: GGUFReader, path: Path, n_tokens: int) -> dict:
 _FAMILY_CONFIGS: dict[str, Callable[[GGUFReader, Path, int], dict]] = {
     "gemma2": _gemma2_config,
     "gemma3": _gemma3_config,
-    "qwen3": _qwen3_config,
+    "qwen3": partial(_qk_norm_config, arch="qwen3"),
     "phi3": _phi3_config,
-    "olmo2": _olmo2_config,
+    "olmo2": partial(_qk_norm_config, arch="olmo2"),
     "gptneox": _gptneox_config,
 }
 _ARCHITECTURES.update(_FAMILY_CONFIGS)
@@ -628,19 +619,7 @@ def _family_tensor_plan(
     expected = {hf: (gguf_name(hf, cfg.post_norms), shape)
                 for hf, shape, *_ in model_entries(Transformer(cfg))}
     extra = {"rope_factors_short.weight", "rope_factors_long.weight"}  # Phi-3: in the config
-    unexpected = set(by_name) - {gguf for gguf, _ in expected.values()} - extra
-    if unexpected:
-        raise CheckpointError(f"{path}: unexpected tensors {sorted(unexpected)}")
-    plan = []
-    for hf_name, (gguf, shape) in expected.items():
-        if gguf not in by_name:
-            raise CheckpointError(f"{path}: tensor {gguf!r} ({hf_name}) is missing")
-        numpy_shape = tuple(int(n) for n in reversed(by_name[gguf].shape))  # GGUF lists ne: fastest first
-        if numpy_shape != shape:
-            raise CheckpointError(f"{path}: tensor {gguf!r} has shape {list(numpy_shape)}, "
-                                  f"expected {list(shape)} for {hf_name}")
-        plan.append((hf_name, shape, by_name[gguf]))
-    return plan
+    return _checked_plan(by_name, expected, extra, path)
 
 
 def _undo_family(hf_name: str, w: np.ndarray, config: dict) -> np.ndarray:
@@ -762,6 +741,15 @@ def _tensor_plan(
                               f"{len(by_name)} tensors ({per_layer} per layer)")
     expected = _expected_shapes(config)
     ignored = {"output.weight"} if gpt2 else set()  # llama.cpp writes GPT-2's tied W_U again
+    return _checked_plan(by_name, expected, ignored, path)
+
+
+def _checked_plan(
+    by_name: dict[str, ReaderTensor], expected: dict[str, tuple[str, tuple[int, ...]]],
+    ignored: set[str], path: Path,
+) -> list[tuple[str, tuple[int, ...], ReaderTensor]]:
+    """[(HF name, numpy shape, GGUF tensor)] for `expected` {HF name: (GGUF name, shape)}:
+    every tensor present, none unexpected (beyond `ignored`), every shape checked."""
     unexpected = set(by_name) - {gguf_name for gguf_name, _ in expected.values()} - ignored
     if unexpected:
         raise CheckpointError(f"{path}: unexpected tensors {sorted(unexpected)}")

@@ -39,11 +39,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="instead of the phases: corpus statistics tokens/s with 1 process and with "
                         "--corpus-workers Dask workers (1 thread each), peak memory per worker, and a paper "
                         "estimate for 100M tokens (needs pip install 'minillm[corpus]')")
-    parser.add_argument("--corpus-tokens", default="10000,100000", metavar="N1,N2,...",
-                        help="generated corpus sizes in tokens (default 10000,100000)")
+    parser.add_argument("--corpus-tokens", default="10000,100000,1000000", metavar="N1,N2,...",
+                        help="generated corpus sizes in tokens (default 10000,100000,1000000)")
     parser.add_argument("--corpus-workers", type=int, default=2, help="Dask workers (default 2)")
     parser.add_argument("--corpus-hooks", default=None, metavar="PATTERN",
-                        help="hooks to summarise (default: the middle layer's mlp.hook_post)")
+                        help="hooks to summarise (default blocks.3.mlp.hook_post: the forward pass stops "
+                        "after block 3, so 1M tokens take minutes)")
+    parser.add_argument("--corpus-docs-per-shard", type=int, default=None, metavar="N",
+                        help="documents per shard (default: about 8 shards per worker, 4 to 64 documents)")
     parser.add_argument("--phases", default=",".join(PHASES),
                         help=f"comma-separated subset of {','.join(PHASES)}")
 
@@ -90,7 +93,10 @@ def run_corpus(args: argparse.Namespace) -> int:
                            f"{args.corpus_tokens!r}") from None
     if not sizes or min(sizes) < 1 or args.corpus_workers < 2:
         raise MinillmError("--corpus-tokens needs positive sizes and --corpus-workers at least 2")
+    if args.corpus_docs_per_shard is not None and args.corpus_docs_per_shard < 1:
+        raise MinillmError("--corpus-docs-per-shard must be at least 1")
     report = run_corpus_bench(args.model, sizes, args.corpus_workers, args.corpus_hooks,
+                              docs_per_shard=args.corpus_docs_per_shard,
                               progress=lambda msg: print(msg, file=sys.stderr, flush=True),
                               json_path=args.json)
     print(format_report(report))

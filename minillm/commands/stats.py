@@ -18,24 +18,15 @@ def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
         "corpus",
         nargs="+",
         metavar="CORPUS",
-        help="text files (a document = a paragraph; see --split) or JSONL files "
-        "(*.jsonl; the text is in --field)",
+        help="text files (a document = a paragraph; see --split) or JSONL files (*.jsonl; text in --field)",
     )
     parser.add_argument("--field", default=None, help="JSONL: the field holding the text (default 'text')")
-    parser.add_argument(
-        "--split",
-        choices=["paragraph", "line", "file"],
-        default="paragraph",
-        help="text files: what one document is (default: a blank-line separated paragraph)",
-    )
+    parser.add_argument("--split", choices=["paragraph", "line", "file"], default="paragraph",
+                        help="text files: what one document is (default: a blank-line separated paragraph)")
     parser.add_argument("--window", type=int, default=128, help="tokens per window (default 128)")
     parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
-    parser.add_argument(
-        "--docs-per-shard",
-        type=int,
-        default=64,
-        help="documents per shard, the unit of work and of --resume (default 64)",
-    )
+    parser.add_argument("--docs-per-shard", type=int, default=64,
+                        help="documents per shard, the unit of work and of --resume (default 64)")
     parser.add_argument("-o", "--out", required=True, metavar="DIR", help="output folder")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     add_engine_arguments(parser)
@@ -43,30 +34,16 @@ def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_corpus_arguments(parser)
-    parser.add_argument(
-        "--hooks",
-        required=True,
-        metavar="PATTERN",
-        help="hook names or glob patterns, comma-separated, e.g. 'blocks.*.mlp.hook_post'",
-    )
-    parser.add_argument(
-        "--positions",
-        choices=["all", "last"],
-        default="all",
-        help="every real token, or the last real token of each text",
-    )
-    parser.add_argument(
-        "--by",
-        choices=["neuron", "head", "hook"],
-        default="neuron",
-        help="one statistic per entry (neuron / dimension), per head, or per hook",
-    )
-    parser.add_argument(
-        "--no-quantiles", action="store_true", help="skip the KLL quantile sketches (no median; faster)"
-    )
-    parser.add_argument(
-        "--k", type=int, default=200, help="KLL sketch size; rank error 1.33%% at the default 200"
-    )
+    parser.add_argument("--hooks", required=True, metavar="PATTERN",
+                        help="hook names or glob patterns, comma-separated, e.g. 'blocks.*.mlp.hook_post'")
+    parser.add_argument("--positions", choices=["all", "last"], default="all",
+                        help="every real token, or the last real token of each text")
+    parser.add_argument("--by", choices=["neuron", "head", "hook"], default="neuron",
+                        help="one statistic per entry (neuron / dimension), per head, or per hook")
+    parser.add_argument("--no-quantiles", action="store_true",
+                        help="skip the KLL quantile sketches (no median; faster)")
+    parser.add_argument("--k", type=int, default=200,
+                        help="KLL sketch size; rank error 1.33%% at the default 200")
 
 
 def check_common(args) -> None:

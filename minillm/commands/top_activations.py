@@ -14,25 +14,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     add_corpus_arguments(parser)
     parser.add_argument("--layer", type=int, required=True, help="the layer whose MLP neurons to rank")
-    parser.add_argument(
-        "--neurons", default=None, metavar="I,J,A-B", help="neurons to track (default: all of the layer)"
-    )
-    parser.add_argument(
-        "--hook",
-        default=None,
-        help="another hook of that layer with neurons last (default mlp.hook_post), e.g. "
-        "mlp.hook_pre or hook_resid_post",
-    )
+    parser.add_argument("--neurons", default=None, metavar="I,J,A-B",
+                        help="neurons to track (default: all of the layer)")
+    parser.add_argument("--hook", default=None,
+                        help="another hook of that layer with neurons last (default mlp.hook_post), e.g. "
+                        "mlp.hook_pre or hook_resid_post")
     parser.add_argument("-k", "--top", type=int, default=20, help="examples per neuron (default 20)")
     parser.add_argument("--before", type=int, default=24, help="context tokens before (default 24)")
     parser.add_argument("--after", type=int, default=8, help="context tokens after (default 8)")
-    parser.add_argument(
-        "--show",
-        type=int,
-        default=5,
-        metavar="N",
-        help="print N examples of each of the first neurons (default 5; 0 = none)",
-    )
+    parser.add_argument("--show", type=int, default=5, metavar="N",
+                        help="print N examples of each of the first neurons (default 5; 0 = none)")
 
 
 def parse_neurons(text: str | None) -> list[int] | None:

@@ -1,17 +1,23 @@
 """`minillm bench MODEL --corpus`: corpus statistics throughput, Dask speed-up and memory per worker.
 
-    minillm bench smollm2-135m --corpus                      # 10k and 100k tokens, 1 process and 2 workers
-    minillm bench smollm2-135m --corpus --corpus-tokens 10000,100000,1000000 --json corpus.json
+    minillm bench smollm2-135m --corpus       # 10k, 100k and 1M tokens, 1 process and 2 workers
+    minillm bench smollm2-135m --corpus --corpus-tokens 10000,100000 --json corpus.json
 
 For each corpus size the same job, `corpus_stats` of `--corpus-hooks`
-(default: one middle layer's mlp.hook_post, with KLL quantile sketches), runs
-    serial   in a fresh subprocess, 1 BLAS thread: tokens/s, and the process's
-             peak resident memory (VmHWM, model weights included);
-    dask     on a new LocalCluster of `workers` processes x 1 thread: tokens/s
-             (wall time from submitting the first shard to merging the last,
-             cluster start-up excluded and reported apart) and each worker's
-             peak resident memory, read inside the worker after its shards.
-The speed-up is serial time / Dask time for the same size. The corpus is
+(default `DEFAULT_HOOKS`, with KLL quantile sketches), in shards of the same
+documents for both engines, runs
+    serial   in a fresh subprocess, 1 BLAS thread, the model loaded and run
+             once before the clock starts: tokens/s, CPU time, and the
+             process's peak resident memory after loading (VmHWM, model
+             weights included);
+    dask     on a new LocalCluster of `workers` processes x 1 thread, each of
+             which has loaded the model and run it once: tokens/s (wall time
+             from submitting the first shard to merging the last, cluster
+             start-up excluded and reported apart), the CPU time of every
+             process of the run, and each worker's peak resident memory, read
+             inside the worker after its shards.
+The speed-up is serial time / Dask time for the same size; the CPU efficiency
+is Dask's tokens per CPU-second (all processes) over one process's. The corpus is
 generated here (seeded sentences from a small grammar, written as JSONL):
 nothing is downloaded. Throughput does not depend on what the words say, only
 on the token count and the window and batch shapes, which are the ones a
@@ -34,6 +40,10 @@ from pathlib import Path
 import numpy as np
 
 from minillm.data.prompts import NAMES, OBJECTS, PLACES
+
+# An early hook: the forward pass stops after block 3 (of SmolLM2's 30), so 1M tokens take minutes.
+# What a worker costs per token grows with the depth of the last hook; its overheads do not.
+DEFAULT_HOOKS = "blocks.3.mlp.hook_post"
 
 _VERBS = (
     "saw",
@@ -74,20 +84,35 @@ def synthetic_corpus(path: str | Path, n_tokens: int, model, seed: int = 0) -> d
     return dict(path=str(path), tokens=total, documents=docs)
 
 
+def auto_docs_per_shard(n_docs: int, workers: int) -> int:
+    """Shards for a measurement: about 8 per worker (so the last one to finish leaves the other
+    workers idle for little of the run), between 4 and 64 documents each (so that a shard's fixed
+    costs, sending and merging its ~4 MB of sketches, stay small next to its forward passes)."""
+    return int(np.clip(n_docs // (8 * workers), 4, 64))
+
+
 def _job(
     model_name: str, corpus: str, hooks: str, window: int, batch_size: int, docs_per_shard: int, workers: int
 ) -> dict:
-    """One measurement (run in a fresh process)."""
+    """One measurement (run in a fresh process). CPU time is counted for every process of the run:
+    this one (with a Dask cluster: the client, the scheduler and the nannies) and each worker."""
     import minillm
     from minillm.data import Corpus
-    from minillm.data.shards import ModelSpec, dask_executor, peak_rss_mb, reset_peak_rss
+    from minillm.data.shards import (
+        ModelSpec,
+        dask_executor,
+        peak_rss_mb,
+        reset_peak_rss,
+        worker_cpu_seconds,
+    )
     from minillm.interp import stats as S
 
     model = minillm.load(model_name)
-    reset_peak_rss()
     data = Corpus.from_jsonl(corpus)
     kw = dict(window=window, batch_size=batch_size, docs_per_shard=docs_per_shard, progress=False)
     if workers <= 1:
+        model(np.zeros((1, 8), np.int64), last_only=True)  # run once, as `warm_up` does on the workers
+        reset_peak_rss()  # and count memory from there
         t, c = time.perf_counter(), time.process_time()
         st = S.corpus_stats(model, data, hooks, **kw)
         seconds, cpu = time.perf_counter() - t, time.process_time() - c
@@ -104,47 +129,58 @@ def _job(
     t0 = time.perf_counter()
     with dask_executor(workers=workers, preload=ModelSpec.of(model)) as ex:  # workers load before timing
         startup = time.perf_counter() - t0
-        t = time.perf_counter()
+        before = worker_cpu_seconds(ex)
+        t, c = time.perf_counter(), time.process_time()
         st = S.corpus_stats(model, data, hooks, executor=ex, **kw)
-        seconds = time.perf_counter() - t
+        seconds, client_cpu = time.perf_counter() - t, time.process_time() - c
+        after = worker_cpu_seconds(ex)
     w = st.meta["workers"]
+    n = st.meta["n_tokens"]
+    workers_cpu = {a: after[a] - before[a] for a in after}
+    in_shards = sum(v.get("cpu_seconds", 0) for v in w.values())
+    total = client_cpu + sum(workers_cpu.values())
     return dict(
         engine=f"dask {workers} workers x 1 thread",
         seconds=seconds,
         startup_s=round(startup, 2),
-        tokens=st.meta["n_tokens"],
-        tokens_per_s=st.meta["n_tokens"] / seconds,
+        tokens=n,
+        tokens_per_s=n / seconds,
         peak_rss_mb=sorted(v["peak_rss_mb"] for v in w.values()),
-        cpu_seconds=sum(v.get("cpu_seconds", 0) for v in w.values()),
-        tokens_per_cpu_s=st.meta["n_tokens"] / max(1e-9, sum(v.get("cpu_seconds", 0) for v in w.values())),
+        cpu_seconds=total,  # every process of the run
+        client_cpu_seconds=client_cpu,
+        worker_cpu_seconds=sorted(workers_cpu.values()),
+        shard_cpu_seconds=in_shards,  # inside the shards only
+        tokens_per_cpu_s=n / max(1e-9, total),
+        tokens_per_shard_cpu_s=n / max(1e-9, in_shards),
         shards_per_worker=sorted(v["shards"] for v in w.values()),
     )
 
 
 def run_corpus_bench(
     model_name: str,
-    sizes=(10_000, 100_000),
+    sizes=(10_000, 100_000, 1_000_000),
     workers: int = 2,
     hooks: str | None = None,
     window: int = 128,
     batch_size: int = 8,
-    docs_per_shard: int = 8,
+    docs_per_shard: int | None = None,
     progress=print,
     json_path: str | Path | None = None,
 ) -> dict:
     """Measure every size serially and on `workers` Dask workers (see the module docstring).
+    docs_per_shard: None = `auto_docs_per_shard` for each size (the same for both engines).
     json_path: the report so far is rewritten there after every measurement."""
     import minillm
 
     model = minillm.load(model_name)
-    hooks = hooks or f"blocks.{model.cfg.n_layers // 2}.mlp.hook_post"
+    hooks = hooks or DEFAULT_HOOKS
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     report = dict(
         model=model_name,
         hooks=hooks,
         window=window,
         batch_size=batch_size,
-        docs_per_shard=docs_per_shard,
+        docs_per_shard=docs_per_shard or "auto",
         workers=workers,
         cpus=os.cpu_count(),
         load_start=os.getloadavg()[0],
@@ -153,12 +189,14 @@ def run_corpus_bench(
     with tempfile.TemporaryDirectory() as tmp:
         for n in sizes:
             info = synthetic_corpus(Path(tmp) / f"corpus_{n}.jsonl", n, model, seed=n)
-            row = dict(target_tokens=n, corpus=dict(tokens=info["tokens"], documents=info["documents"]))
+            per = docs_per_shard or auto_docs_per_shard(info["documents"], workers)
+            row = dict(target_tokens=n, corpus=dict(tokens=info["tokens"], documents=info["documents"]),
+                       docs_per_shard=per, load_start=os.getloadavg()[0])
             for w in (1, workers):
                 progress(
                     f"corpus bench: {info['tokens']} tokens, {'serial' if w == 1 else f'{w} workers'} ..."
                 )
-                job = json.dumps([model_name, info["path"], hooks, window, batch_size, docs_per_shard, w])
+                job = json.dumps([model_name, info["path"], hooks, window, batch_size, per, w])
                 proc = subprocess.run(
                     [sys.executable, "-m", "minillm.data.benchmark", job],
                     env=env,
@@ -171,7 +209,9 @@ def run_corpus_bench(
                 if json_path is not None:
                     partial = dict(report, sizes=report["sizes"] + [row], load_now=os.getloadavg()[0])
                     Path(json_path).write_text(json.dumps(partial, indent=2))
+            row["load_end"] = os.getloadavg()[0]
             row["speedup"] = row["serial"]["seconds"] / row["dask"]["seconds"]
+            row["cpu_efficiency"] = row["dask"]["tokens_per_cpu_s"] / row["serial"]["tokens_per_cpu_s"]
             report["sizes"].append(row)
     report["load_end"] = os.getloadavg()[0]
     return report
@@ -197,49 +237,47 @@ def estimate(
 def format_report(r: dict) -> str:
     """The measurements as a Markdown table, and the paper estimate for 100M tokens.
 
-    tok/CPU-s divides by the CPU time the workers got, not the wall time: on a shared machine it
-    is what a worker would do on a core of its own. The estimate uses it, times the parallel
-    efficiency measured in CPU terms (Dask's tok/CPU-s over one process's).
+    tok/CPU-s divides by CPU time, not wall time: for Dask, the CPU time of every process of the
+    run (client, scheduler and nannies, and the workers, Dask's own threads included). On a shared
+    machine it is what the run would take on cores of its own. CPU efficiency is Dask's tok/CPU-s
+    over one process's; on idle cores the wall speed-up would be about workers x efficiency.
     """
+    w = r["workers"]
     lines = [
         f"corpus statistics: {r['model']}, hooks {r['hooks']}, window {r['window']}, "
-        f"batch {r['batch_size']}, {r['docs_per_shard']} documents per shard; load average "
-        f"{r['load_start']:.1f} -> {r['load_end']:.1f} on {r['cpus']} CPUs",
+        f"batch {r['batch_size']}; load average {r['load_start']:.1f} -> {r['load_end']:.1f} on "
+        f"{r['cpus']} CPUs",
         "",
-        "| tokens | 1 process: tok/s | tok/CPU-s | peak RSS | "
-        f"{r['workers']} workers: tok/s | tok/CPU-s | speed-up (wall) | peak RSS per worker | "
-        "cluster start |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| tokens | docs/shard | 1 process: tok/s | tok/CPU-s | peak RSS | {w} workers: tok/s | "
+        "tok/CPU-s (all processes) | CPU efficiency | speed-up (wall) | peak RSS per worker | "
+        "cluster start | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in r["sizes"]:
         a, b = s["serial"], s["dask"]
+        eff = b["tokens_per_cpu_s"] / a["tokens_per_cpu_s"]
         lines.append(
-            f"| {s['corpus']['tokens']:,} | {a['tokens_per_s']:.0f} | {_get(a, 'tokens_per_cpu_s')} | "
-            f"{a['peak_rss_mb'][0]:.0f} MB | {b['tokens_per_s']:.0f} | {_get(b, 'tokens_per_cpu_s')} | "
-            f"{s['speedup']:.2f}x | {', '.join(f'{m:.0f}' for m in b['peak_rss_mb'])} MB | "
-            f"{b['startup_s']:.1f} s |"
+            f"| {s['corpus']['tokens']:,} | {s.get('docs_per_shard', r['docs_per_shard'])} | "
+            f"{a['tokens_per_s']:.0f} | {a['tokens_per_cpu_s']:.0f} | {a['peak_rss_mb'][0]:.0f} MB | "
+            f"{b['tokens_per_s']:.0f} | {b['tokens_per_cpu_s']:.0f} | {eff:.0%} | {s['speedup']:.2f}x | "
+            f"{', '.join(f'{m:.0f}' for m in b['peak_rss_mb'])} MB | {b['startup_s']:.1f} s | "
+            f"{s.get('load_start', r['load_start']):.1f}-{s.get('load_end', r['load_end']):.1f} |"
         )
     big = max(r["sizes"], key=lambda s: s["corpus"]["tokens"])
     a, b = big["serial"], big["dask"]
-    rate = a.get("tokens_per_cpu_s", a["tokens_per_s"])
-    eff = (
-        b["tokens_per_cpu_s"] / a["tokens_per_cpu_s"]
-        if "tokens_per_cpu_s" in a and "tokens_per_cpu_s" in b
-        else big["speedup"] / r["workers"]
-    )
+    rate = a["tokens_per_cpu_s"]
+    eff = min(1.0, b["tokens_per_cpu_s"] / a["tokens_per_cpu_s"])
     lines += [
         "",
+        f"CPU efficiency at {big['corpus']['tokens']:,} tokens: {eff:.0%}, which predicts a wall speed-up "
+        f"of {w * eff:.2f}x on {w} idle cores (measured wall: {big['speedup']:.2f}x at load "
+        f"{big.get('load_start', r['load_start']):.1f}).",
         f"paper estimate for 100M tokens: {rate:.0f} tok/s per worker on a core of its own, "
-        f"{min(eff, 1.0):.0%} parallel efficiency ({big['corpus']['tokens']:,}-token run), "
-        "2 workers per machine:",
+        f"{eff:.0%} parallel efficiency, 2 workers per machine:",
     ]
-    for e in estimate(rate, min(eff, 1.0)):
+    for e in estimate(rate, eff):
         lines.append(f"  {e['machines']:3d} machine(s), {e['workers']:3d} workers: {e['hours']:8.1f} h")
     return "\n".join(lines)
-
-
-def _get(d: dict, key: str) -> str:
-    return f"{d[key]:.0f}" if key in d else "-"
 
 
 if __name__ == "__main__":

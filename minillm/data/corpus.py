@@ -72,7 +72,8 @@ class Corpus:
     """Where documents come from: text files, JSONL files (one field), or a list of strings.
 
     Picklable and small (it holds paths, or the strings themselves), so it
-    can be sent to a worker process that reads its own shard of documents.
+    can be sent to a worker process that reads its own shard of documents
+    (`part`: a list of strings sends only that shard's strings).
     """
 
     kind: str  # "texts" | "text" | "jsonl"
@@ -80,6 +81,7 @@ class Corpus:
     texts: tuple[str, ...] = field(default=(), repr=False)
     field: str | None = None
     split: str = "paragraph"
+    first: int = 0  # "texts": the number of texts[0] (a part of a larger list keeps its numbers)
 
     # --- constructors ---------------------------------------------------------------------
 
@@ -128,12 +130,21 @@ class Corpus:
         out |= dict(field=self.field) if self.kind == "jsonl" else dict(split=self.split)
         return out
 
+    def part(self, start: int, stop: int) -> Corpus:
+        """What a shard of documents start..stop-1 needs: files are read by the worker, so the same
+        paths; a list of strings only its own strings (numbered as in the whole list)."""
+        if self.kind != "texts":
+            return self
+        a, b = max(start - self.first, 0), max(stop - self.first, 0)
+        return Corpus("texts", texts=self.texts[a:b], first=self.first + a)
+
     def documents(self, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, str]]:
         """(number, text) of documents start <= number < stop, in order, read lazily."""
         if self.kind == "texts":
-            stop = len(self.texts) if stop is None else min(stop, len(self.texts))
-            for i in range(start, stop):
-                yield i, self.texts[i]
+            end = self.first + len(self.texts)
+            stop = end if stop is None else min(stop, end)
+            for i in range(max(start, self.first), stop):
+                yield i, self.texts[i - self.first]
             return
         for i, text in enumerate(self._all_documents()):
             if stop is not None and i >= stop:
@@ -265,8 +276,10 @@ def _text_documents(path: str, split: str) -> Iterator[str]:
             yield "\n".join(para)
 
 
-def _jsonl_documents(path: str, key: str) -> Iterator[str]:
-    with _open(path) as f:
+def jsonl_records(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """(line number, record) for each line of a JSON Lines file, blank lines skipped; a line that is
+    not a JSON object is a MinillmError naming the file and the line."""
+    with _open(str(path)) as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -274,11 +287,16 @@ def _jsonl_documents(path: str, key: str) -> Iterator[str]:
                 record = json.loads(line)
             except ValueError as e:
                 raise MinillmError(f"{path}:{n}: not a JSON record ({e})") from None
-            if not isinstance(record, dict) or key not in record:
-                raise MinillmError(
-                    f"{path}:{n}: the record has no field {key!r}"
-                    + (f" (fields: {', '.join(map(str, record))})" if isinstance(record, dict) else "")
-                )
-            if not isinstance(record[key], str):
-                raise MinillmError(f"{path}:{n}: field {key!r} is a {type(record[key]).__name__}, not text")
-            yield record[key]
+            if not isinstance(record, dict):
+                raise MinillmError(f"{path}:{n}: expected a JSON object, got {type(record).__name__}")
+            yield n, record
+
+
+def _jsonl_documents(path: str, key: str) -> Iterator[str]:
+    for n, record in jsonl_records(path):
+        if key not in record:
+            fields = ", ".join(map(str, record))
+            raise MinillmError(f"{path}:{n}: the record has no field {key!r} (fields: {fields})")
+        if not isinstance(record[key], str):
+            raise MinillmError(f"{path}:{n}: field {key!r} is a {type(record[key]).__name__}, not text")
+        yield record[key]

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from minillm.data.corpus import jsonl_records
 from minillm.errors import MinillmError
 
 NAMES = (
@@ -209,15 +210,7 @@ def read_prompts(spec: str | Path, model=None, need: str = "pair") -> list[Promp
     if not path.is_file():
         raise MinillmError(f"prompt file {path} does not exist (or give ioi:N to generate N IOI prompts)")
     out = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except ValueError as e:
-            raise MinillmError(f"{path}:{i}: not a JSON object ({e})") from None
-        if not isinstance(rec, dict):
-            raise MinillmError(f"{path}:{i}: expected a JSON object, got {type(rec).__name__}")
+    for i, rec in jsonl_records(path):
         if need == "pair":
             missing = [
                 k for k in ("clean", "corrupted", "answer", "wrong") if not isinstance(rec.get(k), str)

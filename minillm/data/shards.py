@@ -24,10 +24,12 @@ job with other parameters is refused rather than mixed in.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Executor, wait
 from contextlib import contextmanager
@@ -37,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from minillm.data.corpus import Corpus
 from minillm.errors import MinillmError
 
 
@@ -114,8 +117,6 @@ def peak_rss_mb() -> float:
 def worker_record(t0_wall: float, t0_cpu: float) -> dict:
     """{pid: {peak_rss_mb, seconds, cpu_seconds, shards: 1}} for a shard that began at these
     time.perf_counter() / time.process_time() readings; merged with `merge_workers`."""
-    import time
-
     return {
         str(os.getpid()): dict(
             peak_rss_mb=round(peak_rss_mb(), 1),
@@ -135,6 +136,78 @@ def merge_workers(into: dict, other: dict) -> dict:
     return into
 
 
+def merge_counts(into: dict, other: dict) -> dict:
+    """Fold one shard's meta into another's: token, text and window counts add, worker records merge."""
+    for key in ("n_tokens", "n_texts", "n_windows"):
+        into[key] = into.get(key, 0) + other.get(key, 0)
+    merge_workers(into.setdefault("workers", {}), other.get("workers", {}))
+    return into
+
+
+def merge_results(acc: Any, result: Any) -> Any:
+    """The usual `merge` of `run_shards`: the first result, then acc.merge(result) (in place)."""
+    return result if acc is None else acc.merge(result)
+
+
+def options(given: dict, defaults: dict, what: str) -> dict:
+    """`defaults` updated with the `given` keyword options; an unknown one is a MinillmError listing them."""
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise MinillmError(f"unknown option {unknown[0]!r}: {what} takes {', '.join(defaults)}")
+    return defaults | given
+
+
+def engine_name(executor: Executor | None) -> str:
+    """What ran the shards, for metadata: "serial", or the executor's class."""
+    return "serial" if executor is None else type(executor).__name__
+
+
+# --- result files -------------------------------------------------------------------------------------
+
+
+def write_tensors(path: str | Path, tensors: dict[str, np.ndarray], key: str, info: Any) -> None:
+    """One safetensors file of `tensors`, with `info` as JSON in the file's metadata under `key`."""
+    from safetensors.numpy import save_file
+
+    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path),
+              metadata={key: json.dumps(info, default=str)})
+
+
+def read_tensors(path: str | Path, key: str, what: str) -> tuple[Any, dict[str, np.ndarray]]:
+    """(info, tensors) of a `write_tensors` file; a MinillmError naming the file when it is not one."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "numpy") as f:
+            info = json.loads((f.metadata() or {})[key])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (OSError, KeyError, ValueError) as e:
+        raise MinillmError(f"{path}: not a minillm {what} file ({type(e).__name__}: {e})") from None
+    return info, tensors
+
+
+def save_result(result: Any, folder: str | Path, stem: str, summary: dict) -> Path:
+    """folder/<stem>.safetensors (`result.to_file`, whole or absent: written under a temporary name,
+    then renamed) and folder/<stem>.json (`summary`, readable)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f"{stem}.part.safetensors"
+    result.to_file(tmp)
+    os.replace(tmp, folder / f"{stem}.safetensors")
+    (folder / f"{stem}.json").write_text(json.dumps(summary, indent=1, default=str))
+    return folder
+
+
+def result_file(folder_or_file: str | Path, stem: str, command: str) -> Path:
+    """The <stem>.safetensors that `save_result` wrote into a folder (or the file itself)."""
+    p = Path(folder_or_file)
+    p = p / f"{stem}.safetensors" if p.is_dir() else p
+    if not p.is_file():
+        raise MinillmError(f"{folder_or_file}: no {stem}.safetensors there "
+                           f"(write one with minillm {command})")
+    return p
+
+
 def shard_ranges(n_items: int, per_shard: int) -> list[tuple[int, int]]:
     """[start, stop) ranges of `per_shard` items covering 0..n_items-1."""
     if per_shard < 1:
@@ -145,7 +218,7 @@ def shard_ranges(n_items: int, per_shard: int) -> list[tuple[int, int]]:
 def run_shards(
     fn: Callable[[Any], Any],
     tasks: Sequence[Any],
-    merge: Callable[[Any, Any], Any],
+    merge: Callable[[Any, Any], Any] | None = None,
     executor: Executor | None = None,
     out: str | Path | None = None,
     resume: bool = False,
@@ -161,7 +234,8 @@ def run_shards(
 ) -> Any:
     """Run fn(task) for every task, merge the results in task order; see the module docstring.
 
-    save/load write and read one result (needed with `out`). size(result)
+    save/load write and read one result (`out` needs load; save defaults to
+    result.to_file(path)); merge None is `merge_results`. size(result)
     is what the progress bar counts (e.g. tokens, with unit="tok"; default
     1 per shard). Returns merge(...merge(merge(None, r0), r1)..., rn), or
     None for no tasks. Ctrl-C cancels what has not started; the shards
@@ -172,9 +246,11 @@ def run_shards(
     n = len(tasks)
     folder = Path(out) / "shards" if out is not None else None
     done: set[int] = set()
+    merge = merge or merge_results
+    save = save or (lambda r, p: r.to_file(p))
     if folder is not None:
-        if save is None or load is None:
-            raise MinillmError("writing shards needs save= and load= functions")
+        if load is None:
+            raise MinillmError("writing shards needs a load= function")
         done = _prepare(Path(out), folder, n, params or {}, resume, suffix)
     path = (lambda i: folder / f"{i:05d}{suffix}") if folder is not None else None
     size = size or (lambda r: 1)
@@ -291,6 +367,109 @@ def _prepare(out: Path, folder: Path, n: int, params: dict, resume: bool, suffix
     return {int(p.stem) for p in existing if int(p.stem) < n}
 
 
+# --- jobs over a corpus -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CorpusTask:
+    """One shard of a job over a corpus: documents start..stop-1, read in windows and batches, and
+    what to compute on each batch. `job` is small and picklable, with `.empty()` (a result with no
+    data: a `.merge`-able, `.to_file`-able object with a `meta` dict) and `.update(acc, model, batch)`."""
+
+    model: ModelSpec | None
+    corpus: Corpus
+    start: int
+    stop: int
+    window: int
+    batch_size: int
+    job: Any
+    progress: bool = False
+
+
+def corpus_shard(task: CorpusTask, model=None) -> Any:
+    """One shard's result (on a worker; `model` given when run in this process). Its meta counts the
+    tokens, texts and windows, and records the worker (`worker_record`)."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    if model is None:
+        with task.model.use() as model:
+            return corpus_shard(task, model)
+    acc = task.job.empty()
+    counts = dict(n_tokens=0, n_texts=0, n_windows=0)
+    for batch in task.corpus.batches(model, task.window, task.batch_size, task.start, task.stop,
+                                     progress=task.progress, desc=f"docs {task.start}-{task.stop - 1}"):
+        task.job.update(acc, model, batch)
+        counts["n_tokens"] += batch.n_tokens
+        counts["n_texts"] += int(batch.last.sum())
+        counts["n_windows"] += len(batch.length)
+    acc.meta = dict(counts, workers=worker_record(t0, c0))
+    return acc
+
+
+# The options of every job over a corpus (the `**engine` of corpus_stats and top_activations), with
+# their defaults: how the corpus is cut (tokens per window, windows per forward pass, documents per
+# shard) and how the shards run (executor, output folder for shards and result, resume, progress bar).
+DOCS_PER_SHARD = 64
+CORPUS_OPTIONS = dict(window=128, batch_size=8, docs_per_shard=DOCS_PER_SHARD, executor=None, out=None,
+                      resume=False, progress=True)
+
+
+def run_corpus_job(model, corpus: Corpus, job: Any, params: dict, load: Callable[[Path], Any], desc: str,
+                   meta: dict | None = None, **engine: Any) -> Any:
+    """Run `job` (see `CorpusTask`) on every shard of `docs_per_shard` documents, on `executor`, and
+    merge the results in shard order (`run_shards`). engine: `CORPUS_OPTIONS`.
+
+    params: what identifies the job in out/job.json; the model, the corpus and the shard shapes are
+    added. Returns the merged result (`job.empty()` for an empty corpus); its meta holds the params,
+    the counts, the workers' records, seconds, tokens_per_s, the engine, and `meta`. With `out`, the
+    shards are written to out/shards/ as they complete and the result by its `.save(out)`.
+    """
+    e = options(engine, CORPUS_OPTIONS, "a job over a corpus")
+    executor, out = e["executor"], e["out"]
+    t0 = time.perf_counter()
+    spec = ModelSpec.of(model) if executor is not None else None
+    n_docs = corpus.count()
+    params = dict(params, model=str(getattr(model, "path", None) or model.name),
+                  dtype=np.dtype(model.dtype).name, corpus=corpus.describe(), n_docs=n_docs,
+                  window=e["window"], batch_size=e["batch_size"], docs_per_shard=e["docs_per_shard"])
+    tasks = [CorpusTask(spec, corpus.part(a, b), a, b, e["window"], e["batch_size"], job,
+                        progress=executor is None and e["progress"])
+             for a, b in shard_ranges(n_docs, e["docs_per_shard"])]
+    fn = corpus_shard if executor is not None else functools.partial(corpus_shard, model=model)
+    res = run_shards(fn, tasks, merge_results, executor, out, e["resume"], params, load=load,
+                     progress=e["progress"], desc=desc, size=lambda r: r.meta["n_tokens"], unit="tok")
+    if res is None:  # an empty corpus
+        res = job.empty()
+        res.meta = dict(n_tokens=0, n_texts=0, n_windows=0, workers={})
+    seconds = time.perf_counter() - t0
+    n_tokens = res.meta.get("n_tokens", 0)
+    res.meta = dict(params, n_tokens=n_tokens, n_texts=res.meta.get("n_texts", 0),
+                    n_windows=res.meta.get("n_windows", 0), workers=res.meta.get("workers", {}),
+                    seconds=round(seconds, 3), tokens_per_s=round(n_tokens / seconds, 1) if seconds else None,
+                    engine=engine_name(executor), **(meta or {}))
+    if out is not None:
+        res.save(out)
+    return res
+
+
+# --- engines ------------------------------------------------------------------------------------------
+
+# Dask defaults that cost CPU on this workload, measured on SmolLM2 statistics (docs/performance.md):
+# - MALLOC_TRIM_THRESHOLD_ (set before spawning) makes glibc hand every large temporary array back to
+#   the kernel, so each batch pays page faults again (1.6x the CPU time per token);
+# - the statistical profiler samples the compute thread every 10 ms;
+# - the event loops' timers: a 20 ms tick in every process, a 500 ms system monitor, and each
+#   nanny's 100 ms memory monitor (the nannies of a local cluster live in the client's process).
+#   An idle 2-worker cluster used 1.65 CPU-s per 20 s with them (4 % of the 2 cores), 0.26 with these.
+# A remote cluster (--scheduler) keeps the settings its workers were started with.
+LOCAL_CLUSTER_CONFIG = {
+    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.tick.interval": "1s",
+    "distributed.admin.system-monitor.interval": "5s",
+    "distributed.worker.memory.monitor-interval": "1s",
+}
+
+
 @contextmanager
 def dask_executor(
     workers: int | None = None,
@@ -319,12 +498,7 @@ def dask_executor(
         blas = str(threads_per_worker)
         import dask
 
-        # Two Dask defaults cost CPU on this workload, measured on SmolLM2 statistics inside a worker:
-        # MALLOC_TRIM_THRESHOLD_ (set before spawning) makes glibc hand every large temporary array
-        # back to the kernel, so each batch pays page faults again (1.6x the CPU time per token);
-        # the statistical profiler samples the compute thread every 10 ms.
-        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
-                              "distributed.worker.profile.enabled": False}):
+        with dask.config.set(LOCAL_CLUSTER_CONFIG):
             cluster = LocalCluster(
                 n_workers=workers,
                 threads_per_worker=threads_per_worker,
@@ -341,7 +515,7 @@ def dask_executor(
             raise MinillmError(f"cannot reach the Dask scheduler at {scheduler} ({e})") from None
     try:
         if preload is not None:
-            client.run(_preload, preload)
+            client.run(warm_up, preload)
         yield client.get_executor()
     finally:
         client.close()
@@ -349,7 +523,18 @@ def dask_executor(
             cluster.close()
 
 
-def _preload(spec: ModelSpec) -> None:
+def worker_cpu_seconds(executor) -> dict[str, float]:
+    """The CPU time each Dask worker process has used so far (all its threads: the computation and
+    Dask's own), by worker address; {} for an executor that is not Dask's."""
+    import time
+
+    client = getattr(executor, "_client", None)  # dask's ClientExecutor
+    if client is None:
+        return {}
+    return {addr: float(t) for addr, t in client.run(time.process_time).items()}
+
+
+def warm_up(spec: ModelSpec) -> None:
     """Load the model and run it once (first-touch page faults and BLAS buffers are paid here)."""
     with spec.use() as model:
         model(np.zeros((1, 8), np.int64), last_only=True)

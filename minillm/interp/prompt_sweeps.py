@@ -36,7 +36,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,7 +43,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from minillm.data.prompts import PromptPair
-from minillm.data.shards import ModelSpec, run_shards, shard_ranges
+from minillm.data.shards import (
+    ModelSpec,
+    engine_name,
+    options,
+    read_tensors,
+    run_shards,
+    shard_ranges,
+    write_tensors,
+)
 from minillm.errors import MinillmError
 from minillm.interp.results import LabelledArray
 
@@ -291,26 +298,14 @@ class PromptShard:
     meta: list[dict]
 
     def to_file(self, path) -> None:
-        from safetensors.numpy import save_file
-
-        save_file(
-            {f"v{i}": np.ascontiguousarray(v) for i, v in enumerate(self.values)},
-            str(path),
-            metadata={
-                "shard": json.dumps(
-                    dict(start=self.start, rows=self.rows, cols=self.cols, meta=self.meta, n=len(self.values))
-                )
-            },
-        )
+        info = dict(start=self.start, rows=self.rows, cols=self.cols, meta=self.meta, n=len(self.values))
+        write_tensors(path, {f"v{i}": v for i, v in enumerate(self.values)}, "shard", info)
 
     @classmethod
     def from_file(cls, path) -> PromptShard:
-        from safetensors import safe_open
-
-        with safe_open(str(path), "numpy") as f:
-            info = json.loads(f.metadata()["shard"])
-            values = [f.get_tensor(f"v{i}") for i in range(info["n"])]
-        return cls(info["start"], values, info["rows"], info["cols"], info["meta"])
+        info, t = read_tensors(path, "shard", "prompt-sweep shard")
+        return cls(info["start"], [t[f"v{i}"] for i in range(info["n"])], info["rows"], info["cols"],
+                   info["meta"])
 
 
 def prompt_shard(task: PromptTask, model: HookedModel=None) -> PromptShard:
@@ -333,23 +328,17 @@ def _merge(acc, r: PromptShard):
     return acc
 
 
-def _run(
-    model,
-    kind: str,
-    pairs: Sequence[PromptPair],
-    params: dict,
-    title: str,
-    reference=None,
-    n_boot: int = 1000,
-    confidence: float = 0.95,
-    seed: int = 0,
-    prompts_per_shard: int = PROMPTS_PER_SHARD,
-    executor: Executor | None = None,
-    out: str | Path | None = None,
-    resume: bool = False,
-    progress: bool = True,
-) -> PromptSweep:
+# The options every prompt-set sweep takes (`**engine`), with their defaults: the summary (bootstrap
+# resamples, confidence, seed) and how it runs (shards, executor, output folder, resume, progress bar).
+ENGINE_OPTIONS = dict(n_boot=1000, confidence=0.95, seed=0, prompts_per_shard=PROMPTS_PER_SHARD,
+                      executor=None, out=None, resume=False, progress=True)
+
+
+def _run(model, kind: str, pairs: Sequence[PromptPair], params: dict, title: str, reference=None,
+         **engine: Any) -> PromptSweep:
     t0 = time.perf_counter()
+    e = options(engine, ENGINE_OPTIONS, "a prompt-set sweep")
+    executor, out, prompts_per_shard = e["executor"], e["out"], e["prompts_per_shard"]
     pairs = [
         p if isinstance(p, PromptPair) else PromptPair(**p) if isinstance(p, dict) else PromptPair(p)
         for p in pairs
@@ -372,21 +361,9 @@ def _run(
         reference=type(reference).__name__ if reference else None,
     )
     fn = prompt_shard if executor is not None else (lambda t: prompt_shard(t, model))
-    shards = run_shards(
-        fn,
-        tasks,
-        _merge,
-        executor,
-        out,
-        resume,
-        job,
-        save=lambda r, p: r.to_file(p),
-        load=PromptShard.from_file,
-        progress=progress,
-        desc=f"{kind} over prompts",
-        size=lambda r: len(r.values),
-        unit="prompt",
-    )
+    shards = run_shards(fn, tasks, _merge, executor, out, e["resume"], job, load=PromptShard.from_file,
+                        progress=e["progress"], desc=f"{kind} over prompts", size=lambda r: len(r.values),
+                        unit="prompt")
     values = [v for s in shards for v in s.values]
     cols = [c for s in shards for c in s.cols]
     per_prompt = [m for s in shards for m in s.meta]
@@ -396,7 +373,7 @@ def _run(
         kind=kind,
         params=params,
         seconds=round(time.perf_counter() - t0, 3),
-        engine=type(executor).__name__ if executor is not None else "serial",
+        engine=engine_name(executor),
         per_prompt=per_prompt,
     )
     res = PromptSweep(
@@ -405,9 +382,9 @@ def _run(
         (rows, col_labels),
         title,
         [p.to_dict() for p in pairs],
-        n_boot,
-        confidence,
-        seed,
+        e["n_boot"],
+        e["confidence"],
+        e["seed"],
         meta,
     )
     if out is not None:

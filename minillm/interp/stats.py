@@ -48,19 +48,23 @@ agree to float summation error everywhere.
 from __future__ import annotations
 
 import fnmatch
-import json
-import os
-import time
 from collections.abc import Sequence
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from minillm.data.corpus import Batch, Corpus
-from minillm.data.shards import ModelSpec, merge_workers, run_shards, shard_ranges, worker_record
+from minillm.data.shards import (
+    DOCS_PER_SHARD,  # noqa: F401 - the default, for callers of this module
+    merge_counts,
+    read_tensors,
+    result_file,
+    run_corpus_job,
+    save_result,
+    write_tensors,
+)
 from minillm.errors import MinillmError
 from minillm.interp.interventions import hook_axes
 
@@ -70,7 +74,6 @@ if TYPE_CHECKING:
 BY = ("neuron", "head", "hook")
 POSITIONS = ("all", "last")
 DEFAULT_K = 200
-DOCS_PER_SHARD = 64
 
 
 def rank_error(k: int = DEFAULT_K) -> float:
@@ -284,9 +287,7 @@ class CorpusStats:
                 self.hooks[n].merge(h)
             else:
                 self.hooks[n] = h
-        for key in ("n_tokens", "n_texts", "n_windows"):
-            self.meta[key] = self.meta.get(key, 0) + other.meta.get(key, 0)
-        merge_workers(self.meta.setdefault("workers", {}), other.meta.get("workers", {}))
+        merge_counts(self.meta, other.meta)
         return self
 
     def summary(self) -> dict:
@@ -311,44 +312,25 @@ class CorpusStats:
     def to_file(self, path: str | Path) -> None:
         """One safetensors file (tensors "mean/<hook>", "m2/...", "min/", "max/", "kll/", "kll_offsets/");
         the hooks' shapes and the meta are JSON in the file's metadata."""
-        from safetensors.numpy import save_file
-
         tensors = {}
         for h in self.hooks.values():
             tensors |= h.to_tensors()
-        meta = dict(hooks=[h.info() for h in self.hooks.values()], meta=self.meta)
-        save_file(tensors, str(path), metadata={"minillm_stats": json.dumps(meta)})
+        write_tensors(path, tensors, "minillm_stats", dict(hooks=[h.info() for h in self.hooks.values()],
+                                                            meta=self.meta))
 
     @classmethod
     def from_file(cls, path: str | Path) -> CorpusStats:
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), "numpy") as f:
-                meta = json.loads((f.metadata() or {})["minillm_stats"])
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except (OSError, KeyError, ValueError) as e:
-            raise MinillmError(f"{path}: not a minillm statistics file ({type(e).__name__}: {e})") from None
-        hooks = {i["name"]: HookStats.from_tensors(i, tensors) for i in meta["hooks"]}
-        return cls(hooks, meta["meta"])
+        info, tensors = read_tensors(path, "minillm_stats", "statistics")
+        hooks = {i["name"]: HookStats.from_tensors(i, tensors) for i in info["hooks"]}
+        return cls(hooks, info["meta"])
 
     def save(self, folder: str | Path) -> Path:
         """folder/stats.safetensors (all numbers) + folder/stats.json (readable summary)."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / "stats.part.safetensors"
-        self.to_file(tmp)
-        os.replace(tmp, folder / "stats.safetensors")
-        (folder / "stats.json").write_text(json.dumps(self.summary(), indent=1, default=str))
-        return folder
+        return save_result(self, folder, "stats", self.summary())
 
     @classmethod
     def load(cls, folder_or_file: str | Path) -> CorpusStats:
-        p = Path(folder_or_file)
-        p = p / "stats.safetensors" if p.is_dir() else p
-        if not p.is_file():
-            raise MinillmError(f"{folder_or_file}: no stats.safetensors there (write one with minillm stats)")
-        return cls.from_file(p)
+        return cls.from_file(result_file(folder_or_file, "stats", "stats"))
 
 
 # --- computing them -------------------------------------------------------------------------
@@ -378,7 +360,7 @@ def resolve_hooks(model: HookedModel, hooks: str | Sequence[str]) -> list[str]:
 
 def unit_shape(model: HookedModel, name: str, by: str) -> tuple[int, ...]:
     """The shape of the statistics of hook `name` at granularity `by`."""
-    act = _probe_shapes(model)[name]  # without batch and position axes
+    act = probe_shapes(model)[name]  # without batch and position axes
     if by == "neuron":
         return act
     if by == "hook":
@@ -388,7 +370,8 @@ def unit_shape(model: HookedModel, name: str, by: str) -> tuple[int, ...]:
     return (act[0],)
 
 
-def _probe_shapes(model) -> dict[str, tuple[int, ...]]:
+def probe_shapes(model: HookedModel) -> dict[str, tuple[int, ...]]:
+    """Every hook's activation shape without its batch and position axes (one 1-token run, cached)."""
     cached = getattr(model, "_minillm_stats_shapes", None)
     if cached is None:
         _, cache = model.run_with_cache(np.zeros((1, 1), np.int64))
@@ -435,77 +418,43 @@ def samples(act: np.ndarray, name: str, batch: Batch, positions: str, by: str) -
 
 
 @dataclass(frozen=True)
-class StatsTask:
-    """One shard: documents start..stop-1 and what to compute (picklable, small)."""
+class StatsJob:
+    """What each shard computes (a `minillm.data.shards.CorpusTask` job): picklable, small."""
 
-    model: ModelSpec | None
-    corpus: Corpus
-    start: int
-    stop: int
     hooks: tuple[str, ...]
     shapes: tuple[tuple[int, ...], ...]
-    window: int
-    batch_size: int
     positions: str
     by: str
     k: int | None
-    progress: bool = False
 
+    def empty(self) -> CorpusStats:
+        return CorpusStats({n: HookStats(n, self.by, s, k=self.k) for n, s in zip(self.hooks, self.shapes)})
 
-def stats_shard(task: StatsTask, model: HookedModel=None) -> CorpusStats:
-    """Statistics of one shard (runs on a worker; `model` given when run in this process)."""
-    t0, c0 = time.perf_counter(), time.process_time()
-    if model is None:
-        with task.model.use() as model:
-            return stats_shard(task, model)
-    acc = {n: HookStats(n, task.by, s, k=task.k) for n, s in zip(task.hooks, task.shapes)}
-    n_tokens = n_texts = n_windows = 0
-    for batch in task.corpus.batches(
-        model,
-        task.window,
-        task.batch_size,
-        task.start,
-        task.stop,
-        progress=task.progress,
-        desc=f"docs {task.start}-{task.stop - 1}",
-    ):
-        acts = collect(model, batch, task.hooks)
-        for n in task.hooks:
-            acc[n].update(samples(acts[n], n, batch, task.positions, task.by))
-        n_tokens += batch.n_tokens
-        n_texts += int(batch.last.sum())
-        n_windows += len(batch.length)
-    worker = worker_record(t0, c0)
-    return CorpusStats(acc, dict(n_tokens=n_tokens, n_texts=n_texts, n_windows=n_windows, workers=worker))
-
-
-def _merge(acc: CorpusStats | None, r: CorpusStats) -> CorpusStats:
-    return r if acc is None else acc.merge(r)
+    def update(self, acc: CorpusStats, model: HookedModel, batch: Batch) -> None:
+        acts = collect(model, batch, self.hooks)
+        for n in self.hooks:
+            acc.hooks[n].update(samples(acts[n], n, batch, self.positions, self.by))
 
 
 def corpus_stats(
     model: HookedModel,
     corpus: Corpus | Sequence[str],
     hooks: str | Sequence[str],
-    window: int = 128,
-    batch_size: int = 8,
     positions: str = "all",
     by: str = "neuron",
     quantiles: bool = True,
     k: int = DEFAULT_K,
-    docs_per_shard: int = DOCS_PER_SHARD,
-    executor: Executor | None = None,
-    out: str | Path | None = None,
-    resume: bool = False,
-    progress: bool = True,
+    **engine: Any,
 ) -> CorpusStats:
     """Count, mean, variance, min, max and quantiles of `hooks` over a corpus (see the module doc).
 
     corpus: a Corpus, or a list of strings. hooks: names or glob patterns.
-    With `out`, shards go to out/shards/ as they finish and the merged
-    result to out/stats.safetensors + out/stats.json.
+    engine: window (tokens, default 128), batch_size (windows per forward
+    pass, 8), docs_per_shard (64), executor, out, resume, progress
+    (`minillm.data.shards.CORPUS_OPTIONS`). With `out`, shards go to
+    out/shards/ as they finish and the merged result to
+    out/stats.safetensors + out/stats.json.
     """
-    t0 = time.perf_counter()
     corpus = corpus if isinstance(corpus, Corpus) else Corpus.from_texts(corpus)
     if positions not in POSITIONS:
         raise MinillmError(f"positions must be one of {POSITIONS}, got {positions!r}")
@@ -514,73 +463,10 @@ def corpus_stats(
     if quantiles:
         _kll(k)  # fail now, not on a worker, if datasketches is missing
     names = resolve_hooks(model, hooks)
-    shapes = tuple(unit_shape(model, n, by) for n in names)
-    spec = ModelSpec.of(model) if executor is not None else None
-    n_docs = corpus.count()
-    ranges = shard_ranges(n_docs, docs_per_shard)
-    tasks = [
-        StatsTask(
-            spec,
-            corpus,
-            a,
-            b,
-            tuple(names),
-            shapes,
-            window,
-            batch_size,
-            positions,
-            by,
-            k if quantiles else None,
-            progress=executor is None and progress,
-        )
-        for a, b in ranges
-    ]
-    params = dict(
-        kind="stats",
-        model=str(getattr(model, "path", None) or model.name),
-        dtype=np.dtype(model.dtype).name,
-        corpus=corpus.describe(),
-        n_docs=n_docs,
-        hooks=names,
-        window=window,
-        batch_size=batch_size,
-        positions=positions,
-        by=by,
-        k=k if quantiles else None,
-        docs_per_shard=docs_per_shard,
-    )
-    fn = stats_shard if executor is not None else (lambda t: stats_shard(t, model))
-    res = run_shards(
-        fn,
-        tasks,
-        _merge,
-        executor,
-        out,
-        resume,
-        params,
-        save=lambda r, p: r.to_file(p),
-        load=CorpusStats.from_file,
-        progress=progress,
-        desc="stats",
-        size=lambda r: r.meta["n_tokens"],
-        unit="tok",
-    )
-    if res is None:  # an empty corpus
-        res = CorpusStats(
-            {n: HookStats(n, by, s, k=k if quantiles else None) for n, s in zip(names, shapes)},
-            dict(n_tokens=0, n_texts=0, n_windows=0, workers={}),
-        )
-    seconds = time.perf_counter() - t0
-    res.meta = dict(
-        params,
-        **{k_: res.meta[k_] for k_ in ("n_tokens", "n_texts", "n_windows", "workers")},
-        rank_error=rank_error(k) if quantiles else None,
-        summation="per batch: float64 two-pass mean and M2; batches and shards merged in "
-        "shard order with Chan's parallel formula",
-        seconds=round(seconds, 3),
-        tokens_per_s=round(res.meta["n_tokens"] / seconds, 1) if seconds else None,
-        engine=type(executor).__name__ if executor is not None else "serial",
-    )
-    if out is not None:
-        res.save(out)
-    return res
+    k = k if quantiles else None
+    job = StatsJob(tuple(names), tuple(unit_shape(model, n, by) for n in names), positions, by, k)
+    params = dict(kind="stats", hooks=names, positions=positions, by=by, k=k)
+    meta = dict(rank_error=rank_error(k) if k else None,
+                summation="per batch: float64 two-pass mean and M2; batches and shards merged in "
+                "shard order with Chan's parallel formula")
+    return run_corpus_job(model, corpus, job, params, CorpusStats.from_file, "stats", meta, **engine)

@@ -21,22 +21,18 @@ serial pass over the same shards.
 
 from __future__ import annotations
 
-import json
-import os
-import time
 from collections.abc import Sequence
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from minillm.activation_cache import act_name
+from minillm.data import shards
 from minillm.data.corpus import Batch, Corpus
-from minillm.data.shards import ModelSpec, merge_workers, run_shards, shard_ranges, worker_record
 from minillm.errors import MinillmError
-from minillm.interp.stats import DOCS_PER_SHARD, collect
+from minillm.interp.stats import collect, probe_shapes
 
 if TYPE_CHECKING:
     from minillm.hooked_model import HookedModel
@@ -129,9 +125,7 @@ class TopActivations:
             np.concatenate([self.tokens, other.tokens], 1),
             np.concatenate([self.acts, other.acts], 1),
         )
-        for key in ("n_tokens", "n_windows"):
-            self.meta[key] = self.meta.get(key, 0) + other.meta.get(key, 0)
-        merge_workers(self.meta.setdefault("workers", {}), other.meta.get("workers", {}))
+        shards.merge_counts(self.meta, other.meta)
         return self
 
     def _keep(self, values, doc, pos, tokens, acts) -> None:
@@ -236,75 +230,26 @@ class TopActivations:
     # --- files ----------------------------------------------------------------------------
 
     def to_file(self, path: str | Path) -> None:
-        from safetensors.numpy import save_file
-
-        t = dict(
-            neurons=self.neurons,
-            values=self.values,
-            doc=self.doc,
-            pos=self.pos,
-            tokens=self.tokens,
-            acts=self.acts,
-        )
+        t = dict(neurons=self.neurons, values=self.values, doc=self.doc, pos=self.pos, tokens=self.tokens,
+                 acts=self.acts)
         info = dict(hook=self.hook, k=self.k, before=self.before, after=self.after, meta=self.meta)
-        save_file(
-            {k: np.ascontiguousarray(v) for k, v in t.items()},
-            str(path),
-            metadata={"minillm_top": json.dumps(info, default=str)},
-        )
+        shards.write_tensors(path, t, "minillm_top", info)
 
     @classmethod
     def from_file(cls, path: str | Path) -> TopActivations:
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), "numpy") as f:
-                info = json.loads((f.metadata() or {})["minillm_top"])
-                t = {k: f.get_tensor(k) for k in f.keys()}
-        except (OSError, KeyError, ValueError) as e:
-            raise MinillmError(
-                f"{path}: not a minillm top-activations file ({type(e).__name__}: {e})"
-            ) from None
-        return cls(
-            info["hook"],
-            t["neurons"],
-            info["k"],
-            info["before"],
-            info["after"],
-            t["values"],
-            t["doc"],
-            t["pos"],
-            t["tokens"],
-            t["acts"],
-            info["meta"],
-        )
+        info, t = shards.read_tensors(path, "minillm_top", "top-activations")
+        return cls(info["hook"], t["neurons"], info["k"], info["before"], info["after"], t["values"],
+                   t["doc"], t["pos"], t["tokens"], t["acts"], info["meta"])
 
     def save(self, folder: str | Path) -> Path:
         """folder/top.safetensors (all arrays) + folder/top.json (metadata)."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / "top.part.safetensors"
-        self.to_file(tmp)
-        os.replace(tmp, folder / "top.safetensors")
-        (folder / "top.json").write_text(
-            json.dumps(
-                dict(self.meta, hook=self.hook, k=self.k, neurons=_ranges(self.neurons)),
-                indent=1,
-                default=str,
-            )
-        )
-        return folder
+        summary = dict(self.meta, hook=self.hook, k=self.k, neurons=_ranges(self.neurons))
+        return shards.save_result(self, folder, "top", summary)
 
     @classmethod
     def load(cls, folder_or_file: str | Path, model=None) -> TopActivations:
         """Read `save`'s folder (or its top.safetensors); `model` decodes the tokens (see `decoder`)."""
-        p = Path(folder_or_file)
-        p = p / "top.safetensors" if p.is_dir() else p
-        if not p.is_file():
-            raise MinillmError(
-                f"{folder_or_file}: no top.safetensors there (write one with minillm top-activations)"
-            )
-        top = cls.from_file(p)
+        top = cls.from_file(shards.result_file(folder_or_file, "top", "top-activations"))
         top.tokenizer = model.tokenizer if model is not None else None
         return top
 
@@ -321,44 +266,20 @@ def _ranges(ids) -> str:
 
 
 @dataclass(frozen=True)
-class TopTask:
-    model: ModelSpec | None
-    corpus: Corpus
-    start: int
-    stop: int
+class TopJob:
+    """What each shard computes (a `minillm.data.shards.CorpusTask` job): picklable, small."""
+
     hook: str
     neurons: tuple[int, ...]
     k: int
     before: int
     after: int
-    window: int
-    batch_size: int
-    progress: bool = False
 
+    def empty(self) -> TopActivations:
+        return TopActivations.empty(self.hook, self.neurons, self.k, self.before, self.after)
 
-def top_shard(task: TopTask, model: HookedModel=None) -> TopActivations:
-    """The top-k buffer of one shard (runs on a worker; `model` given when run in this process)."""
-    t0, c0 = time.perf_counter(), time.process_time()
-    if model is None:
-        with task.model.use() as model:
-            return top_shard(task, model)
-    top = TopActivations.empty(task.hook, task.neurons, task.k, task.before, task.after)
-    n_tokens = n_windows = 0
-    for batch in task.corpus.batches(
-        model,
-        task.window,
-        task.batch_size,
-        task.start,
-        task.stop,
-        progress=task.progress,
-        desc=f"docs {task.start}-{task.stop - 1}",
-    ):
-        top.update(batch, collect(model, batch, [task.hook])[task.hook])
-        n_tokens += batch.n_tokens
-        n_windows += len(batch.length)
-    worker = worker_record(t0, c0)
-    top.meta = dict(n_tokens=n_tokens, n_windows=n_windows, workers=worker)
-    return top
+    def update(self, acc: TopActivations, model: HookedModel, batch: Batch) -> None:
+        acc.update(batch, collect(model, batch, [self.hook])[self.hook])
 
 
 def top_activations(
@@ -370,21 +291,15 @@ def top_activations(
     hook: str | None = None,
     before: int = 24,
     after: int = 8,
-    window: int = 128,
-    batch_size: int = 8,
-    docs_per_shard: int = DOCS_PER_SHARD,
-    executor: Executor | None = None,
-    out: str | Path | None = None,
-    resume: bool = False,
-    progress: bool = True,
+    **engine: Any,
 ) -> TopActivations:
     """The top-k contexts of MLP neurons (default: `blocks.{layer}.mlp.hook_post`, every neuron).
 
     hook: any hook with a neuron axis last (e.g. "blocks.3.mlp.hook_pre", or
-    "blocks.3.hook_resid_post" for residual dimensions). Engines, shards and
-    `out`/`resume` work as in `minillm.interp.stats.corpus_stats`.
+    "blocks.3.hook_resid_post" for residual dimensions). engine: window,
+    batch_size, docs_per_shard, executor, out, resume, progress, as for
+    `minillm.interp.stats.corpus_stats`.
     """
-    t0 = time.perf_counter()
     corpus = corpus if isinstance(corpus, Corpus) else Corpus.from_texts(corpus)
     if hook is None:
         if layer is None:
@@ -399,9 +314,7 @@ def top_activations(
             f"{hook}: top activations need a hook whose last axis is a neuron or a "
             "dimension (mlp hooks, resid, attn_out, mlp_out)"
         )
-    from minillm.interp.stats import _probe_shapes
-
-    width = _probe_shapes(model)[hook][-1]
+    width = probe_shapes(model)[hook][-1]
     neurons = list(range(width)) if neurons is None else [int(i) for i in neurons]
     if not neurons:
         raise MinillmError("an empty list of neurons: give at least one, or None for all")
@@ -412,69 +325,10 @@ def top_activations(
         raise MinillmError(
             f"k must be at least 1 and before/after at least 0, got k={k}, before={before}, after={after}"
         )
-    spec = ModelSpec.of(model) if executor is not None else None
-    n_docs = corpus.count()
-    tasks = [
-        TopTask(
-            spec,
-            corpus,
-            a,
-            b,
-            hook,
-            tuple(neurons),
-            k,
-            before,
-            after,
-            window,
-            batch_size,
-            progress=executor is None and progress,
-        )
-        for a, b in shard_ranges(n_docs, docs_per_shard)
-    ]
-    params = dict(
-        kind="top_activations",
-        model=str(getattr(model, "path", None) or model.name),
-        dtype=np.dtype(model.dtype).name,
-        corpus=corpus.describe(),
-        n_docs=n_docs,
-        hook=hook,
-        neurons=_ranges(neurons),
-        k=k,
-        before=before,
-        after=after,
-        window=window,
-        batch_size=batch_size,
-        docs_per_shard=docs_per_shard,
-    )
-    fn = top_shard if executor is not None else (lambda t: top_shard(t, model))
-    res = run_shards(
-        fn,
-        tasks,
-        lambda acc, r: r if acc is None else acc.merge(r),
-        executor,
-        out,
-        resume,
-        params,
-        save=lambda r, p: r.to_file(p),
-        load=TopActivations.from_file,
-        progress=progress,
-        desc="top activations",
-        size=lambda r: r.meta["n_tokens"],
-        unit="tok",
-    )
-    if res is None:
-        res = TopActivations.empty(hook, neurons, k, before, after)
-        res.meta = dict(n_tokens=0, n_windows=0, workers={})
-    seconds = time.perf_counter() - t0
-    res.meta = dict(
-        params,
-        n_tokens=res.meta["n_tokens"],
-        n_windows=res.meta["n_windows"],
-        workers=res.meta["workers"],
-        seconds=round(seconds, 3),
-        engine=type(executor).__name__ if executor is not None else "serial",
-    )
+    job = TopJob(hook, tuple(neurons), k, before, after)
+    params = dict(kind="top_activations", hook=hook, neurons=_ranges(neurons), k=k, before=before,
+                  after=after)
+    res = shards.run_corpus_job(model, corpus, job, params, TopActivations.from_file, "top activations",
+                                **engine)
     res.tokenizer = model.tokenizer
-    if out is not None:
-        res.save(out)
     return res
