@@ -7,9 +7,9 @@ the same float32 weights, so converting back must give back the checkpoint's ten
 bit for bit, except Gemma's norm gains, which llama.cpp stores as fl(1 + w) -- and the
 converted model must compute transformers' logits within the derived float32 tolerance of
 tests/numerics.py. <family>.reference.safetensors holds transformers' float32 logits of the
-configuration the GGUF describes; for Gemma that differs from the fixture's in the two
-settings a GGUF cannot carry (query_pre_attn_scalar, the local/global layer pattern), for
-the others it is the fixture's own configuration and logits.
+configuration the GGUF describes; for Gemma that differs from the fixture's in the one
+setting a GGUF cannot carry (query_pre_attn_scalar), for the others it is the fixture's own
+configuration and logits.
 
 The whole module takes about 3 s.
 """
@@ -82,8 +82,9 @@ def test_converted_model_computes_transformers_logits(converted, family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_rebuilt_config_matches_the_checkpoint(converted, family):
-    """Every setting the GGUF carries comes back; Gemma's two missing ones come back as
-    llama.cpp reads them (scale 1/sqrt(head_dim), Gemma 3's every 6th layer global)."""
+    """Every setting the GGUF carries comes back (Gemma 3's layer pattern from the period
+    llama.cpp reads, Gemma 2's from llama.cpp's default); Gemma's query_pre_attn_scalar, which
+    no GGUF carries, comes back as llama.cpp assumes it: head_dim."""
     ours = minillm.load(converted[family]).cfg
     theirs = minillm.load(golden_folder(family)).cfg
     same = ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_head", "d_mlp", "d_vocab", "n_ctx",
@@ -93,13 +94,13 @@ def test_rebuilt_config_matches_the_checkpoint(converted, family):
             "qkv_bias", "o_bias", "mlp_bias")
     for key in same:
         assert getattr(ours, key) == getattr(theirs, key), key
+    windows = [ours.window(layer) for layer in range(ours.n_layers)]
+    assert windows == [theirs.window(layer) for layer in range(theirs.n_layers)]
     if family in GEMMA:
+        assert windows == [6, None]  # layer 0 local, layer 1 global
         assert ours.query_pre_attn_scalar == ours.d_head != theirs.query_pre_attn_scalar
-        expected = [6, None] if family == "gemma2" else [6, 6]  # the window of each layer
-        assert [ours.window(layer) for layer in range(ours.n_layers)] == expected
     else:
         assert ours.query_pre_attn_scalar == theirs.query_pre_attn_scalar
-        assert [ours.window(i) for i in range(2)] == [theirs.window(i) for i in range(2)]
 
 
 def test_phi3_longrope_comes_back_from_the_factor_tensors(converted):

@@ -74,7 +74,8 @@ show(fig, "patterns.png")
 # %%
 scores = [head_scores(patterns[l], SEQ_LEN) for l in range(cfg.n_layers)]
 for l, (prev, ind) in enumerate(scores):
-    print(f"layer {l}: previous-token {np.round(prev, 3).tolist()}  induction {np.round(ind, 3).tolist()}")
+    print(f"layer {l}: previous-token {[round(float(x), 3) for x in prev]}  "
+          f"induction {[round(float(x), 3) for x in ind]}")
 prev_head = int(np.argmax(scores[0][0]))
 ind_head = int(np.argmax(scores[1][1]))
 print(f"previous-token head: L0H{prev_head} ({scores[0][0][prev_head]:.3f}); "

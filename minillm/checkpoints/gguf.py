@@ -358,7 +358,8 @@ _ARCHITECTURES: dict[str, Callable[[GGUFReader, Path, int], dict]] = {
 #                   pattern are stored: llama.cpp scales scores by 1/sqrt(head_dim)
 #                   (1/sqrt(d_model / n_heads) for the 27B models) and makes every 2nd
 #                   (Gemma 2) or 6th (Gemma 3) layer global, unless the file carries
-#                   `attention.sliding_window_pattern`; the rebuilt config says the same.
+#                   another period in `attention.sliding_window_pattern`; the rebuilt
+#                   config says the same.
 #   gptneox         the fused query_key_value rows, interleaved per head in Hugging Face
 #                   ([h, 3, e] rows), are regrouped as all q, all k, all v ([3, h, e]); we
 #                   interleave them back. The rotary part is `rope.dimension_count` dims.
@@ -373,18 +374,14 @@ def _rope_theta(meta, default: float = 10000.0) -> float:
     return _float32_value(meta("rope.freq_base", default))
 
 
-def _layer_types(meta, path: Path, n_layers: int, default_period: int) -> list[str]:
-    """llama.cpp's local/global layer pattern: `attention.sliding_window_pattern` is either a
-    period n (layer l is local unless l % n == n - 1; n = 0 makes every layer local) or one
-    bool per layer (true = local)."""
+def _layer_types(meta, n_layers: int, default_period: int) -> list[str]:
+    """llama.cpp's local/global layer pattern: `attention.sliding_window_pattern` is a period n
+    (layer l is local unless l % n == n - 1; n = 0 makes every layer local). llama.cpp reads
+    it as a number for Gemma and ignores an array there (its default period applies): so do we."""
     pattern = meta("attention.sliding_window_pattern", default_period)
-    if isinstance(pattern, list):
-        if len(pattern) != n_layers:
-            raise CheckpointError(f"{path}: attention.sliding_window_pattern lists {len(pattern)} "
-                                  f"layers, the model has {n_layers}")
-        local = [bool(x) for x in pattern]
-    else:
-        local = [pattern == 0 or layer % pattern < pattern - 1 for layer in range(n_layers)]
+    if not isinstance(pattern, int):
+        pattern = default_period
+    local = [pattern == 0 or layer % pattern < pattern - 1 for layer in range(n_layers)]
     return ["sliding_attention" if x else "full_attention" for x in local]
 
 
@@ -456,7 +453,7 @@ def _gemma2_config(reader: GGUFReader, path: Path, n_tokens: int) -> dict:
         "attn_logit_softcapping": _float32_value(meta("attn_logit_softcapping", 50.0)),
         "final_logit_softcapping": _float32_value(meta("final_logit_softcapping", 30.0)),
         "sliding_window": meta("attention.sliding_window", 4096),
-        "layer_types": _layer_types(meta, path, common["num_hidden_layers"], 2),
+        "layer_types": _layer_types(meta, common["num_hidden_layers"], 2),
     }
 
 
@@ -485,7 +482,7 @@ def _gemma3_config(reader: GGUFReader, path: Path, n_tokens: int) -> dict:
         "attn_logit_softcapping": None,
         "final_logit_softcapping": _float32_value(final_cap) if final_cap else None,
         "sliding_window": window or None,
-        "layer_types": (_layer_types(meta, path, n_layers, 6) if window
+        "layer_types": (_layer_types(meta, n_layers, 6) if window
                         else ["full_attention"] * n_layers),
     }
 
