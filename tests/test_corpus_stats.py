@@ -16,7 +16,7 @@ import pytest
 import minillm
 from minillm import cli
 from minillm.data import Corpus, run_shards
-from minillm.data.shards import CorpusTask, corpus_shard
+from minillm.data.shards import CorpusTask, ModelSpec, corpus_shard
 from minillm.errors import MinillmError
 from minillm.interp import ablation as A
 from minillm.interp import interventions as iv
@@ -327,7 +327,10 @@ def test_engines_give_the_same_answers(model, folder, texts, tmp_path):
     with LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0"
     ) as cluster:
-        with dask_executor(scheduler=cluster.scheduler_address) as ex:
+        # both workers load the model before the first shard: neither is still starting up when the
+        # shards are handed out (on a busy machine, one slow worker could otherwise lose all its
+        # queued shards to the other, and the test would not see two processes)
+        with dask_executor(scheduler=cluster.scheduler_address, preload=ModelSpec.of(model)) as ex:
             dask = S.corpus_stats(model, corpus, HOOKS, executor=ex, **kw)
             dtop = T.top_activations(model, corpus, layer=1, k=5, executor=ex, **kw)
         assert (
