@@ -16,7 +16,7 @@ import pytest
 import minillm
 from minillm import cli
 from minillm.data import Corpus, run_shards
-from minillm.data.shards import CorpusTask, corpus_shard
+from minillm.data.shards import CorpusTask, ModelSpec, corpus_shard
 from minillm.errors import MinillmError
 from minillm.interp import ablation as A
 from minillm.interp import interventions as iv
@@ -327,7 +327,10 @@ def test_engines_give_the_same_answers(model, folder, texts, tmp_path):
     with LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0"
     ) as cluster:
-        with dask_executor(scheduler=cluster.scheduler_address) as ex:
+        # both workers load the model before the first shard: neither is still starting up when the
+        # shards are handed out (on a busy machine, one slow worker could otherwise lose all its
+        # queued shards to the other, and the test would not see two processes)
+        with dask_executor(scheduler=cluster.scheduler_address, preload=ModelSpec.of(model)) as ex:
             dask = S.corpus_stats(model, corpus, HOOKS, executor=ex, **kw)
             dtop = T.top_activations(model, corpus, layer=1, k=5, executor=ex, **kw)
         assert (
@@ -462,3 +465,23 @@ def test_benchmark_corpus_is_generated_and_estimates_scale(model, tmp_path):
     assert est[0]["hours"] == pytest.approx(1e8 / (100 * 2 * 0.9) / 3600)
     assert est[1]["hours"] == pytest.approx(est[0]["hours"] / 10)
     assert cli.main(["bench", "x", "--corpus", "--corpus-tokens", "a,b"]) == 1
+
+
+def test_corpus_bench_end_to_end(folder):
+    """`minillm bench --corpus`'s own pipeline on the tiny model (about 10 s): one process and a real
+    2-worker LocalCluster on the same shards, CPU time of every process, the report."""
+    from minillm.data import benchmark as B
+
+    r = B.run_corpus_bench(str(folder), sizes=(20_000,), hooks="blocks.1.mlp.hook_post", window=64,
+                           progress=lambda msg: None)
+    (row,) = r["sizes"]
+    a, b = row["serial"], row["dask"]
+    assert a["tokens"] == b["tokens"] == row["corpus"]["tokens"] >= 20_000
+    assert row["docs_per_shard"] == 4 and sum(b["shards_per_worker"]) == a["shards"] > 2
+    assert len(b["peak_rss_mb"]) == 2 and min(b["peak_rss_mb"]) > 0 and a["peak_rss_mb"][0] > 0
+    # every process's CPU is counted: the workers' (inside their shards and out) and the client's
+    assert b["cpu_seconds"] == pytest.approx(b["client_cpu_seconds"] + sum(b["worker_cpu_seconds"]))
+    assert sum(b["worker_cpu_seconds"]) >= 0.9 * b["shard_cpu_seconds"] > 0 and b["client_cpu_seconds"] > 0
+    text = B.format_report(r)
+    assert "| 2 workers: tok/s |" in text and f"| {a['tokens']:,} | 4 |" in text
+    assert "CPU efficiency at" in text and "2 workers per machine" in text

@@ -45,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--corpus-hooks", default=None, metavar="PATTERN",
                         help="hooks to summarise (default blocks.3.mlp.hook_post: the forward pass stops "
                         "after block 3, so 1M tokens take minutes)")
+    parser.add_argument("--corpus-memory", action="store_true",
+                        help="a memory run: hook blocks.0.hook_resid_pre, so the forward pass stops at the "
+                        "embedding and 1M tokens take about a minute per engine; read the peak RSS")
     parser.add_argument("--corpus-docs-per-shard", type=int, default=None, metavar="N",
                         help="documents per shard (default: about 8 shards per worker, 4 to 64 documents)")
     parser.add_argument("--phases", default=",".join(PHASES),
@@ -83,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
 
 def run_corpus(args: argparse.Namespace) -> int:
     """`minillm bench MODEL --corpus` (minillm.data.benchmark)."""
-    from minillm.data.benchmark import format_report, run_corpus_bench
+    from minillm.data.benchmark import MEMORY_HOOKS, format_report, run_corpus_bench
     from minillm.errors import MinillmError
 
     try:
@@ -95,7 +98,8 @@ def run_corpus(args: argparse.Namespace) -> int:
         raise MinillmError("--corpus-tokens needs positive sizes and --corpus-workers at least 2")
     if args.corpus_docs_per_shard is not None and args.corpus_docs_per_shard < 1:
         raise MinillmError("--corpus-docs-per-shard must be at least 1")
-    report = run_corpus_bench(args.model, sizes, args.corpus_workers, args.corpus_hooks,
+    hooks = args.corpus_hooks or (MEMORY_HOOKS if args.corpus_memory else None)
+    report = run_corpus_bench(args.model, sizes, args.corpus_workers, hooks,
                               docs_per_shard=args.corpus_docs_per_shard,
                               progress=lambda msg: print(msg, file=sys.stderr, flush=True),
                               json_path=args.json)

@@ -44,6 +44,10 @@ from minillm.data.prompts import NAMES, OBJECTS, PLACES
 # An early hook: the forward pass stops after block 3 (of SmolLM2's 30), so 1M tokens take minutes.
 # What a worker costs per token grows with the depth of the last hook; its overheads do not.
 DEFAULT_HOOKS = "blocks.3.mlp.hook_post"
+# A memory run (`--corpus-memory`): the forward pass stops at the embedding, so the time goes to reading,
+# tokenizing and the statistics (576 sketches) and 1M tokens take about a minute per engine; the peak
+# memory against the token count is what to read from it.
+MEMORY_HOOKS = "blocks.0.hook_resid_pre"
 
 _VERBS = (
     "saw",
