@@ -193,7 +193,7 @@ print("largest change of another neuron per layer / that layer's rms:",
 # | --- | --- | --- |
 # | (a) journal revert | saved bytes written back | exactly 0 |
 # | (b) inverse revert | ×0.04 then ×25, rounding | ≤ 1 ulp in weights, ~1e-6 relative in the stream |
-# | (c) stale KV cache | state computed under the patch | weights exact, logits off by ~0.1 |
+# | (c) stale KV cache | state computed under the patch | weights exact, logits off by ~0.06 |
 # | (d) interference | other neurons, while the patch is active | downstream only; up to 2.3× layer rms |
 #
 # "Revert is not undo" is true for (b) and (c), and (d) is real but is not a residue at
