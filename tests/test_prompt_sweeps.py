@@ -160,6 +160,20 @@ def test_ablation_and_median_replacement_over_prompts(model, tmp_path):
     assert len(fig.axes[0].collections) == 2  # one confidence band per rate
 
 
+def test_saved_csv_reads_back_whatever_the_labels(tmp_path):
+    import csv
+
+    labels = (["0", "1"], ['3: "quoted", with comma', "4:\n"])
+    values = np.array([[[1.0, 2.0], [3.0, np.nan]], [[3.0, 4.0], [5.0, np.nan]]])
+    res = PS.PromptSweep(values, ("prompt", "layer", "pos"), labels, "t", [{"clean": "a"}, {"clean": "b"}])
+    res.save(tmp_path, "r", plot=False)
+    with open(tmp_path / "r.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["layer", "pos", "mean", "ci_low", "ci_high", "n"]
+    assert [r[:3] + r[5:] for r in rows[1:]] == [["0", labels[1][0], "2", "2"], ["0", "4:\n", "3", "2"],
+                                                 ["1", labels[1][0], "4", "2"], ["1", "4:\n", "nan", "0"]]
+
+
 def test_patch_and_ablate_commands_with_prompts_serial_and_on_dask(folder, model, tmp_path, capsys):
     """--prompts FILE, shards written as they finish, --resume, and a 2-process Dask cluster that gives
     the same per-prompt values and intervals as this process."""

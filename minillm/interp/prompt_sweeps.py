@@ -33,6 +33,7 @@ Engines and shards work as for corpus statistics: `executor=` any
 
 from __future__ import annotations
 
+import csv
 import json
 import time
 from collections.abc import Sequence
@@ -205,15 +206,14 @@ class PromptSweep:
             str(st),
             metadata={"axes": json.dumps(self.axes)},
         )
-        csv = folder / f"{stem}.csv"
-        with open(csv, "w") as f:
-            f.write(f"{self.axes[1]},{self.axes[2]},mean,ci_low,ci_high,n\n")
+        csv_path = folder / f"{stem}.csv"
+        with open(csv_path, "w", newline="", encoding="utf-8") as f:  # labels may hold quotes, commas
+            w = csv.writer(f)
+            w.writerow([self.axes[1], self.axes[2], "mean", "ci_low", "ci_high", "n"])
             for i, r in enumerate(self.labels[0]):
                 for j, c in enumerate(self.labels[1]):
-                    f.write(
-                        f'"{r}","{c}",{self.mean[i, j]:.6g},{self.ci_low[i, j]:.6g},'
-                        f"{self.ci_high[i, j]:.6g},{int(self.n[i, j])}\n"
-                    )
+                    w.writerow([r, c, f"{self.mean[i, j]:.6g}", f"{self.ci_low[i, j]:.6g}",
+                                f"{self.ci_high[i, j]:.6g}", int(self.n[i, j])])
         js = folder / f"{stem}.json"
         nan = lambda a: np.where(np.isnan(a), None, a).tolist()  # noqa: E731
         js.write_text(
@@ -235,7 +235,7 @@ class PromptSweep:
                 default=str,
             )
         )
-        paths = [st, csv, js]
+        paths = [st, csv_path, js]
         if plot:
             png = folder / f"{stem}.png"
             self.plot().savefig(png, dpi=100)
