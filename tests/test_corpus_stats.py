@@ -64,6 +64,19 @@ def true_rank(x, q):
     return (x <= q).mean(0)
 
 
+def assert_within_rank_error(err, eps: float, what: object = "") -> None:
+    """err: |true rank - asked rank| of many quantile queries (units, quantiles). The sketch's stated
+    error eps holds with 99 % confidence per query, not for the largest of hundreds of queries: of G
+    queries at most 1 % may exceed it, plus 3 binomial standard deviations (measured on the 384 units
+    of these tests: 4 of 300 runs had one unit above eps, at most 1.14 eps). None may exceed 2 eps:
+    KLL's rank error has a sub-Gaussian tail (Karnin, Lang & Liberty 2016), so if P(err > eps) = 1 %,
+    P(err > 2 eps) <= 2 exp(-4 ln 200), about 1e-9 per query."""
+    err = np.ravel(err)
+    over = int((err > eps).sum())
+    assert over <= 0.01 * err.size + 3 * np.sqrt(0.0099 * err.size), (what, over, err.size)
+    assert err.max() <= 2 * eps, (what, err.max() / eps)
+
+
 # --- reading corpora -----------------------------------------------------------------------------
 
 
@@ -167,7 +180,7 @@ def test_stats_match_the_exact_numbers(model, texts):
         np.testing.assert_allclose(h.var().ravel(), x[n].var(0), rtol=1e-10, atol=1e-12 * scale**2)
         assert np.array_equal(h.min, x[n].min(0)) and np.array_equal(h.max, x[n].max(0))
         rank = true_rank(x[n], st.median[n].ravel())
-        assert np.abs(rank - 0.5).max() <= eps + 1 / h.count, n
+        assert_within_rank_error(np.abs(rank - 0.5) - 1 / h.count, eps, n)
     assert st.mean["blocks.1.attn.hook_z"].shape == (model.cfg.n_heads, model.cfg.d_head)
 
 
@@ -212,9 +225,9 @@ def test_quantile_sketch_rank_error_after_merges():
         merged.merge(h)
     assert merged.count == len(data)
     eps = S.rank_error(200)
-    for q in (0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99):
-        rank = true_rank(data.astype(np.float64), merged.quantile(q))
-        assert np.abs(rank - q).max() <= eps, (q, rank)
+    qs = (0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99)
+    err = [np.abs(true_rank(data.astype(np.float64), merged.quantile(q)) - q) for q in qs]
+    assert_within_rank_error(err, eps)  # 28 queries: at most one above eps, none above 2 eps
     np.testing.assert_allclose(merged.mean, data.astype(np.float64).mean(0), atol=1e-12)
 
 
@@ -304,7 +317,8 @@ def assert_same_results(a: S.CorpusStats, b: S.CorpusStats, data: dict) -> None:
         # the same shards merged in the same order: equal up to float64 summation (bitwise in practice)
         np.testing.assert_allclose(a[n].mean, b[n].mean, rtol=0, atol=1e-12 * np.abs(data[n]).max())
         for st in (a, b):  # sketches use randomness: each within the stated rank error of the truth
-            assert np.abs(true_rank(data[n], st.median[n].ravel()) - 0.5).max() <= eps + 1 / a[n].count
+            assert_within_rank_error(np.abs(true_rank(data[n], st.median[n].ravel()) - 0.5) - 1 / a[n].count,
+                                     eps, n)
 
 
 def test_engines_give_the_same_answers(model, folder, texts, tmp_path):
