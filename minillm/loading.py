@@ -8,7 +8,7 @@ import numpy as np
 
 from minillm.checkpoints.hf import check_checkpoint_size, check_memory, load_weights
 from minillm.config import ModelConfig
-from minillm.errors import MinillmError
+from minillm.errors import MinillmError, format_bytes
 from minillm.hooked_model import HookedModel
 from minillm.hooks import ring_part
 from minillm.tokenizer import Tokenizer
@@ -52,7 +52,7 @@ def load(name_or_path: str | Path, dtype: DTypeLike = np.float32, *, fold_ln: bo
 
         n = n_params_lower_bound(cfg)
         raise MinillmError(f"{folder}: not enough memory for a model of {n:,} parameters "
-                           f"({n * dtype.itemsize / 2**30:.1f} GiB as {dtype})") from None
+                           f"({format_bytes(n * dtype.itemsize)} as {dtype})") from None
     load_weights(model, folder)
     flags = dict(fold_ln=fold_ln, center_writing_weights=center_writing_weights,
                  center_unembed=center_unembed, fold_value_biases=fold_value_biases,

@@ -43,7 +43,7 @@ import numpy as np
 
 from minillm import ops
 from minillm.config import ModelConfig
-from minillm.errors import MinillmError
+from minillm.errors import MinillmError, format_bytes
 from minillm.hooks import HookRegistry
 from minillm.kv_cache import KVCache
 from minillm.params import Block, Embed, Norm, PosEmbed, Unembed
@@ -90,10 +90,6 @@ def hook_names(cfg: ModelConfig) -> list[str]:
     block = [n for n in BLOCK_HOOKS if has(n)]
     return ([n for n in PRE_HOOKS if has(n)] + [f"blocks.{l}.{n}" for l in range(cfg.n_layers) for n in block]
             + list(POST_HOOKS))
-
-
-def _gib(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
 class Transformer:
@@ -344,9 +340,9 @@ class Transformer:
             raise MinillmError(
                 f"the hooks on {len(hooked)} attention score/pattern points ({hooked[0]}, ...) "
                 f"need the full pattern [b, h, p, P] = [{b}, {self.cfg.n_heads}, {p}, {start + p}] "
-                f"{self.dtype} at each: {_gib(each)} apiece, about {_gib(need)} in all, more than "
-                f"pattern_memory_limit ({_gib(self.pattern_memory_limit)}). Hook or cache fewer "
-                "layers (names_filter), use a shorter prompt, or raise the limit: "
+                f"{self.dtype} at each: {format_bytes(each)} apiece, about {format_bytes(need)} in "
+                f"all, more than pattern_memory_limit ({format_bytes(self.pattern_memory_limit)}). "
+                "Hook or cache fewer layers (names_filter), use a shorter prompt, or raise the limit: "
                 f"model.pattern_memory_limit = {int(need * 1.1)}"
             )
 

@@ -388,7 +388,7 @@ def test_a_pattern_too_large_for_the_limit_is_refused_before_computing(smollm2):
         raise AssertionError("the forward pass started before the pattern size was checked")
 
     with smollm2.hooks([("hook_embed", computing)]):
-        with pytest.raises(MinillmError, match=r"\[1, 9, 8192, 8192\] float32 .*2.25 GiB apiece.*"
+        with pytest.raises(MinillmError, match=r"\[1, 9, 8192, 8192\] float32 .*2.4 GB apiece.*"
                                                r"model.pattern_memory_limit = "):
             smollm2.run_with_cache(ids)
     assert not smollm2.hooks
@@ -448,9 +448,9 @@ def test_a_sparse_checkpoint_larger_than_memory_is_refused_naming_the_tensor(tmp
         pytest.skip(f"this filesystem cannot hold a sparse 128 GiB file ({e})")
     assert size > 2**37
     with pytest.raises(MinillmError, match=r"model.embed_tokens.weight \[16777216, 2048\], alone "
-                                           r"needs 128.0 GiB"):
+                                           r"needs 137.4 GB"):
         minillm.load(tmp_path / "huge")
-    with pytest.raises(MinillmError, match=r"need 256.\d GiB as float64"):
+    with pytest.raises(MinillmError, match=r"need 27\d.\d GB as float64"):
         minillm.load(tmp_path / "huge", dtype=np.float64)
 
 

@@ -244,6 +244,7 @@ def _match(ours: np.ndarray, re: np.ndarray, im: np.ndarray, what: str) -> None:
     """Each TransformerLens eigenvalue has one of ours within 1e-4 of the largest modulus
     (float32 inputs; eigenvalues of a nearly defective matrix are more sensitive)."""
     ref = re.astype(np.float64) + 1j * im.astype(np.float64)
+    assert len(ours) == len(ref), f"{what}: {len(ours)} eigenvalues, TransformerLens has {len(ref)}"
     scale = np.abs(ref).max()
     left = list(ours)
     for z in ref:

@@ -45,7 +45,7 @@ import numpy as np
 
 from minillm.checkpoints.safetensors_io import SafetensorsFile
 from minillm.config import ModelConfig
-from minillm.errors import CheckpointError
+from minillm.errors import CheckpointError, format_bytes
 from minillm.model import Transformer
 
 # (checkpoint key, expected shape, destination array, layout): the layout is False (same
@@ -315,9 +315,9 @@ def check_memory(folder: Path, dtype) -> None:
         return
     largest = max(sizes, key=sizes.get)
     raise CheckpointError(
-        f"{folder}: the weights need {need / 2**30:.1f} GiB as {np.dtype(dtype)} but this machine "
-        f"has {available / 2**30:.1f} GiB of memory available; the largest tensor, {largest} "
-        f"{list(source.shape(largest))}, alone needs {sizes[largest] / 2**30:.1f} GiB"
+        f"{folder}: the weights need {format_bytes(need)} as {np.dtype(dtype)} but this machine "
+        f"has {format_bytes(available)} of memory available; the largest tensor, {largest} "
+        f"{list(source.shape(largest))}, alone needs {format_bytes(sizes[largest])}"
     )
 
 

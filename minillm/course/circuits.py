@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from minillm.course.training import per_position_loss
+
 
 def head_scores(pattern: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
     """Previous-token and induction scores of every head of one layer.
@@ -57,11 +59,7 @@ def ablation_effect(model, tokens: np.ndarray, layer: int, head: int, seq_len: i
     """
 
     def second_copy_loss(logits: np.ndarray) -> float:
-        z = logits[:, :-1].astype(np.float64)
-        zmax = z.max(axis=-1, keepdims=True)
-        lse = zmax[..., 0] + np.log(np.exp(z - zmax).sum(axis=-1))
-        per_pos = lse - np.take_along_axis(z, tokens[:, 1:, None], axis=-1)[..., 0]  # [b, 2T]
-        return float(per_pos[:, seq_len + 1 :].mean())
+        return float(per_position_loss(logits, tokens)[:, seq_len + 1 :].mean())  # [b, 2T] -> second copy
 
     def zero_head(z, hook):
         z = z.copy()

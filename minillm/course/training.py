@@ -119,9 +119,9 @@ def adam_step(param: np.ndarray, grad: np.ndarray, m: np.ndarray, v: np.ndarray,
         param ← param − lr · m̂ / (√v̂ + ε)
     Returns (new param, new m, new v); nothing is modified in place.
     """
-    m = beta1 * m + (1 - beta1) * grad
-    v = beta2 * v + (1 - beta2) * grad * grad
-    m_hat = m / (1 - beta1**t)
+    m = beta1 * m + (1 - beta1) * grad  # first moment: a running mean of the gradient
+    v = beta2 * v + (1 - beta2) * grad * grad  # second moment: a running mean of its square
+    m_hat = m / (1 - beta1**t)  # bias correction: m and v start at 0
     v_hat = v / (1 - beta2**t)
     return param - lr * m_hat / (np.sqrt(v_hat) + eps), m, v
 
@@ -140,7 +140,7 @@ def finite_difference(loss: Callable[[], float], param: np.ndarray, index: tuple
         param[index] = original - h
         down = loss()
     finally:
-        param[index] = original
+        param[index] = original  # bit for bit: the model must be left as it was
     return float((up - down) / (2 * h))
 
 
